@@ -1,0 +1,152 @@
+"""Reading latent datasets: memory-mapped episodes, fixed-length windows, and the train/validation split."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .format import DatasetError, DatasetMetadata, check_npy_header, read_metadata
+
+
+class LatentDataset:
+    """A dataset root opened for reading; `len(ds)` episodes, `ds[i]` a dict of memory-mapped arrays.
+
+    Arrays are opened lazily with ``np.load(mmap_mode="r")`` and the open maps are not pickled, so a copy sent
+    to a DataLoader worker reopens them in the worker. Opening checks the metadata and every episode file's
+    header and size (cheap: no array data is read); :meth:`validate` with ``deep=True`` also scans the values.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, check_files: bool = True):
+        self.root = Path(root)
+        self.meta: DatasetMetadata = read_metadata(self.root)
+        self.episode_lengths = np.array([e.length for e in self.meta.episodes], dtype=np.int64)  # (E,)
+        self._maps: dict[int, dict[str, np.ndarray]] = {}
+        if check_files:
+            self.check_files()
+
+    # ------------------------------------------------------------------ spec
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return tuple(self.meta.latent_shape)
+
+    @property
+    def num_discrete_actions(self) -> tuple[int, ...]:
+        return tuple(self.meta.num_discrete_actions)
+
+    @property
+    def num_continuous_actions(self) -> int:
+        return int(self.meta.num_continuous_actions)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.episode_lengths.sum())
+
+    def __len__(self) -> int:
+        return len(self.meta.episodes)
+
+    # ------------------------------------------------------------------ access
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        """Memory-mapped arrays of episode `index`: "latents" [T, N_b, D_b] and the action arrays present."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"episode index {index} out of range for {len(self)} episodes in {self.root}")
+        index %= len(self)
+        if index not in self._maps:
+            record = self.meta.episodes[index]
+            maps = {}
+            for key in self.meta.array_keys():
+                path = record.file(self.root, key)
+                try:
+                    maps[key] = np.load(path, mmap_mode="r", allow_pickle=False)
+                except (OSError, ValueError) as err:
+                    raise DatasetError(path, f"cannot memory-map episode file ({err})") from None
+            self._maps[index] = maps
+        return self._maps[index]
+
+    def window(self, index: int, start: int, length: int) -> dict[str, np.ndarray]:
+        """Copy frames [start, start + length) of episode `index` out of the maps (only those pages are read).
+
+        Latents come back float32 (float16 storage is widened), discrete actions int64.
+        """
+        episode_length = int(self.episode_lengths[index])
+        if start < 0 or length < 1 or start + length > episode_length:
+            raise IndexError(f"window [{start}, {start + length}) outside episode {index} of length {episode_length}")
+        out = {}
+        for key, array in self[index].items():
+            piece = array[start:start + length]
+            dtype = np.int64 if key == "actions_discrete" else np.float32
+            out[key] = np.array(piece, dtype=dtype)
+        return out
+
+    def check_files(self) -> None:
+        """Raise a DatasetError naming the first missing, truncated, or mismatched episode file."""
+        for record in self.meta.episodes:
+            for key in self.meta.array_keys():
+                check_npy_header(record.file(self.root, key), record.length, self.meta.expected_tail(key),
+                                 self.meta.expected_dtype(key))
+
+    def validate(self, *, deep: bool = False) -> None:
+        """Check every file; with `deep`, also scan values (NaN/inf latents, inf or out-of-range actions)."""
+        self.check_files()
+        if not deep:
+            return
+        classes = np.asarray(self.meta.num_discrete_actions or [1], dtype=np.int64)
+        for index, record in enumerate(self.meta.episodes):
+            arrays = self[index]
+            for key, array in arrays.items():
+                path = record.file(self.root, key)
+                if key == "latents" and not np.isfinite(array).all():
+                    raise DatasetError(path, "latents contain NaN/inf")
+                if key == "actions_continuous" and np.isinf(array).any():
+                    raise DatasetError(path, "continuous actions contain inf")
+                if key == "actions_discrete":
+                    bad = (array < -1) | (array >= classes[None, :])
+                    if bad.any():
+                        t, k = np.argwhere(bad)[0]
+                        raise DatasetError(path, f"action id {int(array[t, k])} out of range at frame {t}, "
+                                                 f"component {k} (classes {int(classes[k])})")
+            self._maps.pop(index, None)  # do not keep every map open during a full scan
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_maps"] = {}  # memory maps are reopened lazily in the receiving process
+        return state
+
+
+class LatentWindowDataset(torch.utils.data.Dataset):
+    """Map-style dataset whose items are windows addressed by (episode_index, start, length) tuples.
+
+    Used with :class:`AlternatingLengthBatchSampler` (or any list of such tuples). Returns a dict of tensors:
+    "latents" float32 [T, N_b, D_b], "actions_discrete" int64 [T, n] and "actions_continuous" float32 [T, c]
+    where the dataset has them; the default collate stacks them to the batch layout of SPEC §9.
+    """
+
+    def __init__(self, dataset: LatentDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:  # number of episodes; items are addressed by tuples, not by position
+        return len(self.dataset)
+
+    def __getitem__(self, item: Sequence[int]) -> dict[str, torch.Tensor]:
+        episode, start, length = (int(x) for x in item)
+        return {k: torch.from_numpy(v) for k, v in self.dataset.window(episode, start, length).items()}
+
+
+def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic train/validation split by episode (a seeded permutation).
+
+    At least one validation episode when `val_fraction` > 0 and there are two or more episodes; at least one
+    training episode always.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    order = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5B117])).permutation(num_episodes)
+    num_val = int(round(val_fraction * num_episodes))
+    if val_fraction > 0 and num_episodes > 1:
+        num_val = min(max(num_val, 1), num_episodes - 1)
+    val = sorted(int(i) for i in order[:num_val])
+    train = sorted(int(i) for i in order[num_val:])
+    return train, val

@@ -1,0 +1,231 @@
+"""Crash-safe creation and appending of latent datasets (format: dreamer_dynamics/data/format.py, docs/data.md).
+
+Commit protocol for one episode: every array is validated in memory first, then written to a temporary file
+in ``episodes/``, fsynced, and renamed to its final name; only then is ``metadata.json`` rewritten (temp file +
+os.replace). A process killed at any point leaves a dataset whose metadata lists exactly the episodes committed
+before, all complete. Leftover temporary files are removed by the next writer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .format import (
+    CONTINUOUS_DTYPE,
+    DISCRETE_DTYPE,
+    EPISODES_DIR,
+    METADATA_FILE,
+    DatasetError,
+    DatasetMetadata,
+    EpisodeRecord,
+    fsync_directory,
+    read_metadata,
+    write_json_atomically,
+)
+
+try:  # advisory lock so that two writers never append to one root at once (released by the OS on a crash)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """Accept numpy arrays, torch tensors and nested lists."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def prepare_episode(meta: DatasetMetadata, where: str, latents: Any, actions_discrete: Any = None,
+                    actions_continuous: Any = None) -> dict[str, np.ndarray]:
+    """Validate one episode against the dataset spec and return its arrays in storage dtypes.
+
+    Rules (docs/data.md): latents are real floating point [T, N_b, D_b], finite, cast to the storage dtype
+    (float64 -> float32 is allowed; a float16 overflow is an error); discrete actions are integers
+    [T, n_discrete] in [-1, classes) with -1 = missing label; continuous actions are floating [T, n_continuous],
+    NaN = missing label, inf is an error; action arrays have the latents' length.
+    """
+    latents = _to_numpy(latents)
+    if latents.ndim != 3 or tuple(latents.shape[1:]) != tuple(meta.latent_shape):
+        raise DatasetError(where, f"latents must have shape [T, {meta.latent_shape[0]}, {meta.latent_shape[1]}], "
+                                  f"got {list(latents.shape)}")
+    if not np.issubdtype(latents.dtype, np.floating):
+        raise DatasetError(where, f"latents must be floating point, got dtype {latents.dtype}")
+    length = latents.shape[0]
+    if length < 1:
+        raise DatasetError(where, "episode has no frames")
+    if not np.isfinite(latents).all():
+        raise DatasetError(where, f"latents contain NaN/inf (first bad frame {int(np.argmin(np.isfinite(latents).reshape(length, -1).all(1)))})")
+    stored = latents.astype(meta.latent_dtype, copy=False)
+    if not np.isfinite(stored).all():
+        raise DatasetError(where, f"latents overflow the storage dtype {meta.latent_dtype}")
+    arrays = {"latents": np.ascontiguousarray(stored)}
+
+    n_discrete = len(meta.num_discrete_actions)
+    if n_discrete == 0 and actions_discrete is not None:
+        raise DatasetError(where, "actions_discrete given but the dataset declares num_discrete_actions=()")
+    if n_discrete:
+        if actions_discrete is None:
+            raise DatasetError(where, f"actions_discrete missing; the dataset declares {n_discrete} components "
+                                      "(use -1 for a missing label)")
+        a = _to_numpy(actions_discrete)
+        if a.ndim == 1 and n_discrete == 1:
+            a = a[:, None]
+        if a.shape != (length, n_discrete):
+            raise DatasetError(where, f"actions_discrete must have shape [T={length}, {n_discrete}], got {list(a.shape)}")
+        if not np.issubdtype(a.dtype, np.integer):
+            raise DatasetError(where, f"actions_discrete must be integers, got dtype {a.dtype}")
+        classes = np.asarray(meta.num_discrete_actions)
+        bad = (a < -1) | (a >= classes[None, :])
+        if bad.any():
+            t, k = np.argwhere(bad)[0]
+            raise DatasetError(where, f"action id {int(a[t, k])} out of range at frame {t}, component {k}: "
+                                      f"must be in [0, {int(classes[k])}) or -1 (missing)")
+        arrays["actions_discrete"] = np.ascontiguousarray(a, dtype=DISCRETE_DTYPE)
+
+    n_cont = meta.num_continuous_actions
+    if n_cont == 0 and actions_continuous is not None:
+        raise DatasetError(where, "actions_continuous given but the dataset declares num_continuous_actions=0")
+    if n_cont:
+        if actions_continuous is None:
+            raise DatasetError(where, f"actions_continuous missing; the dataset declares {n_cont} components "
+                                      "(use NaN for a missing label)")
+        c = _to_numpy(actions_continuous)
+        if c.ndim == 1 and n_cont == 1:
+            c = c[:, None]
+        if c.shape != (length, n_cont):
+            raise DatasetError(where, f"actions_continuous must have shape [T={length}, {n_cont}], got {list(c.shape)}")
+        if not np.issubdtype(c.dtype, np.floating):
+            raise DatasetError(where, f"actions_continuous must be floating point, got dtype {c.dtype}")
+        if np.isinf(c).any():
+            raise DatasetError(where, "actions_continuous contain inf (NaN is allowed and means a missing label)")
+        arrays["actions_continuous"] = np.ascontiguousarray(c, dtype=CONTINUOUS_DTYPE)
+    return arrays
+
+
+class LatentDatasetWriter:
+    """Create a latent dataset at `root`, or append to the one already there.
+
+    Example::
+
+        with LatentDatasetWriter("data/run1", latent_shape=(16, 48), num_discrete_actions=(5,)) as w:
+            w.add_episode(latents, actions_discrete=actions)   # latents [T, 16, 48], actions [T, 1]
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        latent_shape: Sequence[int],
+        num_discrete_actions: Sequence[int] = (),
+        num_continuous_actions: int = 0,
+        latent_dtype: str = "float32",
+        decoder: dict[str, Any] | None = None,
+        attributes: dict[str, Any] | None = None,
+        commit_every: int = 1,
+    ):
+        self.root = Path(root)
+        self.commit_every = max(1, int(commit_every))  # episodes per metadata rewrite (1 = commit each episode)
+        spec = DatasetMetadata(tuple(int(x) for x in latent_shape), str(latent_dtype),
+                               tuple(int(x) for x in num_discrete_actions), int(num_continuous_actions),
+                               decoder, dict(attributes or {}))
+        spec.check_spec(None)
+        (self.root / EPISODES_DIR).mkdir(parents=True, exist_ok=True)
+        self._lock = self._acquire_lock()
+        if (self.root / METADATA_FILE).exists():
+            self.meta = read_metadata(self.root)
+            self._check_same_spec(spec)
+        else:
+            self.meta = spec
+        self._remove_temporaries()
+        self._uncommitted = 0
+        self._closed = False
+        self._next_index = 1 + max((int(e.name) for e in self.meta.episodes if e.name.isdigit()), default=-1)
+        if not (self.root / METADATA_FILE).exists():
+            self._commit()  # an empty but valid dataset from the first moment
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def num_episodes(self) -> int:
+        return len(self.meta.episodes)
+
+    def add_episode(self, latents: Any, actions_discrete: Any = None, actions_continuous: Any = None,
+                    attributes: dict[str, Any] | None = None) -> int:
+        """Validate and commit one episode; returns its index in the dataset."""
+        if self._closed:
+            raise RuntimeError("LatentDatasetWriter is closed")
+        name = f"{self._next_index:06d}"
+        arrays = prepare_episode(self.meta, f"{self.root}: episode {name}", latents, actions_discrete,
+                                 actions_continuous)
+        record = EpisodeRecord(name, int(arrays["latents"].shape[0]), dict(attributes or {}))
+        episodes_dir = self.root / EPISODES_DIR
+        temporaries = []
+        for key, array in arrays.items():
+            tmp = episodes_dir / f".tmp-{name}.{key}.npy"
+            with open(tmp, "wb") as f:
+                np.save(f, array, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+            temporaries.append((tmp, record.file(self.root, key)))
+        for tmp, final in temporaries:
+            os.replace(tmp, final)
+        fsync_directory(episodes_dir)
+        self.meta.episodes.append(record)
+        self._next_index += 1
+        self._uncommitted += 1
+        if self._uncommitted >= self.commit_every:
+            self._commit()
+        return len(self.meta.episodes) - 1
+
+    def close(self) -> None:
+        """Commit the metadata and release the lock (idempotent)."""
+        if self._closed:
+            return
+        try:
+            self._commit()
+        finally:
+            self._closed = True
+            if self._lock is not None:
+                self._lock.close()
+
+    def __enter__(self) -> "LatentDatasetWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()  # episodes added before an exception are complete, so they are committed too
+
+    # ------------------------------------------------------------------ internals
+    def _commit(self) -> None:
+        write_json_atomically(self.root / METADATA_FILE, self.meta.to_json())
+        self._uncommitted = 0
+
+    def _acquire_lock(self):
+        if fcntl is None:
+            return None
+        handle = open(self.root / ".lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise DatasetError(self.root, "another LatentDatasetWriter has this dataset open") from None
+        return handle
+
+    def _check_same_spec(self, spec: DatasetMetadata) -> None:
+        path = self.root / METADATA_FILE
+        for name in ("latent_shape", "latent_dtype", "num_discrete_actions", "num_continuous_actions"):
+            old, new = getattr(self.meta, name), getattr(spec, name)
+            if tuple(np.atleast_1d(old)) != tuple(np.atleast_1d(new)):
+                raise DatasetError(path, f"cannot append: existing {name}={old} but the writer was given {new}")
+        if spec.decoder is not None and self.meta.decoder not in (None, spec.decoder):
+            raise DatasetError(path, f"cannot append: existing decoder {self.meta.decoder} differs from {spec.decoder}")
+        if spec.decoder is not None:
+            self.meta.decoder = spec.decoder
+        self.meta.attributes.update(spec.attributes)
+
+    def _remove_temporaries(self) -> None:
+        for tmp in (self.root / EPISODES_DIR).glob(".tmp-*"):
+            tmp.unlink(missing_ok=True)

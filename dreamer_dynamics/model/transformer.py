@@ -1,0 +1,169 @@
+"""The dynamics transformer: an x-predicting denoiser over (B, T, N_b, D_b) latents (paper Sec. 3.2, 3.4)."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import AttentionMask, FactorizedAttention
+from .config import DynamicsConfig
+from .embeddings import ActionEmbedding, ShortcutEmbedding
+from .layers import RMSNorm, SwiGLU, rope_tables
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+class Block(nn.Module):
+    """Pre-RMSNorm transformer block: x + attn(norm(x)), then x + SwiGLU(norm(x))."""
+
+    def __init__(self, config: DynamicsConfig, is_time: bool) -> None:
+        super().__init__()
+        self.is_time = is_time
+        self.attn_norm = RMSNorm(config.dim, eps=config.norm_eps)
+        self.attn = FactorizedAttention(config, "time" if is_time else "space")
+        self.mlp_norm = RMSNorm(config.dim, eps=config.norm_eps)
+        self.mlp = SwiGLU(config.dim, config.mlp_hidden)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Optional[AttentionMask],
+                past_kv: Optional[KV] = None) -> tuple[torch.Tensor, Optional[KV]]:
+        attn_out, new_kv = self.attn(self.attn_norm(x), cos, sin, mask, past_kv)
+        x = x + attn_out
+        return x + self.mlp(self.mlp_norm(x)), new_kv
+
+
+def time_attention_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, context_length: int,
+                        image_rows: Optional[torch.Tensor]) -> Optional[AttentionMask]:
+    """Causal window over frames: frame t sees t-C+1..t; image rows see only their own frame.
+
+    query_pos (Lq,), key_pos (Lk,) absolute frame indices; image_rows (B,) bool or None. None if all allowed.
+    """
+    delta = query_pos[:, None] - key_pos[None, :]  # (Lq, Lk)
+    allowed = ((delta >= 0) & (delta < context_length))[None]  # (1, Lq, Lk)
+    if image_rows is not None:
+        allowed = torch.where(image_rows[:, None, None], (delta == 0)[None], allowed)  # (B, Lq, Lk)
+    if bool(allowed.all()):
+        return None
+    return allowed
+
+
+class DynamicsTransformer(nn.Module):
+    """Denoiser f(z_tilde, tau, d, a) -> x1_hat (x-prediction, SPEC §2) with factorised space/time attention.
+
+    Tokens per frame (order): S_z packed latent tokens, S_r registers, 1 shortcut token, S_a action tokens.
+    """
+
+    def __init__(self, config: DynamicsConfig) -> None:
+        super().__init__()
+        self.config = config
+        packed = config.pack_factor * config.latent_dim
+        self.latent_in = nn.Linear(packed, config.dim)
+        self.registers = nn.Parameter(torch.zeros(config.num_registers, config.dim))
+        self.shortcut = ShortcutEmbedding(config)
+        self.actions = ActionEmbedding(config)
+        self.blocks = nn.ModuleList(Block(config, config.is_time_layer(i)) for i in range(config.depth))
+        self.out_norm = RMSNorm(config.dim, eps=config.norm_eps)
+        self.latent_out = nn.Linear(config.dim, packed)
+        self.reset_parameters()
+        if config.compile_blocks:
+            for block in self.blocks:
+                block.compile()
+
+    @property
+    def num_time_layers(self) -> int:
+        return sum(block.is_time for block in self.blocks)
+
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        # Residual branches scaled by depth (GPT-2 / Radford et al. 2019) so the stream variance stays O(1).
+        for block in self.blocks:
+            nn.init.normal_(block.attn.out.weight, std=std / math.sqrt(2 * self.config.depth))
+            nn.init.normal_(block.mlp.down.weight, std=std / math.sqrt(2 * self.config.depth))
+        nn.init.normal_(self.registers, std=std)
+        nn.init.normal_(self.actions.base, std=std)
+
+    def forward(self, z_tilde: torch.Tensor, tau: torch.Tensor, d: torch.Tensor, *,
+                actions_discrete: Optional[torch.Tensor] = None, actions_continuous: Optional[torch.Tensor] = None,
+                image_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """z_tilde (B, T, N_b, D_b); tau, d float (B, T) on their grids; actions (B, T, n) -> x1_hat like z_tilde."""
+        x1_hat, _ = self.forward_frames(z_tilde, tau, d, actions_discrete=actions_discrete,
+                                        actions_continuous=actions_continuous, image_rows=image_rows)
+        return x1_hat
+
+    def forward_frames(self, z_tilde: torch.Tensor, tau: torch.Tensor, d: torch.Tensor, *,
+                       actions_discrete: Optional[torch.Tensor] = None,
+                       actions_continuous: Optional[torch.Tensor] = None,
+                       image_rows: Optional[torch.Tensor] = None,
+                       past_kv: Optional[Sequence[KV]] = None, start: int = 0,
+                       ) -> tuple[torch.Tensor, list[KV]]:
+        """`forward` for frames start..start+T-1 that may follow cached frames (KV-cached rollouts, SPEC §5).
+
+        past_kv: one (keys, values) pair per time layer, each (B*S, Hkv, L_past, E), for the L_past frames just
+        before `start` (L_past <= start). Returns (x1_hat, this call's (keys, values) per time layer).
+        """
+        cfg = self.config
+        b, t = self._check_shapes(z_tilde, tau, d, image_rows)
+        s_z = cfg.spatial_tokens
+        # Packing (SPEC §4): p consecutive tokenizer tokens -> one spatial token of width p*D_b.
+        packed = z_tilde.reshape(b, t, s_z, cfg.pack_factor * cfg.latent_dim)
+        x = torch.cat((
+            self.latent_in(packed),  # (B, T, S_z, D)
+            self.registers.to(packed.dtype).expand(b, t, -1, -1),  # (B, T, S_r, D)
+            self.shortcut(tau, d),  # (B, T, 1, D)
+            self.actions(b, t, actions_discrete, actions_continuous),  # (B, T, S_a, D)
+        ), dim=2)  # (B, T, S, D)
+
+        device = x.device
+        past_len = 0 if past_kv is None else past_kv[0][0].shape[2]
+        if past_len > start:
+            raise ValueError(f"forward_frames: {past_len} cached frames but start={start}")
+        if past_len and image_rows is not None:
+            raise ValueError("forward_frames: image_rows cannot be combined with cached frames")
+        space_cos, space_sin = rope_tables(torch.arange(cfg.tokens_per_frame, device=device), cfg.head_dim,
+                                           cfg.rope_base)
+        query_pos = torch.arange(start, start + t, device=device)
+        key_pos = torch.arange(start - past_len, start + t, device=device)
+        time_cos, time_sin = rope_tables(query_pos, cfg.head_dim, cfg.rope_base)
+        dense = time_attention_mask(query_pos, key_pos, cfg.context_length, image_rows)
+        time_mask = None if dense is None else AttentionMask(dense, rows_per_mask=cfg.tokens_per_frame)
+
+        new_kv: list[KV] = []
+        time_index = 0
+        for block in self.blocks:
+            if block.is_time:
+                args = (time_cos, time_sin, time_mask, None if past_kv is None else past_kv[time_index])
+                time_index += 1
+            else:
+                args = (space_cos, space_sin, None, None)
+            if cfg.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x, kv = checkpoint(block, x, *args, use_reentrant=False)
+            else:
+                x, kv = block(x, *args)
+            if kv is not None:
+                new_kv.append(kv)
+        out = self.latent_out(self.out_norm(x[:, :, :s_z]))  # (B, T, S_z, p*D_b)
+        return out.reshape(b, t, cfg.latent_tokens, cfg.latent_dim), new_kv
+
+    def _check_shapes(self, z_tilde: torch.Tensor, tau: torch.Tensor, d: torch.Tensor,
+                      image_rows: Optional[torch.Tensor]) -> tuple[int, int]:
+        cfg = self.config
+        if z_tilde.dim() != 4 or tuple(z_tilde.shape[2:]) != (cfg.latent_tokens, cfg.latent_dim):
+            raise ValueError(f"DynamicsTransformer: z_tilde must have shape (B, T, latent_tokens={cfg.latent_tokens}, "
+                             f"latent_dim={cfg.latent_dim}), got {tuple(z_tilde.shape)}")
+        b, t = z_tilde.shape[:2]
+        for name, value in (("tau", tau), ("d", d)):
+            if tuple(value.shape) != (b, t):
+                raise ValueError(f"DynamicsTransformer: {name} must have shape (B, T) = {(b, t)}, "
+                                 f"got {tuple(value.shape)}")
+        if image_rows is not None and (tuple(image_rows.shape) != (b,) or image_rows.dtype != torch.bool):
+            raise ValueError(f"DynamicsTransformer: image_rows must be a bool tensor of shape (B,) = ({b},), "
+                             f"got {image_rows.dtype} {tuple(image_rows.shape)}")
+        return b, t

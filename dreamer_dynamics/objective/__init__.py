@@ -1,0 +1,26 @@
+"""The shortcut-forcing objective (SPEC §2-3): standalone and model-agnostic.
+
+Paper convention throughout: signal level tau = 0 is pure noise, tau = 1 is clean data.
+"""
+
+from dreamer_dynamics.objective.flow import corrupt, euler_sample, ramp_weight, velocity
+from dreamer_dynamics.objective.normalizer import LossNormalizer
+from dreamer_dynamics.objective.sampling import sample_signal_and_step, step_level_probs
+from dreamer_dynamics.objective.shortcut import (
+    ShortcutForcingLoss,
+    bootstrap_velocity_target,
+    shortcut_forcing_loss,
+)
+
+__all__ = [
+    "corrupt",
+    "velocity",
+    "ramp_weight",
+    "sample_signal_and_step",
+    "step_level_probs",
+    "shortcut_forcing_loss",
+    "ShortcutForcingLoss",
+    "bootstrap_velocity_target",
+    "euler_sample",
+    "LossNormalizer",
+]

@@ -1,0 +1,76 @@
+"""Validation metrics as torchmetrics objects (synchronised across ranks by Lightning when logged).
+
+* ``val/flow_loss_tau{lo}_{hi}``: per-frame flow loss ||x1_hat - z1||^2 at the finest step d_min, bucketed by the
+  signal level tau of the frame (tau = 0 pure noise, tau = 1 clean; SPEC §2). Shows where along the path the
+  model is weak; low tau (mostly noise) is expected to be hardest.
+* ``val/bootstrap_loss``: mean per-frame bootstrap loss (Eq. 7) over frames with d > d_min.
+* ``val/loss``: the ramp-weighted shortcut-forcing loss (SPEC §3.6), not normalised.
+* ``val/rollout_mse_k{K}``: MSE of K-step rollouts against the ground-truth future latents, and
+  ``val/rollout_mse_copy_last``: the trivial baseline that repeats the last context frame.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MeanSquaredError
+
+
+def bucket_names(num_buckets: int) -> list[str]:
+    """Metric-name suffixes of equal-width tau buckets, e.g. ``tau0.00_0.25``."""
+    edges = [i / num_buckets for i in range(num_buckets + 1)]
+    return [f"tau{edges[i]:.2f}_{edges[i + 1]:.2f}" for i in range(num_buckets)]
+
+
+class ValidationMetrics(nn.Module):
+    """Holds every validation metric; ``as_dict()`` gives ``{log name: Metric}`` for ``LightningModule.log_dict``."""
+
+    def __init__(self, rollout_steps: list[int], num_tau_buckets: int = 4) -> None:
+        super().__init__()
+        if num_tau_buckets < 1:
+            raise ValueError(f"num_tau_buckets must be >= 1, got {num_tau_buckets}")
+        self.num_tau_buckets = num_tau_buckets
+        self.rollout_steps = sorted(set(int(k) for k in rollout_steps))
+        self.loss = MeanMetric()
+        self.bootstrap_loss = MeanMetric()
+        self.flow_loss = nn.ModuleList(MeanMetric() for _ in range(num_tau_buckets))
+        self.rollout_mse = nn.ModuleDict({f"k{k}": MeanSquaredError() for k in self.rollout_steps})
+        self.copy_last_mse = MeanSquaredError()
+
+    def update_losses(self, loss: Tensor, per_frame: Tensor, bootstrap: Tensor) -> None:
+        """loss: scalar; per_frame: [B, T] unweighted L_t; bootstrap: [B, T] bool (frames with d > d_min)."""
+        self.loss.update(loss.detach())
+        if bool(bootstrap.any()):
+            self.bootstrap_loss.update(per_frame[bootstrap].detach())
+
+    def update_flow_buckets(self, per_frame: Tensor, tau: Tensor) -> None:
+        """per_frame, tau: [B, T] from a pass with d = d_min everywhere; tau in [0, 1)."""
+        index = (tau * self.num_tau_buckets).floor().long().clamp(0, self.num_tau_buckets - 1)  # (B, T)
+        for i, metric in enumerate(self.flow_loss):
+            mask = index == i
+            if bool(mask.any()):
+                metric.update(per_frame[mask].detach())
+
+    def update_rollout(self, num_steps: int, predicted: Tensor, target: Tensor) -> None:
+        """predicted, target: [B, H, N_b, D_b] generated and ground-truth future latents."""
+        self.rollout_mse[f"k{num_steps}"].update(predicted.float(), target.float())
+
+    def update_copy_last(self, context: Tensor, target: Tensor) -> None:
+        """Baseline: every future frame equals the last context frame. context [B, T_ctx, ...], target [B, H, ...]."""
+        self.copy_last_mse.update(context[:, -1:].expand_as(target).float(), target.float())
+
+    def as_dict(self, prefix: str = "val") -> dict[str, object]:
+        """Metrics that received data in this epoch, keyed by their log name."""
+        named: dict[str, object] = {f"{prefix}/loss": self.loss, f"{prefix}/bootstrap_loss": self.bootstrap_loss}
+        for name, metric in zip(bucket_names(self.num_tau_buckets), self.flow_loss):
+            named[f"{prefix}/flow_loss_{name}"] = metric
+        for key, metric in self.rollout_mse.items():
+            named[f"{prefix}/rollout_mse_{key}"] = metric
+        named[f"{prefix}/rollout_mse_copy_last"] = self.copy_last_mse
+        return {name: metric for name, metric in named.items() if metric.update_called}
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        for metric in self.modules():
+            if metric is not self and hasattr(metric, "reset") and hasattr(metric, "update_called"):
+                metric.reset()

@@ -1,0 +1,56 @@
+"""Per-frame step sizes and signal levels (SPEC §3.1-3.2)."""
+
+import math
+
+import pytest
+import torch
+
+from dreamer_dynamics.objective import sample_signal_and_step, step_level_probs
+
+
+def _draw(k_max=64, n=200_000, **kw):
+    return sample_signal_and_step(n // 100, 100, k_max, generator=torch.Generator().manual_seed(0), **kw)
+
+
+def test_step_sizes_uniform_over_powers_of_two():
+    tau, d = _draw()
+    assert tau.dtype == d.dtype == torch.float32 and tau.shape == (2000, 100)
+    levels = torch.log2(1 / d).round().long()
+    assert torch.equal(1 / torch.pow(2.0, levels.float()), d)  # d is exactly 1/K
+    freq = torch.bincount(levels.flatten(), minlength=7).float() / d.numel()
+    torch.testing.assert_close(freq, torch.full((7,), 1 / 7), atol=0.006, rtol=0)  # uniform in log2 K
+
+
+def test_signal_levels_on_their_step_grid_and_never_clean():
+    tau, d = _draw()
+    k = 1 / d
+    idx = tau * k
+    assert torch.equal(idx, idx.round())  # tau = i / K exactly
+    assert (tau >= 0).all() and (tau <= 1 - d).all() and (tau < 1).all()
+    for steps in (1, 4, 64):  # tau uniform over {0, ..., K-1}/K for each K
+        sel = idx[k == steps].long()
+        freq = torch.bincount(sel, minlength=steps).float() / sel.numel()
+        torch.testing.assert_close(freq, torch.full((steps,), 1 / steps), atol=4 / math.sqrt(sel.numel()), rtol=0)
+
+
+def test_d_min_share_knob():
+    _, d = _draw(d_min_share=0.75)
+    share = (d == 1 / 64).float().mean().item()
+    assert abs(share - 0.75) < 0.01
+    assert abs((d == 1.0).float().mean().item() - 0.25 / 6) < 0.005
+    torch.testing.assert_close(step_level_probs(8, 0.5), torch.tensor([0.5 / 3, 0.5 / 3, 0.5 / 3, 0.5]))
+
+
+def test_k_max_one_is_flow_matching_on_full_steps():
+    tau, d = sample_signal_and_step(3, 5, 1)
+    assert (d == 1).all() and (tau == 0).all()
+
+
+def test_seeded_and_validated():
+    a = sample_signal_and_step(2, 3, 16, generator=torch.Generator().manual_seed(5))
+    b = sample_signal_and_step(2, 3, 16, generator=torch.Generator().manual_seed(5))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="power of two"):
+        sample_signal_and_step(2, 3, 48)
+    with pytest.raises(ValueError, match="d_min_share"):
+        sample_signal_and_step(2, 3, 16, d_min_share=1.5)
