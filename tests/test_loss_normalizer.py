@@ -61,6 +61,19 @@ def test_normalise_before_any_update_is_an_error():
         norm({"flow": torch.tensor(1.0)})
 
 
+def test_predeclared_terms_start_at_first_observation():
+    norm = LossNormalizer(decay=0.9, names=("flow", "bootstrap"))
+    assert set(norm.state_dict()) == {"mean_square_flow", "mean_square_bootstrap"}
+    assert norm.rms("flow").isnan()  # not observed yet
+    with pytest.raises(RuntimeError, match="no running RMS"):
+        norm.eval()({"flow": torch.tensor(1.0)})
+    norm.train()
+    norm({"flow": torch.tensor(2.0), "bootstrap": torch.tensor(0.5)})
+    norm({"flow": torch.tensor(4.0), "bootstrap": torch.tensor(0.5)})
+    torch.testing.assert_close(norm.rms("flow"), torch.tensor(0.9 * 4 + 0.1 * 16).sqrt())
+    torch.testing.assert_close(norm.rms("bootstrap"), torch.tensor(0.5))
+
+
 def _rank_worker(rank, world, init_file, result_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     norm = LossNormalizer(decay=0.5)

@@ -86,8 +86,7 @@ class AlternatingLengthBatchSampler(torch.utils.data.Sampler):
             frames_per_step = self.world_size * self._mean_frames_per_step()
             steps_per_epoch = max(1, int(self.lengths.sum() // frames_per_step))
         self.steps_per_epoch = int(steps_per_epoch)
-        self._next_step = int(start_step)
-        self._done_in_epoch = 0
+        self.set_position(start_step)
         self.position_provider: Callable[[], tuple[int, int] | None] | None = None
 
     # ------------------------------------------------------------------ schedule (pure functions of seed, step)
@@ -143,9 +142,13 @@ class AlternatingLengthBatchSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return self.steps_per_epoch
 
-    def set_position(self, step: int, done_in_epoch: int = 0) -> None:
-        """The next iteration starts at global `step`, with `done_in_epoch` batches of this epoch already seen."""
-        self._next_step, self._done_in_epoch = int(step), int(done_in_epoch) % self.steps_per_epoch
+    def set_position(self, step: int, done_in_epoch: int | None = None) -> None:
+        """The next iteration starts at global `step`, with `done_in_epoch` batches of its epoch already seen.
+
+        By default epochs are aligned to multiples of ``steps_per_epoch``, as in an uninterrupted run.
+        """
+        done = step % self.steps_per_epoch if done_in_epoch is None else done_in_epoch
+        self._next_step, self._done_in_epoch = int(step), int(done) % self.steps_per_epoch
 
     def __iter__(self) -> Iterator[list[Window]]:
         position = self.position_provider() if self.position_provider is not None else None

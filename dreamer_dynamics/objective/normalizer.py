@@ -3,6 +3,8 @@ estimate of its root-mean-square, so that heads of different scales can share on
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -18,11 +20,15 @@ class LossNormalizer(nn.Module):
     still tracked for logging. Every rank must pass the same term names at each call (a collective is issued).
     """
 
-    def __init__(self, decay: float = 0.99, eps: float = 1e-8, enabled: bool = True):
+    def __init__(self, decay: float = 0.99, eps: float = 1e-8, enabled: bool = True, names: Sequence[str] = ()):
         super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must lie in [0, 1), got {decay}")
         self.decay, self.eps, self.enabled = decay, eps, enabled
+        # Terms known up front get their buffer now (NaN = not observed yet), so that wrappers such as FSDP,
+        # which only manage buffers that exist when they wrap the module, see them; others are added lazily.
+        for name in names:
+            self.register_buffer(self._key(name), torch.tensor(float("nan")))
 
     @staticmethod
     def _key(name: str) -> str:
@@ -46,9 +52,10 @@ class LossNormalizer(nn.Module):
             key = self._key(name)
             if not hasattr(self, key):
                 self.register_buffer(key, square.clone())
-            else:
-                buf = getattr(self, key)
-                buf.mul_(self.decay).add_((1 - self.decay) * square.to(buf.device))
+                continue
+            buf = getattr(self, key)
+            square = square.to(buf.device)
+            buf.copy_(torch.where(buf.isnan(), square, self.decay * buf + (1 - self.decay) * square))
 
     def forward(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
         """Return ``{name: term / max(rms, eps)}`` (or the terms themselves when disabled)."""
@@ -56,7 +63,7 @@ class LossNormalizer(nn.Module):
             self.update(terms)
         if not self.enabled:
             return dict(terms)
-        missing = [n for n in terms if not hasattr(self, self._key(n))]
+        missing = [n for n in terms if not hasattr(self, self._key(n)) or self.rms(n).isnan()]
         if missing:
             raise RuntimeError(f"no running RMS yet for loss terms {missing}: call once in training mode first")
         return {n: t / self.rms(n).clamp_min(self.eps).to(t.dtype) for n, t in terms.items()}

@@ -22,6 +22,13 @@ def bucket_names(num_buckets: int) -> list[str]:
     return [f"tau{edges[i]:.2f}_{edges[i + 1]:.2f}" for i in range(num_buckets)]
 
 
+def _masked_mean_update(metric: MeanMetric, values: Tensor, mask: Tensor) -> None:
+    """Update with the masked entries; an empty mask still counts as an update (weight 0) so that every rank
+    logs the same set of metrics and the cross-rank sync never waits on a rank that had no such frame."""
+    values = values.detach().float().flatten()
+    metric.update(values, weight=mask.flatten().to(values.dtype))
+
+
 class ValidationMetrics(nn.Module):
     """Holds every validation metric; ``as_dict()`` gives ``{log name: Metric}`` for ``LightningModule.log_dict``."""
 
@@ -40,16 +47,13 @@ class ValidationMetrics(nn.Module):
     def update_losses(self, loss: Tensor, per_frame: Tensor, bootstrap: Tensor) -> None:
         """loss: scalar; per_frame: [B, T] unweighted L_t; bootstrap: [B, T] bool (frames with d > d_min)."""
         self.loss.update(loss.detach())
-        if bool(bootstrap.any()):
-            self.bootstrap_loss.update(per_frame[bootstrap].detach())
+        _masked_mean_update(self.bootstrap_loss, per_frame, bootstrap)
 
     def update_flow_buckets(self, per_frame: Tensor, tau: Tensor) -> None:
         """per_frame, tau: [B, T] from a pass with d = d_min everywhere; tau in [0, 1)."""
         index = (tau * self.num_tau_buckets).floor().long().clamp(0, self.num_tau_buckets - 1)  # (B, T)
         for i, metric in enumerate(self.flow_loss):
-            mask = index == i
-            if bool(mask.any()):
-                metric.update(per_frame[mask].detach())
+            _masked_mean_update(metric, per_frame, index == i)
 
     def update_rollout(self, num_steps: int, predicted: Tensor, target: Tensor) -> None:
         """predicted, target: [B, H, N_b, D_b] generated and ground-truth future latents."""

@@ -1,0 +1,106 @@
+"""The built-in procedural environment: a controllable sprite and autonomous bouncing balls on a small canvas.
+
+The dynamics depend on the actions twice, so that an action-conditioned model beats copying the last frame:
+the sprite moves one pixel per step in the chosen direction, and a ball that would hit the sprite bounces off
+it. Everything is integer arithmetic seeded from one number, so episodes are reproducible bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ACTIONS = ("noop", "up", "down", "left", "right")  # discrete action ids 0..4
+_MOVES = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]])  # (row, col) displacement per action
+_BACKGROUND = np.array([0.08, 0.10, 0.20], dtype=np.float32)
+_SPRITE_COLOUR = np.array([1.0, 0.85, 0.2], dtype=np.float32)
+_BALL_COLOURS = np.array([[0.9, 0.2, 0.2], [0.2, 0.8, 0.9], [0.4, 0.9, 0.3], [0.8, 0.4, 0.9]], dtype=np.float32)
+
+
+@dataclass
+class ToyEnvConfig:
+    """Size and population of the toy world."""
+
+    image_size: int = 16  # frames are image_size x image_size RGB
+    sprite_size: int = 3  # side of the controllable square
+    num_balls: int = 2  # autonomous objects moving diagonally and bouncing off walls and the sprite
+    ball_size: int = 2  # side of each ball
+
+
+class ToyEnv:
+    """Gym-like: ``reset(seed) -> frame``, ``step(action) -> frame``; frames float32 [H, W, 3] in [0, 1]."""
+
+    num_actions = len(ACTIONS)
+
+    def __init__(self, config: ToyEnvConfig | None = None):
+        self.config = config or ToyEnvConfig()
+        c = self.config
+        if c.num_balls > len(_BALL_COLOURS):
+            raise ValueError(f"num_balls must be <= {len(_BALL_COLOURS)}")
+        if c.image_size < 2 * max(c.sprite_size, c.ball_size) + 2:
+            raise ValueError(f"image_size {c.image_size} too small for the sprites")
+        self.sprite = np.zeros(2, dtype=np.int64)  # (row, col) of the sprite's top-left corner
+        self.balls = np.zeros((c.num_balls, 2), dtype=np.int64)  # (K, 2) top-left corners
+        self.velocities = np.ones((c.num_balls, 2), dtype=np.int64)  # (K, 2) entries in {-1, +1}
+
+    def reset(self, seed: int) -> np.ndarray:
+        c, rng = self.config, np.random.default_rng(seed)
+        self.sprite = rng.integers(0, c.image_size - c.sprite_size + 1, size=2)
+        self.balls = rng.integers(0, c.image_size - c.ball_size + 1, size=(c.num_balls, 2))
+        self.velocities = rng.choice(np.array([-1, 1]), size=(c.num_balls, 2))
+        return self.render()
+
+    def step(self, action: int) -> np.ndarray:
+        """Apply `action` (an id in ACTIONS); `actions[t]` in a dataset is the action passed to the step
+        that produced frame t."""
+        if not 0 <= action < self.num_actions:
+            raise ValueError(f"action {action} outside [0, {self.num_actions})")
+        c = self.config
+        self.sprite = np.clip(self.sprite + _MOVES[action], 0, c.image_size - c.sprite_size)
+        limit = c.image_size - c.ball_size
+        for k in range(c.num_balls):
+            proposal = self.balls[k] + self.velocities[k]
+            for axis in range(2):  # bounce off the walls
+                if not 0 <= proposal[axis] <= limit:
+                    self.velocities[k, axis] *= -1
+                    proposal[axis] = self.balls[k, axis] + self.velocities[k, axis]
+            if self._hits_sprite(proposal):  # bounce off the sprite: the action changes the balls' paths
+                self.velocities[k] *= -1
+                proposal = np.clip(self.balls[k] + self.velocities[k], 0, limit)
+            self.balls[k] = proposal
+        return self.render()
+
+    def _hits_sprite(self, ball: np.ndarray) -> bool:
+        c = self.config
+        return bool(np.all(ball < self.sprite + c.sprite_size) and np.all(self.sprite < ball + c.ball_size))
+
+    def render(self) -> np.ndarray:
+        c = self.config
+        frame = np.broadcast_to(_BACKGROUND, (c.image_size, c.image_size, 3)).copy()
+        for k, (r, col) in enumerate(self.balls):
+            frame[r:r + c.ball_size, col:col + c.ball_size] = _BALL_COLOURS[k]
+        r, col = self.sprite
+        frame[r:r + c.sprite_size, col:col + c.sprite_size] = _SPRITE_COLOUR
+        return frame
+
+
+def sticky_random_actions(length: int, num_actions: int, rng: np.random.Generator, repeat: float = 0.75
+                          ) -> np.ndarray:
+    """A random policy that repeats its previous action with probability `repeat` (coherent motion)."""
+    actions = np.empty(length, dtype=np.int64)
+    actions[0] = rng.integers(num_actions)
+    for t in range(1, length):
+        actions[t] = actions[t - 1] if rng.random() < repeat else rng.integers(num_actions)
+    return actions
+
+
+def rollout_episode(env: ToyEnv, seed: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """One episode of `length` frames [T, H, W, 3] and its actions [T] (actions[0] = -1: nothing led to frame 0)."""
+    rng = np.random.default_rng([seed, 1])
+    frames = [env.reset(seed)]
+    actions = np.full(length, -1, dtype=np.int64)
+    actions[1:] = sticky_random_actions(length - 1, env.num_actions, rng) if length > 1 else []
+    for t in range(1, length):
+        frames.append(env.step(int(actions[t])))
+    return np.stack(frames), actions

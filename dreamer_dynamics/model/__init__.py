@@ -1,0 +1,10 @@
+"""Dynamics transformer (paper Sec. 3.2, 3.4) and KV-cached rollouts (SPEC §4, §5).
+
+Convention: signal level tau = 0 is pure noise, tau = 1 is clean data.
+"""
+
+from dreamer_dynamics.model.config import DynamicsConfig
+from dreamer_dynamics.model.rollout import TimeKVCache, context_signal_level, rollout
+from dreamer_dynamics.model.transformer import DynamicsTransformer
+
+__all__ = ["DynamicsConfig", "DynamicsTransformer", "rollout", "TimeKVCache", "context_signal_level"]
