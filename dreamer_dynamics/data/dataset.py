@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,11 +21,14 @@ class LatentDataset:
     header and size (cheap: no array data is read); :meth:`validate` with ``deep=True`` also scans the values.
     """
 
-    def __init__(self, root: str | os.PathLike, *, check_files: bool = True):
+    def __init__(self, root: str | os.PathLike, *, check_files: bool = True, max_open_episodes: int = 1024):
         self.root = Path(root)
         self.meta: DatasetMetadata = read_metadata(self.root)
         self.episode_lengths = np.array([e.length for e in self.meta.episodes], dtype=np.int64)  # (E,)
-        self._maps: dict[int, dict[str, np.ndarray]] = {}
+        # least-recently-used open maps: a dataset of 100k episodes must not hold 300k mappings at once
+        # (Linux caps a process at ~65k); closing a map only drops page-table entries, reopening is cheap
+        self.max_open_episodes = max(1, int(max_open_episodes))
+        self._maps: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         if check_files:
             self.check_files()
 
@@ -54,7 +58,9 @@ class LatentDataset:
         if not -len(self) <= index < len(self):
             raise IndexError(f"episode index {index} out of range for {len(self)} episodes in {self.root}")
         index %= len(self)
-        if index not in self._maps:
+        if index in self._maps:
+            self._maps.move_to_end(index)
+        else:
             record = self.meta.episodes[index]
             maps = {}
             for key in self.meta.array_keys():
@@ -64,6 +70,8 @@ class LatentDataset:
                 except (OSError, ValueError) as err:
                     raise DatasetError(path, f"cannot memory-map episode file ({err})") from None
             self._maps[index] = maps
+            if len(self._maps) > self.max_open_episodes:
+                self._maps.popitem(last=False)
         return self._maps[index]
 
     def window(self, index: int, start: int, length: int) -> dict[str, np.ndarray]:
@@ -73,10 +81,12 @@ class LatentDataset:
         """
         episode_length = int(self.episode_lengths[index])
         if start < 0 or length < 1 or start + length > episode_length:
-            raise IndexError(f"window [{start}, {start + length}) outside episode {index} of length {episode_length}")
+            raise IndexError(
+                f"window [{start}, {start + length}) outside episode {index} of length {episode_length}"
+            )
         out = {}
         for key, array in self[index].items():
-            piece = array[start:start + length]
+            piece = array[start : start + length]
             dtype = np.int64 if key == "actions_discrete" else np.float32
             out[key] = np.array(piece, dtype=dtype)
         return out
@@ -85,8 +95,12 @@ class LatentDataset:
         """Raise a DatasetError naming the first missing, truncated, or mismatched episode file."""
         for record in self.meta.episodes:
             for key in self.meta.array_keys():
-                check_npy_header(record.file(self.root, key), record.length, self.meta.expected_tail(key),
-                                 self.meta.expected_dtype(key))
+                check_npy_header(
+                    record.file(self.root, key),
+                    record.length,
+                    self.meta.expected_tail(key),
+                    self.meta.expected_dtype(key),
+                )
 
     def validate(self, *, deep: bool = False) -> None:
         """Check every file; with `deep`, also scan values (NaN/inf latents, inf or out-of-range actions)."""
@@ -106,13 +120,16 @@ class LatentDataset:
                     bad = (array < -1) | (array >= classes[None, :])
                     if bad.any():
                         t, k = np.argwhere(bad)[0]
-                        raise DatasetError(path, f"action id {int(array[t, k])} out of range at frame {t}, "
-                                                 f"component {k} (classes {int(classes[k])})")
+                        raise DatasetError(
+                            path,
+                            f"action id {int(array[t, k])} out of range at frame {t}, "
+                            f"component {k} (classes {int(classes[k])})",
+                        )
             self._maps.pop(index, None)  # do not keep every map open during a full scan
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_maps"] = {}  # memory maps are reopened lazily in the receiving process
+        state["_maps"] = OrderedDict()  # memory maps are reopened lazily in the receiving process
         return state
 
 

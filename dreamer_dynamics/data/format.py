@@ -64,7 +64,9 @@ class DatasetMetadata:
     num_discrete_actions: tuple[int, ...] = ()  # class count of each categorical action component
     num_continuous_actions: int = 0  # number of continuous action components
     decoder: dict[str, Any] | None = None  # how to turn latents into pictures, e.g. {"type": "patch", ...}
-    attributes: dict[str, Any] = field(default_factory=dict)  # free-form dataset info (source, generator config)
+    attributes: dict[str, Any] = field(
+        default_factory=dict
+    )  # free-form dataset info (source, generator config)
     episodes: list[EpisodeRecord] = field(default_factory=list)  # committed episodes in order
     format: str = FORMAT_VERSION  # format version string
 
@@ -86,7 +88,9 @@ class DatasetMetadata:
             "num_continuous_actions": self.num_continuous_actions,
             "decoder": self.decoder,
             "attributes": self.attributes,
-            "episodes": [{"name": e.name, "length": e.length, "attributes": e.attributes} for e in self.episodes],
+            "episodes": [
+                {"name": e.name, "length": e.length, "attributes": e.attributes} for e in self.episodes
+            ],
         }
 
     @classmethod
@@ -95,7 +99,9 @@ class DatasetMetadata:
         if not isinstance(data, dict):
             raise DatasetError(path, "metadata must be a JSON object")
         if data.get("format") != FORMAT_VERSION:
-            raise DatasetError(path, f"unsupported format {data.get('format')!r}; this reader knows {FORMAT_VERSION!r}")
+            raise DatasetError(
+                path, f"unsupported format {data.get('format')!r}; this reader knows {FORMAT_VERSION!r}"
+            )
         try:
             shape = tuple(int(x) for x in data["latent_shape"])
             dtype = str(data.get("latent_dtype", "float32"))
@@ -107,8 +113,15 @@ class DatasetMetadata:
             ]
         except (KeyError, TypeError, ValueError) as err:
             raise DatasetError(path, f"malformed metadata field: {err!r}") from None
-        meta = cls(shape, dtype, discrete, continuous, data.get("decoder"), dict(data.get("attributes") or {}),
-                   episodes)
+        meta = cls(
+            shape,
+            dtype,
+            discrete,
+            continuous,
+            data.get("decoder"),
+            dict(data.get("attributes") or {}),
+            episodes,
+        )
         meta.check_spec(path)
         for e in episodes:
             if e.length < 1:
@@ -118,13 +131,21 @@ class DatasetMetadata:
     def check_spec(self, path: Path | None) -> None:
         """Check the dataset-wide fields (used by the reader and the writer)."""
         if len(self.latent_shape) != 2 or min(self.latent_shape) < 1:
-            raise DatasetError(path, f"latent_shape must be [N_b, D_b] with positive sizes, got {self.latent_shape}")
+            raise DatasetError(
+                path, f"latent_shape must be [N_b, D_b] with positive sizes, got {self.latent_shape}"
+            )
         if self.latent_dtype not in LATENT_DTYPES:
-            raise DatasetError(path, f"latent_dtype must be one of {LATENT_DTYPES}, got {self.latent_dtype!r}")
+            raise DatasetError(
+                path, f"latent_dtype must be one of {LATENT_DTYPES}, got {self.latent_dtype!r}"
+            )
         if any(n < 1 for n in self.num_discrete_actions):
-            raise DatasetError(path, f"num_discrete_actions must be class counts >= 1, got {self.num_discrete_actions}")
+            raise DatasetError(
+                path, f"num_discrete_actions must be class counts >= 1, got {self.num_discrete_actions}"
+            )
         if self.num_continuous_actions < 0:
-            raise DatasetError(path, f"num_continuous_actions must be >= 0, got {self.num_continuous_actions}")
+            raise DatasetError(
+                path, f"num_continuous_actions must be >= 0, got {self.num_continuous_actions}"
+            )
 
     def expected_tail(self, key: str) -> tuple[int, ...]:
         """Per-frame shape of array `key`."""
@@ -155,7 +176,7 @@ def read_metadata(root: str | os.PathLike) -> DatasetMetadata:
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON via a temp file, fsync, os.replace, then fsync the directory: readers see old or new, never half."""
+    """Write JSON via a temp file, fsync, os.replace, fsync the directory: old or new, never half."""
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)
@@ -180,7 +201,7 @@ def fsync_directory(path: Path) -> None:
 
 
 def check_npy_header(path: Path, length: int, tail: Sequence[int], dtype: np.dtype) -> None:
-    """Check that `path` is a complete .npy file of shape (length, *tail) and `dtype`, reading only its header."""
+    """Check that `path` is a complete .npy file of shape (length, *tail), `dtype`; header only."""
     if not path.is_file():
         raise DatasetError(path, "episode file is missing")
     try:

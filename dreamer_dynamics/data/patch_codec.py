@@ -18,7 +18,7 @@ from einops import rearrange
 
 
 def dct_matrix(n: int) -> np.ndarray:
-    """Orthonormal DCT-II matrix [n, n] (rows are basis vectors), computed in closed form: identical everywhere."""
+    """Orthonormal DCT-II matrix [n, n] (rows are basis vectors), closed form: identical everywhere."""
     k = np.arange(n)[:, None]
     i = np.arange(n)[None, :]
     basis = np.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
@@ -61,27 +61,36 @@ class PatchCodec:
     def from_spec(cls, spec: dict[str, Any]) -> "PatchCodec":
         if spec.get("type") != "patch":
             raise ValueError(f"not a patch decoder spec: {spec}")
-        return cls(int(spec["image_size"]), int(spec["patch"]), int(spec["channels"]), float(spec["mean"]),
-                   float(spec["std"]))
+        return cls(
+            int(spec["image_size"]),
+            int(spec["patch"]),
+            int(spec["channels"]),
+            float(spec["mean"]),
+            float(spec["std"]),
+        )
 
     def encode(self, images: Any) -> Any:
-        """images [..., H, W, C] in [0, 1] (numpy or torch) -> latents [..., N_b, D_b] float32 (same library)."""
-        is_numpy = not isinstance(images, torch.Tensor)
-        x = torch.as_tensor(np.asarray(images) if is_numpy else images).float()
+        """images [..., H, W, C] in [0, 1] (numpy or torch) -> latents [..., N_b, D_b] float32, same type."""
+        if isinstance(images, torch.Tensor):
+            x, basis = images.float(), self._basis.to(images.device)
+        else:  # numpy stays in numpy: no tensor round trip, no intra-op thread pool for small arrays
+            x, basis = np.asarray(images, dtype=np.float32), self._basis.numpy()
         patches = rearrange(x, "... (h p1) (w p2) c -> ... (h w) (p1 p2 c)", p1=self.patch, p2=self.patch)
-        latents = ((patches - self.mean) / self.std) @ self._basis.to(x.device).T  # (..., N_b, D_b)
-        return latents.numpy() if is_numpy else latents
+        return ((patches - self.mean) / self.std) @ basis.T  # (..., N_b, D_b)
 
     def decode(self, latents: Any, *, clip: bool = False) -> Any:
-        """latents [..., N_b, D_b] -> images [..., H, W, C]; exact inverse of encode (clip only for display)."""
-        is_numpy = not isinstance(latents, torch.Tensor)
-        z = torch.as_tensor(np.asarray(latents) if is_numpy else latents).float()
-        patches = (z @ self._basis.to(z.device)) * self.std + self.mean  # (..., N_b, D_b)
-        images = rearrange(patches, "... (h w) (p1 p2 c) -> ... (h p1) (w p2) c", h=self.grid, p1=self.patch,
-                           p2=self.patch)
+        """latents [..., N_b, D_b] -> images [..., H, W, C]; exact inverse of encode (clip: display)."""
+        if isinstance(latents, torch.Tensor):
+            z, basis = latents.float(), self._basis.to(latents.device)
+        else:
+            z, basis = np.asarray(latents, dtype=np.float32), self._basis.numpy()
+        patches = (z @ basis) * self.std + self.mean  # (..., N_b, D_b)
+        images = rearrange(
+            patches, "... (h w) (p1 p2 c) -> ... (h p1) (w p2) c", h=self.grid, p1=self.patch, p2=self.patch
+        )
         if clip:
-            images = images.clamp(0.0, 1.0)
-        return images.numpy() if is_numpy else images
+            images = images.clamp(0.0, 1.0) if isinstance(images, torch.Tensor) else np.clip(images, 0.0, 1.0)
+        return images
 
     def __call__(self, latents: Any) -> Any:
         """Decoder for logging: latents [..., N_b, D_b] -> images [..., H, W, 3] in [0, 1]."""

@@ -1,4 +1,4 @@
-"""Alternating-length batch sampling (paper Sec. 3.4): many short batches of T1 frames, occasional long ones of T2.
+"""Alternating-length batch sampling (paper Sec. 3.4): frequent short batches (T1), occasional long (T2).
 
 Everything is a pure function of (seed, step) so that distributed ranks agree without communication and a
 resumed run reproduces an uninterrupted one exactly:
@@ -79,8 +79,11 @@ class AlternatingLengthBatchSampler(torch.utils.data.Sampler):
             starts = np.maximum(self.lengths - length + 1, 0)
             if starts.sum() == 0:
                 longest = int(self.lengths.max()) if len(self.lengths) else 0
-                raise DatasetError(None, f"no episode is long enough for batches of {length} frames (longest "
-                                         f"episode: {longest} frames); shorten the batch length or add data")
+                raise DatasetError(
+                    None,
+                    f"no episode is long enough for batches of {length} frames (longest "
+                    f"episode: {longest} frames); shorten the batch length or add data",
+                )
             self._cumulative[length] = np.cumsum(starts)
         if steps_per_epoch is None:  # about one pass over the frames per epoch, counted over all ranks
             frames_per_step = self.world_size * self._mean_frames_per_step()
@@ -89,7 +92,7 @@ class AlternatingLengthBatchSampler(torch.utils.data.Sampler):
         self.set_position(start_step)
         self.position_provider: Callable[[], tuple[int, int] | None] | None = None
 
-    # ------------------------------------------------------------------ schedule (pure functions of seed, step)
+    # ---------------------------------------------------------- schedule (pure functions of seed, step)
     def _lengths_in_use(self) -> list[int]:
         if self.long_only:
             return [self.long_length]
@@ -133,7 +136,7 @@ class AlternatingLengthBatchSampler(torch.utils.data.Sampler):
             while len(flat) < wanted:
                 flat = np.unique(np.concatenate([flat, rng.integers(0, total, size=wanted - len(flat))]))
             flat = rng.permutation(flat)
-        mine = flat[self.rank * size:(self.rank + 1) * size]
+        mine = flat[self.rank * size : (self.rank + 1) * size]
         episodes = np.searchsorted(cumulative, mine, side="right")
         starts = mine - np.where(episodes > 0, cumulative[episodes - 1], 0)
         return [(int(self.episode_ids[e]), int(s), length) for e, s in zip(episodes, starts)]
@@ -165,5 +168,7 @@ class AlternatingLengthBatchSampler(torch.utils.data.Sampler):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state.get("seed", self.seed)) != self.seed:
-            raise ValueError(f"sampler state was saved with seed {state['seed']}, this sampler has {self.seed}")
+            raise ValueError(
+                f"sampler state was saved with seed {state['seed']}, this sampler has {self.seed}"
+            )
         self.set_position(int(state["step"]))

@@ -15,7 +15,9 @@ ACTIONS = ("noop", "up", "down", "left", "right")  # discrete action ids 0..4
 _MOVES = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]])  # (row, col) displacement per action
 _BACKGROUND = np.array([0.08, 0.10, 0.20], dtype=np.float32)
 _SPRITE_COLOUR = np.array([1.0, 0.85, 0.2], dtype=np.float32)
-_BALL_COLOURS = np.array([[0.9, 0.2, 0.2], [0.2, 0.8, 0.9], [0.4, 0.9, 0.3], [0.8, 0.4, 0.9]], dtype=np.float32)
+_BALL_COLOURS = np.array(
+    [[0.9, 0.2, 0.2], [0.2, 0.8, 0.9], [0.4, 0.9, 0.3], [0.8, 0.4, 0.9]], dtype=np.float32
+)
 
 
 @dataclass
@@ -79,14 +81,15 @@ class ToyEnv:
         c = self.config
         frame = np.broadcast_to(_BACKGROUND, (c.image_size, c.image_size, 3)).copy()
         for k, (r, col) in enumerate(self.balls):
-            frame[r:r + c.ball_size, col:col + c.ball_size] = _BALL_COLOURS[k]
+            frame[r : r + c.ball_size, col : col + c.ball_size] = _BALL_COLOURS[k]
         r, col = self.sprite
-        frame[r:r + c.sprite_size, col:col + c.sprite_size] = _SPRITE_COLOUR
+        frame[r : r + c.sprite_size, col : col + c.sprite_size] = _SPRITE_COLOUR
         return frame
 
 
-def sticky_random_actions(length: int, num_actions: int, rng: np.random.Generator, repeat: float = 0.75
-                          ) -> np.ndarray:
+def sticky_random_actions(
+    length: int, num_actions: int, rng: np.random.Generator, repeat: float = 0.75
+) -> np.ndarray:
     """A random policy that repeats its previous action with probability `repeat` (coherent motion)."""
     actions = np.empty(length, dtype=np.int64)
     actions[0] = rng.integers(num_actions)
@@ -96,7 +99,7 @@ def sticky_random_actions(length: int, num_actions: int, rng: np.random.Generato
 
 
 def rollout_episode(env: ToyEnv, seed: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """One episode of `length` frames [T, H, W, 3] and its actions [T] (actions[0] = -1: nothing led to frame 0)."""
+    """One episode of `length` frames [T, H, W, 3] and actions [T]; actions[0] = -1 (no cause)."""
     rng = np.random.default_rng([seed, 1])
     frames = [env.reset(seed)]
     actions = np.full(length, -1, dtype=np.int64)

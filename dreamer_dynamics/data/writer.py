@@ -1,9 +1,9 @@
-"""Crash-safe creation and appending of latent datasets (format: dreamer_dynamics/data/format.py, docs/data.md).
+"""Crash-safe creation and appending of latent datasets (format: format.py, docs/data.md).
 
 Commit protocol for one episode: every array is validated in memory first, then written to a temporary file
-in ``episodes/``, fsynced, and renamed to its final name; only then is ``metadata.json`` rewritten (temp file +
-os.replace). A process killed at any point leaves a dataset whose metadata lists exactly the episodes committed
-before, all complete. Leftover temporary files are removed by the next writer.
+in ``episodes/``, fsynced, and renamed to its final name; only then is ``metadata.json`` rewritten (temp
+file + os.replace). A process killed at any point leaves a dataset whose metadata lists exactly the episodes
+committed before, all complete. Leftover temporary files are removed by the next writer.
 """
 
 from __future__ import annotations
@@ -40,27 +40,41 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def prepare_episode(meta: DatasetMetadata, where: str, latents: Any, actions_discrete: Any = None,
-                    actions_continuous: Any = None) -> dict[str, np.ndarray]:
+def prepare_episode(
+    meta: DatasetMetadata,
+    where: str,
+    latents: Any,
+    actions_discrete: Any = None,
+    actions_continuous: Any = None,
+) -> dict[str, np.ndarray]:
     """Validate one episode against the dataset spec and return its arrays in storage dtypes.
 
     Rules (docs/data.md): latents are real floating point [T, N_b, D_b], finite, cast to the storage dtype
     (float64 -> float32 is allowed; a float16 overflow is an error); discrete actions are integers
-    [T, n_discrete] in [-1, classes) with -1 = missing label; continuous actions are floating [T, n_continuous],
+    [T, n_discrete] in [-1, classes) with -1 = missing label; continuous actions are floating
+    [T, n_continuous],
     NaN = missing label, inf is an error; action arrays have the latents' length.
     """
     latents = _to_numpy(latents)
     if latents.ndim != 3 or tuple(latents.shape[1:]) != tuple(meta.latent_shape):
-        raise DatasetError(where, f"latents must have shape [T, {meta.latent_shape[0]}, {meta.latent_shape[1]}], "
-                                  f"got {list(latents.shape)}")
+        raise DatasetError(
+            where,
+            f"latents must have shape [T, {meta.latent_shape[0]}, {meta.latent_shape[1]}], "
+            f"got {list(latents.shape)}",
+        )
     if not np.issubdtype(latents.dtype, np.floating):
         raise DatasetError(where, f"latents must be floating point, got dtype {latents.dtype}")
     length = latents.shape[0]
     if length < 1:
         raise DatasetError(where, "episode has no frames")
-    if not np.isfinite(latents).all():
-        raise DatasetError(where, f"latents contain NaN/inf (first bad frame {int(np.argmin(np.isfinite(latents).reshape(length, -1).all(1)))})")
-    stored = latents.astype(meta.latent_dtype, copy=False)
+    finite_frames = np.isfinite(latents).reshape(length, -1).all(1)  # (T,)
+    if not finite_frames.all():
+        raise DatasetError(
+            where,
+            f"latents contain NaN/inf (first bad frame {int(np.argmin(finite_frames))})",
+        )
+    with np.errstate(over="ignore"):  # an overflow becomes inf and is reported just below
+        stored = latents.astype(meta.latent_dtype, copy=False)
     if not np.isfinite(stored).all():
         raise DatasetError(where, f"latents overflow the storage dtype {meta.latent_dtype}")
     arrays = {"latents": np.ascontiguousarray(stored)}
@@ -70,39 +84,56 @@ def prepare_episode(meta: DatasetMetadata, where: str, latents: Any, actions_dis
         raise DatasetError(where, "actions_discrete given but the dataset declares num_discrete_actions=()")
     if n_discrete:
         if actions_discrete is None:
-            raise DatasetError(where, f"actions_discrete missing; the dataset declares {n_discrete} components "
-                                      "(use -1 for a missing label)")
+            raise DatasetError(
+                where,
+                f"actions_discrete missing; the dataset declares {n_discrete} components "
+                "(use -1 for a missing label)",
+            )
         a = _to_numpy(actions_discrete)
         if a.ndim == 1 and n_discrete == 1:
             a = a[:, None]
         if a.shape != (length, n_discrete):
-            raise DatasetError(where, f"actions_discrete must have shape [T={length}, {n_discrete}], got {list(a.shape)}")
+            raise DatasetError(
+                where, f"actions_discrete must have shape [T={length}, {n_discrete}], got {list(a.shape)}"
+            )
         if not np.issubdtype(a.dtype, np.integer):
             raise DatasetError(where, f"actions_discrete must be integers, got dtype {a.dtype}")
         classes = np.asarray(meta.num_discrete_actions)
         bad = (a < -1) | (a >= classes[None, :])
         if bad.any():
             t, k = np.argwhere(bad)[0]
-            raise DatasetError(where, f"action id {int(a[t, k])} out of range at frame {t}, component {k}: "
-                                      f"must be in [0, {int(classes[k])}) or -1 (missing)")
+            raise DatasetError(
+                where,
+                f"action id {int(a[t, k])} out of range at frame {t}, component {k}: "
+                f"must be in [0, {int(classes[k])}) or -1 (missing)",
+            )
         arrays["actions_discrete"] = np.ascontiguousarray(a, dtype=DISCRETE_DTYPE)
 
     n_cont = meta.num_continuous_actions
     if n_cont == 0 and actions_continuous is not None:
-        raise DatasetError(where, "actions_continuous given but the dataset declares num_continuous_actions=0")
+        raise DatasetError(
+            where, "actions_continuous given but the dataset declares num_continuous_actions=0"
+        )
     if n_cont:
         if actions_continuous is None:
-            raise DatasetError(where, f"actions_continuous missing; the dataset declares {n_cont} components "
-                                      "(use NaN for a missing label)")
+            raise DatasetError(
+                where,
+                f"actions_continuous missing; the dataset declares {n_cont} components "
+                "(use NaN for a missing label)",
+            )
         c = _to_numpy(actions_continuous)
         if c.ndim == 1 and n_cont == 1:
             c = c[:, None]
         if c.shape != (length, n_cont):
-            raise DatasetError(where, f"actions_continuous must have shape [T={length}, {n_cont}], got {list(c.shape)}")
+            raise DatasetError(
+                where, f"actions_continuous must have shape [T={length}, {n_cont}], got {list(c.shape)}"
+            )
         if not np.issubdtype(c.dtype, np.floating):
             raise DatasetError(where, f"actions_continuous must be floating point, got dtype {c.dtype}")
         if np.isinf(c).any():
-            raise DatasetError(where, "actions_continuous contain inf (NaN is allowed and means a missing label)")
+            raise DatasetError(
+                where, "actions_continuous contain inf (NaN is allowed and means a missing label)"
+            )
         arrays["actions_continuous"] = np.ascontiguousarray(c, dtype=CONTINUOUS_DTYPE)
     return arrays
 
@@ -129,10 +160,17 @@ class LatentDatasetWriter:
         commit_every: int = 1,
     ):
         self.root = Path(root)
-        self.commit_every = max(1, int(commit_every))  # episodes per metadata rewrite (1 = commit each episode)
-        spec = DatasetMetadata(tuple(int(x) for x in latent_shape), str(latent_dtype),
-                               tuple(int(x) for x in num_discrete_actions), int(num_continuous_actions),
-                               decoder, dict(attributes or {}))
+        self.commit_every = max(
+            1, int(commit_every)
+        )  # episodes per metadata rewrite (1 = commit each episode)
+        spec = DatasetMetadata(
+            tuple(int(x) for x in latent_shape),
+            str(latent_dtype),
+            tuple(int(x) for x in num_discrete_actions),
+            int(num_continuous_actions),
+            decoder,
+            dict(attributes or {}),
+        )
         spec.check_spec(None)
         (self.root / EPISODES_DIR).mkdir(parents=True, exist_ok=True)
         self._lock = self._acquire_lock()
@@ -153,14 +191,20 @@ class LatentDatasetWriter:
     def num_episodes(self) -> int:
         return len(self.meta.episodes)
 
-    def add_episode(self, latents: Any, actions_discrete: Any = None, actions_continuous: Any = None,
-                    attributes: dict[str, Any] | None = None) -> int:
+    def add_episode(
+        self,
+        latents: Any,
+        actions_discrete: Any = None,
+        actions_continuous: Any = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> int:
         """Validate and commit one episode; returns its index in the dataset."""
         if self._closed:
             raise RuntimeError("LatentDatasetWriter is closed")
         name = f"{self._next_index:06d}"
-        arrays = prepare_episode(self.meta, f"{self.root}: episode {name}", latents, actions_discrete,
-                                 actions_continuous)
+        arrays = prepare_episode(
+            self.meta, f"{self.root}: episode {name}", latents, actions_discrete, actions_continuous
+        )
         record = EpisodeRecord(name, int(arrays["latents"].shape[0]), dict(attributes or {}))
         episodes_dir = self.root / EPISODES_DIR
         temporaries = []
@@ -219,9 +263,13 @@ class LatentDatasetWriter:
         for name in ("latent_shape", "latent_dtype", "num_discrete_actions", "num_continuous_actions"):
             old, new = getattr(self.meta, name), getattr(spec, name)
             if tuple(np.atleast_1d(old)) != tuple(np.atleast_1d(new)):
-                raise DatasetError(path, f"cannot append: existing {name}={old} but the writer was given {new}")
+                raise DatasetError(
+                    path, f"cannot append: existing {name}={old} but the writer was given {new}"
+                )
         if spec.decoder is not None and self.meta.decoder not in (None, spec.decoder):
-            raise DatasetError(path, f"cannot append: existing decoder {self.meta.decoder} differs from {spec.decoder}")
+            raise DatasetError(
+                path, f"cannot append: existing decoder {self.meta.decoder} differs from {spec.decoder}"
+            )
         if spec.decoder is not None:
             self.meta.decoder = spec.decoder
         self.meta.attributes.update(spec.attributes)

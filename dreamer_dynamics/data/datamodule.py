@@ -1,0 +1,284 @@
+"""LightningDataModule: latent dataset -> alternating-length training batches, fixed validation windows.
+
+Trainer settings this module needs (docs/data.md): ``use_distributed_sampler: false`` -- the module shards
+the data itself (AlternatingLengthBatchSampler, by rank and world size read from the attached Trainer), and
+Lightning must not wrap or replace its batch sampler. Use ``steps_per_epoch`` rather than
+``limit_train_batches`` to shorten epochs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict
+from functools import cached_property
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+from torch.utils.data import DataLoader
+
+from .dataset import LatentDataset, LatentWindowDataset, split_episodes
+from .default import ToyDatasetConfig, builtin_dataset_root
+from .format import DatasetError
+from .patch_codec import PatchCodec, decoder_from_spec
+from .sampler import AlternatingLengthBatchSampler, Window
+
+
+class DynamicsDataModule(pl.LightningDataModule):
+    """Training batches {"latents" [B,T,N_b,D_b], "actions_discrete" [B,T,n], "actions_continuous" [B,T,c]}.
+
+    Args:
+        root: dataset directory (format: docs/data.md); None = the built-in toy dataset, generated and cached.
+        short_length: frames T1 of the frequent short batches (paper Minecraft: 64).
+        long_length: frames T2 of the occasional long batches (paper Minecraft: 256; > context C).
+        short_batch_size: sequences per rank in a short batch.
+        long_batch_size: sequences per rank in a long batch; None keeps frames per step even.
+        long_every: every `long_every`-th step is long (a period); None to use `long_share` instead.
+        long_share: probability that a step is long, from a hash of (seed, step); needs long_every=None.
+        long_only: every batch is long (the paper's final finetuning phase).
+        val_fraction: share of episodes held out for validation/test/predict (at least one if > 0).
+        seed: seeds the split, the length schedule and the windows.
+        num_workers: DataLoader worker processes (memory maps are reopened in each worker).
+        steps_per_epoch: training batches per epoch; None = about one pass over the training frames.
+        val_batch_size: sequences per validation/test/predict batch; None = short_batch_size.
+        val_batches: number of fixed validation batches (per rank).
+        val_length: frames per validation window; None = short_length.
+        test_length: frames per test window; None = long_length.
+        predict_length: frames per predict window (context + horizon); None = long_length.
+        predict_batches: number of predict batches.
+        toy: generator config of the built-in dataset (used only when root is None).
+        cache_dir: cache of the built-in dataset; None = $DREAMER_DYNAMICS_CACHE or ~/.cache/dreamer_dynamics.
+        pin_memory: pin host memory in the DataLoaders (GPU training).
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        short_length: int = 16,
+        long_length: int = 32,
+        short_batch_size: int = 8,
+        long_batch_size: int | None = 4,
+        long_every: int | None = 8,
+        long_share: float | None = None,
+        long_only: bool = False,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        num_workers: int = 0,
+        steps_per_epoch: int | None = None,
+        val_batch_size: int | None = None,
+        val_batches: int = 4,
+        val_length: int | None = None,
+        test_length: int | None = None,
+        predict_length: int | None = None,
+        predict_batches: int = 1,
+        toy: ToyDatasetConfig | dict | None = None,
+        cache_dir: str | None = None,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        if isinstance(toy, dict):
+            toy = ToyDatasetConfig(**toy)
+        # plain types only in the hyperparameters, so checkpoints load with weights-only unpickling
+        self.save_hyperparameters(ignore=["toy"])
+        self.hparams["toy"] = asdict(toy) if toy is not None else None
+        if root is None:  # generated once, then read from the cache; rank-safe (see default.py)
+            root = str(builtin_dataset_root(toy, cache_dir, progress=True))
+        self.root = os.fspath(root)
+        self.dataset = LatentDataset(
+            self.root, check_files=False
+        )  # metadata only; files are checked in setup
+        self.val_batch_size = val_batch_size or short_batch_size
+        self.val_length = val_length or short_length
+        self.test_length = test_length or long_length
+        self.predict_length = predict_length or long_length
+        self.train_episodes, self.val_episodes = split_episodes(len(self.dataset), val_fraction, seed)
+        self._files_checked = False
+        self._train_sampler: AlternatingLengthBatchSampler | None = None
+        self._pending_position: tuple[int, int] | None = None  # restored by load_state_dict, used once
+
+    # ------------------------------------------------------------ spec for LightningCLI argument linking
+    @property
+    def latent_tokens(self) -> int:
+        return self.dataset.latent_shape[0]
+
+    @property
+    def latent_dim(self) -> int:
+        return self.dataset.latent_shape[1]
+
+    @property
+    def num_discrete_actions(self) -> tuple[int, ...]:
+        return self.dataset.num_discrete_actions
+
+    @property
+    def num_continuous_actions(self) -> int:
+        return self.dataset.num_continuous_actions
+
+    @cached_property
+    def decoder(self) -> PatchCodec | None:
+        """latents [..., N_b, D_b] -> images [..., H, W, 3] in [0, 1]; None if the dataset has no decoder."""
+        return decoder_from_spec(self.dataset.meta.decoder)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str | None = None) -> None:
+        if not self._files_checked:
+            if len(self.dataset) == 0:
+                raise DatasetError(self.root, "dataset has no episodes")
+            self.dataset.check_files()
+            self._files_checked = True
+        if self.hparams.val_fraction > 0 and not self.val_episodes:
+            raise DatasetError(
+                self.root,
+                f"empty validation split: {len(self.dataset)} episode(s) cannot be split "
+                "by episode; add episodes or set val_fraction=0",
+            )
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (int(trainer.global_rank), int(trainer.world_size)) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        rank, world = self._rank_and_world()
+        h = self.hparams
+        sampler = AlternatingLengthBatchSampler(
+            self.dataset.episode_lengths[self.train_episodes],
+            short_length=h.short_length,
+            long_length=h.long_length,
+            short_batch_size=h.short_batch_size,
+            long_batch_size=h.long_batch_size,
+            long_every=h.long_every,
+            long_share=h.long_share,
+            long_only=h.long_only,
+            seed=h.seed,
+            rank=rank,
+            world_size=world,
+            steps_per_epoch=h.steps_per_epoch,
+            episode_ids=self.train_episodes,
+        )
+        sampler.position_provider = self._training_position
+        self._train_sampler = sampler
+        workers = self.hparams.num_workers
+        return _TrainLoader(
+            self,
+            LatentWindowDataset(self.dataset),
+            batch_sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory,
+            persistent_workers=workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._fixed_loader(self.val_length, self.hparams.val_batches, "validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._fixed_loader(self.test_length, self.hparams.val_batches, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._fixed_loader(self.predict_length, self.hparams.predict_batches, "predict")
+
+    # ------------------------------------------------------------------ checkpoint state (exact resume)
+    def state_dict(self) -> dict[str, Any]:
+        """{"sampler_step": training batches consumed, "done_in_epoch": of those in this epoch, "seed"}."""
+        step, done = self._consumed_batches()
+        return {"sampler_step": step, "done_in_epoch": done, "seed": self.hparams.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state.get("seed", self.hparams.seed)) != self.hparams.seed:
+            raise ValueError(
+                f"checkpoint data seed {state['seed']} differs from data.seed={self.hparams.seed}; "
+                "the resumed batches would not match"
+            )
+        self._pending_position = (int(state["sampler_step"]), int(state.get("done_in_epoch", 0)))
+        if self._train_sampler is not None:
+            self._train_sampler.set_position(*self._pending_position)
+
+    def _consumed_batches(self) -> tuple[int, int]:
+        """Training batches actually consumed, read from the Trainer's progress (not from the sampler, which
+        DataLoader prefetching runs ahead of consumption)."""
+        trainer = self.trainer
+        if trainer is None or not hasattr(trainer, "fit_loop"):
+            if self._pending_position is not None:
+                return self._pending_position
+            if self._train_sampler is None:
+                return 0, 0
+            step = self._train_sampler.state_dict()["step"]  # plain loop: epochs align to steps_per_epoch
+            return step, step % self._train_sampler.steps_per_epoch
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        done = int(progress.current.processed)
+        batches = trainer.num_training_batches
+        if isinstance(batches, (int, float)) and math.isfinite(batches) and done >= batches:
+            done = 0  # the epoch is complete: a resumed run starts a fresh one
+        return int(progress.total.processed), done
+
+    def _training_position(self) -> tuple[int, int] | None:
+        if self._pending_position is not None:
+            position, self._pending_position = self._pending_position, None
+            return position
+        return self._consumed_batches() if self.trainer is not None else None
+
+    # ------------------------------------------------------------------ helpers
+    def fixed_windows(self, length: int, count: int, split: str) -> list[Window]:
+        """Deterministic windows for evaluation: non-overlapping windows of the held-out episodes (all
+        episodes when val_fraction=0), a seeded choice of `count` of them, ordered."""
+        episodes = self.val_episodes or self.train_episodes
+        candidates = [
+            (e, s, length)
+            for e in episodes
+            for s in range(0, int(self.dataset.episode_lengths[e]) - length + 1, length)
+        ]
+        if not candidates:
+            longest = int(self.dataset.episode_lengths[episodes].max())
+            raise DatasetError(
+                self.root,
+                f"no {split} episode has {length} frames (longest: {longest}); "
+                f"lower the {split} window length",
+            )
+        if len(candidates) > count:
+            rng = np.random.default_rng([self.hparams.seed, 0xE7A1])
+            candidates = [candidates[i] for i in sorted(rng.choice(len(candidates), count, replace=False))]
+        return candidates
+
+    def _fixed_loader(self, length: int, batches: int, split: str) -> DataLoader:
+        self.setup(split)
+        rank, world = self._rank_and_world()
+        windows = self.fixed_windows(length, batches * self.val_batch_size * world, split)
+        per_rank = math.ceil(len(windows) / world)  # equal batch counts on every rank (no collective hangs)
+        mine = [windows[(rank * per_rank + i) % len(windows)] for i in range(per_rank)]
+        workers = self.hparams.num_workers
+        return DataLoader(
+            _ListDataset(LatentWindowDataset(self.dataset), mine),
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory,
+            persistent_workers=workers > 0,
+        )
+
+
+class _TrainLoader(DataLoader):
+    """The training DataLoader, resumable in Lightning's sense (state_dict/load_state_dict): its state is the
+    DataModule's consumed-batch position, so the fit loop's own loader checkpointing agrees with ours."""
+
+    def __init__(self, datamodule: DynamicsDataModule, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._datamodule = datamodule
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._datamodule.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._datamodule.load_state_dict(state)
+
+
+class _ListDataset:
+    """Positions 0..n-1 -> the given windows (for plain batch_size DataLoaders)."""
+
+    def __init__(self, windows_dataset: LatentWindowDataset, windows: list[Window]):
+        self.windows_dataset, self.windows = windows_dataset, windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int):
+        return self.windows_dataset[self.windows[i]]

@@ -1,0 +1,106 @@
+"""The built-in dataset: toy-environment episodes encoded by the patch codec, generated once and cached.
+
+The cache lives in ``$DREAMER_DYNAMICS_CACHE`` (default ``~/.cache/dreamer_dynamics``) under a directory
+named after a hash of the generator config, so a different config never reuses a stale dataset. Generation
+writes into a private temporary directory that is renamed into place when complete: concurrent processes
+(e.g. DDP ranks) may generate at the same time, one rename wins and nobody reads a half-written dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .format import FORMAT_VERSION, METADATA_FILE
+from .patch_codec import PatchCodec
+from .toy_env import ACTIONS, ToyEnv, ToyEnvConfig, rollout_episode
+from .writer import LatentDatasetWriter
+
+GENERATOR_VERSION = "toy-v1"  # bump when the environment or codec changes, so caches are rebuilt
+
+
+@dataclass
+class ToyDatasetConfig:
+    """What the built-in dataset contains. Defaults: 200 episodes x 64 frames of 16 tokens x 48 dims
+    (12,800 frames, 39 MB of float32 latents), generated in a few seconds on one CPU core."""
+
+    episodes: int = 200  # number of episodes
+    length: int = 64  # frames per episode (>= the longest batch length used for training)
+    image_size: int = 16  # frame side in pixels
+    patch: int = 4  # patch side of the codec: 16x16 frames -> 16 tokens of 4*4*3 = 48 dims
+    num_balls: int = 2  # autonomous objects in the toy world
+    seed: int = 0  # episode e uses environment seed seed * 1_000_003 + e
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DREAMER_DYNAMICS_CACHE", Path.home() / ".cache" / "dreamer_dynamics"))
+
+
+def toy_dataset_key(config: ToyDatasetConfig) -> str:
+    text = json.dumps(
+        {"generator": GENERATOR_VERSION, "format": FORMAT_VERSION, **asdict(config)}, sort_keys=True
+    )
+    return f"{GENERATOR_VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def generate_toy_dataset(
+    root: str | os.PathLike, config: ToyDatasetConfig | None = None, *, progress: bool = True
+) -> Path:
+    """Write the toy dataset described by `config` to `root` (created or appended)."""
+    config = config or ToyDatasetConfig()
+    env = ToyEnv(ToyEnvConfig(image_size=config.image_size, num_balls=config.num_balls))
+    seeds = [config.seed * 1_000_003 + e for e in range(config.episodes)]
+    # fixed codec statistics from the first episodes, rounded so the spec is short and exact in JSON
+    sample = np.stack([rollout_episode(env, seed, config.length)[0] for seed in seeds[:16]])
+    codec = PatchCodec(
+        config.image_size, config.patch, 3, round(float(sample.mean()), 4), round(float(sample.std()), 4)
+    )
+    with LatentDatasetWriter(
+        root,
+        latent_shape=(codec.latent_tokens, codec.latent_dim),
+        num_discrete_actions=(len(ACTIONS),),
+        decoder=codec.spec(),
+        commit_every=32,
+        attributes={"source": GENERATOR_VERSION, "actions": list(ACTIONS), "config": asdict(config)},
+    ) as writer:
+        for seed in tqdm(seeds, desc="toy episodes", disable=not progress):  # streamed: memory stays flat
+            frames, actions = rollout_episode(env, seed, config.length)  # (T, H, W, 3), (T,)
+            writer.add_episode(
+                codec.encode(frames), actions_discrete=actions[:, None], attributes={"seed": seed}
+            )
+    return Path(root)
+
+
+def builtin_dataset_root(
+    config: ToyDatasetConfig | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    progress: bool = True,
+) -> Path:
+    """Path of the cached built-in dataset for `config`, generating it on first use."""
+    config = config or ToyDatasetConfig()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache / toy_dataset_key(config)
+    if (root / METADATA_FILE).is_file():
+        return root
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=cache))
+    try:
+        generate_toy_dataset(tmp, config, progress=progress)
+        (tmp / ".lock").unlink(missing_ok=True)
+        try:
+            os.rename(tmp, root)  # atomic; fails if another process finished first
+        except OSError:
+            if not (root / METADATA_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root

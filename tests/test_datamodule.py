@@ -1,0 +1,212 @@
+"""DynamicsDataModule: spec, batch layout, workers, split errors, exact resume under Lightning."""
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from dreamer_dynamics.data import DatasetError, DynamicsDataModule, LatentDatasetWriter
+from dreamer_dynamics.data.default import ToyDatasetConfig
+
+TOY = ToyDatasetConfig(episodes=10, length=40)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def _module(cache, **kwargs):
+    defaults = dict(
+        toy=TOY,
+        cache_dir=cache,
+        short_length=8,
+        long_length=16,
+        short_batch_size=4,
+        long_batch_size=2,
+        long_every=3,
+        val_fraction=0.2,
+        steps_per_epoch=6,
+        val_batches=2,
+    )
+    return DynamicsDataModule(**{**defaults, **kwargs})
+
+
+def test_builtin_spec_and_batch_layout(cache):
+    dm = _module(cache)
+    assert (dm.latent_tokens, dm.latent_dim) == (16, 48)
+    assert dm.num_discrete_actions == (5,) and dm.num_continuous_actions == 0
+    images = dm.decoder(torch.zeros(2, 16, 48))
+    assert images.shape == (2, 16, 16, 3) and float(images.min()) >= 0 and float(images.max()) <= 1
+    assert len(dm.train_episodes) == 8 and len(dm.val_episodes) == 2
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 6
+    for step, batch in enumerate(batches):
+        long = step % 3 == 2
+        assert set(batch) == {"latents", "actions_discrete"}
+        assert batch["latents"].shape == ((2, 16, 16, 48) if long else (4, 8, 16, 48))
+        assert batch["latents"].dtype == torch.float32 and batch["actions_discrete"].dtype == torch.int64
+        assert batch["actions_discrete"].shape[-1] == 1
+    val = list(dm.val_dataloader())
+    assert len(val) >= 1 and val[0]["latents"].shape[1:] == (8, 16, 48)
+    again = list(_module(cache).val_dataloader())
+    assert all(torch.equal(a["latents"], b["latents"]) for a, b in zip(val, again))  # fixed windows
+    assert next(iter(dm.predict_dataloader()))["latents"].shape[1] == 16
+    assert next(iter(dm.test_dataloader()))["latents"].shape[1] == 16
+
+
+def test_workers_give_the_same_batches(cache):
+    reference = list(_module(cache, num_workers=0).train_dataloader())
+    with_workers = list(_module(cache, num_workers=2).train_dataloader())
+    assert len(reference) == len(with_workers)
+    for a, b in zip(reference, with_workers):
+        assert torch.equal(a["latents"], b["latents"]) and torch.equal(
+            a["actions_discrete"], b["actions_discrete"]
+        )
+
+
+def test_empty_split_and_short_episodes_are_reported(tmp_path):
+    with LatentDatasetWriter(tmp_path / "one", latent_shape=(2, 2)) as w:
+        w.add_episode(np.zeros((50, 2, 2), np.float32))
+    dm = DynamicsDataModule(str(tmp_path / "one"), short_length=4, long_length=8)
+    assert dm.latent_tokens == 2 and dm.decoder is None and dm.num_discrete_actions == ()
+    with pytest.raises(DatasetError, match="empty validation split: 1 episode"):
+        dm.setup("fit")
+    DynamicsDataModule(
+        str(tmp_path / "one"), short_length=4, long_length=8, val_fraction=0
+    ).train_dataloader()
+    with LatentDatasetWriter(tmp_path / "short", latent_shape=(2, 2)) as w:
+        for _ in range(3):
+            w.add_episode(np.zeros((10, 2, 2), np.float32))
+    dm = DynamicsDataModule(str(tmp_path / "short"), short_length=4, long_length=32, val_fraction=0.3)
+    with pytest.raises(DatasetError, match="no episode is long enough for batches of 32 frames"):
+        dm.train_dataloader()
+    with pytest.raises(DatasetError, match="no validation episode has 12 frames"):
+        DynamicsDataModule(
+            str(tmp_path / "short"), short_length=12, long_length=12, val_fraction=0.3
+        ).val_dataloader()
+    with pytest.raises(DatasetError, match="dataset root does not exist"):
+        DynamicsDataModule(str(tmp_path / "nothing"))
+
+
+class _Recorder(pl.LightningModule):
+    """Trains one scalar and remembers a fingerprint of every training batch it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen = []
+
+    def training_step(self, batch, batch_idx):
+        latents = batch["latents"]
+        self.seen.append((tuple(latents.shape), round(float(latents.sum()), 3)))
+        return (self.weight * latents.mean() - 1.0) ** 2
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _trainer(tmp_path, max_steps, callbacks=()):
+    return pl.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        default_root_dir=str(tmp_path),
+        callbacks=list(callbacks),
+        enable_checkpointing=bool(callbacks),
+    )
+
+
+def test_resumed_fit_sees_exactly_the_uninterrupted_batches(cache, tmp_path):
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=9, save_top_k=-1)
+    reference = _Recorder()  # 14 steps over epochs of 6: checkpoint after step 9, mid-epoch 1
+    _trainer(tmp_path, 14, [checkpoint]).fit(reference, datamodule=_module(cache))
+    assert len(reference.seen) == 14
+    plain = _module(cache).train_dataloader()  # Lightning's epochs neither skip nor repeat sampler steps
+    expected = [
+        (tuple(b["latents"].shape), round(float(b["latents"].sum()), 3)) for _ in range(3) for b in plain
+    ]
+    assert reference.seen == expected[:14]
+    path = next(tmp_path.glob("*step=9*.ckpt"))
+    assert torch.load(path, weights_only=True)["DynamicsDataModule"]["sampler_step"] == 9
+    resumed = _Recorder()
+    _trainer(tmp_path, 14).fit(resumed, datamodule=_module(cache), ckpt_path=path)
+    assert resumed.seen == reference.seen[9:]
+    assert len({s for s, _ in reference.seen}) == 2  # both batch lengths were exercised
+
+
+_DDP_SCRIPT = """
+import json, sys
+import lightning.pytorch as pl
+import torch
+from dreamer_dynamics.data import DynamicsDataModule
+from dreamer_dynamics.data.default import ToyDatasetConfig
+
+
+class Recorder(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen = []
+
+    def training_step(self, batch, batch_idx):
+        x = batch["latents"]
+        self.seen.append([x.shape[1], x.double().sum(dim=(1, 2, 3)).tolist()])
+        return (self.weight * x.mean() - 1.0) ** 2
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+if __name__ == "__main__":
+    out, cache = sys.argv[1], sys.argv[2]
+    dm = DynamicsDataModule(toy=ToyDatasetConfig(episodes=10, length=40), cache_dir=cache, short_length=8,
+                            long_length=16, short_batch_size=2, long_batch_size=1, long_every=3,
+                            steps_per_epoch=5,
+                            val_fraction=0.2)
+    model = Recorder()
+    pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=7, logger=False,
+               enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+               limit_val_batches=0).fit(model, datamodule=dm)
+    with open(f"{out}/rank{model.global_rank}.json", "w") as f:
+        json.dump(model.seen, f)
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_ranks_share_lengths_and_split_each_global_batch(cache, tmp_path):
+    import subprocess
+    import sys
+
+    _module(cache)  # generate the cache before the ranks start
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(_DDP_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), cache],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == 7
+    single = _module(
+        cache, short_batch_size=4, long_batch_size=2, steps_per_epoch=5
+    )  # one process, global batch
+    train_loader = single.train_dataloader()
+    loader = iter(list(train_loader) + list(train_loader))  # two epochs
+    for (len0, sums0), (len1, sums1) in zip(*ranks):
+        assert len0 == len1  # same length on both ranks at every step
+        expected = next(loader)["latents"].double().sum(dim=(1, 2, 3)).tolist()
+        assert len(sums0) == len(sums1) == len(expected) // 2
+        np.testing.assert_allclose(sorted(sums0 + sums1), sorted(expected), rtol=1e-9)
+        assert not set(np.round(sums0, 6)) & set(np.round(sums1, 6))  # disjoint windows
