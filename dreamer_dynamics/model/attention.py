@@ -6,9 +6,10 @@ Kernel paths (all agree with a plain softmax attention, tests/test_attention.py)
   logit soft-capping, so it is only taken when ``attention_softcap is None``.
 - ``flex``: FlexAttention with the soft-cap as a ``score_mod`` and the causal window / image rows as a
   ``BlockMask``; compiled on CUDA (that is where it generates a fused kernel), eager elsewhere (tests only).
-- ``math``: explicit matmuls with GQA done by grouping query heads (no ``repeat_interleave`` copies); soft-cap,
-  mask and softmax in fp32. On CPU this is as fast as SDPA's math fallback and is the ``auto`` choice with a
-  soft-cap, because eager FlexAttention on CPU materialises the scores anyway and is much slower.
+- ``math``: explicit matmuls with GQA done by grouping query heads (no ``repeat_interleave`` copies);
+  soft-cap, mask and softmax in fp32. On CPU this is as fast as SDPA's math fallback and is the ``auto``
+  choice with a soft-cap, because eager FlexAttention on CPU materialises the scores anyway and is much
+  slower (and has no backward on CPU).
 """
 
 from __future__ import annotations
@@ -40,43 +41,43 @@ SDPA_HAS_GQA = TorchVersion(torch.__version__) >= (2, 5)
 class AttentionMask:
     """Boolean mask shared by all layers of one axis in one forward (True = may attend).
 
-    dense: (M, Lq, Lk) with M == 1 (same for every sequence) or M == N / rows_per_mask, where sequence n of the
-    attention batch uses dense[n // rows_per_mask] (time attention runs B*S sequences: S token positions per row).
+    dense: (M, Lq, Lk) with M == 1 (the same for every sequence) or M == N, the attention batch; it broadcasts
+    over heads. Time attention folds the S token positions into the head axis ((B, S*H, T, E), see
+    FactorizedAttention), so its batch is B and a per-row mask (image rows) needs only B masks.
     """
 
     dense: torch.Tensor
-    rows_per_mask: int = 1
-    _block_masks: dict = field(default_factory=dict, repr=False)
+    _block_mask: object = field(default=None, repr=False)
 
-    def for_sequences(self, n: int) -> torch.Tensor:
-        """(n or 1, 1, Lq, Lk) dense mask for SDPA."""
-        if self.dense.shape[0] == 1:
-            return self.dense[:, None]
-        return self.dense.repeat_interleave(self.rows_per_mask, dim=0)[:, None]
-
-    def block_mask(self, n: int):
+    def block_mask(self):
         """FlexAttention BlockMask, built once and shared by every layer that uses this mask."""
-        if n not in self._block_masks:
-            dense, rows = self.dense, self.rows_per_mask
-            if dense.shape[0] == 1:
-                def mask_mod(b, h, q_idx, kv_idx):
-                    return dense[0, q_idx, kv_idx]
-                batch = None
-            else:
-                def mask_mod(b, h, q_idx, kv_idx):
-                    return dense[b // rows, q_idx, kv_idx]
-                batch = n
-            self._block_masks[n] = create_block_mask(
-                mask_mod, batch, None, dense.shape[1], dense.shape[2], device=dense.device)
-        return self._block_masks[n]
+        if self._block_mask is None:
+            dense = self.dense
+
+            def mask_mod(b, h, q_idx, kv_idx):
+                return dense[b, q_idx, kv_idx]
+
+            def shared_mask_mod(b, h, q_idx, kv_idx):
+                return dense[0, q_idx, kv_idx]
+
+            per_row = dense.shape[0] > 1
+            self._block_mask = create_block_mask(
+                mask_mod if per_row else shared_mask_mod, dense.shape[0] if per_row else None, None,
+                dense.shape[1], dense.shape[2], device=dense.device)
+        return self._block_mask
 
 
-def resolve_backend(requested: str, softcap: Optional[float], device: torch.device) -> str:
-    """Pick the kernel path; see the module docstring for why."""
+def resolve_backend(requested: str, softcap: Optional[float], device: torch.device,
+                    query_len: int = 2) -> str:
+    """Pick the kernel path; see the module docstring for why.
+
+    With ``auto``, single-query calls (a rollout frame reading the KV cache) take the math path: they are
+    memory-bound anyway, and a compiled FlexAttention would recompile for every cache length up to C.
+    """
     if requested == "auto":
         if softcap is None:
             return "sdpa"
-        return "flex" if (HAS_FLEX and device.type == "cuda") else "math"
+        return "flex" if (HAS_FLEX and device.type == "cuda" and query_len > 1) else "math"
     if requested == "sdpa" and softcap is not None:
         raise ValueError("DynamicsConfig.attention_backend='sdpa' cannot apply attention_softcap "
                          f"({softcap}); use 'flex', 'math' or set attention_softcap=None")
@@ -94,17 +95,20 @@ def _softcap_score_mod(softcap: float):
 
 @functools.lru_cache(maxsize=None)
 def _compiled_flex():
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)  # default dynamic: one recompile, then shape-generic
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: Optional[AttentionMask],
            softcap: Optional[float], backend: str) -> torch.Tensor:
-    """Multi-head attention. q: (N, Hq, Lq, E); k, v: (N, Hkv, Lk, E), Hq % Hkv == 0 -> (N, Hq, Lq, E)."""
-    backend = resolve_backend(backend, softcap, q.device)
+    """Multi-head attention. q: (N, Hq, Lq, E); k, v: (N, Hkv, Lk, E), Hq % Hkv == 0 -> (N, Hq, Lq, E).
+
+    GQA convention (as in SDPA / FlexAttention ``enable_gqa``): query head i reads kv head i // (Hq / Hkv).
+    """
     n, hq, lq, e = q.shape
+    backend = resolve_backend(backend, softcap, q.device, lq)
     hkv = k.shape[1]
     if backend == "sdpa":
-        attn_mask = None if mask is None else mask.for_sequences(n)
+        attn_mask = None if mask is None else mask.dense[:, None]  # (M, 1, Lq, Lk)
         if hq != hkv and not SDPA_HAS_GQA:  # pragma: no cover - torch < 2.5
             k, v = k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
@@ -112,7 +116,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: Optional[
     if backend == "flex":
         fn = _compiled_flex() if q.is_cuda else flex_attention
         return fn(q, k, v, score_mod=None if softcap is None else _softcap_score_mod(float(softcap)),
-                  block_mask=None if mask is None else mask.block_mask(n), enable_gqa=hq != hkv)
+                  block_mask=None if mask is None else mask.block_mask(), enable_gqa=hq != hkv)
     # math: group query heads onto their kv head by a view, so k/v broadcast instead of being copied.
     groups = hq // hkv
     qg = q.view(n, hkv, groups, lq, e)  # (N, Hkv, G, Lq, E)
@@ -120,12 +124,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: Optional[
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
     if mask is not None:
-        dense = mask.dense
-        if dense.shape[0] != 1:  # (M, Lq, Lk) -> (M, rows, Hkv, G, Lq, Lk) view of the logits
-            logits = logits.view(dense.shape[0], mask.rows_per_mask, hkv, groups, lq, -1)
-            dense = dense[:, None, None, None]
-        logits = logits.masked_fill(~dense, float("-inf"))
-    probs = torch.softmax(logits, dim=-1).to(v.dtype).view(n, hkv, groups, lq, -1)
+        logits = logits.masked_fill(~mask.dense[:, None, None], float("-inf"))  # (M, 1, 1, Lq, Lk) broadcast
+    probs = torch.softmax(logits, dim=-1).to(v.dtype)
     return torch.matmul(probs, v.unsqueeze(2)).view(n, hq, lq, e)
 
 
@@ -148,32 +148,33 @@ class FactorizedAttention(nn.Module):
         self.k_norm = RMSNorm(config.head_dim, eps=config.norm_eps)
         self.out = nn.Linear(config.dim, config.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: Optional[AttentionMask] = None,
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, mask: Optional[AttentionMask] = None,
                 past_kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
                 ) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
-        """x: (B, T, S, D); cos/sin: RoPE tables for this axis' new positions.
+        """x: (B, T, S, D); freqs: rope_tables() of this axis' new positions ((S or T, E/2, 2)).
 
-        Time axis only: past_kv = cached (keys, values) of earlier frames, each (B*S, Hkv, L_past, E), already
-        normalised and rotated. Returns (output (B, T, S, D), this call's (keys, values) for the cache or None).
+        Time axis only: past_kv = cached (keys, values) of earlier frames, each (B, S*Hkv, L_past, E), already
+        normalised and rotated. Returns (output (B, T, S, D), this call's (keys, values) for the cache or
+        None).
         """
         b, t, s, dim = x.shape
         h, hkv, e = self.heads, self.kv_heads, self.head_dim
         qkv = self.qkv(x).view(b, t, s, h + 2 * hkv, e)  # (B, T, S, H + 2Hkv, E)
-        if self.axis == "space":
-            qkv = qkv.view(b * t, s, h + 2 * hkv, e).transpose(1, 2)  # (B*T, H+2Hkv, S, E), a view
-        else:
-            qkv = qkv.permute(0, 2, 3, 1, 4).reshape(b * s, h + 2 * hkv, t, e)  # (B*S, H+2Hkv, T, E)
-        q, k, v = qkv.split((h, hkv, hkv), dim=1)
-        q = apply_rope(self.q_norm(q), cos, sin, seq_dim=2)
-        k = apply_rope(self.k_norm(k), cos, sin, seq_dim=2)
+        q, k, v = qkv.split((h, hkv, hkv), dim=3)
+        # Norm + RoPE in the token-major layout, where the last dims are dense (elementwise ops on CPU are
+        # several times slower on transposed views); both return fresh contiguous tensors.
+        seq_dim = 2 if self.axis == "space" else 1
+        q = apply_rope(self.q_norm(q), freqs, seq_dim)  # (B, T, S, H, E)
+        k = apply_rope(self.k_norm(k), freqs, seq_dim)  # (B, T, S, Hkv, E)
+        if self.axis == "space":  # sequences = frames: (B*T, heads, S, E)
+            q, k, v = (y.reshape(b * t, s, -1, e).transpose(1, 2) for y in (q, k, v))
+        else:  # sequences = rows, token positions folded into heads: (B, S*heads, T, E)
+            q, k, v = (y.reshape(b, t, -1, e).transpose(1, 2) for y in (q, k, v))
         new_kv = (k, v) if self.axis == "time" else None
         if past_kv is not None:
             k = torch.cat((past_kv[0], k), dim=2)
             v = torch.cat((past_kv[1], v), dim=2)
-        o = attend(q, k, v, mask=mask, softcap=self.softcap, backend=self.backend)  # (N, H, L, E)
-        if self.axis == "space":
-            o = o.view(b, t, h, s, e).transpose(2, 3).reshape(b, t, s, dim)
-        else:
-            o = o.view(b, s, h, t, e).permute(0, 3, 1, 2, 4).reshape(b, t, s, dim)
+        o = attend(q, k, v, mask=mask, softcap=self.softcap, backend=self.backend)  # (N, heads, L, E)
+        # Both axes: (N, L, heads, E) is (B, T, S, D) in memory order.
+        o = o.transpose(1, 2).reshape(b, t, s, dim)
         return self.out(o), new_kv

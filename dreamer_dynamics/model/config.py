@@ -11,7 +11,7 @@ AttentionBackend = Literal["auto", "math", "sdpa", "flex"]
 
 @dataclass
 class DynamicsConfig:
-    """Every size of the dynamics transformer. Field names follow SPEC §9; use the presets as starting points.
+    """Every size of the dynamics transformer. Field names follow SPEC §9; presets are starting points.
 
     The latent shape and the action spec describe the data and are normally linked from the DataModule
     (`DynamicsDataModule.latent_tokens` etc.), so pointing at a new dataset changes nothing here.
@@ -44,7 +44,7 @@ class DynamicsConfig:
     rope_base: float = 10_000.0  # RoPE frequency base for both the space and the time axis
     norm_eps: float = 1e-6  # epsilon of every RMSNorm
     init_std: float = 0.02  # std of the normal init of linear / embedding weights
-    attention_backend: AttentionBackend = "auto"  # auto: flex on CUDA (soft-cap), sdpa w/o soft-cap, else math
+    attention_backend: AttentionBackend = "auto"  # auto: flex on CUDA w/ soft-cap, sdpa w/o, else math
     check_inputs: bool = True  # validate shapes, tau/d grids and action ids (one host sync per forward)
 
     # --- scale options (off on CPU) ---
@@ -56,7 +56,8 @@ class DynamicsConfig:
         self.num_discrete_actions = tuple(int(n) for n in self.num_discrete_actions)
         problems = []
         if self.latent_tokens % self.pack_factor:
-            problems.append(f"latent_tokens={self.latent_tokens} not divisible by pack_factor={self.pack_factor}")
+            problems.append(f"latent_tokens={self.latent_tokens} not divisible by "
+                            f"pack_factor={self.pack_factor}")
         if self.dim % self.heads:
             problems.append(f"dim={self.dim} not divisible by heads={self.heads}")
         elif (self.dim // self.heads) % 2:
@@ -73,6 +74,9 @@ class DynamicsConfig:
             problems.append(f"attention_softcap={self.attention_softcap} must be > 0 or None")
         if self.attention_backend not in ("auto", "math", "sdpa", "flex"):
             problems.append(f"attention_backend={self.attention_backend!r} not in auto|math|sdpa|flex")
+        elif self.attention_backend == "sdpa" and self.attention_softcap is not None:
+            problems.append("attention_backend='sdpa' cannot soft-cap logits: set attention_softcap=None "
+                            "or use 'auto', 'flex' or 'math'")
         if problems:
             raise ValueError("DynamicsConfig: " + "; ".join(problems))
 
@@ -117,7 +121,7 @@ class DynamicsConfig:
     def quickstart(cls, **overrides) -> "DynamicsConfig":
         """CPU-trainable model for the built-in environment (minutes); latent shape/actions are linked
         from the data at run time, the values here are only defaults."""
-        base = dict(latent_tokens=16, latent_dim=32, pack_factor=1, dim=256, depth=8, heads=4, kv_heads=2,
+        base = dict(latent_tokens=16, latent_dim=48, pack_factor=1, dim=256, depth=8, heads=4, kv_heads=2,
                     time_every=4, context_length=16, num_registers=4, action_tokens=1, k_max=64)
         return cls(**{**base, **overrides})
 

@@ -14,12 +14,13 @@ _GRID_TOLERANCE = 1e-4  # fp32 round-trips of i/k_max and 1/K are exact to ~1e-7
 
 
 def signal_level_index(tau: torch.Tensor, k_max: int) -> torch.Tensor:
-    """tau = i/k_max, i in [0, k_max] (tau = 1 included for inference) -> long index i; ValueError if off-grid."""
+    """tau = i/k_max, i in [0, k_max] (tau = 1 included, for inference) -> long index i; ValueError if not."""
     scaled = tau.double() * k_max
     index = scaled.round()
     bad = ~((scaled - index).abs() <= _GRID_TOLERANCE) | (index < 0) | (index > k_max)
     if bool(bad.any()):
-        raise ValueError(f"DynamicsTransformer: tau must lie on the grid i/k_max (k_max={k_max}, i in 0..{k_max}); "
+        raise ValueError(f"DynamicsTransformer: tau must lie on the grid i/k_max (k_max={k_max}, "
+                         f"i in 0..{k_max}); "
                          f"got off-grid values such as {tau[bad].flatten()[:4].tolist()}")
     return index.long()
 

@@ -28,7 +28,7 @@ class TimeKVCache:
         return 0 if self.layers is None else self.layers[0][0].shape[2]
 
     def append(self, new_kv: list[KV]) -> None:
-        """Add the keys/values of newly committed frames (each (B*S, Hkv, T_new, E)) and drop the oldest."""
+        """Add the keys/values of newly committed frames (each (B, S*Hkv, T_new, E)) and drop the oldest."""
         if self.max_frames == 0 or not new_kv:
             return
         if self.layers is not None:
@@ -40,7 +40,8 @@ class TimeKVCache:
 def context_signal_level(context_noise: float, k_max: int) -> float:
     """tau_ctx = 1 - context_noise snapped to the d_min grid (0.1 -> round(0.9 * 64) / 64 for k_max = 64).
 
-    The paper's "tau_ctx = 0.1" is a noise amount: a signal level of 0.1 would be almost pure noise (SPEC §5).
+    The paper's "tau_ctx = 0.1" is a noise amount: a signal level of 0.1 would be almost pure noise
+    (SPEC §5).
     """
     if not 0.0 <= context_noise <= 1.0:
         raise ValueError(f"rollout: context_noise must be in [0, 1], got {context_noise}")
@@ -49,7 +50,8 @@ def context_signal_level(context_noise: float, k_max: int) -> float:
 
 @torch.no_grad()
 def rollout(model: DynamicsTransformer, context: torch.Tensor, horizon: int, *,
-            actions_discrete: Optional[torch.Tensor] = None, actions_continuous: Optional[torch.Tensor] = None,
+            actions_discrete: Optional[torch.Tensor] = None,
+            actions_continuous: Optional[torch.Tensor] = None,
             num_steps: int = 4, context_noise: float = 0.1, use_cache: bool = True,
             generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Generate `horizon` frames after `context` (B, T_ctx, N_b, D_b) -> clean latents (B, horizon, N_b, D_b).
@@ -63,17 +65,20 @@ def rollout(model: DynamicsTransformer, context: torch.Tensor, horizon: int, *,
     """
     cfg = model.config
     if context.dim() != 4 or tuple(context.shape[2:]) != (cfg.latent_tokens, cfg.latent_dim):
-        raise ValueError(f"rollout: context must have shape (B, T_ctx, {cfg.latent_tokens}, {cfg.latent_dim}), "
+        raise ValueError("rollout: context must have shape "
+                         f"(B, T_ctx, {cfg.latent_tokens}, {cfg.latent_dim}), "
                          f"got {tuple(context.shape)}")
     if horizon < 0:
         raise ValueError(f"rollout: horizon must be >= 0, got {horizon}")
     if num_steps < 1 or num_steps > cfg.k_max or num_steps & (num_steps - 1):
-        raise ValueError(f"rollout: num_steps must be a power of two in [1, k_max={cfg.k_max}], got {num_steps}")
+        raise ValueError(f"rollout: num_steps must be a power of two in [1, k_max={cfg.k_max}], "
+                         f"got {num_steps}")
     b, t_ctx = context.shape[:2]
     total = t_ctx + horizon
     for name, acts in (("actions_discrete", actions_discrete), ("actions_continuous", actions_continuous)):
         if acts is not None and tuple(acts.shape[:2]) != (b, total):
-            raise ValueError(f"rollout: {name} must cover T_ctx + horizon = {total} frames: shape (B, {total}, n), "
+            raise ValueError(f"rollout: {name} must cover T_ctx + horizon = {total} frames: "
+                             f"shape (B, {total}, n), "
                              f"got {tuple(acts.shape)}")
 
     tau_ctx = context_signal_level(context_noise, cfg.k_max)
@@ -94,7 +99,8 @@ def rollout(model: DynamicsTransformer, context: torch.Tensor, horizon: int, *,
     history = corrupt(context, ctx_noise, labels(t_ctx, tau_ctx))  # (B, T_ctx, N_b, D_b)
     cache = TimeKVCache(cfg.context_length)
     if use_cache and t_ctx:
-        _, kv = model.forward_frames(history, labels(t_ctx, tau_ctx), labels(t_ctx, d_min), **actions_for(0, t_ctx))
+        _, kv = model.forward_frames(history, labels(t_ctx, tau_ctx), labels(t_ctx, d_min),
+                                     **actions_for(0, t_ctx))
         cache.append(kv)
 
     frames = []
@@ -113,8 +119,8 @@ def rollout(model: DynamicsTransformer, context: torch.Tensor, horizon: int, *,
         frames.append(frame)
         committed = corrupt(frame, noise(), labels(1, tau_ctx))
         if use_cache:
-            _, kv = model.forward_frames(committed, labels(1, tau_ctx), labels(1, d_min), past_kv=cache.layers,
-                                         start=pos, **actions_for(pos, pos + 1))
+            _, kv = model.forward_frames(committed, labels(1, tau_ctx), labels(1, d_min),
+                                         past_kv=cache.layers, start=pos, **actions_for(pos, pos + 1))
             cache.append(kv)
         else:
             history = torch.cat((history, committed), 1)

@@ -28,9 +28,9 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.mlp = SwiGLU(config.dim, config.mlp_hidden)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Optional[AttentionMask],
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, mask: Optional[AttentionMask],
                 past_kv: Optional[KV] = None) -> tuple[torch.Tensor, Optional[KV]]:
-        attn_out, new_kv = self.attn(self.attn_norm(x), cos, sin, mask, past_kv)
+        attn_out, new_kv = self.attn(self.attn_norm(x), freqs, mask, past_kv)
         x = x + attn_out
         return x + self.mlp(self.mlp_norm(x)), new_kv
 
@@ -91,9 +91,13 @@ class DynamicsTransformer(nn.Module):
         nn.init.normal_(self.actions.base, std=std)
 
     def forward(self, z_tilde: torch.Tensor, tau: torch.Tensor, d: torch.Tensor, *,
-                actions_discrete: Optional[torch.Tensor] = None, actions_continuous: Optional[torch.Tensor] = None,
+                actions_discrete: Optional[torch.Tensor] = None,
+                actions_continuous: Optional[torch.Tensor] = None,
                 image_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """z_tilde (B, T, N_b, D_b); tau, d float (B, T) on their grids; actions (B, T, n) -> x1_hat like z_tilde."""
+        """z_tilde (B, T, N_b, D_b); tau, d float (B, T) on their grids; actions (B, T, n).
+
+        Returns x1_hat (B, T, N_b, D_b), the clean-latent estimate (x-prediction).
+        """
         x1_hat, _ = self.forward_frames(z_tilde, tau, d, actions_discrete=actions_discrete,
                                         actions_continuous=actions_continuous, image_rows=image_rows)
         return x1_hat
@@ -106,8 +110,8 @@ class DynamicsTransformer(nn.Module):
                        ) -> tuple[torch.Tensor, list[KV]]:
         """`forward` for frames start..start+T-1 that may follow cached frames (KV-cached rollouts, SPEC §5).
 
-        past_kv: one (keys, values) pair per time layer, each (B*S, Hkv, L_past, E), for the L_past frames just
-        before `start` (L_past <= start). Returns (x1_hat, this call's (keys, values) per time layer).
+        past_kv: one (keys, values) pair per time layer, each (B, S*Hkv, L_past, E), for the L_past frames
+        just before `start` (L_past <= start). Returns (x1_hat, this call's (keys, values) per time layer).
         """
         cfg = self.config
         b, t = self._check_shapes(z_tilde, tau, d, image_rows)
@@ -127,22 +131,22 @@ class DynamicsTransformer(nn.Module):
             raise ValueError(f"forward_frames: {past_len} cached frames but start={start}")
         if past_len and image_rows is not None:
             raise ValueError("forward_frames: image_rows cannot be combined with cached frames")
-        space_cos, space_sin = rope_tables(torch.arange(cfg.tokens_per_frame, device=device), cfg.head_dim,
-                                           cfg.rope_base)
+        space_pos = torch.arange(cfg.tokens_per_frame, device=device)
+        space_freqs = rope_tables(space_pos, cfg.head_dim, cfg.rope_base)
         query_pos = torch.arange(start, start + t, device=device)
         key_pos = torch.arange(start - past_len, start + t, device=device)
-        time_cos, time_sin = rope_tables(query_pos, cfg.head_dim, cfg.rope_base)
+        time_freqs = rope_tables(query_pos, cfg.head_dim, cfg.rope_base)
         dense = time_attention_mask(query_pos, key_pos, cfg.context_length, image_rows)
-        time_mask = None if dense is None else AttentionMask(dense, rows_per_mask=cfg.tokens_per_frame)
+        time_mask = None if dense is None else AttentionMask(dense)
 
         new_kv: list[KV] = []
         time_index = 0
         for block in self.blocks:
             if block.is_time:
-                args = (time_cos, time_sin, time_mask, None if past_kv is None else past_kv[time_index])
+                args = (time_freqs, time_mask, None if past_kv is None else past_kv[time_index])
                 time_index += 1
             else:
-                args = (space_cos, space_sin, None, None)
+                args = (space_freqs, None, None)
             if cfg.activation_checkpointing and self.training and torch.is_grad_enabled():
                 x, kv = checkpoint(block, x, *args, use_reentrant=False)
             else:
@@ -156,8 +160,9 @@ class DynamicsTransformer(nn.Module):
                       image_rows: Optional[torch.Tensor]) -> tuple[int, int]:
         cfg = self.config
         if z_tilde.dim() != 4 or tuple(z_tilde.shape[2:]) != (cfg.latent_tokens, cfg.latent_dim):
-            raise ValueError(f"DynamicsTransformer: z_tilde must have shape (B, T, latent_tokens={cfg.latent_tokens}, "
-                             f"latent_dim={cfg.latent_dim}), got {tuple(z_tilde.shape)}")
+            raise ValueError("DynamicsTransformer: z_tilde must have shape "
+                             f"(B, T, latent_tokens={cfg.latent_tokens}, latent_dim={cfg.latent_dim}), "
+                             f"got {tuple(z_tilde.shape)}")
         b, t = z_tilde.shape[:2]
         for name, value in (("tau", tau), ("d", d)):
             if tuple(value.shape) != (b, t):

@@ -1,0 +1,121 @@
+"""KV-cached rollouts (SPEC §5): cache == recomputation, conventions of the sampling loop, bounded cache."""
+
+import pytest
+import torch
+
+from dreamer_dynamics.model import (DynamicsConfig, DynamicsTransformer, TimeKVCache, context_signal_level,
+                                    rollout)
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models are dispatch-bound: one thread is faster and immune to OpenMP spin contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return DynamicsTransformer(DynamicsConfig.debug(**overrides)).eval()
+
+
+def episode(cfg, b=2, t=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(b, t, cfg.latent_tokens, cfg.latent_dim, generator=g)
+    discrete = torch.stack([torch.randint(-1, n, (b, t), generator=g) for n in cfg.num_discrete_actions], -1)
+    continuous = torch.randn(b, t, cfg.num_continuous_actions, generator=g)
+    continuous[0, 4, 1] = float("nan")  # one missing label
+    return latents, discrete, continuous
+
+
+@pytest.mark.parametrize("context_length,t_ctx,num_steps", [(6, 3, 4), (6, 8, 2), (1, 2, 1), (3, 0, 8)])
+def test_cached_rollout_equals_full_recomputation(context_length, t_ctx, num_steps):
+    """Horizons beyond C exercise cache trimming; C = 1 (no time context) and no context are edge cases."""
+    model = make(context_length=context_length)
+    latents, discrete, continuous = episode(model.config)
+    horizon = 12 - t_ctx
+    runs = []
+    for use_cache in (True, False):
+        runs.append(rollout(model, latents[:, :t_ctx], horizon, actions_discrete=discrete,
+                            actions_continuous=continuous, num_steps=num_steps, use_cache=use_cache,
+                            generator=torch.Generator().manual_seed(7)))
+    assert runs[0].shape == (2, horizon, model.config.latent_tokens, model.config.latent_dim)
+    torch.testing.assert_close(runs[0], runs[1], atol=1e-5, rtol=1e-5)
+
+
+def test_context_signal_level_is_snapped_noise_amount():
+    assert context_signal_level(0.1, 64) == round(0.9 * 64) / 64 == 58 / 64
+    assert context_signal_level(0.1, 8) == 7 / 8
+    assert context_signal_level(0.0, 8) == 1.0
+    with pytest.raises(ValueError, match="context_noise"):
+        context_signal_level(1.5, 8)
+
+
+def test_sampling_loop_feeds_the_documented_levels():
+    """Uncached path: every call sees the context labelled (tau_ctx, d_min), the new frame (i/K, 1/K)."""
+    model = make()
+    calls = []
+    model.register_forward_pre_hook(lambda m, args: calls.append((args[1].clone(), args[2].clone())))
+    latents, _, _ = episode(model.config)
+    rollout(model, latents[:, :3], 2, num_steps=4, use_cache=False,
+            generator=torch.Generator().manual_seed(0))
+    tau_ctx, d_min = 7 / 8, 1 / 8  # debug config: k_max = 8, context_noise 0.1
+    assert len(calls) == 2 * 4
+    for i, (tau, d) in enumerate(calls):
+        frames = tau.shape[1]
+        assert frames == 3 + i // 4 + 1
+        assert (tau[:, :-1] == tau_ctx).all() and (d[:, :-1] == d_min).all()
+        assert (tau[:, -1] == (i % 4) / 4).all() and (d[:, -1] == 0.25).all()
+
+
+def test_one_step_rollout_is_the_x_prediction_from_noise():
+    """K = 1: the new frame is f(noise, tau=0, d=1) given the corrupted context (generator order: context
+    noise, then the new frame's noise)."""
+    model = make()
+    latents, _, _ = episode(model.config)
+    context = latents[:, :3]
+    got = rollout(model, context, 1, num_steps=1, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    ctx_noise = torch.randn(context.shape, generator=g)
+    tau_ctx = 7 / 8
+    corrupted = (1 - tau_ctx) * ctx_noise + tau_ctx * context
+    z0 = torch.randn(2, 1, *context.shape[2:], generator=g)
+    tau = torch.tensor([[tau_ctx] * 3 + [0.0]] * 2)
+    d = torch.tensor([[1 / 8] * 3 + [1.0]] * 2)
+    expected = model(torch.cat((corrupted, z0), 1), tau, d)[:, -1:]
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_future_actions_steer_the_rollout():
+    model = make()
+    latents, discrete, _ = episode(model.config)
+    other = discrete.clone()
+    other[:, 5:, 0] = (other[:, 5:, 0] + 1) % model.config.num_discrete_actions[0]
+    a, b = (rollout(model, latents[:, :3], 4, actions_discrete=acts[:, :7],
+                    generator=torch.Generator().manual_seed(0)) for acts in (discrete, other))
+    torch.testing.assert_close(a[:, :2], b[:, :2])  # frames 3, 4: actions unchanged so far
+    assert (a[:, 2:] - b[:, 2:]).abs().max() > 1e-4
+
+
+def test_cache_is_bounded_by_the_window():
+    cache = TimeKVCache(context_length=4)
+    for step in range(6):
+        kv = [(torch.full((2, 1, 1, 3), float(step)), torch.full((2, 1, 1, 3), float(step)))]
+        cache.append(kv)
+        assert cache.num_frames == min(step + 1, 3)
+    assert cache.layers[0][0][0, 0, :, 0].tolist() == [3.0, 4.0, 5.0]  # the newest C - 1 frames, in order
+
+
+def test_bad_rollout_arguments_raise():
+    model = make()
+    latents, discrete, _ = episode(model.config)
+    with pytest.raises(ValueError, match="num_steps"):
+        rollout(model, latents[:, :3], 2, num_steps=3)
+    with pytest.raises(ValueError, match="num_steps"):
+        rollout(model, latents[:, :3], 2, num_steps=16)  # > k_max = 8
+    with pytest.raises(ValueError, match="cover T_ctx"):
+        rollout(model, latents[:, :3], 2, actions_discrete=discrete)
+    with pytest.raises(ValueError, match="context must have shape"):
+        rollout(model, latents[:, :3, :, :2], 2)
