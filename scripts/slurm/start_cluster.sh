@@ -32,7 +32,10 @@ fail() {
 
 # The node's state as sinfo reports it ("idle", "mix", "alloc", "down*", ...), empty if unreachable.
 node_state() { sinfo -h -n "$NODE" -o %t 2>/dev/null | head -n 1; }
-usable() { case "$(node_state)" in idle | mix | mixed | alloc | allocated | comp | completing) return 0 ;; esac; return 1; }
+usable() {
+    case "$(node_state)" in idle | mix | mixed | alloc | allocated | comp | completing) return 0 ;; esac
+    return 1
+}
 # True when the process named in pid file $1 is alive.
 alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -67,15 +70,17 @@ if [ ! -s /etc/munge/munge.key ]; then
         || fail "could not create /etc/munge/munge.key"
 fi
 chown munge:munge /etc/munge/munge.key && chmod 0400 /etc/munge/munge.key
+mkdir -p "$STATE_DIR"
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     runuser -u munge -- /usr/sbin/munged || fail "munged did not start"
+    touch "$STATE_DIR/munged_started_here"  # stop_cluster.sh stops only a munged that we started
     for _ in $(seq 20); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.25; done
     munge -n | unmunge >/dev/null 2>&1 || fail "munged started but 'munge -n | unmunge' fails"
 fi
 
 # --- 3. slurm.conf ---------------------------------------------------------------------------
 if [ -e "$CONF" ] && ! grep -qF "$MARKER" "$CONF"; then
-    fail "$CONF exists and was not written by this script; refusing to overwrite it (start that cluster instead)"
+    fail "$CONF exists and was not written by this script; refusing to overwrite it (start that cluster)"
 fi
 mkdir -p "$STATE_DIR/slurmctld" "$STATE_DIR/slurmd" /etc/slurm
 # `slurmd -C` prints this machine's real layout; declaring more than that would drain the node.
@@ -93,17 +98,23 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
+# A requeued job waits cred_expire seconds before it may start again (default 120 s): 20 s keeps the
+# requeue test short while still leaving step launches time to present their credentials.
+AuthInfo=cred_expire=20
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# a requeued job becomes eligible after cred_expire: look for runnable jobs every 5 s, not every 60 s
+SchedulerParameters=sched_interval=5
 ReturnToService=2
 # requeued jobs run again; completed jobs stay visible to 'scontrol show job' for 10 minutes
 JobRequeue=1
 MinJobAge=600
-KillWait=15
+# seconds between SIGTERM and SIGKILL when a job ends early (requeue, scancel, time limit)
+KillWait=5
 InactiveLimit=0
 SlurmdTimeout=120
 JobAcctGatherType=jobacct_gather/none
@@ -127,8 +138,11 @@ alive "$STATE_DIR/slurmd.pid" || slurmd || fail "slurmd did not start"
 for _ in $(seq $((TIMEOUT * 2))); do
     usable && break
     # A node that registered as DOWN/DRAIN from an earlier run is put back into service.
-    case "$(node_state)" in down* | drain* | drng*) scontrol update NodeName="$NODE" State=RESUME 2>/dev/null ;; esac
+    case "$(node_state)" in
+        down* | drain* | drng*) scontrol update NodeName="$NODE" State=RESUME 2>/dev/null ;;
+    esac
     sleep 0.5
 done
-usable || fail "node $NODE is '$(node_state)' after ${TIMEOUT}s (wanted idle); reason: $(sinfo -h -R -o %E 2>/dev/null)"
+usable || fail "node $NODE is '$(node_state)' after ${TIMEOUT}s (wanted idle);" \
+    "reason: $(sinfo -h -R -o %E 2>/dev/null)"
 echo "slurm cluster up: node $NODE is $(node_state) ($(sinfo -V)); state in $STATE_DIR"
