@@ -6,8 +6,6 @@ a fingerprint of every sequence, the rank-local training loss terms, the validat
 loss normaliser's running RMS and a checksum of the weights. Rank 0 also appends the global step after every
 optimiser step to ``<out_dir>/progress-run<n>.txt``, which a test polls to act in the middle of training.
 
-``ShardedDynamicsModule`` adds FSDP2 sharding for ``ModelParallelStrategy``;
-``python -m tests.distributed_probe`` is the CLI with it.
 """
 
 from __future__ import annotations
@@ -20,14 +18,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from dreamer_dynamics.cli import DynamicsCLI
-from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.training.grad_norm import total_grad_norm
 
-try:  # FSDP2: public in torch >= 2.6, composable API before
-    from torch.distributed.fsdp import FSDPModule, fully_shard
-except ImportError:  # pragma: no cover - torch 2.5
-    from torch.distributed._composable.fsdp import FSDPModule, fully_shard
 
 
 def sequence_fingerprints(latents: torch.Tensor) -> list[str]:
@@ -108,26 +100,3 @@ class RankRecorder(pl.Callback):
         with open(path + ".tmp", "w") as f:
             json.dump(record, f)
         os.replace(path + ".tmp", path)
-
-
-
-class ShardedDynamicsModule(DynamicsModule):
-    """``DynamicsModule`` plus the ``configure_model`` that Lightning's ``ModelParallelStrategy`` needs for
-    FSDP2: every transformer block is its own ``fully_shard`` unit on the data-parallel mesh, then the root.
-
-    Proposed for ``DynamicsModule`` itself (then this subclass goes away); tests/test_fsdp.py runs it on CPU,
-    where FSDP2 works with gloo while FSDP1 (``FSDPStrategy``) needs a GPU.
-    """
-
-    def configure_model(self) -> None:
-        mesh = getattr(self, "_device_mesh", None)  # set by ModelParallelStrategy before this hook
-        if mesh is None or isinstance(self.model.blocks[0], FSDPModule):  # not sharded / sharded already
-            return
-        data_parallel = mesh["data_parallel"]
-        for block in self.model.blocks:
-            fully_shard(block, mesh=data_parallel)
-        fully_shard(self.model, mesh=data_parallel)
-
-
-if __name__ == "__main__":  # python -m tests.distributed_probe fit ...: the CLI with ShardedDynamicsModule
-    DynamicsCLI(ShardedDynamicsModule)

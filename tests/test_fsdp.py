@@ -112,12 +112,12 @@ def test_fsdp_training_on_one_gpu_writes_a_full_checkpoint_that_rolls_out_on_cpu
 
 @pytest.mark.slow
 def test_fsdp2_on_two_cpu_ranks_clips_the_global_norm_and_its_checkpoint_rolls_out(tmp_path):
-    """FSDP2 (``fully_shard`` per block) through ModelParallelStrategy, 2 gloo ranks, with the
-    ``configure_model`` proposed for DynamicsModule (tests.distributed_probe.ShardedDynamicsModule)."""
+    """FSDP2 (``fully_shard`` per block, ``DynamicsModule.configure_model``) through ModelParallelStrategy,
+    2 gloo ranks, via the console script."""
     recorder = {"class_path": "tests.distributed_probe.RankRecorder",
                 "init_args": {"out_dir": str(tmp_path / "p")}}
     fsdp2 = REPO / "tests" / "configs" / "fsdp2_cpu.yaml"
-    cmd = [sys.executable, "-m", "tests.distributed_probe", "fit", f"--config={QUICKSTART}",
+    cmd = [sys.executable, "-m", "dreamer_dynamics.cli", "fit", f"--config={QUICKSTART}",
            f"--config={TINY}", f"--config={fsdp2}", f"--trainer.default_root_dir={tmp_path}",
            f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.callbacks+=" + json.dumps(recorder)]
     result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)

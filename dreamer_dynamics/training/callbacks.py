@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 
 class LatentThroughputMonitor(pl.Callback):
-    """Logs ``train/latent_tokens_per_s``: latent tokens (B x T x N_b, summed over ranks) per wall-clock second.
+    """Logs ``train/latent_tokens_per_s``: latent tokens (B x T x N_b, all ranks) per wall-clock second.
 
     Measured between consecutive training-batch ends, so it includes data loading and the optimiser step: the
     number a user planning a run needs. The first batch (compilation, warm-up) is skipped.
@@ -44,7 +44,8 @@ class LatentThroughputMonitor(pl.Callback):
             return
         if (batch_idx + 1) % self.log_every_n_steps == 0:
             rate = self._tokens / max(now - self._last_time, 1e-9)
-            pl_module.log("train/latent_tokens_per_s", rate, on_step=True, on_epoch=False, rank_zero_only=True)
+            pl_module.log("train/latent_tokens_per_s", rate, on_step=True, on_epoch=False,
+                          rank_zero_only=True)
             self._last_time, self._tokens = now, 0
 
 
@@ -54,8 +55,8 @@ class RolloutImageLogger(pl.Callback):
     Uses ``trainer.datamodule.decoder`` (latents [..., N_b, D_b] -> images [..., H, W, 3] in [0, 1]); does
     nothing for datasets without a decoder or without a TensorBoard logger. The module's ``validation_step``
     returns ``{"rollout_images": {"context": ..., "target": ..., "k4": ...}}`` for its first batch.
-    For each of the first ``max_sequences`` sequences one image is logged: rows = ground truth, then one row per
-    rollout step count K; columns = the last context frame followed by the generated horizon.
+    For each of the first ``max_sequences`` sequences one image is logged: rows = ground truth, then one row
+    per rollout step count K; columns = the last context frame followed by the generated horizon.
     """
 
     def __init__(self, max_sequences: int = 4, max_frames: int = 8) -> None:
@@ -96,7 +97,7 @@ class RolloutImageLogger(pl.Callback):
         grids = []
         for b in range(min(self.max_sequences, context.shape[0])):
             frames = torch.stack([row[b] for row in rows])  # (rows, cols, N, D)
-            images = torch.as_tensor(decoder(frames.float().cpu())).float().clamp(0, 1)  # (rows, cols, H, W, 3)
+            images = torch.as_tensor(decoder(frames.float().cpu())).float().clamp(0, 1)  # (R, cols, H, W, C)
             grid = images.permute(0, 2, 1, 3, 4).flatten(2, 3).flatten(0, 1)  # (rows*H, cols*W, 3)
             grids.append(grid)
         return grids

@@ -1,8 +1,8 @@
 """Validation metrics as torchmetrics objects (synchronised across ranks by Lightning when logged).
 
-* ``val/flow_loss_tau{lo}_{hi}``: per-frame flow loss ||x1_hat - z1||^2 at the finest step d_min, bucketed by the
-  signal level tau of the frame (tau = 0 pure noise, tau = 1 clean; SPEC §2). Shows where along the path the
-  model is weak; low tau (mostly noise) is expected to be hardest.
+* ``val/flow_loss_tau{lo}_{hi}``: per-frame flow loss ||x1_hat - z1||^2 at the finest step d_min, bucketed by
+  the signal level tau of the frame (tau = 0 pure noise, tau = 1 clean; SPEC §2). Shows where along the
+  path the model is weak; low tau (mostly noise) is expected to be hardest.
 * ``val/bootstrap_loss``: mean per-frame bootstrap loss (Eq. 7) over frames with d > d_min.
 * ``val/loss``: the ramp-weighted shortcut-forcing loss (SPEC §3.6), not normalised.
 * ``val/rollout_mse_k{K}``: MSE of K-step rollouts against the ground-truth future latents, and
@@ -30,7 +30,7 @@ def _masked_mean_update(metric: MeanMetric, values: Tensor, mask: Tensor) -> Non
 
 
 class ValidationMetrics(nn.Module):
-    """Holds every validation metric; ``as_dict()`` gives ``{log name: Metric}`` for ``LightningModule.log_dict``."""
+    """Every validation (or test) metric; ``as_dict()`` gives ``{log name: Metric}`` for ``log_dict``."""
 
     def __init__(self, rollout_steps: list[int], num_tau_buckets: int = 4) -> None:
         super().__init__()
@@ -57,15 +57,17 @@ class ValidationMetrics(nn.Module):
 
     def update_rollout(self, num_steps: int, predicted: Tensor, target: Tensor) -> None:
         """predicted, target: [B, H, N_b, D_b] generated and ground-truth future latents."""
-        self.rollout_mse[f"k{num_steps}"].update(predicted.float(), target.float())
+        self.rollout_mse[f"k{num_steps}"].update(predicted.float().contiguous(), target.float().contiguous())
 
     def update_copy_last(self, context: Tensor, target: Tensor) -> None:
-        """Baseline: every future frame equals the last context frame. context [B, T_ctx, ...], target [B, H, ...]."""
-        self.copy_last_mse.update(context[:, -1:].expand_as(target).float(), target.float())
+        """Baseline: every future frame is the last context frame. context [B, T_ctx, ...], target [B, H, ...]"""
+        repeated = context[:, -1:].expand_as(target).float().contiguous()
+        self.copy_last_mse.update(repeated, target.float().contiguous())
 
     def as_dict(self, prefix: str = "val") -> dict[str, object]:
         """Metrics that received data in this epoch, keyed by their log name."""
-        named: dict[str, object] = {f"{prefix}/loss": self.loss, f"{prefix}/bootstrap_loss": self.bootstrap_loss}
+        named: dict[str, object] = {f"{prefix}/loss": self.loss}
+        named[f"{prefix}/bootstrap_loss"] = self.bootstrap_loss
         for name, metric in zip(bucket_names(self.num_tau_buckets), self.flow_loss):
             named[f"{prefix}/flow_loss_{name}"] = metric
         for key, metric in self.rollout_mse.items():

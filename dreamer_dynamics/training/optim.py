@@ -29,11 +29,12 @@ DEFAULT_BETAS = (0.9, 0.95)
 DEFAULT_WEIGHT_DECAY = 0.01
 
 
-def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+def parameter_groups(module: nn.Module) -> list[dict]:
     """Split parameters into a decayed group (matrices of linear layers) and an undecayed group.
 
     Norm gains, biases and embedding tables (1-D, or ``nn.Embedding`` weights) are not decayed: shrinking them
-    towards zero changes what they represent instead of regularising a linear map.
+    towards zero changes what they represent instead of regularising a linear map. The decayed group carries
+    no ``weight_decay`` key, so it uses whatever the configured optimiser was given.
     """
     no_decay_ids = set()
     for sub in module.modules():
@@ -45,7 +46,7 @@ def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
             continue
         (no_decay if param.ndim < 2 or id(param) in no_decay_ids else decay).append(param)
     return [
-        {"params": decay, "weight_decay": weight_decay},
+        {"params": decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
 
@@ -59,8 +60,8 @@ class WarmupCosineLR(LambdaLR):
     """Linear warmup from 0 to the peak learning rate, then cosine decay to ``min_lr_ratio`` x peak.
 
     Stepped every optimiser step (``interval: step``). ``total_steps=None`` is filled in by ``DynamicsModule``
-    from ``trainer.estimated_stepping_batches`` (the Trainer's ``max_steps``); when that is unknown (infinite) the
-    rate stays at the peak after warmup. All state is plain numbers, so checkpoints stay weights-only loadable.
+    from ``trainer.estimated_stepping_batches`` (the Trainer's ``max_steps``); when that is unknown (infinite)
+    the rate stays at the peak after warmup. All state is plain numbers (weights-only loadable).
     """
 
     def __init__(

@@ -40,7 +40,7 @@ class RolloutWriter(BasePredictionWriter):
         dataloader_idx: int = 0,
     ) -> None:
         if not isinstance(prediction, dict):
-            raise TypeError(f"RolloutWriter expects predict_step to return a dict of tensors, got {type(prediction)}")
+            raise TypeError(f"RolloutWriter: predict_step must return a dict, got {type(prediction)}")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu() for k, v in prediction.items() if isinstance(v, torch.Tensor)}
         name = f"rollouts_rank{trainer.global_rank}_batch{batch_idx:06d}"

@@ -1,0 +1,385 @@
+"""``DynamicsModule``: the LightningModule that trains the dynamics transformer with shortcut forcing.
+
+Convention (SPEC §2): signal level tau = 0 is pure noise, tau = 1 is clean data.
+
+One training step (SPEC §3): draw per-frame (tau, d) and the image rows, compute the shortcut-forcing loss,
+divide every named term (``shortcut`` = flow + bootstrap, plus any extra terms) by its running RMS
+(``LossNormalizer``, paper Sec. 3) and sum. Every random draw goes
+through the module's own ``torch.Generator`` (stored in checkpoints), so a resumed run repeats an
+uninterrupted one bit for bit. Subclasses change one piece by overriding a hook:
+
+=========================================  ==========================================================
+hook                                       default
+=========================================  ==========================================================
+``sample_noise_levels(batch)``             per-frame (tau, d), ``sample_signal_and_step`` (SPEC §3.1-2)
+``sample_image_rows(batch)``               ``image_row_share`` of the rows trained as images (§3.8)
+``sample_noise(batch)``                    z0 ~ N(0, I) like the latents
+``conditioning(batch)``                    the batch's ``actions_discrete`` / ``actions_continuous``
+``extra_loss_terms(batch, output)``        ``{}``; returned terms are normalised and summed like the rest
+``extra_loss_names`` (class attribute)     names of the extra terms (their RMS buffers exist from the start)
+=========================================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Union
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout
+from dreamer_dynamics.objective import (
+    LossNormalizer,
+    ShortcutForcingLoss,
+    corrupt,
+    sample_signal_and_step,
+    shortcut_forcing_loss,
+)
+from dreamer_dynamics.training.grad_norm import is_fsdp, total_grad_norm
+from dreamer_dynamics.training.metrics import ValidationMetrics
+from dreamer_dynamics.training.validation import evaluation_step
+from dreamer_dynamics.training.optim import WarmupCosineLR, default_optimizer, parameter_groups
+
+SHORTCUT_TERMS = ("flow", "bootstrap")  # named terms of ShortcutForcingLoss.terms (always logged raw)
+
+
+class DynamicsModule(pl.LightningModule):
+    """Dynamics transformer + shortcut-forcing objective + loss normaliser (SPEC §7).
+
+    Args:
+        model: sizes of the transformer; ``latent_tokens``, ``latent_dim`` and the action spec are linked from
+            the DataModule by the CLI.
+        optimizer: optimiser factory ``params -> Optimizer``; None = AdamW(3e-4, betas (0.9, 0.95), wd 0.01).
+            Weight decay applies to matrices only (norms, biases, embeddings are never decayed).
+        scheduler: ``optimizer -> LRScheduler`` stepped every optimiser step; None = ``WarmupCosineLR`` (1000
+            warmup steps, cosine to 10 % over the Trainer's ``max_steps``).
+        image_row_share: share of batch rows trained as independent images (paper: 30 %, SPEC §3.8).
+        d_min_share: share of frames at the finest step d_min; None = uniform over K (paper default, §3.1).
+        normalize_losses: divide each loss term by its running RMS (paper Sec. 3); False logs the RMS only.
+        normalize_shortcut_terms_separately: False (default) normalises the shortcut-forcing loss as ONE term
+            ``shortcut`` = flow + bootstrap, keeping the frame-count weighting of SPEC §3.6 between them;
+            True divides ``flow`` and ``bootstrap`` by their own RMS. The bootstrap term starts ~100x smaller
+            than the flow term (teacher and student agree early), so separate normalisation multiplies its
+            gradient by ~100 relative to Eq. 8 and, on the quickstart, stopped the flow loss from falling.
+        loss_norm_decay: EMA decay of the running mean square of each term.
+        ema_teacher: bootstrap targets from the EMA weights of an ``EMAWeightAveraging`` callback instead of
+            the online weights (paper: online weights, SPEC §3.10).
+        context_noise: noise amount of context frames in rollouts (tau_ctx = 1 - 0.1 on the grid, SPEC §5).
+        rollout_steps: default K of ``rollout`` / ``predict`` (paper: 4).
+        val_rollout_steps: K values whose rollout MSE is logged; None = [1, 2, 4, k_max].
+        val_context_frames: context frames of validation / prediction rollouts; the rest of a window is the
+            target.
+        val_rollout_horizon: most frames generated per validation rollout (rollouts with K = k_max are slow).
+        val_rollout_batches: validation batches (per rank) that also run rollouts.
+        val_rollout_rows: most rows per batch that run rollouts.
+        num_tau_buckets: equal-width tau buckets of the validation flow loss.
+        predict_horizon: frames generated per ``predict`` window; None = the rest of the window.
+        noise_seed: seed of the training-noise generator; None = ``torch.initial_seed()`` (as set by
+            ``seed_everything``).
+    """
+
+    extra_loss_names: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        model: DynamicsConfig,
+        optimizer: Optional[OptimizerCallable] = None,
+        scheduler: Optional[LRSchedulerCallable] = None,
+        image_row_share: float = 0.3,
+        d_min_share: Optional[float] = None,
+        normalize_losses: bool = True,
+        normalize_shortcut_terms_separately: bool = False,
+        loss_norm_decay: float = 0.99,
+        ema_teacher: bool = False,
+        context_noise: float = 0.1,
+        rollout_steps: int = 4,
+        val_rollout_steps: Optional[list[int]] = None,
+        val_context_frames: int = 4,
+        val_rollout_horizon: int = 8,
+        val_rollout_batches: int = 1,
+        val_rollout_rows: int = 8,
+        num_tau_buckets: int = 4,
+        predict_horizon: Optional[int] = None,
+        noise_seed: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(model, dict):  # from a checkpoint's hyper_parameters (stored as a plain dict)
+            model = DynamicsConfig(**model)
+        if not 0.0 <= image_row_share <= 1.0:
+            raise ValueError(f"DynamicsModule: image_row_share must be in [0, 1], got {image_row_share}")
+        if val_context_frames < 1:
+            raise ValueError(f"DynamicsModule: val_context_frames must be >= 1, got {val_context_frames}")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.config = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.d_min = 1.0 / model.k_max
+        self.model = DynamicsTransformer(model)
+        steps = val_rollout_steps if val_rollout_steps is not None else [1, 2, 4, model.k_max]
+        self.val_rollout_steps = sorted({k for k in steps if k <= model.k_max})
+        self.val_metrics = ValidationMetrics(self.val_rollout_steps, num_tau_buckets)
+        self.test_metrics = ValidationMetrics(self.val_rollout_steps, num_tau_buckets)
+        # Registered last: its buffers come last in buffers(), which EMAWeightAveraging pairs by position.
+        self.loss_normalizer = LossNormalizer(
+            decay=loss_norm_decay, enabled=normalize_losses, names=self.normalized_term_names()
+        )
+        self._noise_generator: Optional[torch.Generator] = None
+        self._pending_generator_state: Optional[Tensor] = None
+
+    def normalized_term_names(self) -> tuple[str, ...]:
+        """Names of the terms the loss normaliser divides by their running RMS (and sums into the loss)."""
+        core = SHORTCUT_TERMS if self.hparams.normalize_shortcut_terms_separately else ("shortcut",)
+        return core + tuple(self.extra_loss_names)
+
+    # ------------------------------------------------------------------ overridable hooks
+    def sample_noise_levels(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Per-frame signal level tau and step size d, float32 [B, T] (SPEC §3.1-3.2)."""
+        b, t = batch["latents"].shape[:2]
+        return sample_signal_and_step(
+            b, t, self.config.k_max, generator=self.noise_generator, d_min_share=self.hparams.d_min_share,
+            device=self.device,
+        )
+
+    def sample_image_rows(self, batch: dict[str, Tensor]) -> Optional[Tensor]:
+        """Bool [B]: rows trained as independent images, without attention across time (SPEC §3.8)."""
+        b = batch["latents"].shape[0]
+        u = torch.rand(b, generator=self.noise_generator, device=self.noise_generator.device)
+        return (u < self.hparams.image_row_share).to(self.device)
+
+    def sample_noise(self, batch: dict[str, Tensor]) -> Tensor:
+        """z0 ~ N(0, I) shaped like the latents (drawn from the module's generator for exact resumes)."""
+        z1 = batch["latents"]
+        return torch.randn(z1.shape, generator=self.noise_generator, device=z1.device, dtype=z1.dtype)
+
+    def conditioning(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Keyword arguments passed to every denoiser call: the batch's actions, where present."""
+        return {k: batch[k] for k in ("actions_discrete", "actions_continuous") if k in batch}
+
+    def extra_loss_terms(self, batch: dict[str, Tensor], output: ShortcutForcingLoss) -> dict[str, Tensor]:
+        """Extra named scalar loss terms (e.g. reward or policy heads), normalised and summed like the rest.
+
+        ``output`` holds the student prediction ``output.x1_hat`` and the per-frame losses. Declare the names
+        in the class attribute ``extra_loss_names``: their RMS buffers then exist before EMA/FSDP wrap it.
+        """
+        return {}
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        z1 = batch["latents"]  # (B, T, N_b, D_b)
+        tau, d = self.sample_noise_levels(batch)  # (B, T) each
+        output = shortcut_forcing_loss(
+            self.model, z1, tau, d, d_min=self.d_min, z0=self.sample_noise(batch),
+            teacher=self.teacher_model(), image_rows=self.sample_image_rows(batch),
+            **self.conditioning(batch),
+        )
+        if self.hparams.normalize_shortcut_terms_separately:
+            terms = dict(output.terms)
+        else:
+            terms = {"shortcut": output.loss}
+        extra = self.extra_loss_terms(batch, output)
+        clash = set(extra) & (set(terms) | set(SHORTCUT_TERMS) | {"shortcut"})
+        if clash:
+            raise ValueError(f"extra_loss_terms returned names that already exist: {sorted(clash)}")
+        terms.update(extra)
+        normalized = self.loss_normalizer(terms)
+        loss = torch.stack(list(normalized.values())).sum()
+
+        logs = {"train/loss": loss.detach(), "train/loss_unnormalized": output.loss.detach() + sum(
+            v.detach() for v in extra.values())}
+        logs.update({f"train/{name}": value.detach() for name, value in output.terms.items()})
+        for name, value in terms.items():
+            logs[f"train/{name}"] = value.detach()
+            logs[f"train/{name}_rms"] = self.loss_normalizer.rms(name)
+        if self._trainer is not None and self.trainer.optimizers:
+            logs["train/lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=z1.shape[0])
+        self.log("loss", loss.detach(), prog_bar=True, logger=False, on_step=True, batch_size=z1.shape[0])
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Before clipping: the norm the clip threshold is compared with (reduced over FSDP shards).
+        grad_norm = total_grad_norm(self, self.trainer.strategy)
+        self.log("train/grad_norm", grad_norm, on_step=True, on_epoch=False)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: Optional[Union[int, float]] = None,
+        gradient_clip_algorithm: Optional[str] = None,
+    ) -> None:
+        """Trainer's ``gradient_clip_val``; under FSDP clip by the norm over all shards via the FSDP root's
+        ``clip_grad_norm_`` (Lightning's FSDP precision plugin refuses norm clipping: it has no root)."""
+        if not gradient_clip_val:
+            return
+        if is_fsdp(self.trainer.strategy) and gradient_clip_algorithm in (None, "norm"):
+            self.trainer.strategy.model.clip_grad_norm_(float(gradient_clip_val))
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def teacher_model(self) -> Optional[torch.nn.Module]:
+        """Bootstrap teacher: None (online weights, paper) or the EMA weights when ``ema_teacher=True``.
+
+        The EMA weights are the ``AveragedModel`` held by Lightning's ``EMAWeightAveraging`` callback (one
+        copy of the weights in memory, not two); its ``device`` must be the training device.
+        """
+        if not self.hparams.ema_teacher:
+            return None
+        for callback in self.trainer.callbacks if self._trainer is not None else []:
+            if not isinstance(callback, WeightAveraging):
+                continue
+            averaged = getattr(callback, "_average_model", None)
+            if averaged is not None:
+                teacher = averaged.module.model
+                if next(teacher.parameters()).device != self.device:
+                    raise RuntimeError(f"ema_teacher=True: the EMAWeightAveraging weights live on "
+                                       f"{next(teacher.parameters()).device}, training on {self.device}; "
+                                       "set the callback's `device` to the training device")
+                return teacher
+        raise RuntimeError("ema_teacher=True needs a lightning.pytorch.callbacks.EMAWeightAveraging callback "
+                           "in trainer.callbacks")
+
+    def configure_model(self) -> None:
+        """FSDP2 under Lightning's ``ModelParallelStrategy``: every transformer block is its own ``fully_shard``
+        unit on the data-parallel mesh, then the root. A no-op for every other strategy."""
+        mesh = getattr(self, "_device_mesh", None)  # set by ModelParallelStrategy before this hook
+        if mesh is None:
+            return
+        try:  # public in torch >= 2.6, the composable API before
+            from torch.distributed.fsdp import FSDPModule, fully_shard
+        except ImportError:  # pragma: no cover - torch 2.5
+            from torch.distributed._composable.fsdp import FSDPModule, fully_shard
+        if isinstance(self.model.blocks[0], FSDPModule):  # sharded already (configure_model runs per stage)
+            return
+        for block in self.model.blocks:
+            fully_shard(block, mesh=mesh["data_parallel"])
+        fully_shard(self.model, mesh=mesh["data_parallel"])
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Lightning's EMAWeightAveraging deep-copies the module; the jsonargparse optimiser/scheduler factories
+        # reference the CLI parser -> Trainer -> launcher (process handles), which cannot be copied and are not
+        # needed by an averaged copy.
+        state = super().__getstate__()
+        state["optimizer_factory"] = state["scheduler_factory"] = None
+        return state
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        groups = parameter_groups(self.model)
+        optimizer = (self.optimizer_factory or default_optimizer)(groups)
+        scheduler = (self.scheduler_factory or WarmupCosineLR)(optimizer)
+        fill_total = isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None
+        if fill_total and self._trainer is not None:
+            total = self.trainer.estimated_stepping_batches
+            scheduler.total_steps = int(total) if total != float("inf") else None
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ randomness and checkpoints
+    @property
+    def noise_generator(self) -> torch.Generator:
+        """Generator of all training randomness; per-rank seed, state saved in checkpoints."""
+        if self._noise_generator is None or self._noise_generator.device != self.device:
+            base = self.hparams.noise_seed if self.hparams.noise_seed is not None else torch.initial_seed()
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed((int(base) + 1_000_003 * self.global_rank) % 2**63)
+            if self._pending_generator_state is not None:
+                generator.set_state(self._pending_generator_state)
+                self._pending_generator_state = None
+            self._noise_generator = generator
+        return self._noise_generator
+
+    def evaluation_generator(self, batch_idx: int) -> torch.Generator:
+        """Fresh generator per evaluation batch: validation/prediction noise is reproducible and never touches
+        the training generator (so validating more or less often cannot change training)."""
+        base = self.hparams.noise_seed if self.hparams.noise_seed is not None else 0
+        generator = torch.Generator(device=self.device)
+        seed = int(base) * 7919 + 104_729 * batch_idx + 15_485_863 * self.global_rank
+        generator.manual_seed(seed % 2**63)
+        return generator
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Everything stored is a tensor, dict, list, number or string: torch.load(weights_only=True) safe.
+        state = self._noise_generator.get_state() if self._noise_generator is not None else None
+        checkpoint["dreamer_dynamics_rng"] = {
+            "noise_generator": state if state is not None else self._pending_generator_state,
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        hparams = checkpoint.get("hyper_parameters")
+        if hparams is not None and dataclasses.is_dataclass(hparams.get("model")):
+            checkpoint["hyper_parameters"] = {**hparams, "model": dataclasses.asdict(hparams["model"])}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("dreamer_dynamics_rng")
+        if not rng:
+            return
+        if rng.get("noise_generator") is not None:
+            self._noise_generator, self._pending_generator_state = None, rng["noise_generator"]
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    # ------------------------------------------------------------------ rollouts, validation, prediction
+    @torch.no_grad()
+    def rollout(
+        self,
+        context: Tensor,
+        horizon: int,
+        *,
+        actions_discrete: Optional[Tensor] = None,
+        actions_continuous: Optional[Tensor] = None,
+        num_steps: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> Tensor:
+        """Generate ``horizon`` frames after ``context`` [B, T_ctx, N_b, D_b] -> clean latents
+        [B, horizon, N_b, D_b].
+
+        Actions cover T_ctx + horizon frames. ``num_steps`` = K Euler steps per frame (default
+        ``rollout_steps``); ``generator`` makes the noise reproducible.
+        """
+        return rollout(
+            self.model, context, horizon, actions_discrete=actions_discrete,
+            actions_continuous=actions_continuous, num_steps=num_steps or self.hparams.rollout_steps,
+            context_noise=self.hparams.context_noise, generator=generator,
+        )
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
+        """Logs ``val/*``: loss, bootstrap loss, flow loss per tau bucket, rollout MSE per K (metrics.py)."""
+        return evaluation_step(self, batch, batch_idx, self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
+        """Same metrics as validation on the test windows, logged as ``test/*``."""
+        return evaluation_step(self, batch, batch_idx, self.test_metrics, "test")
+
+    def predict_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor]:
+        """Roll out each window from its first ``val_context_frames`` frames (saved by ``RolloutWriter``)."""
+        z1 = batch["latents"]  # (B, T, N_b, D_b)
+        ctx = self.hparams.val_context_frames
+        if z1.shape[1] <= ctx and self.hparams.predict_horizon is None:
+            raise ValueError(f"predict: windows of {z1.shape[1]} frames leave nothing after "
+                             f"val_context_frames={ctx}; set model.predict_horizon or longer windows")
+        horizon = self.hparams.predict_horizon or z1.shape[1] - ctx
+        cond = self.conditioning(batch)
+        for name, actions in cond.items():
+            if actions.shape[1] < ctx + horizon:
+                raise ValueError(f"predict: {name} cover {actions.shape[1]} frames, the rollout needs "
+                                 f"val_context_frames + predict_horizon = {ctx + horizon}")
+        cond = {k: v[:, : ctx + horizon] for k, v in cond.items()}
+        generated = self.rollout(z1[:, :ctx], horizon, generator=self.evaluation_generator(batch_idx), **cond)
+        truth = z1[:, ctx : ctx + horizon]
+        return {"rollout": generated, "context": z1[:, :ctx], "ground_truth": truth, **cond}
+
+    @staticmethod
+    def flow_frame_loss(model: DynamicsTransformer, z1: Tensor, z0: Tensor, tau: Tensor, **cond) -> Tensor:
+        """Per-frame flow loss ||f(z_tilde, tau, d_min) - z1||^2 (mean over latent elements) -> [B, T]."""
+        d = torch.full_like(tau, 1.0 / model.config.k_max)
+        x1_hat = model(corrupt(z1, z0, tau), tau, d, **cond)  # (B, T, N_b, D_b)
+        return (x1_hat.float() - z1.float()).square().flatten(2).mean(-1)
+
+
+__all__ = ["DynamicsModule", "SHORTCUT_TERMS"]

@@ -1,0 +1,106 @@
+"""The ``dreamer-dynamics`` console script (LightningCLI): data -> model linking, complete --print_config,
+weights-only checkpoint loading, and end-to-end fit / validate / test / predict through the real script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from dreamer_dynamics.cli import LINKED_DATA_FIELDS, DynamicsCLI, main
+from dreamer_dynamics.data import LatentDatasetWriter
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "lightning_configs" / "quickstart.yaml")
+TINY = ["--model.model.dim=32", "--model.model.depth=2", "--model.model.heads=2", "--model.model.kv_heads=1",
+        "--data.short_length=6", "--data.long_length=8", "--data.short_batch_size=2", "--data.long_batch_size=1",
+        "--data.val_batch_size=2", "--data.val_batches=1", "--data.val_length=6", "--data.predict_length=6",
+        "--data.test_length=6", "--model.val_context_frames=2", "--model.val_rollout_horizon=2"]
+
+
+@pytest.fixture(autouse=True)
+def plain_argv(monkeypatch):
+    """LightningCLI(args=...) warns when sys.argv also holds arguments (pytest's own)."""
+    monkeypatch.setattr(sys, "argv", ["dreamer-dynamics"])
+
+
+def write_dataset(root: Path, latent_shape=(6, 10), discrete=(3, 4), continuous=2, episodes=4, length=12) -> str:
+    rng = np.random.default_rng(0)
+    with LatentDatasetWriter(root, latent_shape=latent_shape, num_discrete_actions=discrete,
+                             num_continuous_actions=continuous) as writer:
+        for _ in range(episodes):
+            writer.add_episode(
+                rng.standard_normal((length, *latent_shape)).astype(np.float32),
+                actions_discrete=np.stack([rng.integers(0, n, length) for n in discrete], -1) if discrete else None,
+                actions_continuous=rng.standard_normal((length, continuous)).astype(np.float32) if continuous else None,
+            )
+    return str(root)
+
+
+def test_data_root_alone_switches_latent_shape_and_action_spec(tmp_path):
+    root = write_dataset(tmp_path / "data")
+    cli = DynamicsCLI(args=["--config", QUICKSTART, "--data.root", root, *TINY], run=False)
+    config = cli.model.config
+    assert (config.latent_tokens, config.latent_dim) == (6, 10)
+    assert config.num_discrete_actions == (3, 4) and config.num_continuous_actions == 2
+    assert cli.model.model.latent_in.in_features == 10  # the network was built for the new data
+
+
+def test_fit_validate_test_in_process_on_a_custom_dataset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = write_dataset(tmp_path / "data")
+    common = ["--config", QUICKSTART, "--data.root", root, *TINY, f"--trainer.default_root_dir={tmp_path}",
+              "--trainer.logger=false"]
+    main(["fit", *common, "--trainer.fast_dev_run=true"])
+    main(["validate", *common, "--trainer.fast_dev_run=true"])
+    main(["test", *common, "--trainer.fast_dev_run=true"])
+
+
+def test_print_config_is_complete_and_commented(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", QUICKSTART, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["weights_only"] is True  # checkpoints load with weights-only unpickling by default
+    assert printed["trainer"]["use_distributed_sampler"] is False
+    model = printed["model"]
+    assert {"optimizer", "scheduler", "image_row_share", "normalize_losses", "ema_teacher"} <= model.keys()
+    assert {"dim", "depth", "k_max", "context_length", "pack_factor"} <= model["model"].keys()
+    assert not set(LINKED_DATA_FIELDS) & model["model"].keys()  # linked from the data, not settable
+    assert "root" in printed["data"]
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", QUICKSTART, "--print_config=comments"])
+    assert "# share of batch rows trained as independent images" in capsys.readouterr().out
+
+
+def run_script(*args: str, cwd: Path, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).parent / "dreamer-dynamics"
+    result = subprocess.run([str(script), *args], capture_output=True, text=True, cwd=cwd, env=env,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.slow
+def test_console_script_fit_then_predict_from_checkpoint(tmp_path):
+    """The real console script, run from a scratch directory (the config's runs/... paths land there)."""
+    env = {**os.environ, "DREAMER_DYNAMICS_CACHE": str(tmp_path / "cache")}
+    common = ["--config", QUICKSTART, *TINY, "--data.toy.episodes=6", "--data.toy.length=24"]  # small built-in data
+    run_script("fit", *common, "--trainer.fast_dev_run=true", cwd=tmp_path, env=env)
+    run_script("fit", *common, "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+               "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+               f"--trainer.callbacks.dirpath={tmp_path}/ckpt", "--trainer.callbacks.save_last=true",
+               cwd=tmp_path, env=env)
+    checkpoint = tmp_path / "ckpt" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 2
+    assert list((tmp_path / "runs" / "quickstart" / "tensorboard").glob("version_*/events.out.tfevents.*"))
+    run_script("predict", *common, "--ckpt_path", str(checkpoint), cwd=tmp_path, env=env)
+    files = sorted((tmp_path / "runs" / "quickstart" / "predictions").glob("*.pt"))  # quickstart's RolloutWriter
+    assert files, "predict wrote no rollouts"
+    rollout = torch.load(files[0], weights_only=True)["rollout"]
+    assert rollout.shape[1:] == (4, 16, 48)  # predict window 6 - 2 context frames; built-in latents 16 x 48

@@ -1,0 +1,238 @@
+"""DynamicsModule: training step, logging (read back from a real TensorBoard event file), subclass hooks,
+rollouts, prediction files, optimiser/scheduler, EMA teacher, gradient norm and validation metrics."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from dreamer_dynamics.data import DynamicsDataModule
+from dreamer_dynamics.data.default import ToyDatasetConfig
+from dreamer_dynamics.model import DynamicsConfig
+from dreamer_dynamics.module import DynamicsModule
+from dreamer_dynamics.objective import ShortcutForcingLoss
+from dreamer_dynamics.training import (
+    LatentThroughputMonitor,
+    RolloutImageLogger,
+    RolloutWriter,
+    ValidationMetrics,
+    WarmupCosineLR,
+    total_grad_norm,
+)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("toy_cache")
+
+
+def make_data(cache) -> DynamicsDataModule:
+    return DynamicsDataModule(cache_dir=str(cache), toy=ToyDatasetConfig(episodes=6, length=24), short_length=6,
+                              long_length=12, short_batch_size=4, long_batch_size=2, long_every=3,
+                              val_batch_size=4, val_batches=1, predict_length=6)
+
+
+def make_module(data: DynamicsDataModule, cls=DynamicsModule, **kwargs) -> DynamicsModule:
+    config = DynamicsConfig.debug(latent_tokens=data.latent_tokens, latent_dim=data.latent_dim,
+                                  num_discrete_actions=data.num_discrete_actions,
+                                  num_continuous_actions=data.num_continuous_actions)
+    kwargs = {"noise_seed": 0, "val_context_frames": 2, "val_rollout_horizon": 3, **kwargs}
+    return cls(config, **kwargs)
+
+
+def make_trainer(tmp_path, **kwargs) -> pl.Trainer:
+    defaults = dict(accelerator="cpu", devices=1, max_steps=3, enable_progress_bar=False, enable_model_summary=False,
+                    use_distributed_sampler=False, log_every_n_steps=1, num_sanity_val_steps=0,
+                    check_val_every_n_epoch=None, val_check_interval=3, default_root_dir=str(tmp_path),
+                    logger=TensorBoardLogger(str(tmp_path), name="tb"))
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+def read_events(trainer: pl.Trainer) -> EventAccumulator:
+    trainer.logger.experiment.flush()
+    events = EventAccumulator(trainer.logger.log_dir, size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return events
+
+
+def last_scalar(events: EventAccumulator, tag: str) -> float:
+    return events.Scalars(tag)[-1].value
+
+
+def test_fit_logs_terms_rms_total_and_validation_to_tensorboard(tmp_path, cache):
+    data = make_data(cache)
+    module = make_module(data)
+    trainer = make_trainer(tmp_path, callbacks=[LatentThroughputMonitor(), RolloutImageLogger(max_sequences=2)])
+    trainer.fit(module, data)
+    events = read_events(trainer)
+    scalars = set(events.Tags()["scalars"])
+    expected = {"train/loss", "train/loss_unnormalized", "train/lr", "train/grad_norm", "train/latent_tokens_per_s",
+                "val/loss", "val/bootstrap_loss", "val/rollout_mse_copy_last"}
+    expected |= {"train/flow", "train/bootstrap", "train/shortcut", "train/shortcut_rms"}
+    expected |= {f"val/flow_loss_tau{lo:.2f}_{lo + 0.25:.2f}" for lo in (0.0, 0.25, 0.5, 0.75)}
+    expected |= {f"val/rollout_mse_k{k}" for k in (1, 2, 4, 8)}  # K in {1, 2, 4, K_max = 8}
+    assert expected <= scalars, expected - scalars
+    assert len(events.Scalars("train/loss")) == 3  # every step
+    # The shortcut loss is flow + bootstrap (SPEC §3.6), normalised as one term by its running RMS.
+    shortcut = last_scalar(events, "train/shortcut")
+    assert math.isclose(shortcut, last_scalar(events, "train/flow") + last_scalar(events, "train/bootstrap"),
+                        rel_tol=1e-5)
+    assert math.isclose(last_scalar(events, "train/loss"), shortcut / last_scalar(events, "train/shortcut_rms"),
+                        rel_tol=1e-4)
+    # Two rollout pictures (ground truth + one row per K), decoded by the built-in dataset's decoder.
+    assert {"val/rollout_0", "val/rollout_1"} <= set(events.Tags()["images"])
+    image = events.Images("val/rollout_0")[-1]
+    patch = data.decoder.image_size
+    assert (image.height, image.width) == (5 * patch, 4 * patch)  # rows: truth + K=1,2,4,8; cols: last ctx + 3
+
+
+class FlowOnlyWithMeanPenalty(DynamicsModule):
+    """Changes the noise sampling (every frame at d_min, tau = 1/2) and adds a named loss term."""
+
+    extra_loss_names = ("mean_penalty",)
+
+    def sample_noise_levels(self, batch):
+        b, t = batch["latents"].shape[:2]
+        self.noise_calls = getattr(self, "noise_calls", 0) + 1
+        return torch.full((b, t), 0.5, device=self.device), torch.full((b, t), self.d_min, device=self.device)
+
+    def extra_loss_terms(self, batch, output: ShortcutForcingLoss):
+        self.seen_bootstrap = bool(output.bootstrap.any())
+        return {"mean_penalty": output.x1_hat.mean().square()}
+
+
+def test_subclass_changes_noise_sampling_and_adds_a_loss_term(tmp_path, cache):
+    data = make_data(cache)
+    module = make_module(data, cls=FlowOnlyWithMeanPenalty, image_row_share=0.0)
+    assert "mean_penalty" in module.loss_normalizer.names()  # RMS buffer exists before EMA/FSDP wrap
+    trainer = make_trainer(tmp_path, val_check_interval=None, limit_val_batches=0)
+    trainer.fit(module, data)
+    events = read_events(trainer)
+    assert module.noise_calls == 3 and module.seen_bootstrap is False
+    assert all(e.value == 0.0 for e in events.Scalars("train/bootstrap"))  # no frame above d_min
+    assert last_scalar(events, "train/mean_penalty_rms") > 0
+    normalized = sum(last_scalar(events, f"train/{t}") / last_scalar(events, f"train/{t}_rms")
+                     for t in ("shortcut", "mean_penalty"))
+    assert math.isclose(last_scalar(events, "train/loss"), normalized, rel_tol=1e-4)
+
+
+def test_flow_and_bootstrap_can_be_normalised_separately(tmp_path, cache):
+    data = make_data(cache)
+    module = make_module(data, normalize_shortcut_terms_separately=True)
+    assert set(module.loss_normalizer.names()) == {"flow", "bootstrap"}
+    trainer = make_trainer(tmp_path, val_check_interval=None, limit_val_batches=0)
+    trainer.fit(module, data)
+    events = read_events(trainer)
+    total = sum(last_scalar(events, f"train/{t}") / last_scalar(events, f"train/{t}_rms") for t in ("flow", "bootstrap"))
+    assert math.isclose(last_scalar(events, "train/loss"), total, rel_tol=1e-4)
+
+
+def test_extra_term_may_not_shadow_a_core_term(tmp_path, cache):
+    class Shadowing(DynamicsModule):
+        def extra_loss_terms(self, batch, output):
+            return {"flow": output.loss}
+
+    data = make_data(cache)
+    with pytest.raises(ValueError, match="already exist.*flow"):
+        make_trainer(tmp_path, logger=False).fit(make_module(data, cls=Shadowing), data)
+
+
+def test_rollout_shapes_determinism_and_action_coverage(cache):
+    data = make_data(cache)
+    module = make_module(data).eval()
+    batch = next(iter(data.val_dataloader()))
+    context, actions = batch["latents"][:, :2], batch["actions_discrete"][:, :5]
+    runs = [module.rollout(context, 3, actions_discrete=actions, generator=torch.Generator().manual_seed(1))
+            for _ in range(2)]
+    assert runs[0].shape == (4, 3, data.latent_tokens, data.latent_dim)
+    assert torch.equal(runs[0], runs[1])
+    with pytest.raises(ValueError, match="cover"):
+        module.rollout(context, 3, actions_discrete=actions[:, :4])
+
+
+def test_predict_writes_weights_only_loadable_files(tmp_path, cache):
+    data = make_data(cache)
+    module = make_module(data)
+    writer = RolloutWriter(output_dir=str(tmp_path / "pred"))
+    make_trainer(tmp_path, logger=False, callbacks=[writer]).predict(module, datamodule=data, return_predictions=False)
+    files = sorted((tmp_path / "pred").iterdir())
+    assert [f.name for f in files] == ["rollouts_rank0_batch000000.pt"]  # no temporary files left behind
+    out = torch.load(files[0], weights_only=True)
+    assert out["rollout"].shape == (4, 4, data.latent_tokens, data.latent_dim)  # predict_length 6 - 2 context
+    assert out["ground_truth"].shape == out["rollout"].shape
+    assert out["context"].shape[1] == 2 and out["actions_discrete"].shape[1] == 6
+
+
+def test_optimizer_groups_and_warmup_cosine_schedule(tmp_path, cache):
+    data = make_data(cache)
+    module = make_module(data, scheduler=lambda opt: WarmupCosineLR(opt, warmup_steps=10, min_lr_ratio=0.1))
+    trainer = make_trainer(tmp_path, max_steps=2, logger=False, limit_val_batches=0)
+    trainer.fit(module, data)
+    decayed, undecayed = trainer.optimizers[0].param_groups
+    assert decayed["weight_decay"] == 0.01 and undecayed["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decayed["params"])
+    embeddings = {id(m.weight) for m in module.modules() if isinstance(m, torch.nn.Embedding)}
+    assert embeddings and embeddings <= {id(p) for p in undecayed["params"]}
+    assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 2  # filled in from the Trainer's max_steps
+
+    scheduler = WarmupCosineLR(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), warmup_steps=10,
+                               total_steps=110, min_lr_ratio=0.1)
+    assert scheduler.lr_factor(0) == pytest.approx(1 / 11) and scheduler.lr_factor(10) == pytest.approx(1.0)
+    assert scheduler.lr_factor(60) == pytest.approx(0.55)  # half way down the cosine: (1 + 0.1) / 2
+    assert scheduler.lr_factor(110) == pytest.approx(0.1) and scheduler.lr_factor(500) == pytest.approx(0.1)
+    assert all(isinstance(v, (int, float, list, bool, type(None))) for v in scheduler.state_dict().values())
+
+
+def test_ema_teacher_uses_the_averaged_weights(tmp_path, cache):
+    data = make_data(cache)
+    with pytest.raises(RuntimeError, match="EMAWeightAveraging"):
+        make_trainer(tmp_path, logger=False).fit(make_module(data, ema_teacher=True), data)
+    module = make_module(data, ema_teacher=True)
+    ema = EMAWeightAveraging(decay=0.5)
+    make_trainer(tmp_path, logger=False, max_steps=2, limit_val_batches=0, callbacks=[ema]).fit(module, data)
+    teacher = module.teacher_model()
+    assert teacher is ema._average_model.module.model and teacher is not module.model
+
+
+def test_total_grad_norm_matches_the_concatenated_gradient():
+    layer = torch.nn.Linear(3, 2)
+    layer.weight.grad = torch.full((2, 3), 2.0)
+    layer.bias.grad = torch.tensor([3.0, 4.0])
+    assert total_grad_norm(layer).item() == pytest.approx(math.sqrt(6 * 4 + 9 + 16))
+
+
+def test_checkpoint_loads_weights_only_and_restores_the_model(tmp_path, cache):
+    data = make_data(cache)
+    module = make_module(data)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    make_trainer(tmp_path, logger=False, max_steps=2, limit_val_batches=0, callbacks=[checkpoint]).fit(module, data)
+    path = tmp_path / "ckpt" / "last.ckpt"
+    state = torch.load(path, weights_only=True)
+    assert isinstance(state["hyper_parameters"]["model"], dict)
+    assert "loss_normalizer.mean_square_shortcut" in state["state_dict"]
+    loaded = DynamicsModule.load_from_checkpoint(path, weights_only=True)
+    assert loaded.config == module.config
+    for (name, a), b in zip(module.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_validation_metrics_bucket_by_signal_level_and_baseline():
+    metrics = ValidationMetrics([1, 4], num_tau_buckets=4)
+    per_frame = torch.tensor([[1.0, 2.0, 3.0, 4.0, 6.0]])
+    tau = torch.tensor([[0.0, 0.3, 0.6, 0.9, 0.95]])  # tau = 0 pure noise, tau -> 1 clean
+    metrics.update_flow_buckets(per_frame, tau)
+    metrics.update_losses(torch.tensor(0.5), per_frame, torch.tensor([[True, False, True, False, False]]))
+    context = torch.zeros(1, 2, 1, 1)
+    target = torch.tensor([1.0, 3.0]).reshape(1, 2, 1, 1)
+    metrics.update_copy_last(context, target)
+    values = {k: v.compute().item() for k, v in metrics.as_dict().items()}
+    assert values["val/flow_loss_tau0.00_0.25"] == 1.0 and values["val/flow_loss_tau0.75_1.00"] == 5.0
+    assert values["val/bootstrap_loss"] == 2.0 and values["val/loss"] == 0.5
+    assert values["val/rollout_mse_copy_last"] == 5.0  # (1 + 9) / 2
+    assert "val/rollout_mse_k1" not in values  # not updated this epoch: not logged

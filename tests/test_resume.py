@@ -1,0 +1,60 @@
+"""Exact resume: a run stopped at step N and resumed from its checkpoint ends bit-identical (CPU) to an
+uninterrupted run -- weights, EMA weights and loss-normaliser state -- and the checkpoint loads weights-only."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+from dreamer_dynamics.data import DynamicsDataModule
+from dreamer_dynamics.data.default import ToyDatasetConfig
+from dreamer_dynamics.model import DynamicsConfig
+from dreamer_dynamics.module import DynamicsModule
+
+TOTAL_STEPS, STOP_AT = 8, 4
+
+
+def _run(tmp_path, cache, max_steps: int, ckpt_path=None):
+    pl.seed_everything(0, workers=True)
+    data = DynamicsDataModule(cache_dir=str(cache), toy=ToyDatasetConfig(episodes=6, length=24), short_length=6,
+                              long_length=12, short_batch_size=4, long_batch_size=2, long_every=3,
+                              val_batch_size=2, val_batches=1)
+    config = DynamicsConfig.debug(latent_tokens=data.latent_tokens, latent_dim=data.latent_dim,
+                                  num_discrete_actions=data.num_discrete_actions,
+                                  num_continuous_actions=data.num_continuous_actions)
+    module = DynamicsModule(config, val_context_frames=2, val_rollout_horizon=2, val_rollout_steps=[2])
+    ema = EMAWeightAveraging(decay=0.9)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=max_steps, val_check_interval=3, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, gradient_clip_val=1.0, use_distributed_sampler=False, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+        callbacks=[ema, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=STOP_AT,
+                                        save_top_k=-1)],
+    )
+    trainer.fit(module, data, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    return module, ema
+
+
+def test_resumed_run_is_bit_identical(tmp_path):
+    cache = tmp_path / "cache"
+    straight, straight_ema = _run(tmp_path / "straight", cache, TOTAL_STEPS)
+    _run(tmp_path / "stopped", cache, STOP_AT)
+    checkpoint = tmp_path / "stopped" / "ckpt" / "last.ckpt"
+    state = torch.load(checkpoint, weights_only=True)  # everything in it is weights-only safe
+    assert state["global_step"] == STOP_AT
+    assert "dreamer_dynamics_rng" in state and "current_model_state" in state  # own RNG + EMA's live weights
+    assert any(k.startswith("loss_normalizer.") for k in state["current_model_state"])
+    resumed, resumed_ema = _run(tmp_path / "resumed", cache, TOTAL_STEPS, ckpt_path=checkpoint)
+
+    assert resumed.trainer.global_step == straight.trainer.global_step == TOTAL_STEPS
+    straight_state, resumed_state = straight.state_dict(), resumed.state_dict()
+    assert straight_state.keys() == resumed_state.keys()
+    for name, value in straight_state.items():
+        assert torch.equal(value, resumed_state[name]), f"{name} differs after resume"
+    for (name, a), b in zip(straight_ema._average_model.state_dict().items(),
+                            resumed_ema._average_model.state_dict().values()):
+        assert torch.equal(a, b), f"EMA {name} differs after resume"
+    # A run that is not resumed from the checkpoint really is different (the test has teeth).
+    fresh, _ = _run(tmp_path / "fresh", cache, TOTAL_STEPS - STOP_AT)
+    assert not all(torch.equal(p, q) for p, q in zip(fresh.parameters(), straight.parameters()))
