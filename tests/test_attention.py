@@ -10,16 +10,10 @@ from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 from dreamer_dynamics.model.attention import HAS_FLEX, AttentionMask, attend, resolve_backend
 from dreamer_dynamics.model.transformer import time_attention_mask
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile.*")
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models are dispatch-bound: one thread is faster and immune to OpenMP spin contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile.*"),
+    pytest.mark.usefixtures("single_thread"),
+]
 
 
 def reference_attention(q, k, v, allowed, softcap):

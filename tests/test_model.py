@@ -5,19 +5,10 @@ import torch
 
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 
+from tests.conftest import make_debug_model
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models are dispatch-bound: one thread is faster and immune to OpenMP spin contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return DynamicsTransformer(DynamicsConfig.debug(**overrides)).eval()
+pytestmark = pytest.mark.usefixtures("single_thread")
+make = make_debug_model
 
 
 def inputs(cfg, b=2, t=5, seed=0):
