@@ -100,3 +100,20 @@ class RankRecorder(pl.Callback):
         with open(path + ".tmp", "w") as f:
             json.dump(record, f)
         os.replace(path + ".tmp", path)
+
+
+def rollout_from_checkpoint(path) -> "DynamicsModule":
+    """Load a checkpoint weights-only, roll 2 frames out of random context and check shape and finiteness."""
+    from dreamer_dynamics.module import DynamicsModule
+
+    module = DynamicsModule.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
+    config = module.config
+    context = torch.randn(2, 3, config.latent_tokens, config.latent_dim)
+    actions = {}
+    if config.num_discrete_actions:
+        actions["actions_discrete"] = torch.zeros(2, 5, len(config.num_discrete_actions), dtype=torch.long)
+    if config.num_continuous_actions:
+        actions["actions_continuous"] = torch.zeros(2, 5, config.num_continuous_actions)
+    frames = module.rollout(context, 2, num_steps=2, **actions)
+    assert frames.shape == (2, 2, config.latent_tokens, config.latent_dim) and frames.isfinite().all()
+    return module

@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.distributed_probe import rollout_from_checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [REPO / "lightning_configs" / "quickstart.yaml", REPO / "lightning_configs" / "ddp_cpu.yaml",
            REPO / "tests" / "configs" / "tiny_scale.yaml"]
@@ -135,15 +137,4 @@ def test_exactly_one_checkpoint_that_reloads_and_rolls_out(ddp_run):
         saved = state["state_dict"][f"loss_normalizer.mean_square_{name}"].sqrt().item()
         assert saved == pytest.approx(rms, rel=1e-6)
 
-    from dreamer_dynamics.module import DynamicsModule
-
-    module = DynamicsModule.load_from_checkpoint(checkpoints[0], map_location="cpu", weights_only=True).eval()
-    config = module.config
-    context = torch.randn(2, 3, config.latent_tokens, config.latent_dim)
-    actions = {}
-    if config.num_discrete_actions:
-        actions["actions_discrete"] = torch.zeros(2, 5, len(config.num_discrete_actions), dtype=torch.long)
-    if config.num_continuous_actions:
-        actions["actions_continuous"] = torch.zeros(2, 5, config.num_continuous_actions)
-    frames = module.rollout(context, 2, num_steps=2, **actions)
-    assert frames.shape == (2, 2, config.latent_tokens, config.latent_dim) and frames.isfinite().all()
+    rollout_from_checkpoint(checkpoints[0])

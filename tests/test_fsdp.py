@@ -31,6 +31,7 @@ from dreamer_dynamics.cli import DynamicsCLI
 from dreamer_dynamics.data import LatentDatasetWriter
 from dreamer_dynamics.model.transformer import Block
 from tests.test_ddp import CONFIGS as DDP_CONFIGS
+from tests.distributed_probe import rollout_from_checkpoint
 from tests.test_ddp import REPO, console_script, subprocess_env
 
 MINECRAFT = REPO / "lightning_configs" / "minecraft.yaml"
@@ -98,16 +99,7 @@ def test_fsdp_training_on_one_gpu_writes_a_full_checkpoint_that_rolls_out_on_cpu
     assert state["global_step"] == 6
     assert not any("_fsdp_wrapped_module" in key for key in state["state_dict"])  # full, unwrapped keys
 
-    from dreamer_dynamics.module import DynamicsModule
-
-    module = DynamicsModule.load_from_checkpoint(checkpoints[0], map_location="cpu", weights_only=True).eval()
-    config = module.config
-    context = torch.randn(2, 3, config.latent_tokens, config.latent_dim)
-    actions = {}
-    if config.num_discrete_actions:
-        actions["actions_discrete"] = torch.zeros(2, 5, len(config.num_discrete_actions), dtype=torch.long)
-    frames = module.rollout(context, 2, num_steps=2, **actions)
-    assert frames.shape == (2, 2, config.latent_tokens, config.latent_dim) and frames.isfinite().all()
+    rollout_from_checkpoint(checkpoints[0])
 
 
 @pytest.mark.slow
@@ -136,15 +128,6 @@ def test_fsdp2_on_two_cpu_ranks_clips_the_global_norm_and_its_checkpoint_rolls_o
     state = torch.load(checkpoints[0], map_location="cpu", weights_only=True)
     assert state["global_step"] == 6 and all(type(v) is torch.Tensor for v in state["state_dict"].values())
 
-    from dreamer_dynamics.module import DynamicsModule
-
-    module = DynamicsModule.load_from_checkpoint(checkpoints[0], map_location="cpu", weights_only=True).eval()
+    module = rollout_from_checkpoint(checkpoints[0])
     checksum = sum(float(p.detach().abs().sum()) for p in module.parameters())
     assert checksum == pytest.approx(rank0["weights_checksum"], rel=1e-5)  # the gathered weights, all of them
-    config = module.config
-    actions = {}
-    if config.num_discrete_actions:
-        actions["actions_discrete"] = torch.zeros(2, 5, len(config.num_discrete_actions), dtype=torch.long)
-    context = torch.randn(2, 3, config.latent_tokens, config.latent_dim)
-    frames = module.rollout(context, 2, num_steps=2, **actions)
-    assert frames.shape == (2, 2, config.latent_tokens, config.latent_dim) and frames.isfinite().all()
