@@ -27,7 +27,7 @@ PRESETS = {"debug": DynamicsConfig.debug, "quickstart": DynamicsConfig.quickstar
            "minecraft": DynamicsConfig.minecraft}
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=sorted(PRESETS), default="debug", help="DynamicsConfig preset")
@@ -46,7 +46,11 @@ def parse_args() -> argparse.Namespace:
                         help="skip the O(H^2) uncached run above this horizon")
     parser.add_argument("--output", type=Path,
                         default=Path(__file__).resolve().parent / "results" / "rollout_speed.json")
-    return parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="horizons 2 and 4 only: checks the logic (tests)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.horizons, args.context_frames = [2, 4], 2
+    return args
 
 
 def timed_rollout(model, context, horizon, actions, num_steps, use_cache, device) -> float:
@@ -60,8 +64,8 @@ def timed_rollout(model, context, horizon, actions, num_steps, use_cache, device
     return time.perf_counter() - start
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     device = torch.device(args.device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -109,6 +113,7 @@ def main() -> None:
               "config": dataclasses.asdict(config), "results": results}
     args.output.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.output}")
+    return report
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ Kernel paths (all agree with a plain softmax attention, tests/test_attention.py)
   logit soft-capping, so it is only taken when ``attention_softcap is None``.
 - ``flex``: FlexAttention with the soft-cap as a ``score_mod`` and the causal window / image rows as a
   ``BlockMask``; compiled on CUDA (that is where it generates a fused kernel), eager elsewhere (tests only).
-- ``math``: explicit matmuls with GQA done by grouping query heads (no ``repeat_interleave`` copies);
-  soft-cap, mask and softmax in fp32. On CPU this is as fast as SDPA's math fallback and is the ``auto``
-  choice with a soft-cap, because eager FlexAttention on CPU materialises the scores anyway and is much
-  slower (and has no backward on CPU).
+- ``math``: explicit matmuls with GQA done by stacking each kv head's query heads along the query axis (no
+  ``repeat_interleave`` or broadcast copies of k/v); soft-cap, mask and softmax in fp32. On CPU this is as fast
+  as SDPA's math fallback and is the ``auto`` choice with a soft-cap, because eager FlexAttention on CPU
+  materialises the scores anyway and is much slower (and has no backward on CPU).
 """
 
 from __future__ import annotations
@@ -117,16 +117,21 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: Optional[
         fn = _compiled_flex() if q.is_cuda else flex_attention
         return fn(q, k, v, score_mod=None if softcap is None else _softcap_score_mod(float(softcap)),
                   block_mask=None if mask is None else mask.block_mask(), enable_gqa=hq != hkv)
-    # math: group query heads onto their kv head by a view, so k/v broadcast instead of being copied.
+    # math: the G = Hq/Hkv query heads of one kv head are stacked along the query axis ((N, Hkv, G*Lq, E)), so
+    # every product is one plain batched GEMM against the Hkv keys/values: no (N, Hkv, G, Lk, E) broadcast copy
+    # of k and v (a broadcast matmul materialises it), and the output comes back in (N, Hq, Lq, E) order.
     groups = hq // hkv
-    qg = q.view(n, hkv, groups, lq, e)  # (N, Hkv, G, Lq, E)
-    logits = torch.matmul(qg, k.unsqueeze(2).transpose(-1, -2)).float() * e ** -0.5  # (N, Hkv, G, Lq, Lk)
-    if softcap is not None:
-        logits = softcap * torch.tanh(logits / softcap)
+    qg = q.reshape(n, hkv, groups * lq, e)  # (N, Hkv, G*Lq, E)
+    logits = torch.matmul(qg, k.transpose(-1, -2)).float()  # (N, Hkv, G*Lq, Lk)
+    if softcap is not None:  # c * tanh(s / (c sqrt(E))): the 1/sqrt(E) scale folded into the cap's 1/c
+        logits = torch.tanh(logits * (e ** -0.5 / softcap)) * softcap
+    else:
+        logits = logits * e ** -0.5
+    logits = logits.view(n, hkv, groups, lq, -1)  # (N, Hkv, G, Lq, Lk)
     if mask is not None:
         logits = logits.masked_fill(~mask.dense[:, None, None], float("-inf"))  # (M, 1, 1, Lq, Lk) broadcast
-    probs = torch.softmax(logits, dim=-1).to(v.dtype)
-    return torch.matmul(probs, v.unsqueeze(2)).view(n, hq, lq, e)
+    probs = torch.softmax(logits, dim=-1).to(v.dtype).view(n, hkv, groups * lq, -1)
+    return torch.matmul(probs, v).view(n, hq, lq, e)
 
 
 class FactorizedAttention(nn.Module):

@@ -27,8 +27,12 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (..., hidden) each
+        if torch.is_grad_enabled():
+            return self.down(F.silu(gate) * up)
+        # No autograd (teacher passes, rollouts): multiply into silu's fresh output instead of allocating another
+        # (..., hidden) tensor; the same op on the same values, so bitwise equal (tests/test_perf_equivalence.py).
+        return self.down(F.silu(gate).mul_(up))
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> torch.Tensor:

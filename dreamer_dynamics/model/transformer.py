@@ -31,8 +31,18 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, mask: Optional[AttentionMask],
                 past_kv: Optional[KV] = None) -> tuple[torch.Tensor, Optional[KV]]:
         attn_out, new_kv = self.attn(self.attn_norm(x), freqs, mask, past_kv)
-        x = x + attn_out
-        return x + self.mlp(self.mlp_norm(x)), new_kv
+        x = residual_add(x, attn_out)
+        return residual_add(x, self.mlp(self.mlp_norm(x))), new_kv
+
+
+def residual_add(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """x + branch. Without autograd (teacher passes, rollouts) the sum is accumulated into the branch's fresh output
+    instead of a new (B, T, S, D) tensor, where that keeps the result dtype (under bf16 autocast a bf16 branch
+    plus the fp32 stream must stay fp32); a + b == b + a exactly, so bitwise equal (tests/test_perf_equivalence.py).
+    """
+    if torch.is_grad_enabled() or branch.dtype != torch.promote_types(x.dtype, branch.dtype):
+        return x + branch
+    return branch.add_(x)
 
 
 def time_attention_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, context_length: int,

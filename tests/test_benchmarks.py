@@ -1,0 +1,92 @@
+"""The benchmarks run (smallest modes) and write valid JSON with the figures docs/benchmarks.md quotes.
+
+No timing assertions: speed is measured by running the benchmarks, not by tests. The analytic FLOP count is
+checked against a hand count, and the timing helper against its own contract.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from benchmarks import common, gpu, quality, rollout_speed, run_all, scaling, train_step
+from dreamer_dynamics.model import DynamicsConfig
+
+
+def read(path):
+    return json.loads(path.read_text())
+
+
+def test_forward_flops_matches_a_hand_count():
+    cfg = DynamicsConfig.quickstart(latent_tokens=16, latent_dim=32, num_discrete_actions=(5,), context_length=4)
+    flops = common.forward_flops(cfg, batch=2, time_steps=8)
+    s, frames, e = 16 + 4 + 1 + 1, 16, 64
+    hidden = 704  # int(2 * 4 * 256 / 3) = 682 rounded up to a multiple of 64
+    per_block = 256 * (4 + 4) * e + 256 * 256 + 256 * 2 * hidden + hidden * 256
+    matmul = 2 * frames * s * per_block * 8 + 2 * frames * 16 * 32 * 256 * 2 + 2 * frames * 512 * 256
+    assert flops["matmul"] == matmul
+    assert flops["attention_space"] == 6 * frames * 4 * s * s * e * 4  # 6 space layers, 4 heads
+    assert flops["attention_time_dense"] == 2 * 2 * s * 4 * 8 * 8 * e * 4  # 2 time layers, T = 8
+    pairs = 1 + 2 + 3 + 4 * 5  # causal window C = 4 over 8 frames
+    assert flops["attention_time_windowed"] == 2 * 2 * s * 4 * pairs * e * 4
+
+
+def test_time_interleaved_times_every_variant_round_robin():
+    calls = []
+    timings = common.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                      repeat=3, warmup=1)
+    assert calls == ["a", "b"] * 4
+    assert all(len(t.repeats) == 3 and t.best <= t.median for t in timings.values())
+
+
+def test_peak_memory_sees_a_large_allocation():
+    with common.peak_memory(torch.device("cpu")) as memory:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del block
+    assert memory["peak_bytes"] > 0
+    if memory["resettable"]:
+        assert memory["delta_bytes"] >= 48 * 2**20
+
+
+def test_train_step_smoke(tmp_path):
+    train_step.main(["--smoke", "--repeat", "1", "--output", str(tmp_path / "t.json")])
+    report = read(tmp_path / "t.json")
+    assert set(report["lengths"]) == {"short", "long"}
+    for figures in report["lengths"].values():
+        assert figures["shortcut_over_flow"] > 0 and figures["teacher_over_student"] > 0
+        assert figures["shortcut_step_fraction_of_peak"] > 0
+        assert figures["flops_step"]["shortcut_step"] > figures["flops_step"]["flow_step"]
+    assert report["machine"]["threads"] == 1 and report["profile_short_shortcut_step"]
+    assert report["matmul_peak"]["flops"] >= max(f["matmul_peak_probe_flops"] for f in report["lengths"].values())
+    assert set(report["targets_met"]) == set(train_step.TARGETS)
+
+
+def test_scaling_and_rollout_smoke(tmp_path):
+    scaling.main(["--smoke", "--repeat", "1", "--output", str(tmp_path / "s.json")])
+    rows = read(tmp_path / "s.json")["rows"]
+    assert [r["T"] for r in rows] == [4, 8, 16] and rows[0]["windowed_relative"] == 1.0
+    # Fixed frames per batch: the windowed time attention does less work than full causal attention at T > C.
+    assert rows[-1]["attention_time_flops_windowed"] < rows[-1]["attention_time_flops_full_causal"]
+    rollout_speed.main(["--smoke", "--output", str(tmp_path / "r.json")])
+    results = read(tmp_path / "r.json")["results"]
+    assert {(r["horizon"], r["use_cache"]) for r in results} == {(2, True), (2, False), (4, True), (4, False)}
+
+
+def test_quality_and_gpu_smoke(tmp_path):
+    quality.main(["--smoke", "--output", str(tmp_path / "q.json")])
+    report = read(tmp_path / "q.json")
+    for model in ("shortcut", "flow_only"):
+        mse = report["models"][model]["rollout_mse"]
+        assert set(mse) >= {"K=1", "K=2", "K=4", "K=8", "copy_last_frame"}  # debug config: K_max = 8
+        assert all(v >= 0 for k, v in mse.items() if k != "windows")
+    gpu.main(["--smoke", "--output", str(tmp_path / "g.json")])
+    report = read(tmp_path / "g.json")
+    assert report["mfu"]["achieved_flops_per_s"] > 0 and report["rollout"]["frames_per_s"] > 0
+
+
+def test_run_all_smoke_writes_a_summary(tmp_path):
+    run_all.main(["--smoke", "--results", str(tmp_path)])
+    summary = read(tmp_path / "summary.json")
+    assert {row["benchmark"] for row in summary["rows"]} >= {"train_step", "scaling", "quality", "gpu"}
+    assert all((tmp_path / f"{name}.json").exists() for name in run_all.BENCHMARKS)
