@@ -217,3 +217,12 @@ def _jsonable(value):
 
 def config_dict(config: DynamicsConfig) -> dict:
     return dataclasses.asdict(config)
+
+
+def run_benchmark(name: str, parse_args: Callable, run: Callable, print_report: Callable, argv=None) -> dict:
+    """The ``main`` of every benchmark script: parse, run, print the table, write ``results/<name>.json``."""
+    args = parse_args(argv)
+    report = run(args)
+    print_report(report)
+    print("wrote", write_report(name, report, args.output))
+    return report

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (config_dict, forward_flops, machine_info, matmul_peak, peak_memory,  # noqa: E402
-                               pin_threads, time_fn, write_report)
+                               pin_threads, run_benchmark, time_fn)
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout  # noqa: E402
 from dreamer_dynamics.objective import sample_signal_and_step, shortcut_forcing_loss  # noqa: E402
 
@@ -136,11 +136,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    report = run(args)
-    print_report(report)
-    print("wrote", write_report("gpu", report, args.output))
-    return report
+    return run_benchmark("gpu", parse_args, run, print_report, argv)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import config_dict, machine_info, pin_threads, write_report  # noqa: E402
+from benchmarks.common import config_dict, machine_info, pin_threads, run_benchmark  # noqa: E402
 from dreamer_dynamics.data import DynamicsDataModule  # noqa: E402
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout  # noqa: E402
 from dreamer_dynamics.objective import sample_signal_and_step, shortcut_forcing_loss  # noqa: E402
@@ -172,11 +172,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    report = run(args)
-    print_report(report)
-    print("wrote", write_report("quality", report, args.output))
-    return report
+    return run_benchmark("quality", parse_args, run, print_report, argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (config_dict, forward_flops, machine_info, pin_threads,  # noqa: E402
-                               time_interleaved, write_report)
+                               run_benchmark, time_interleaved)
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer  # noqa: E402
 
 
@@ -106,11 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    report = run(args)
-    print_report(report)
-    print("wrote", write_report("scaling", report, args.output))
-    return report
+    return run_benchmark("scaling", parse_args, run, print_report, argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from benchmarks.common import (config_dict, forward_flops, machine_info, matmul_peak, peak_memory,  # noqa: E402
-                               pin_threads, time_interleaved, write_report)
+                               pin_threads, run_benchmark, time_interleaved)
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer  # noqa: E402
 from dreamer_dynamics.objective import sample_signal_and_step, shortcut_forcing_loss  # noqa: E402
 from dreamer_dynamics.objective.flow import corrupt  # noqa: E402
@@ -216,11 +216,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    report = run(args)
-    print_report(report)
-    print("wrote", write_report("train_step", report, args.output))
-    return report
+    return run_benchmark("train_step", parse_args, run, print_report, argv)
 
 
 if __name__ == "__main__":
