@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .format import DatasetError, DatasetMetadata, check_npy_header, read_metadata
+from .format import DatasetError, DatasetMetadata, check_action_ids, check_npy_header, read_metadata
 
 
 class LatentDataset:
@@ -107,7 +107,6 @@ class LatentDataset:
         self.check_files()
         if not deep:
             return
-        classes = np.asarray(self.meta.num_discrete_actions or [1], dtype=np.int64)
         for index, record in enumerate(self.meta.episodes):
             arrays = self[index]
             for key, array in arrays.items():
@@ -117,14 +116,7 @@ class LatentDataset:
                 if key == "actions_continuous" and np.isinf(array).any():
                     raise DatasetError(path, "continuous actions contain inf")
                 if key == "actions_discrete":
-                    bad = (array < -1) | (array >= classes[None, :])
-                    if bad.any():
-                        t, k = np.argwhere(bad)[0]
-                        raise DatasetError(
-                            path,
-                            f"action id {int(array[t, k])} out of range at frame {t}, "
-                            f"component {k} (classes {int(classes[k])})",
-                        )
+                    check_action_ids(array, self.meta.num_discrete_actions, path)
             self._maps.pop(index, None)  # do not keep every map open during a full scan
 
     def __getstate__(self) -> dict[str, Any]:

@@ -225,3 +225,17 @@ def check_npy_header(path: Path, length: int, tail: Sequence[int], dtype: np.dty
     size = path.stat().st_size
     if size < needed:
         raise DatasetError(path, f"file is truncated: {size} bytes, expected {needed}")
+
+
+def check_action_ids(actions: np.ndarray, classes: Sequence[int], where: Any) -> None:
+    """Raise a DatasetError naming ``where`` for the first discrete action id outside [0, classes) and not -1
+    (-1 = missing label). actions: [T, n_discrete] integers."""
+    limits = np.asarray(classes, dtype=np.int64)
+    bad = (actions < -1) | (actions >= limits[None, :])
+    if bad.any():
+        t, k = np.argwhere(bad)[0]
+        raise DatasetError(
+            where,
+            f"action id {int(actions[t, k])} out of range at frame {t}, component {k}: "
+            f"must be in [0, {int(limits[k])}) or -1 (missing)",
+        )

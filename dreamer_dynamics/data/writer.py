@@ -22,6 +22,7 @@ from .format import (
     DatasetError,
     DatasetMetadata,
     EpisodeRecord,
+    check_action_ids,
     fsync_directory,
     read_metadata,
     write_json_atomically,
@@ -98,15 +99,7 @@ def prepare_episode(
             )
         if not np.issubdtype(a.dtype, np.integer):
             raise DatasetError(where, f"actions_discrete must be integers, got dtype {a.dtype}")
-        classes = np.asarray(meta.num_discrete_actions)
-        bad = (a < -1) | (a >= classes[None, :])
-        if bad.any():
-            t, k = np.argwhere(bad)[0]
-            raise DatasetError(
-                where,
-                f"action id {int(a[t, k])} out of range at frame {t}, component {k}: "
-                f"must be in [0, {int(classes[k])}) or -1 (missing)",
-            )
+        check_action_ids(a, meta.num_discrete_actions, where)
         arrays["actions_discrete"] = np.ascontiguousarray(a, dtype=DISCRETE_DTYPE)
 
     n_cont = meta.num_continuous_actions
