@@ -41,6 +41,30 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+
+def _action_array(name: str, value: Any, components: int, length: int, where: Any, *, declared: str,
+                  missing_label: str) -> np.ndarray | None:
+    """The [T, components] action array of one kind, checked against the dataset's declared spec (shared
+    part of the discrete and continuous checks); None when the dataset declares no such actions."""
+    if components == 0:
+        if value is not None:
+            raise DatasetError(where, f"{name} given but the dataset declares {declared}")
+        return None
+    if value is None:
+        raise DatasetError(
+            where,
+            f"{name} missing; the dataset declares {components} components "
+            f"(use {missing_label} for a missing label)",
+        )
+    array = _to_numpy(value)
+    if array.ndim == 1 and components == 1:
+        array = array[:, None]
+    if array.shape != (length, components):
+        raise DatasetError(
+            where, f"{name} must have shape [T={length}, {components}], got {list(array.shape)}"
+        )
+    return array
+
 def prepare_episode(
     meta: DatasetMetadata,
     where: str,
@@ -80,47 +104,17 @@ def prepare_episode(
         raise DatasetError(where, f"latents overflow the storage dtype {meta.latent_dtype}")
     arrays = {"latents": np.ascontiguousarray(stored)}
 
-    n_discrete = len(meta.num_discrete_actions)
-    if n_discrete == 0 and actions_discrete is not None:
-        raise DatasetError(where, "actions_discrete given but the dataset declares num_discrete_actions=()")
-    if n_discrete:
-        if actions_discrete is None:
-            raise DatasetError(
-                where,
-                f"actions_discrete missing; the dataset declares {n_discrete} components "
-                "(use -1 for a missing label)",
-            )
-        a = _to_numpy(actions_discrete)
-        if a.ndim == 1 and n_discrete == 1:
-            a = a[:, None]
-        if a.shape != (length, n_discrete):
-            raise DatasetError(
-                where, f"actions_discrete must have shape [T={length}, {n_discrete}], got {list(a.shape)}"
-            )
+    a = _action_array("actions_discrete", actions_discrete, len(meta.num_discrete_actions), length, where,
+                      declared="num_discrete_actions=()", missing_label="-1")
+    if a is not None:
         if not np.issubdtype(a.dtype, np.integer):
             raise DatasetError(where, f"actions_discrete must be integers, got dtype {a.dtype}")
         check_action_ids(a, meta.num_discrete_actions, where)
         arrays["actions_discrete"] = np.ascontiguousarray(a, dtype=DISCRETE_DTYPE)
 
-    n_cont = meta.num_continuous_actions
-    if n_cont == 0 and actions_continuous is not None:
-        raise DatasetError(
-            where, "actions_continuous given but the dataset declares num_continuous_actions=0"
-        )
-    if n_cont:
-        if actions_continuous is None:
-            raise DatasetError(
-                where,
-                f"actions_continuous missing; the dataset declares {n_cont} components "
-                "(use NaN for a missing label)",
-            )
-        c = _to_numpy(actions_continuous)
-        if c.ndim == 1 and n_cont == 1:
-            c = c[:, None]
-        if c.shape != (length, n_cont):
-            raise DatasetError(
-                where, f"actions_continuous must have shape [T={length}, {n_cont}], got {list(c.shape)}"
-            )
+    c = _action_array("actions_continuous", actions_continuous, meta.num_continuous_actions, length, where,
+                      declared="num_continuous_actions=0", missing_label="NaN")
+    if c is not None:
         if not np.issubdtype(c.dtype, np.floating):
             raise DatasetError(where, f"actions_continuous must be floating point, got dtype {c.dtype}")
         if np.isinf(c).any():
