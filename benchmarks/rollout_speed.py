@@ -1,4 +1,4 @@
-"""Rollout speed with and without the time-attention KV cache (SPEC §5).
+"""Rollout speed with and without the time-attention KV cache (docs/design.md §5).
 
 With the cache every new frame costs num_steps + 1 single-frame forwards whose time attention reads at most
 C - 1 cached frames, so the cost per frame stays flat as the horizon grows; without it every Euler step

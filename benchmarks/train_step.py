@@ -1,7 +1,7 @@
 """Training-step throughput: latent tokens/s, achieved FLOP/s against the measured fp32 matmul peak, peak memory,
 the shortcut-forcing step against a flow-only step, and the teacher passes against a student forward+backward.
 
-Config (issue 7): width 256, depth 8, 16 latent tokens x 32 dims, one discrete action (5 classes), C = 64;
+Config: width 256, depth 8, 16 latent tokens x 32 dims, one discrete action (5 classes), C = 64;
 short batches 4 x 32 frames (T1 < C) and long batches 1 x 128 frames (T2 > C, same frames per step).
 
     python benchmarks/train_step.py                 # 1 thread, ~3 minutes on the 2-core CPU machine
@@ -14,7 +14,7 @@ Variants, timed round-robin in one process (best of --repeat):
   flow_step       the same with every frame at d_min (d_min_share=1.0): no teacher passes
   student_fwd_bwd the student forward + flow loss + backward alone (no optimizer)
   teacher         the two no-grad teacher passes of Eq. 7 on the rows holding a bootstrap frame
-Targets: shortcut_step / flow_step <= 1.7 (SPEC §3.7), teacher / student_fwd_bwd <= 0.7, and achieved
+Targets: shortcut_step / flow_step <= 1.7 (docs/design.md §3.7), teacher / student_fwd_bwd <= 0.7, and achieved
 FLOP/s >= 40 % of the fp32 matmul peak on CPU.
 """
 

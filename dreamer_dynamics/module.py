@@ -1,8 +1,8 @@
 """``DynamicsModule``: the LightningModule that trains the dynamics transformer with shortcut forcing.
 
-Convention (SPEC §2): signal level tau = 0 is pure noise, tau = 1 is clean data.
+Convention (docs/design.md §2): signal level tau = 0 is pure noise, tau = 1 is clean data.
 
-One training step (SPEC §3): draw per-frame (tau, d) and the image rows, compute the shortcut-forcing loss,
+One training step (docs/design.md §3): draw per-frame (tau, d) and the image rows, compute the shortcut-forcing loss,
 divide every named term (``shortcut`` = flow + bootstrap, plus any extra terms) by its running RMS
 (``LossNormalizer``, paper Sec. 3) and sum. Every random draw goes
 through the module's own ``torch.Generator`` (stored in checkpoints), so a resumed run repeats an
@@ -11,7 +11,7 @@ uninterrupted one bit for bit. Subclasses change one piece by overriding a hook:
 =========================================  ==========================================================
 hook                                       default
 =========================================  ==========================================================
-``sample_noise_levels(batch)``             per-frame (tau, d), ``sample_signal_and_step`` (SPEC §3.1-2)
+``sample_noise_levels(batch)``             per-frame (tau, d), ``sample_signal_and_step`` (docs/design.md §3.1-2)
 ``sample_image_rows(batch)``               ``image_row_share`` of the rows trained as images (§3.8)
 ``sample_noise(batch)``                    z0 ~ N(0, I) like the latents
 ``conditioning(batch)``                    the batch's ``actions_discrete`` / ``actions_continuous``
@@ -48,7 +48,7 @@ SHORTCUT_TERMS = ("flow", "bootstrap")  # named terms of ShortcutForcingLoss.ter
 
 
 class DynamicsModule(pl.LightningModule):
-    """Dynamics transformer + shortcut-forcing objective + loss normaliser (SPEC §7).
+    """Dynamics transformer + shortcut-forcing objective + loss normaliser (docs/design.md §7).
 
     Args:
         model: sizes of the transformer; ``latent_tokens``, ``latent_dim`` and the action spec are linked from
@@ -57,18 +57,18 @@ class DynamicsModule(pl.LightningModule):
             Weight decay applies to matrices only (norms, biases, embeddings are never decayed).
         scheduler: ``optimizer -> LRScheduler`` stepped every optimiser step; None = ``WarmupCosineLR`` (1000
             warmup steps, cosine to 10 % over the Trainer's ``max_steps``).
-        image_row_share: share of batch rows trained as independent images (paper: 30 %, SPEC §3.8).
+        image_row_share: share of batch rows trained as independent images (paper: 30 %, docs/design.md §3.8).
         d_min_share: share of frames at the finest step d_min; None = uniform over K (paper default, §3.1).
         normalize_losses: divide each loss term by its running RMS (paper Sec. 3); False logs the RMS only.
         normalize_shortcut_terms_separately: False (default) normalises the shortcut-forcing loss as ONE term
-            ``shortcut`` = flow + bootstrap, keeping the frame-count weighting of SPEC §3.6 between them;
+            ``shortcut`` = flow + bootstrap, keeping the frame-count weighting of docs/design.md §3.6 between them;
             True divides ``flow`` and ``bootstrap`` by their own RMS. The bootstrap term starts ~100x smaller
             than the flow term (teacher and student agree early), so separate normalisation multiplies its
             gradient by ~100 relative to Eq. 8 and, on the quickstart, stopped the flow loss from falling.
         loss_norm_decay: EMA decay of the running mean square of each term.
         ema_teacher: bootstrap targets from the EMA weights of an ``EMAWeightAveraging`` callback instead of
-            the online weights (paper: online weights, SPEC §3.10).
-        context_noise: noise amount of context frames in rollouts (tau_ctx = 1 - 0.1 on the grid, SPEC §5).
+            the online weights (paper: online weights, docs/design.md §3.10).
+        context_noise: noise amount of context frames in rollouts (tau_ctx = 1 - 0.1 on the grid, docs/design.md §5).
         rollout_steps: default K of ``rollout`` / ``predict`` (paper: 4).
         val_rollout_steps: K values whose rollout MSE is logged; None = [1, 2, 4, k_max].
         val_context_frames: context frames of validation / prediction rollouts; the rest of a window is the
@@ -137,7 +137,7 @@ class DynamicsModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ overridable hooks
     def sample_noise_levels(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Per-frame signal level tau and step size d, float32 [B, T] (SPEC §3.1-3.2)."""
+        """Per-frame signal level tau and step size d, float32 [B, T] (docs/design.md §3.1-3.2)."""
         b, t = batch["latents"].shape[:2]
         return sample_signal_and_step(
             b, t, self.config.k_max, generator=self.noise_generator, d_min_share=self.hparams.d_min_share,
@@ -145,7 +145,7 @@ class DynamicsModule(pl.LightningModule):
         )
 
     def sample_image_rows(self, batch: dict[str, Tensor]) -> Optional[Tensor]:
-        """Bool [B]: rows trained as independent images, without attention across time (SPEC §3.8)."""
+        """Bool [B]: rows trained as independent images, without attention across time (docs/design.md §3.8)."""
         b = batch["latents"].shape[0]
         u = torch.rand(b, generator=self.noise_generator, device=self.noise_generator.device)
         return (u < self.hparams.image_row_share).to(self.device)

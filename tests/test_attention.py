@@ -1,4 +1,4 @@
-"""Every attention path the model can take agrees with a plain softmax attention (SPEC §4)."""
+"""Every attention path the model can take agrees with a plain softmax attention (docs/design.md §4)."""
 
 import math
 import warnings

@@ -1,4 +1,4 @@
-"""corrupt / velocity / ramp_weight / euler_sample, against closed forms (SPEC §2)."""
+"""corrupt / velocity / ramp_weight / euler_sample, against closed forms (docs/design.md §2)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""DynamicsTransformer: shapes, conditioning grids, actions, causality, window, image rows (SPEC §4)."""
+"""DynamicsTransformer: shapes, conditioning grids, actions, causality, window, image rows (docs/design.md §4)."""
 
 import pytest
 import torch
@@ -193,7 +193,7 @@ def test_presets_and_minecraft_parameter_count():
     with torch.device("meta"):
         model = DynamicsTransformer(cfg)
     count = sum(p.numel() for p in model.parameters())
-    assert 1.5e9 < count < 1.7e9, count  # the paper's 1.6B dynamics model (SPEC §8)
+    assert 1.5e9 < count < 1.7e9, count  # the paper's 1.6B dynamics model (docs/design.md §8)
 
 
 def test_rope_is_relative_and_both_formulations_agree(monkeypatch):

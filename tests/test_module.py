@@ -79,7 +79,7 @@ def test_fit_logs_terms_rms_total_and_validation_to_tensorboard(tmp_path, cache)
     expected |= {f"val/rollout_mse_k{k}" for k in (1, 2, 4, 8)}  # K in {1, 2, 4, K_max = 8}
     assert expected <= scalars, expected - scalars
     assert len(events.Scalars("train/loss")) == 3  # every step
-    # The shortcut loss is flow + bootstrap (SPEC §3.6), normalised as one term by its running RMS.
+    # The shortcut loss is flow + bootstrap (docs/design.md §3.6), normalised as one term by its running RMS.
     shortcut = last_scalar(events, "train/shortcut")
     assert math.isclose(shortcut, last_scalar(events, "train/flow") + last_scalar(events, "train/bootstrap"),
                         rel_tol=1e-5)

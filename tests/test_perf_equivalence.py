@@ -1,4 +1,4 @@
-"""Equality tests of the performance rewrites (issue 7): each fast path equals the plain formulation it replaced,
+"""Equality tests of the performance rewrites: each fast path equals the plain formulation it replaced,
 values AND gradients, so an optimisation can never silently change training.
 
 - attention `math` path: GQA by stacking each kv head's query heads along the query axis, and the 1/sqrt(E)

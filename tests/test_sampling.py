@@ -1,4 +1,4 @@
-"""Per-frame step sizes and signal levels (SPEC §3.1-3.2)."""
+"""Per-frame step sizes and signal levels (docs/design.md §3.1-3.2)."""
 
 import math
 

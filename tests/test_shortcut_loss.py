@@ -1,4 +1,4 @@
-"""shortcut_forcing_loss (SPEC §3, Eq. 7-8) against analytic Gaussian denoisers and a hand-written reference."""
+"""shortcut_forcing_loss (docs/design.md §3, Eq. 7-8) against analytic Gaussian denoisers and a hand-written reference."""
 
 import pytest
 import torch

@@ -130,7 +130,7 @@ class LatentWindowDataset(torch.utils.data.Dataset):
 
     Used with :class:`AlternatingLengthBatchSampler` (or any list of such tuples). Returns a dict of tensors:
     "latents" float32 [T, N_b, D_b], "actions_discrete" int64 [T, n] and "actions_continuous" float32 [T, c]
-    where the dataset has them; the default collate stacks them to the batch layout of SPEC §9.
+    where the dataset has them; the default collate stacks them to the batch layout of docs/design.md §9.
     """
 
     def __init__(self, dataset: LatentDataset):

@@ -7,7 +7,7 @@ Layout of a dataset root::
     ROOT/episodes/000000.actions_discrete.npy   # [T, n_discrete] int32, only if n_discrete > 0
     ROOT/episodes/000000.actions_continuous.npy # [T, n_continuous] float32, only if n_continuous > 0
 
-Action alignment (SPEC §6): ``actions[t]`` is the action that led from frame t-1 to frame t, so
+Action alignment (docs/design.md §6): ``actions[t]`` is the action that led from frame t-1 to frame t, so
 ``actions[0]`` has no cause inside the episode; store -1 (discrete) / NaN (continuous) there, which
 the model reads as "label missing" (learned embedding only).
 

@@ -1,4 +1,4 @@
-"""Dynamics transformer (paper Sec. 3.2, 3.4) and KV-cached rollouts (SPEC §4, §5).
+"""Dynamics transformer (paper Sec. 3.2, 3.4) and KV-cached rollouts (docs/design.md §4, §5).
 
 Convention: signal level tau = 0 is pure noise, tau = 1 is clean data.
 """

@@ -1,4 +1,4 @@
-"""Factorised space / time attention with GQA, QK-norm, RoPE and logit soft-capping (SPEC §4).
+"""Factorised space / time attention with GQA, QK-norm, RoPE and logit soft-capping (docs/design.md §4).
 
 Kernel paths (all agree with a plain softmax attention, tests/test_attention.py):
 

@@ -1,4 +1,4 @@
-"""Configuration of the dynamics transformer (paper Sec. 3.2 / 3.4, SPEC §4 and §9)."""
+"""Configuration of the dynamics transformer (paper Sec. 3.2 / 3.4, docs/design.md §4 and §9)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ AttentionBackend = Literal["auto", "math", "sdpa", "flex"]
 
 @dataclass
 class DynamicsConfig:
-    """Every size of the dynamics transformer. Field names follow SPEC §9; presets are starting points.
+    """Every size of the dynamics transformer. Field names follow docs/design.md §9; presets are starting points.
 
     The latent shape and the action spec describe the data and are normally linked from the DataModule
     (`DynamicsDataModule.latent_tokens` etc.), so pointing at a new dataset changes nothing here.
@@ -24,7 +24,7 @@ class DynamicsConfig:
     num_discrete_actions: Tuple[int, ...] = ()  # class count of each categorical action component
     num_continuous_actions: int = 0  # number of continuous action components
 
-    # --- transformer sizes (our choice: the paper gives only the 1.6B total, SPEC §8) ---
+    # --- transformer sizes (our choice: the paper gives only the 1.6B total, docs/design.md §8) ---
     dim: int = 256  # model width
     depth: int = 8  # number of blocks (space + time)
     heads: int = 4  # query heads; head_dim = dim / heads
@@ -36,7 +36,7 @@ class DynamicsConfig:
     num_registers: int = 4  # S_r: learned register tokens per frame
     action_tokens: int = 1  # S_a: tokens per frame carrying the action (learned embedding where unlabelled)
 
-    # --- diffusion grid (SPEC §2) ---
+    # --- diffusion grid (docs/design.md §2) ---
     k_max: int = 64  # K_max: finest number of sampling steps; d_min = 1/k_max, tau on the grid i/k_max
 
     # --- numerics / kernels ---
@@ -127,7 +127,7 @@ class DynamicsConfig:
 
     @classmethod
     def minecraft(cls, **overrides) -> "DynamicsConfig":
-        """Paper scale (Sec. 3.4, SPEC §8): 512x16 latents packed to 256x32, C = 192, K_max = 64.
+        """Paper scale (Sec. 3.4, docs/design.md §8): 512x16 latents packed to 256x32, C = 192, K_max = 64.
         Width/depth are our choice to land at the paper's ~1.6B parameters (count in docs/model.md)."""
         base = dict(latent_tokens=512, latent_dim=16, pack_factor=2, dim=2048, depth=36, heads=16,
                     kv_heads=4, mlp_multiple_of=256, time_every=4, context_length=192, num_registers=4,

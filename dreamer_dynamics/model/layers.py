@@ -1,4 +1,4 @@
-"""Building blocks: fp32 RMSNorm, fused SwiGLU, rotary position embedding (SPEC §4)."""
+"""Building blocks: fp32 RMSNorm, fused SwiGLU, rotary position embedding (docs/design.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Action-conditioned rollouts with a KV cache of the time-attention layers (paper Sec. 3.2, SPEC §5)."""
+"""Action-conditioned rollouts with a KV cache of the time-attention layers (paper Sec. 3.2, docs/design.md §5)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def context_signal_level(context_noise: float, k_max: int) -> float:
     """tau_ctx = 1 - context_noise snapped to the d_min grid (0.1 -> round(0.9 * 64) / 64 for k_max = 64).
 
     The paper's "tau_ctx = 0.1" is a noise amount: a signal level of 0.1 would be almost pure noise
-    (SPEC §5).
+    (docs/design.md §5).
     """
     if not 0.0 <= context_noise <= 1.0:
         raise ValueError(f"rollout: context_noise must be in [0, 1], got {context_noise}")

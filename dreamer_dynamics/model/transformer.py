@@ -61,7 +61,7 @@ def time_attention_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, context_
 
 
 class DynamicsTransformer(nn.Module):
-    """Denoiser f(z_tilde, tau, d, a) -> x1_hat (x-prediction, SPEC §2) with factorised space/time attention.
+    """Denoiser f(z_tilde, tau, d, a) -> x1_hat (x-prediction, docs/design.md §2) with factorised space/time attention.
 
     Tokens per frame (order): S_z packed latent tokens, S_r registers, 1 shortcut token, S_a action tokens.
     """
@@ -118,7 +118,7 @@ class DynamicsTransformer(nn.Module):
                        image_rows: Optional[torch.Tensor] = None,
                        past_kv: Optional[Sequence[KV]] = None, start: int = 0,
                        ) -> tuple[torch.Tensor, list[KV]]:
-        """`forward` for frames start..start+T-1 that may follow cached frames (KV-cached rollouts, SPEC §5).
+        """`forward` for frames start..start+T-1 that may follow cached frames (KV-cached rollouts, docs/design.md §5).
 
         past_kv: one (keys, values) pair per time layer, each (B, S*Hkv, L_past, E), for the L_past frames
         just before `start` (L_past <= start). Returns (x1_hat, this call's (keys, values) per time layer).
@@ -126,7 +126,7 @@ class DynamicsTransformer(nn.Module):
         cfg = self.config
         b, t = self._check_shapes(z_tilde, tau, d, image_rows)
         s_z = cfg.spatial_tokens
-        # Packing (SPEC §4): p consecutive tokenizer tokens -> one spatial token of width p*D_b.
+        # Packing (docs/design.md §4): p consecutive tokenizer tokens -> one spatial token of width p*D_b.
         packed = z_tilde.reshape(b, t, s_z, cfg.pack_factor * cfg.latent_dim)
         x = torch.cat((
             self.latent_in(packed),  # (B, T, S_z, D)

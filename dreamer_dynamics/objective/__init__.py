@@ -1,4 +1,4 @@
-"""The shortcut-forcing objective (SPEC §2-3): standalone and model-agnostic.
+"""The shortcut-forcing objective (docs/design.md §2-3): standalone and model-agnostic.
 
 Paper convention throughout: signal level tau = 0 is pure noise, tau = 1 is clean data.
 """

@@ -1,4 +1,4 @@
-"""Flow-matching primitives in the paper's convention (SPEC §2): tau = 0 is pure noise, tau = 1 is clean data.
+"""Flow-matching primitives in the paper's convention (docs/design.md §2): tau = 0 is pure noise, tau = 1 is clean data.
 
 Every function takes per-frame signal levels ``tau`` of shape [B, T] (or any leading shape) and broadcasts
 them over the trailing latent dimensions of the tensors it is given.

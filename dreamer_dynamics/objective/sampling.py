@@ -1,4 +1,4 @@
-"""Per-frame step sizes and signal levels for shortcut forcing with diffusion forcing (SPEC §3.1-3.2, Eq. 4)."""
+"""Per-frame step sizes and signal levels for shortcut forcing with diffusion forcing (docs/design.md §3.1-3.2, Eq. 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Shortcut forcing with diffusion forcing and x-prediction (paper Sec. 3.2, Eq. 7-8; SPEC §3).
+"""Shortcut forcing with diffusion forcing and x-prediction (paper Sec. 3.2, Eq. 7-8; docs/design.md §3).
 
 Model-agnostic: the loss takes any ``denoiser(z_tilde, tau, d, **cond) -> x1_hat`` callable.
 """
@@ -69,7 +69,7 @@ def shortcut_forcing_loss(
     teacher: Denoiser | None = None,
     **cond,
 ) -> ShortcutForcingLoss:
-    """Shortcut-forcing loss of one batch (SPEC §3 steps 3-7).
+    """Shortcut-forcing loss of one batch (docs/design.md §3 steps 3-7).
 
     z1: clean latents [B, T, ...]; tau, d: float [B, T] on their grids (see ``sample_signal_and_step``);
     z0: noise like z1 (fresh Gaussian if None); teacher: denoiser for the bootstrap targets (default: the
@@ -88,7 +88,7 @@ def shortcut_forcing_loss(
     bootstrap = d > d_min
     rows = bootstrap.any(dim=1).nonzero().squeeze(1)
     if rows.numel() > 0:
-        # Teacher passes only on rows holding a bootstrap frame (SPEC §3.7); they never build a graph. They run
+        # Teacher passes only on rows holding a bootstrap frame (docs/design.md §3.7); they never build a graph. They run
         # before the student so that no autograd graph is alive meanwhile (measured faster, same result).
         target = bootstrap_velocity_target(
             teacher or denoiser, z_tilde[rows], tau[rows], d[rows], bootstrap[rows], **_select_rows(cond, rows, batch)
