@@ -11,7 +11,7 @@ uninterrupted one bit for bit. Subclasses change one piece by overriding a hook:
 =========================================  ==========================================================
 hook                                       default
 =========================================  ==========================================================
-``sample_noise_levels(batch)``             per-frame (tau, d), ``sample_signal_and_step`` (docs/design.md §3.1-2)
+``sample_signal_and_step(batch)``          per-frame (tau, d), ``sample_signal_and_step`` (docs/design.md §3.1-2)
 ``sample_image_rows(batch)``               ``image_row_share`` of the rows trained as images (§3.8)
 ``sample_noise(batch)``                    z0 ~ N(0, I) like the latents
 ``conditioning(batch)``                    the batch's ``actions_discrete`` / ``actions_continuous``
@@ -136,24 +136,33 @@ class DynamicsModule(pl.LightningModule):
         return core + tuple(self.extra_loss_names)
 
     # ------------------------------------------------------------------ overridable hooks
-    def sample_noise_levels(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Per-frame signal level tau and step size d, float32 [B, T] (docs/design.md §3.1-3.2)."""
+    def sample_signal_and_step(
+        self, batch: dict[str, Tensor], generator: Optional[torch.Generator] = None
+    ) -> tuple[Tensor, Tensor]:
+        """Per-frame signal level tau and step size d, float32 [B, T] (docs/design.md §3.1-3.2).
+
+        ``generator``: None = the training-noise generator; evaluation passes its own, so a subclass's
+        schedule is evaluated exactly as it is trained."""
         b, t = batch["latents"].shape[:2]
         return sample_signal_and_step(
-            b, t, self.config.k_max, generator=self.noise_generator, d_min_share=self.hparams.d_min_share,
-            device=self.device,
+            b, t, self.config.k_max, generator=generator or self.noise_generator,
+            d_min_share=self.hparams.d_min_share, device=self.device,
         )
 
-    def sample_image_rows(self, batch: dict[str, Tensor]) -> Optional[Tensor]:
+    def sample_image_rows(
+        self, batch: dict[str, Tensor], generator: Optional[torch.Generator] = None
+    ) -> Optional[Tensor]:
         """Bool [B]: rows trained as independent images, without attention across time (docs/design.md §3.8)."""
+        generator = generator or self.noise_generator
         b = batch["latents"].shape[0]
-        u = torch.rand(b, generator=self.noise_generator, device=self.noise_generator.device)
+        u = torch.rand(b, generator=generator, device=generator.device)
         return (u < self.hparams.image_row_share).to(self.device)
 
-    def sample_noise(self, batch: dict[str, Tensor]) -> Tensor:
+    def sample_noise(self, batch: dict[str, Tensor], generator: Optional[torch.Generator] = None) -> Tensor:
         """z0 ~ N(0, I) shaped like the latents (drawn from the module's generator for exact resumes)."""
         z1 = batch["latents"]
-        return torch.randn(z1.shape, generator=self.noise_generator, device=z1.device, dtype=z1.dtype)
+        generator = generator or self.noise_generator
+        return torch.randn(z1.shape, generator=generator, device=z1.device, dtype=z1.dtype)
 
     def conditioning(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Keyword arguments passed to every denoiser call: the batch's actions, where present."""
@@ -170,7 +179,7 @@ class DynamicsModule(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         z1 = batch["latents"]  # (B, T, N_b, D_b)
-        tau, d = self.sample_noise_levels(batch)  # (B, T) each
+        tau, d = self.sample_signal_and_step(batch)  # (B, T) each
         output = shortcut_forcing_loss(
             self.model, z1, tau, d, d_min=self.d_min, z0=self.sample_noise(batch),
             teacher=self.teacher_model(), image_rows=self.sample_image_rows(batch),

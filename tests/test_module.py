@@ -97,7 +97,7 @@ class FlowOnlyWithMeanPenalty(DynamicsModule):
 
     extra_loss_names = ("mean_penalty",)
 
-    def sample_noise_levels(self, batch):
+    def sample_signal_and_step(self, batch, generator=None):
         b, t = batch["latents"].shape[:2]
         self.noise_calls = getattr(self, "noise_calls", 0) + 1
         return torch.full((b, t), 0.5, device=self.device), torch.full((b, t), self.d_min, device=self.device)
