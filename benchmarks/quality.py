@@ -1,171 +1,159 @@
-"""Rollout quality of shortcut forcing against flow-only training (the paper's Fig. 8) on the built-in world.
+"""Rollout quality against the number of sampling steps K (the paper's Fig. 8) on the built-in world.
 
-Two models with the same initial weights, data order and noise are trained for the same number of steps with a
-plain loop over the objective (no Lightning): the shortcut model with the paper's step-size sampling, the
-flow-only model with every frame at d_min (`d_min_share=1.0`, plain diffusion forcing). Each then rolls out the
-held-out episodes from a few context frames with K = 1, 2, 4 and K_max Euler steps per frame; the figure is the
-mean squared error of the generated latents against the ground truth, next to the copy-last-context-frame baseline.
-Expectation (paper Fig. 8): the shortcut model at K = 4 is close to its K_max quality, the flow-only one is not.
+Two models are trained by the quickstart recipe (``lightning_configs/quickstart.yaml``) for the same steps from the
+same initial weights, data order and noise stream: the **shortcut** model (the recipe) and a **flow-only** model
+(every frame at d_min, plain diffusion forcing: ``d_min_share=1``, no bootstrap term). Each then rolls out held-out
+episodes from ``val_context_frames`` context frames with K = 1, 2, 4, ..., K_max Euler steps per frame, several
+samples per context, scored with the energy score (``dreamer_dynamics.training.scores``; lower is better, 0 is
+perfect) next to the copy-last-frame baseline. The flow-only model never saw a step size other than d_min, so it is
+sampled with the d_min label at every K (what a diffusion-forcing model without shortcut conditioning does).
 
-    python benchmarks/quality.py               # ~8 minutes on 1 thread of the 2-core machine (--steps 300)
-    python benchmarks/quality.py --steps 1000  # closer to converged
-    python benchmarks/quality.py --smoke       # seconds: checks the logic only
+Expectation (paper Fig. 8): the shortcut model at K = 4 is close to its K_max quality; the flow-only one is not.
+
+    python -m benchmarks.quality                 # ~25 minutes on the 2-core machine (--steps 1500)
+    python -m benchmarks.quality --smoke         # seconds: checks the logic only
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import RESULTS_DIR, machine_info, pin_threads, run_benchmark
+from dreamer_dynamics.cli import DynamicsCLI
+from dreamer_dynamics.model import rollout
+from dreamer_dynamics.module import DynamicsModule
+from dreamer_dynamics.training.scores import RolloutScores
 
-from benchmarks.common import config_dict, machine_info, pin_threads, run_benchmark  # noqa: E402
-from dreamer_dynamics.data import DynamicsDataModule  # noqa: E402
-from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout  # noqa: E402
-from dreamer_dynamics.objective import sample_signal_and_step, shortcut_forcing_loss  # noqa: E402
-
-
-def quality_config(data: DynamicsDataModule, smoke: bool) -> DynamicsConfig:
-    spec = dict(latent_tokens=data.latent_tokens, latent_dim=data.latent_dim,
-                num_discrete_actions=data.num_discrete_actions, num_continuous_actions=data.num_continuous_actions)
-    if smoke:
-        return DynamicsConfig.debug(**spec, pack_factor=1)
-    return DynamicsConfig.quickstart(**spec, dim=128, depth=4, heads=4, kv_heads=2, time_every=2,
-                                     context_length=16, k_max=64)
+QUICKSTART = Path(__file__).resolve().parent.parent / "lightning_configs" / "quickstart.yaml"
+FLOW_ONLY = ["--model.d_min_share=1.0", "--model.bootstrap_warmup_steps=0"]
 
 
-def training_windows(data: DynamicsDataModule, steps: int, batch: int, length: int, seed: int) -> list:
-    """Seeded (episode, start) windows of the training episodes for every step: both models see the same data."""
-    rng = np.random.default_rng(seed)
-    episodes = np.asarray(data.train_episodes)
-    lengths = data.dataset.episode_lengths[episodes]
-    plan = []
-    for _ in range(steps):
-        chosen = rng.integers(0, len(episodes), batch)
-        starts = rng.integers(0, lengths[chosen] - length + 1)
-        plan.append([(int(episodes[c]), int(s)) for c, s in zip(chosen, starts)])
-    return plan
+class StepLabel(torch.nn.Module):
+    """The network with every step-size label replaced by ``d``: how a model trained at one step size is sampled."""
+
+    def __init__(self, model: torch.nn.Module, d: float) -> None:
+        super().__init__()
+        self.model, self.config, self.d = model, model.config, d
+
+    def forward(self, z, tau, d, **kwargs):
+        return self.model(z, tau, torch.full_like(d, self.d), **kwargs)
+
+    def forward_frames(self, z, tau, d, **kwargs):
+        return self.model.forward_frames(z, tau, torch.full_like(d, self.d), **kwargs)
 
 
-def load_batch(data: DynamicsDataModule, windows, length: int) -> dict:
-    items = [data.dataset.window(e, start=s, length=length) for e, s in windows]
-    return {key: torch.as_tensor(np.stack([item[key] for item in items])) for key in items[0]}
+def train(args: argparse.Namespace, overrides: list[str], root: Path) -> tuple[DynamicsModule, object, float]:
+    """Fit one model through the real CLI stack (config, data links, callbacks); returns it in eval mode."""
+    cli_args = [f"--config={args.config}", f"--trainer.max_steps={args.steps}",
+                f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.limit_val_batches=0", f"--data.val_batches={args.eval_batches}", *args.extra, *overrides]
+    cli = DynamicsCLI(args=cli_args, run=False)
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return cli.model.eval(), cli.datamodule, time.perf_counter() - start
 
 
-def train(config, data, plan, args, d_min_share) -> tuple:
-    """Plain training loop over shortcut_forcing_loss; returns the model and the loss curve."""
-    torch.manual_seed(args.seed)  # same initial weights for both variants
-    model = DynamicsTransformer(config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
-    warmup = max(1, len(plan) // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warmup, cosine decay to 10 %
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * s / len(plan))))
-    gen = torch.Generator().manual_seed(args.seed + 1)  # same noise and levels draws for both variants
-    d_min = 1.0 / config.k_max
-    losses = []
-    for windows in plan:
-        batch = load_batch(data, windows, args.length)
+@torch.no_grad()
+def evaluate(module: DynamicsModule, data, args: argparse.Namespace, flow_only: bool) -> dict:
+    """Energy score per K over the held-out windows (model units), S samples per context."""
+    steps = [2**i for i in range(module.config.k_max.bit_length())]  # 1, 2, 4, ..., K_max
+    scores = RolloutScores(steps)
+    net = StepLabel(module.model, module.config.d_min) if flow_only else module.model
+    ctx, samples = module.hparams.val_context_frames, args.samples
+    generator = torch.Generator().manual_seed(args.seed)
+    for batch in data.val_dataloader():
         z1 = batch["latents"]
-        tau, d = sample_signal_and_step(z1.shape[0], z1.shape[1], config.k_max, generator=gen,
-                                        d_min_share=d_min_share)
-        z0 = torch.randn(z1.shape, generator=gen)
-        cond = {k: v for k, v in batch.items() if k.startswith("actions")}
-        out = shortcut_forcing_loss(model, z1, tau, d, d_min=d_min, z0=z0, **cond)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
-        losses.append(out.loss.item())
-    return model.eval(), losses
-
-
-def evaluate(model, data, args, step_counts) -> dict:
-    """Rollout MSE against ground truth per K, and the copy-last-frame baseline, on held-out windows."""
-    total = args.context + args.horizon
-    windows = data.fixed_windows(total, args.eval_windows, "val")
-    batch = load_batch(data, [(e, s) for e, s, _ in windows], total)
-    latents = batch["latents"]
-    context, truth = latents[:, :args.context], latents[:, args.context:]
-    cond = {k: v for k, v in batch.items() if k.startswith("actions")}
-    result = {"windows": len(windows),
-              "copy_last_frame": (context[:, -1:] - truth).square().mean().item()}
-    for k in step_counts:
-        frames = rollout(model, context, args.horizon, num_steps=k, generator=torch.Generator().manual_seed(0),
-                         **cond)
-        result[f"K={k}"] = (frames - truth).square().mean().item()
-    return result
+        context, target = z1[:, :ctx], z1[:, ctx:]
+        horizon = target.shape[1]
+        cond = {k: v.repeat(samples, *([1] * (v.dim() - 1))) for k, v in module.conditioning(batch).items()}
+        generated = {k: rollout(net, context.repeat(samples, 1, 1, 1), horizon, num_steps=k,
+                                context_noise=module.hparams.context_noise, generator=generator,
+                                **cond).view(samples, *target.shape) for k in steps}  # K -> (S, B, H, N, D)
+        scores.update(context, target, generated, module.object_hits(generated, target))
+    return {name: float(value) for name, value in scores.compute().items()}
 
 
 def run(args: argparse.Namespace) -> dict:
     threads = pin_threads(args.threads)
     if args.smoke:
-        args.steps, args.batch, args.length, args.horizon, args.eval_windows = 2, 2, 8, 2, 2
-    data = DynamicsDataModule(root=args.data_root, short_length=args.length, long_length=args.length,
-                              val_fraction=0.1, seed=args.seed, cache_dir=args.cache_dir)
-    data.setup("fit")
-    config = quality_config(data, args.smoke)
-    step_counts = sorted({1, 2, 4, config.k_max})
-    plan = training_windows(data, args.steps, args.batch, args.length, args.seed)
+        args.steps, args.eval_batches, args.samples = 3, 1, 2
+        args.extra = [*args.extra, "--data.short_batch_size=2", "--data.long_batch_size=1", "--data.val_batch_size=2",
+                      "--model.model.dim=16", "--model.model.depth=2", "--model.model.k_max=4"]
     report = {"benchmark": "quality", "machine": machine_info(torch.device("cpu"), threads), "smoke": args.smoke,
-              "steps": args.steps, "batch": args.batch, "length": args.length, "context": args.context,
-              "horizon": args.horizon, "config": config_dict(config), "dataset": data.root, "models": {}}
-    for name, share in (("shortcut", args.shortcut_d_min_share), ("flow_only", 1.0)):
+              "steps": args.steps, "samples": args.samples, "config": str(args.config), "extra": args.extra,
+              "models": {}}
+    root = args.workdir
+    for name, overrides in (("shortcut", []), ("flow_only", FLOW_ONLY)):
+        module, data, seconds = train(args, overrides, root / name)
         start = time.perf_counter()
-        model, losses = train(config, data, plan, args, share)
-        train_s = time.perf_counter() - start
-        tail = losses[-max(1, len(losses) // 10):]
-        report["models"][name] = {"d_min_share": share, "train_seconds": train_s,
-                                  "final_loss": float(np.mean(tail)),
-                                  "rollout_mse": evaluate(model, data, args, step_counts)}
-        print(f"trained {name}: {args.steps} steps in {train_s:.0f} s, final loss {np.mean(tail):.4f}", flush=True)
-    shortcut = report["models"]["shortcut"]["rollout_mse"]
-    flow = report["models"]["flow_only"]["rollout_mse"]
-    k_max = config.k_max
-    report["summary"] = {
-        "shortcut_K4_over_Kmax": shortcut["K=4"] / shortcut[f"K={k_max}"],
-        "flow_only_K4_over_Kmax": flow["K=4"] / flow[f"K={k_max}"],
-        "shortcut_K4_over_flow_only_K4": shortcut["K=4"] / flow["K=4"],
-    }
+        scores = evaluate(module, data, args, flow_only=name == "flow_only")
+        report["models"][name] = {"overrides": overrides, "train_seconds": seconds,
+                                  "eval_seconds": time.perf_counter() - start, "k_max": module.config.k_max,
+                                  "scores": scores}
+        print(f"{name}: {args.steps} steps in {seconds:.0f} s; ES ratio "
+              + ", ".join(f"{k}: {v:.3f}" for k, v in scores.items() if k.startswith("es_ratio")), flush=True)
+    report["summary"] = summary(report)
+    if args.plot:
+        plot(report, args.plot)
     return report
 
 
+def summary(report: dict) -> dict:
+    out = {}
+    for name, model in report["models"].items():
+        s, k_max = model["scores"], model["k_max"]
+        out[f"{name}_es_K4_over_Kmax"] = s["es_k4"] / s[f"es_k{k_max}"] if "es_k4" in s else None
+    return out
+
+
+def plot(report: dict, path: Path) -> None:
+    """ES ratio (ES / copy-last ES) against K, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for name, model in report["models"].items():
+        ks = sorted(int(k[len("es_ratio_k"):]) for k in model["scores"] if k.startswith("es_ratio_k"))
+        ax.plot(ks, [model["scores"][f"es_ratio_k{k}"] for k in ks], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sampling steps K per frame")
+    ax.set_ylabel("ES / ES(copy-last)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
 def print_report(report: dict) -> None:
-    models = report["models"]
-    keys = [k for k in models["shortcut"]["rollout_mse"] if k.startswith("K=")]
-    print(f"quality: {report['steps']} steps x batch {report['batch']} x {report['length']} frames, rollout "
-          f"{report['context']} context -> {report['horizon']} frames, "
-          f"{models['shortcut']['rollout_mse']['windows']} held-out windows (latent MSE, lower is better)")
-    print(f"{'model':>10} " + " ".join(f"{k:>9}" for k in keys) + f" {'copy-last':>10}")
-    for name, m in models.items():
-        mse = m["rollout_mse"]
-        print(f"{name:>10} " + " ".join(f"{mse[k]:9.4f}" for k in keys) + f" {mse['copy_last_frame']:10.4f}")
-    print("summary:", {k: round(v, 3) for k, v in report["summary"].items()})
+    print(f"quality: {report['steps']} steps per model, {report['samples']} samples per context "
+          "(energy score of the rollouts / ES of copy-last; lower is better)")
+    for name, model in report["models"].items():
+        s = model["scores"]
+        ks = sorted(int(k[len("es_ratio_k"):]) for k in s if k.startswith("es_ratio_k"))
+        print(f"{name:>10}: " + "  ".join(f"K={k}: {s[f'es_ratio_k{k}']:.3f}" for k in ks)
+              + (f"  object acc K=4: {s['object_accuracy_k4']:.2f}" if "object_accuracy_k4" in s else ""))
+    print("summary:", {k: round(v, 3) for k, v in report["summary"].items() if v is not None})
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300, help="training steps per model")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--length", type=int, default=16, help="frames per training window")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--shortcut-d-min-share", type=float, default=None,
-                        help="share of the shortcut model's frames at d_min (default: the paper's uniform-in-log2 "
-                             "sampling, 1/7 of frames at K_max = 64; peers use 0.75-0.87)")
-    parser.add_argument("--context", type=int, default=4, help="context frames of the evaluation rollouts")
-    parser.add_argument("--horizon", type=int, default=8, help="generated frames per evaluation rollout")
-    parser.add_argument("--eval-windows", type=int, default=16, help="held-out windows evaluated")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads (1 by default: on a shared 2-core machine 2 threads ran 3x slower)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-root", default=None, help="dataset (default: the built-in environment)")
-    parser.add_argument("--cache-dir", default=None, help="cache of the built-in dataset")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps per model")
+    parser.add_argument("--samples", type=int, default=4, help="rollout samples per context (energy score)")
+    parser.add_argument("--eval-batches", type=int, default=4, help="held-out batches of val_batch_size windows")
+    parser.add_argument("--config", type=Path, default=QUICKSTART)
+    parser.add_argument("--extra", nargs="*", default=[], help="more CLI overrides for both models")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation noise")
+    parser.add_argument("--workdir", type=Path, default=RESULTS_DIR / "quality_runs")
+    parser.add_argument("--plot", type=Path, default=RESULTS_DIR / "quality.png")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--output", type=Path, default=None)
     return parser.parse_args(argv)

@@ -35,19 +35,18 @@ from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout
 from dreamer_dynamics.objective import (
     LossNormalizer,
     ShortcutForcingLoss,
-    corrupt,
     sample_signal_and_step,
     shortcut_forcing_loss,
 )
 from dreamer_dynamics.training.grad_norm import is_fsdp, total_grad_norm
 from dreamer_dynamics.training.metrics import ValidationMetrics
-from dreamer_dynamics.training.validation import evaluation_step
+from dreamer_dynamics.training.evaluation import EvaluationMixin
 from dreamer_dynamics.training.optim import WarmupCosineLR, default_optimizer, parameter_groups
 
 SHORTCUT_TERMS = ("flow", "bootstrap")  # named terms of ShortcutForcingLoss.terms (always logged raw)
 
 
-class DynamicsModule(pl.LightningModule):
+class DynamicsModule(EvaluationMixin, pl.LightningModule):
     """Dynamics transformer + shortcut-forcing objective + loss normaliser (docs/design.md §7).
 
     Args:
@@ -59,6 +58,8 @@ class DynamicsModule(pl.LightningModule):
             warmup steps, cosine to 10 % over the Trainer's ``max_steps``).
         image_row_share: share of batch rows trained as independent images (paper: 30 %, docs/design.md §3.8).
         d_min_share: share of frames at the finest step d_min; None = uniform over K (paper default, §3.1).
+        bootstrap_warmup_steps: train the flow term only (every frame at d_min) for this many steps first: the
+            bootstrap targets of a random network carry no information, and flow-only steps skip the teacher.
         normalize_losses: divide each loss term by its running RMS (paper Sec. 3); False logs the RMS only.
         normalize_shortcut_terms_separately: False (default) normalises the shortcut-forcing loss as ONE term
             ``shortcut`` = flow + bootstrap, keeping the frame-count weighting of docs/design.md §3.6 between them;
@@ -70,7 +71,8 @@ class DynamicsModule(pl.LightningModule):
             the online weights (paper: online weights, docs/design.md §3.10).
         context_noise: noise amount of context frames in rollouts (tau_ctx = 1 - 0.1 on the grid, docs/design.md §5).
         rollout_steps: default K of ``rollout`` / ``predict`` (paper: 4).
-        val_rollout_steps: K values whose rollout MSE is logged; None = [1, 2, 4, k_max].
+        val_rollout_steps: K values whose rollouts are scored; None = [1, 2, 4, k_max].
+        val_rollout_samples: rollout samples per context for the energy score (>= 2; training/scores.py).
         val_context_frames: context frames of validation / prediction rollouts; the rest of a window is the
             target.
         val_rollout_horizon: most frames generated per validation rollout (rollouts with K = k_max are slow).
@@ -91,6 +93,7 @@ class DynamicsModule(pl.LightningModule):
         scheduler: Optional[LRSchedulerCallable] = None,
         image_row_share: float = 0.3,
         d_min_share: Optional[float] = None,
+        bootstrap_warmup_steps: int = 0,
         normalize_losses: bool = True,
         normalize_shortcut_terms_separately: bool = False,
         loss_norm_decay: float = 0.99,
@@ -98,6 +101,7 @@ class DynamicsModule(pl.LightningModule):
         context_noise: float = 0.1,
         rollout_steps: int = 4,
         val_rollout_steps: Optional[list[int]] = None,
+        val_rollout_samples: int = 4,
         val_context_frames: int = 4,
         val_rollout_horizon: int = 8,
         val_rollout_batches: int = 1,
@@ -111,13 +115,15 @@ class DynamicsModule(pl.LightningModule):
             model = DynamicsConfig(**model)
         if not 0.0 <= image_row_share <= 1.0:
             raise ValueError(f"DynamicsModule: image_row_share must be in [0, 1], got {image_row_share}")
+        if val_rollout_samples < 2:
+            raise ValueError(f"DynamicsModule: val_rollout_samples must be >= 2 (energy score), got {val_rollout_samples}")
         if val_context_frames < 1:
             raise ValueError(f"DynamicsModule: val_context_frames must be >= 1, got {val_context_frames}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.config = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.d_min = 1.0 / model.k_max
+        self.d_min = model.d_min
         self.model = DynamicsTransformer(model)
         steps = val_rollout_steps if val_rollout_steps is not None else [1, 2, 4, model.k_max]
         self.val_rollout_steps = sorted({k for k in steps if k <= model.k_max})
@@ -144,9 +150,12 @@ class DynamicsModule(pl.LightningModule):
         ``generator``: None = the training-noise generator; evaluation passes its own, so a subclass's
         schedule is evaluated exactly as it is trained."""
         b, t = batch["latents"].shape[:2]
+        share = self.hparams.d_min_share
+        if generator is None and self.global_step < self.hparams.bootstrap_warmup_steps:
+            share = 1.0  # training during the bootstrap warm-up: flow term only
         return sample_signal_and_step(
-            b, t, self.config.k_max, generator=generator or self.noise_generator,
-            d_min_share=self.hparams.d_min_share, device=self.device,
+            b, t, self.config.k_max, generator=generator or self.noise_generator, d_min_share=share,
+            device=self.device,
         )
 
     def sample_image_rows(
@@ -349,19 +358,19 @@ class DynamicsModule(pl.LightningModule):
         Actions cover T_ctx + horizon frames. ``num_steps`` = K Euler steps per frame (default
         ``rollout_steps``); ``generator`` makes the noise reproducible.
         """
-        return rollout(
-            self.model, context, horizon, actions_discrete=actions_discrete,
-            actions_continuous=actions_continuous, num_steps=num_steps or self.hparams.rollout_steps,
-            context_noise=self.hparams.context_noise, generator=generator,
-        )
+        return self.model_rollout(context, horizon, actions_discrete=actions_discrete,
+                                  actions_continuous=actions_continuous, num_steps=num_steps, generator=generator)
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
-        """Logs ``val/*``: loss, bootstrap loss, flow loss per tau bucket, rollout MSE per K (metrics.py)."""
-        return evaluation_step(self, batch, batch_idx, self.val_metrics, "val")
+    @torch.no_grad()
+    def model_rollout(self, context: Tensor, horizon: int, *, num_steps: Optional[int] = None,
+                      generator: Optional[torch.Generator] = None, **actions: Optional[Tensor]) -> Tensor:
+        """``rollout`` in model units (the latents the network trains on); used by evaluation."""
+        return rollout(self.model, context, horizon, num_steps=num_steps or self.hparams.rollout_steps,
+                       context_noise=self.hparams.context_noise, generator=generator, **actions)
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
-        """Same metrics as validation on the test windows, logged as ``test/*``."""
-        return evaluation_step(self, batch, batch_idx, self.test_metrics, "test")
+    def to_data_units(self, latents: Tensor) -> Tensor:
+        """Model-unit latents -> the dataset's own units (for decoding)."""
+        return latents
 
     def predict_step(
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
@@ -382,13 +391,6 @@ class DynamicsModule(pl.LightningModule):
         generated = self.rollout(z1[:, :ctx], horizon, generator=self.evaluation_generator(batch_idx), **cond)
         truth = z1[:, ctx : ctx + horizon]
         return {"rollout": generated, "context": z1[:, :ctx], "ground_truth": truth, **cond}
-
-    @staticmethod
-    def flow_frame_loss(model: DynamicsTransformer, z1: Tensor, z0: Tensor, tau: Tensor, **cond) -> Tensor:
-        """Per-frame flow loss ||f(z_tilde, tau, d_min) - z1||^2 (mean over latent elements) -> [B, T]."""
-        d = torch.full_like(tau, 1.0 / model.config.k_max)
-        x1_hat = model(corrupt(z1, z0, tau), tau, d, **cond)  # (B, T, N_b, D_b)
-        return (x1_hat.float() - z1.float()).square().flatten(2).mean(-1)
 
 
 __all__ = ["DynamicsModule", "SHORTCUT_TERMS"]

@@ -120,7 +120,7 @@ def test_validation_metrics_are_synchronised(ddp_run):
     assert [v["global_step"] for v in rank0["validations"]] == [3, 6]
     assert [v["global_step"] for v in rank1["validations"]] == [3, 6]
     for val0, val1 in zip(rank0["validations"], rank1["validations"]):
-        assert {"val/loss", "val/rollout_mse_k1", "val/rollout_mse_k2"} <= val0.keys()
+        assert {"val/loss", "val/rollout_es_k1", "val/rollout_es_ratio_k2", "val/object_accuracy_k1"} <= val0.keys()
         assert val0.keys() == val1.keys()
         for name in val0:
             assert val0[name] == pytest.approx(val1[name], rel=1e-5), f"{name} differs across ranks"

@@ -73,10 +73,12 @@ def test_fit_logs_terms_rms_total_and_validation_to_tensorboard(tmp_path, cache)
     events = read_events(trainer)
     scalars = set(events.Tags()["scalars"])
     expected = {"train/loss", "train/loss_unnormalized", "train/lr", "train/grad_norm", "train/latent_tokens_per_s",
-                "val/loss", "val/bootstrap_loss", "val/rollout_mse_copy_last"}
+                "val/loss", "val/bootstrap_loss", "val/rollout_es_copy_last", "val/rollout_es_context_mean"}
     expected |= {"train/flow", "train/bootstrap", "train/shortcut", "train/shortcut_rms"}
     expected |= {f"val/flow_loss_tau{lo:.2f}_{lo + 0.25:.2f}" for lo in (0.0, 0.25, 0.5, 0.75)}
-    expected |= {f"val/rollout_mse_k{k}" for k in (1, 2, 4, 8)}  # K in {1, 2, 4, K_max = 8}
+    for k in (1, 2, 4, 8):  # K in {1, 2, 4, K_max = 8}
+        expected |= {f"val/rollout_{name}_k{k}" for name in ("es", "es_ratio", "spread", "mean_mse", "mse")}
+        expected.add(f"val/object_accuracy_k{k}")  # the built-in world defines its objects
     assert expected <= scalars, expected - scalars
     assert len(events.Scalars("train/loss")) == 3  # every step
     # The shortcut loss is flow + bootstrap (docs/design.md §3.6), normalised as one term by its running RMS.
@@ -222,7 +224,7 @@ def test_checkpoint_loads_weights_only_and_restores_the_model(tmp_path, cache):
         assert torch.equal(a, b), name
 
 
-def test_validation_metrics_bucket_by_signal_level_and_baseline():
+def test_validation_metrics_bucket_by_signal_level_and_baselines():
     metrics = ValidationMetrics([1, 4], num_tau_buckets=4)
     per_frame = torch.tensor([[1.0, 2.0, 3.0, 4.0, 6.0]])
     tau = torch.tensor([[0.0, 0.3, 0.6, 0.9, 0.95]])  # tau = 0 pure noise, tau -> 1 clean
@@ -230,9 +232,12 @@ def test_validation_metrics_bucket_by_signal_level_and_baseline():
     metrics.update_losses(torch.tensor(0.5), per_frame, torch.tensor([[True, False, True, False, False]]))
     context = torch.zeros(1, 2, 1, 1)
     target = torch.tensor([1.0, 3.0]).reshape(1, 2, 1, 1)
-    metrics.update_copy_last(context, target)
+    context[:, 0] = 2.0  # context frames 2, 0: copy-last predicts 0, the context mean predicts 1
+    metrics.rollout.update(context, target, {})
     values = {k: v.compute().item() for k, v in metrics.as_dict().items()}
     assert values["val/flow_loss_tau0.00_0.25"] == 1.0 and values["val/flow_loss_tau0.75_1.00"] == 5.0
     assert values["val/bootstrap_loss"] == 2.0 and values["val/loss"] == 0.5
-    assert values["val/rollout_mse_copy_last"] == 5.0  # (1 + 9) / 2
-    assert "val/rollout_mse_k1" not in values  # not updated this epoch: not logged
+    scores = metrics.rollout.compute()
+    assert scores["es_copy_last"].item() == 2.0  # (|1 - 0| + |3 - 0|) / 2
+    assert scores["es_context_mean"].item() == 1.0  # (|1 - 1| + |3 - 1|) / 2
+    assert "es_k1" not in scores  # no rollouts with K = 1: not logged

@@ -12,14 +12,15 @@ import math
 import os
 from dataclasses import asdict
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from .dataset import LatentDataset, LatentWindowDataset, split_episodes
-from .default import ToyDatasetConfig, builtin_dataset_root
+from .default import ToyDatasetConfig, builtin_dataset_root, toy_object_locator
 from .format import DatasetError
 from .patch_codec import PatchCodec, decoder_from_spec
 from .sampler import AlternatingLengthBatchSampler, Window
@@ -118,6 +119,12 @@ class DynamicsDataModule(pl.LightningDataModule):
     def decoder(self) -> PatchCodec | None:
         """latents [..., N_b, D_b] -> images [..., H, W, 3] in [0, 1]; None if the dataset has no decoder."""
         return decoder_from_spec(self.dataset.meta.decoder)
+
+    @cached_property
+    def object_locator(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Built-in world only: latents [..., N_b, D_b] (data units) -> object positions [..., 1 + balls, 2]
+        (the sprite, then each ball; ``toy_env.locate_objects``) for the object-accuracy metric; else None."""
+        return toy_object_locator(self.dataset.meta.attributes, self.decoder)
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str | None = None) -> None:

@@ -15,13 +15,15 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from .format import FORMAT_VERSION, METADATA_FILE
 from .patch_codec import PatchCodec
-from .toy_env import ACTIONS, ToyEnv, ToyEnvConfig, rollout_episode
+from .toy_env import ACTIONS, ToyEnv, ToyEnvConfig, locate_objects, rollout_episode
 from .writer import LatentDatasetWriter
 
 GENERATOR_VERSION = "toy-v1"  # bump when the environment or codec changes, so caches are rebuilt
@@ -104,3 +106,18 @@ def builtin_dataset_root(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def toy_object_locator(attributes: dict[str, Any], decoder: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Object positions of a built-in-world dataset (its metadata ``attributes``): latents [..., N_b, D_b] ->
+    long [..., 1 + balls, 2], decoded and matched by colour; None for any other dataset."""
+    if attributes.get("source") != GENERATOR_VERSION or decoder is None:
+        return None
+    config = attributes.get("config") or {}
+    env = ToyEnvConfig(image_size=int(config.get("image_size", 16)), num_balls=int(config.get("num_balls", 2)))
+
+    def locate(latents: torch.Tensor) -> torch.Tensor:
+        frames = torch.as_tensor(decoder.decode(latents.detach().float()))  # (..., H, W, 3)
+        return locate_objects(frames, env)
+
+    return locate

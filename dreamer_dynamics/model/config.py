@@ -44,6 +44,7 @@ class DynamicsConfig:
     rope_base: float = 10_000.0  # RoPE frequency base for both the space and the time axis
     norm_eps: float = 1e-6  # epsilon of every RMSNorm
     init_std: float = 0.02  # std of the normal init of linear / embedding weights
+    zero_init_output: bool = False  # zero the output head: x1_hat starts at 0, the mean of standardised latents
     attention_backend: AttentionBackend = "auto"  # auto: flex on CUDA w/ soft-cap, sdpa w/o, else math
     check_inputs: bool = True  # validate shapes, tau/d grids and action ids (one host sync per forward)
 
@@ -96,6 +97,10 @@ class DynamicsConfig:
     def mlp_hidden(self) -> int:
         hidden = int(2 * self.mlp_ratio * self.dim / 3)
         return -(-hidden // self.mlp_multiple_of) * self.mlp_multiple_of
+
+    @property
+    def d_min(self) -> float:  # finest step size 1 / K_max (docs/design.md §2)
+        return 1.0 / self.k_max
 
     @property
     def num_step_sizes(self) -> int:  # d in {1, 1/2, ..., 1/k_max}

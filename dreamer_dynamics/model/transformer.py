@@ -97,6 +97,8 @@ class DynamicsTransformer(nn.Module):
         for block in self.blocks:
             nn.init.normal_(block.attn.out.weight, std=std / math.sqrt(2 * self.config.depth))
             nn.init.normal_(block.mlp.down.weight, std=std / math.sqrt(2 * self.config.depth))
+        if self.config.zero_init_output:  # start as the data mean; every block still gets gradient through it
+            nn.init.zeros_(self.latent_out.weight)
         nn.init.normal_(self.registers, std=std)
         nn.init.normal_(self.actions.base, std=std)
 

@@ -5,15 +5,17 @@
   path the model is weak; low tau (mostly noise) is expected to be hardest.
 * ``val/bootstrap_loss``: mean per-frame bootstrap loss (Eq. 7) over frames with d > d_min.
 * ``val/loss``: the ramp-weighted shortcut-forcing loss (docs/design.md §3.6), not normalised.
-* ``val/rollout_mse_k{K}``: MSE of K-step rollouts against the ground-truth future latents, and
-  ``val/rollout_mse_copy_last``: the trivial baseline that repeats the last context frame.
+* ``val/rollout_*``: K-step rollouts scored with the energy score over several samples (``scores.py``), next to
+  the copy-last and context-mean baselines; logged at epoch end by ``EvaluationMixin.log_rollout_scores``.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MeanSquaredError
+from torchmetrics import MeanMetric
+
+from dreamer_dynamics.training.scores import RolloutScores
 
 
 def bucket_names(num_buckets: int) -> list[str]:
@@ -30,7 +32,8 @@ def _masked_mean_update(metric: MeanMetric, values: Tensor, mask: Tensor) -> Non
 
 
 class ValidationMetrics(nn.Module):
-    """Every validation (or test) metric; ``as_dict()`` gives ``{log name: Metric}`` for ``log_dict``."""
+    """Every validation (or test) metric: ``as_dict()`` gives the loss metrics ``{log name: Metric}`` for
+    ``log_dict``; ``rollout`` holds the rollout scores (logged from their ``compute()`` at epoch end)."""
 
     def __init__(self, rollout_steps: list[int], num_tau_buckets: int = 4) -> None:
         super().__init__()
@@ -41,8 +44,7 @@ class ValidationMetrics(nn.Module):
         self.loss = MeanMetric()
         self.bootstrap_loss = MeanMetric()
         self.flow_loss = nn.ModuleList(MeanMetric() for _ in range(num_tau_buckets))
-        self.rollout_mse = nn.ModuleDict({f"k{k}": MeanSquaredError() for k in self.rollout_steps})
-        self.copy_last_mse = MeanSquaredError()
+        self.rollout = RolloutScores(self.rollout_steps)
 
     def update_losses(self, loss: Tensor, per_frame: Tensor, bootstrap: Tensor) -> None:
         """loss: scalar; per_frame: [B, T] unweighted L_t; bootstrap: [B, T] bool (frames with d > d_min)."""
@@ -55,28 +57,10 @@ class ValidationMetrics(nn.Module):
         for i, metric in enumerate(self.flow_loss):
             _masked_mean_update(metric, per_frame, index == i)
 
-    def update_rollout(self, num_steps: int, predicted: Tensor, target: Tensor) -> None:
-        """predicted, target: [B, H, N_b, D_b] generated and ground-truth future latents."""
-        self.rollout_mse[f"k{num_steps}"].update(predicted.float().contiguous(), target.float().contiguous())
-
-    def update_copy_last(self, context: Tensor, target: Tensor) -> None:
-        """Baseline: every future frame is the last context frame. context [B, T_ctx, ...], target [B, H, ...]"""
-        repeated = context[:, -1:].expand_as(target).float().contiguous()
-        self.copy_last_mse.update(repeated, target.float().contiguous())
-
     def as_dict(self, prefix: str = "val") -> dict[str, object]:
         """Metrics that received data in this epoch, keyed by their log name."""
         named: dict[str, object] = {f"{prefix}/loss": self.loss}
         named[f"{prefix}/bootstrap_loss"] = self.bootstrap_loss
         for name, metric in zip(bucket_names(self.num_tau_buckets), self.flow_loss):
             named[f"{prefix}/flow_loss_{name}"] = metric
-        for key, metric in self.rollout_mse.items():
-            named[f"{prefix}/rollout_mse_{key}"] = metric
-        named[f"{prefix}/rollout_mse_copy_last"] = self.copy_last_mse
         return {name: metric for name, metric in named.items() if metric.update_called}
-
-    @torch.no_grad()
-    def reset(self) -> None:
-        for metric in self.modules():
-            if metric is not self and hasattr(metric, "reset") and hasattr(metric, "update_called"):
-                metric.reset()

@@ -1,0 +1,116 @@
+"""Validation and test of ``DynamicsModule``: the objective, flow loss per signal level, scored rollouts.
+
+``EvaluationMixin`` lives with the module (``DynamicsModule`` inherits it), so it uses the module's own hooks:
+noise levels, noise and conditioning are drawn exactly as in training, through ``sample_signal_and_step`` and
+``sample_noise`` with an evaluation generator, so a subclass's schedule is evaluated the way it is trained.
+
+Rollouts are scored with the energy score over ``val_rollout_samples`` samples per context (``scores.py``):
+single-sample MSE rewards blur and is logged only as a secondary figure.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from dreamer_dynamics.objective import shortcut_forcing_loss
+from dreamer_dynamics.training.metrics import ValidationMetrics
+
+
+class EvaluationMixin:
+    """``validation_step`` / ``test_step`` and the epoch-end logging of rollout scores, for ``DynamicsModule``."""
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
+        """Logs ``val/*``: loss, bootstrap loss, flow loss per tau bucket, rollout energy scores per K."""
+        return self.evaluation_step(batch, batch_idx, self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
+        """Same metrics as validation on the test windows, logged as ``test/*``."""
+        return self.evaluation_step(batch, batch_idx, self.test_metrics, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_rollout_scores(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_rollout_scores(self.test_metrics, "test")
+
+    def evaluation_step(self, batch: dict[str, Tensor], batch_idx: int, metrics: ValidationMetrics,
+                        prefix: str) -> dict[str, Any]:
+        """Update ``metrics`` from one batch; returns ``{"rollout_images": {...}}`` for the rollout batches.
+
+        All noise comes from ``evaluation_generator(batch_idx)``: the figures are comparable across epochs and
+        evaluating never touches the training noise stream. Runs on the EMA weights where an averaging callback
+        swaps them in.
+        """
+        z1 = batch["latents"]  # (B, T, N_b, D_b)
+        b, t = z1.shape[:2]
+        generator = self.evaluation_generator(batch_idx)
+        cond = self.conditioning(batch)
+
+        # 1) The training objective itself (unnormalised, video rows only): total and bootstrap-frame loss.
+        tau, d = self.sample_signal_and_step(batch, generator)
+        z0 = self.sample_noise(batch, generator)
+        output = shortcut_forcing_loss(self.model, z1, tau, d, d_min=self.config.d_min, z0=z0,
+                                       teacher=self.teacher_model(), **cond)
+        metrics.update_losses(output.loss, output.per_frame, output.bootstrap)
+
+        # 2) Flow term (d = d_min) for every frame, tau uniform on the d_min grid, bucketed by tau.
+        k_max = self.config.k_max
+        flow_tau = torch.randint(0, k_max, (b, t), generator=generator, device=z1.device).float() / k_max
+        flow = shortcut_forcing_loss(self.model, z1, flow_tau, torch.full_like(flow_tau, self.config.d_min),
+                                     d_min=self.config.d_min, z0=z0, **cond)
+        metrics.update_flow_buckets(flow.per_frame, flow_tau)
+        self.log_dict(metrics.as_dict(prefix), on_step=False, on_epoch=True, batch_size=b)
+
+        ctx = self.hparams.val_context_frames
+        if batch_idx < self.hparams.val_rollout_batches and t > ctx:
+            return {"rollout_images": self.score_rollouts(batch, cond, generator, metrics)}
+        return {}
+
+    @torch.no_grad()
+    def score_rollouts(self, batch: dict[str, Tensor], cond: dict[str, Tensor], generator: torch.Generator,
+                       metrics: ValidationMetrics) -> dict[str, Tensor]:
+        """S sampled rollouts per K of the first rows from ``val_context_frames`` frames, scored against the
+        truth; returns the context, the truth and the first sample of each K (for pictures), model units."""
+        rows, ctx = self.hparams.val_rollout_rows, self.hparams.val_context_frames
+        samples = self.hparams.val_rollout_samples
+        z1 = batch["latents"][:rows]
+        horizon = min(z1.shape[1] - ctx, self.hparams.val_rollout_horizon)
+        context, target = z1[:, :ctx], z1[:, ctx : ctx + horizon]  # (R, ctx, N, D), (R, H, N, D)
+        actions = {k: v[:rows, : ctx + horizon].repeat(samples, *([1] * (v.dim() - 1))) for k, v in cond.items()}
+        generated = {k: self.model_rollout(context.repeat(samples, 1, 1, 1), horizon, num_steps=k,
+                                           generator=generator, **actions).view(samples, *target.shape)
+                     for k in self.val_rollout_steps}  # K -> (S, R, H, N, D)
+        metrics.rollout.update(context, target, generated, self.object_hits(generated, target))
+        return {"context": context, "target": target, **{f"k{k}": g[0] for k, g in generated.items()}}
+
+    def object_hits(self, generated: dict[int, Tensor], target: Tensor) -> Optional[dict[int, Tensor]]:
+        """K -> bool [S, B, H]: every object of a generated frame within one pixel of its true position (data
+        whose DataModule defines ``object_locator``, e.g. the built-in world), else None."""
+        locate = self.object_locator()
+        if locate is None:
+            return None
+        truth = locate(target)  # (B, H, objects, 2)
+        return {k: ((locate(g) - truth).abs().amax(-1) <= 1).all(-1) for k, g in generated.items()}
+
+    def object_locator(self) -> Optional[Callable[[Tensor], Tensor]]:
+        """Model-unit latents [..., N_b, D_b] -> object positions [..., objects, 2] for data that defines them
+        (the built-in world: ``DynamicsDataModule.object_locator``), else None."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        locate = getattr(datamodule, "object_locator", None)
+        if locate is None:
+            return None
+        return lambda latents: locate(self.to_data_units(latents))
+
+    def log_rollout_scores(self, metrics: ValidationMetrics, prefix: str) -> None:
+        """Log the epoch's rollout scores (synchronised across ranks by torchmetrics) and reset them."""
+        if metrics.rollout.update_count:
+            scores = metrics.rollout.compute()
+            self.log_dict({f"{prefix}/rollout_{name}" if not name.startswith("object") else f"{prefix}/{name}":
+                           value for name, value in scores.items()}, sync_dist=False)
+        metrics.rollout.reset()
+
+
+__all__ = ["EvaluationMixin"]
