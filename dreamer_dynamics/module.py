@@ -117,7 +117,7 @@ class DynamicsModule(pl.LightningModule):
         self.config = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.d_min = 1.0 / model.k_max
+        self.d_min = model.d_min
         self.model = DynamicsTransformer(model)
         steps = val_rollout_steps if val_rollout_steps is not None else [1, 2, 4, model.k_max]
         self.val_rollout_steps = sorted({k for k in steps if k <= model.k_max})

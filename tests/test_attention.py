@@ -98,7 +98,7 @@ def test_backend_resolution():
     if HAS_FLEX:
         assert resolve_backend("auto", 50.0, torch.device("cuda")) == "flex"
         assert resolve_backend("auto", 50.0, torch.device("cuda"), query_len=1) == "math"  # rollout decode
-    with pytest.raises(ValueError, match="cannot apply attention_softcap"):
+    with pytest.raises(ValueError, match="cannot soft-cap"):
         resolve_backend("sdpa", 50.0, cpu)
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.torch_version import TorchVersion
 
-from .config import DynamicsConfig
+from .config import DynamicsConfig, softcap_problem
 from .layers import RMSNorm, apply_rope
 
 try:  # FlexAttention: torch >= 2.5
@@ -78,9 +78,8 @@ def resolve_backend(requested: str, softcap: Optional[float], device: torch.devi
         if softcap is None:
             return "sdpa"
         return "flex" if (HAS_FLEX and device.type == "cuda" and query_len > 1) else "math"
-    if requested == "sdpa" and softcap is not None:
-        raise ValueError("DynamicsConfig.attention_backend='sdpa' cannot apply attention_softcap "
-                         f"({softcap}); use 'flex', 'math' or set attention_softcap=None")
+    if softcap_problem(requested, softcap):
+        raise ValueError("DynamicsConfig: " + softcap_problem(requested, softcap))
     if requested == "flex" and not HAS_FLEX:
         raise ValueError("DynamicsConfig.attention_backend='flex' needs torch >= 2.5 (FlexAttention)")
     return requested

@@ -6,7 +6,17 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal, Optional, Tuple
 
+from dreamer_dynamics.objective.sampling import is_power_of_two
+
 AttentionBackend = Literal["auto", "math", "sdpa", "flex"]
+
+
+def softcap_problem(backend: str, softcap: Optional[float]) -> Optional[str]:
+    """Why ``backend`` cannot run with ``softcap`` (SDPA has no hook for logit soft-capping), or None."""
+    if backend == "sdpa" and softcap is not None:
+        return (f"attention_backend='sdpa' cannot soft-cap logits (attention_softcap={softcap}): set "
+                "attention_softcap=None or use 'auto', 'flex' or 'math'")
+    return None
 
 
 @dataclass
@@ -64,7 +74,7 @@ class DynamicsConfig:
             problems.append(f"head_dim={self.dim // self.heads} must be even for RoPE")
         if self.heads % self.kv_heads:
             problems.append(f"heads={self.heads} not divisible by kv_heads={self.kv_heads}")
-        if self.k_max < 1 or self.k_max & (self.k_max - 1):
+        if not is_power_of_two(self.k_max):
             problems.append(f"k_max={self.k_max} must be a power of two")
         if self.time_every < 1 or self.context_length < 1 or self.action_tokens < 1:
             problems.append("time_every, context_length and action_tokens must be >= 1")
@@ -74,9 +84,8 @@ class DynamicsConfig:
             problems.append(f"attention_softcap={self.attention_softcap} must be > 0 or None")
         if self.attention_backend not in ("auto", "math", "sdpa", "flex"):
             problems.append(f"attention_backend={self.attention_backend!r} not in auto|math|sdpa|flex")
-        elif self.attention_backend == "sdpa" and self.attention_softcap is not None:
-            problems.append("attention_backend='sdpa' cannot soft-cap logits: set attention_softcap=None "
-                            "or use 'auto', 'flex' or 'math'")
+        elif softcap_problem(self.attention_backend, self.attention_softcap):
+            problems.append(softcap_problem(self.attention_backend, self.attention_softcap))
         if problems:
             raise ValueError("DynamicsConfig: " + "; ".join(problems))
 
@@ -96,6 +105,10 @@ class DynamicsConfig:
     def mlp_hidden(self) -> int:
         hidden = int(2 * self.mlp_ratio * self.dim / 3)
         return -(-hidden // self.mlp_multiple_of) * self.mlp_multiple_of
+
+    @property
+    def d_min(self) -> float:  # the finest step size 1/K_max: flow frames; every tau lies on its grid
+        return 1.0 / self.k_max
 
     @property
     def num_step_sizes(self) -> int:  # d in {1, 1/2, ..., 1/k_max}
@@ -135,4 +148,4 @@ class DynamicsConfig:
         return cls(**{**base, **overrides})
 
 
-__all__ = ["DynamicsConfig", "AttentionBackend"]
+__all__ = ["DynamicsConfig", "AttentionBackend", "softcap_problem"]

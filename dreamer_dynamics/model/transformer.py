@@ -82,10 +82,6 @@ class DynamicsTransformer(nn.Module):
             for block in self.blocks:
                 block.compile()
 
-    @property
-    def num_time_layers(self) -> int:
-        return sum(block.is_time for block in self.blocks)
-
     def reset_parameters(self) -> None:
         std = self.config.init_std
         for module in self.modules():

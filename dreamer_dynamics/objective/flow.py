@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from dreamer_dynamics.objective.sampling import is_power_of_two
+
 Denoiser = Callable[..., Tensor]  # denoiser(z_tilde, tau, d, **cond) -> x1_hat, tau and d float [B, T]
 
 
@@ -52,7 +54,7 @@ def euler_sample(denoiser: Denoiser, z0: Tensor, num_steps: int, **cond) -> Tens
     z <- z + d * v_hat. The last step lands exactly on the x-prediction, since d = 1 - tau there.
     Gradient tracking follows the caller's mode (wrap in ``torch.no_grad()`` for inference).
     """
-    if num_steps < 1 or num_steps & (num_steps - 1):
+    if not is_power_of_two(num_steps):
         raise ValueError(f"num_steps must be a power of two >= 1 (it picks d = 1/num_steps), got {num_steps}")
     z = z0
     leading = z0.shape[:2]

@@ -8,9 +8,14 @@ import torch
 from torch import Tensor
 
 
+def is_power_of_two(n: int) -> bool:
+    """Whether n is 1, 2, 4, ...: the step counts K (and K_max) of the grid d = 1/K (docs/design.md §2)."""
+    return n >= 1 and n & (n - 1) == 0
+
+
 def check_k_max(k_max: int) -> int:
     """Return log2(k_max) after checking that k_max is a power of two (so d_min = 1/k_max is dyadic)."""
-    if k_max < 1 or k_max & (k_max - 1):
+    if not is_power_of_two(k_max):
         raise ValueError(f"k_max must be a power of two >= 1, got {k_max}")
     return int(math.log2(k_max))
 
