@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+from dreamer_dynamics.compat import averaged_model
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout
 from dreamer_dynamics.objective import (
     LossNormalizer,
@@ -240,7 +241,7 @@ class DynamicsModule(pl.LightningModule):
         for callback in self.trainer.callbacks if self._trainer is not None else []:
             if not isinstance(callback, WeightAveraging):
                 continue
-            averaged = getattr(callback, "_average_model", None)
+            averaged = averaged_model(callback)
             if averaged is not None:
                 teacher = averaged.module.model
                 if next(teacher.parameters()).device != self.device:

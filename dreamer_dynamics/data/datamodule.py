@@ -18,6 +18,8 @@ import lightning.pytorch as pl
 import numpy as np
 from torch.utils.data import DataLoader
 
+from dreamer_dynamics.compat import training_batch_progress
+
 from .dataset import LatentDataset, LatentWindowDataset, split_episodes
 from .default import ToyDatasetConfig, builtin_dataset_root
 from .format import DatasetError
@@ -204,7 +206,7 @@ class DynamicsDataModule(pl.LightningDataModule):
                 return 0, 0
             step = self._train_sampler.state_dict()["step"]  # plain loop: epochs align to steps_per_epoch
             return step, step % self._train_sampler.steps_per_epoch
-        progress = trainer.fit_loop.epoch_loop.batch_progress
+        progress = training_batch_progress(trainer)
         done = int(progress.current.processed)
         batches = trainer.num_training_batches
         if isinstance(batches, (int, float)) and math.isfinite(batches) and done >= batches:
