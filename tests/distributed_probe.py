@@ -18,7 +18,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from dreamer_dynamics.training.grad_norm import total_grad_norm
+from dreamer_dynamics.parallelize import total_grad_norm
 
 
 

@@ -7,7 +7,6 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .attention import AttentionMask, FactorizedAttention
 from .config import DynamicsConfig
@@ -78,9 +77,7 @@ class DynamicsTransformer(nn.Module):
         self.out_norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.latent_out = nn.Linear(config.dim, packed)
         self.reset_parameters()
-        if config.compile_blocks:
-            for block in self.blocks:
-                block.compile()
+        # activation_checkpointing / compile_blocks are applied by dreamer_dynamics.parallelize, not here.
 
     def reset_parameters(self) -> None:
         std = self.config.init_std
@@ -153,10 +150,7 @@ class DynamicsTransformer(nn.Module):
                 time_index += 1
             else:
                 args = (space_freqs, None, None)
-            if cfg.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x, kv = checkpoint(block, x, *args, use_reentrant=False)
-            else:
-                x, kv = block(x, *args)
+            x, kv = block(x, *args)
             if kv is not None:
                 new_kv.append(kv)
         out = self.latent_out(self.out_norm(x[:, :, :s_z]))  # (B, T, S_z, p*D_b)
