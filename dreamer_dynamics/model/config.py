@@ -57,7 +57,7 @@ class DynamicsConfig:
     attention_backend: AttentionBackend = "auto"  # auto: flex on CUDA w/ soft-cap, sdpa w/o, else math
     check_inputs: bool = True  # validate shapes, tau/d grids and action ids (one host sync per forward)
 
-    # --- scale options (off on CPU) ---
+    # --- scale options (off on CPU); flags only, applied by dreamer_dynamics.parallelize.parallelize_model ---
     activation_checkpointing: bool = False  # recompute each block in backward to save activation memory
     compile_blocks: bool = False  # torch.compile every block separately (fast compile, shared graph)
 
