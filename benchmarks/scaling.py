@@ -4,8 +4,8 @@ With the time layers' causal window of C frames (paper Sec. 3.4) the useful atte
 by C, so at fixed frames per batch a step should cost the same for every T beyond C; full causal attention
 (C >= T) grows with T. Both variants share the weights; only `context_length` differs.
 
-    python benchmarks/scaling.py              # width 128, depth 4, time layer every 2nd block, C = 16; ~2 min
-    python benchmarks/scaling.py --smoke      # tiny config (tests)
+    python -m benchmarks.scaling              # width 128, depth 4, time layer every 2nd block, C = 16; ~2 min
+    python -m benchmarks.scaling --smoke      # tiny config (tests)
 
 Timed: student forward + flow loss + backward (no optimizer: it does not depend on T), best of --repeat,
 variants round-robin. Reported next to the analytic attention FLOPs (dense as computed by the math/SDPA kernels,
@@ -15,16 +15,13 @@ and windowed: the pairs inside C).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import (config_dict, forward_flops, machine_info, pin_threads,  # noqa: E402
+from benchmarks.common import (config_dict, forward_flops, machine_info, pin_threads,
                                run_benchmark, time_interleaved)
-from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer  # noqa: E402
+from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 
 
 def scaling_config(smoke: bool, context_length: int) -> DynamicsConfig:
