@@ -8,9 +8,10 @@ POSIX and Windows), then fsync the directory so that the rename itself survives 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 TEMP_PREFIX = ".tmp-"  # temporaries start with this, so cleaners can find leftovers of a crashed writer
 

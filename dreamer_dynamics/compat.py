@@ -9,7 +9,8 @@ finds nothing raises ``LightningCompatError`` naming the attribute and the insta
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import lightning
 
@@ -23,8 +24,10 @@ class LightningCompatError(RuntimeError):
 
 def _missing(what: str) -> LightningCompatError:
     tested = ", ".join(TESTED_LIGHTNING)
-    return LightningCompatError(f"dreamer_dynamics needs {what}, which lightning=={LIGHTNING_VERSION} does not "
-                                f"have (tested with lightning {tested}.x); see dreamer_dynamics/compat.py")
+    return LightningCompatError(
+        f"dreamer_dynamics needs {what}, which lightning=={LIGHTNING_VERSION} does not "
+        f"have (tested with lightning {tested}.x); see dreamer_dynamics/compat.py"
+    )
 
 
 def cluster_environment(trainer: Any) -> Any:

@@ -1,10 +1,12 @@
-"""Scale plumbing, in one place (after torchtitan's ``parallelize``): activation checkpointing, ``torch.compile``
-and FSDP2 sharding of a ``DynamicsTransformer``, plus gradient norms and clipping that are right under sharding.
+"""Scale plumbing in one place, after torchtitan's ``parallelize``: activation checkpointing,
+``torch.compile`` and FSDP2 sharding of a ``DynamicsTransformer``, plus gradient norms and clipping that are
+right under sharding.
 
-``model/`` stays a plain ``nn.Module``: ``DynamicsConfig.activation_checkpointing`` and ``compile_blocks`` are
-only flags, read here. ``DynamicsModule.configure_model`` calls ``parallelize_model`` (Lightning runs that hook
-once the strategy is known, with the device mesh under ``ModelParallelStrategy``); a plain PyTorch loop calls it
-itself. The order is torchtitan's: checkpointing, then compile, then sharding (docs/design.md §4, §7).
+``model/`` stays a plain ``nn.Module``: ``DynamicsConfig.activation_checkpointing`` and ``compile_blocks``
+are only flags, read here. ``DynamicsModule.configure_model`` calls ``parallelize_model`` (Lightning runs
+that hook once the strategy is known, with the device mesh under ``ModelParallelStrategy``); a plain PyTorch
+loop calls it itself. The order is torchtitan's: checkpointing, then compile, then sharding (docs/design.md
+§4, §7).
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from torch.utils.checkpoint import checkpoint
 from dreamer_dynamics.model.transformer import DynamicsTransformer
 
 
-# ---------------------------------------------------------------------------------------------- model wrapping
+# ------------------------------------------------------------------------------------------ model wrapping
 class _CheckpointedForward:
     """A block's ``forward`` recomputed in backward: ``checkpoint`` only where it saves memory (training with
     autograd on); teacher passes, validation and rollouts run the plain forward.
 
-    Installed as the block's instance ``forward``: parameter names, ``state_dict`` keys and the block's type stay
-    the same (FSDP wrap policies and checkpoints see an ordinary ``Block``), and a deep copy (EMA) copies the
-    bound block with it."""
+    Installed as the block's instance ``forward``: parameter names, ``state_dict`` keys and the block's type
+    stay the same (FSDP wrap policies and checkpoints see an ordinary ``Block``), and a deep copy (EMA)
+    copies the bound block with it."""
 
     def __init__(self, forward: Any) -> None:
         self.forward = forward  # the block's bound forward method
@@ -98,7 +100,7 @@ def parallelize_model(
     return model
 
 
-# ---------------------------------------------------------------------------------------------- gradients
+# ------------------------------------------------------------------------------------------ gradients
 def is_fsdp(strategy: Any) -> bool:
     """Whether ``strategy`` is Lightning's ``FSDPStrategy`` (FSDP1: flat gradients sharded across ranks)."""
     if strategy is None:

@@ -13,12 +13,20 @@ from dreamer_dynamics import compat
 def test_the_installed_lightning_is_a_tested_version():
     major_minor = ".".join(compat.LIGHTNING_VERSION.split(".")[:2])
     assert major_minor in compat.TESTED_LIGHTNING, (
-        f"lightning {compat.LIGHTNING_VERSION}: check dreamer_dynamics/compat.py and add it to TESTED_LIGHTNING")
+        f"lightning {compat.LIGHTNING_VERSION}: check dreamer_dynamics/compat.py, "
+        "then add it to TESTED_LIGHTNING"
+    )
 
 
 def test_every_accessor_finds_its_attribute():
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     assert compat.cluster_environment(trainer) is not None
     assert callable(compat.slurm_requeue_handler(trainer))
     progress = compat.training_batch_progress(trainer)

@@ -2,8 +2,8 @@
 
 The graph is built from the source with ``ast`` (nothing is imported): an edge A -> B for every
 ``import dreamer_dynamics.B`` / ``from dreamer_dynamics.B import x`` / relative import in module A. A package
-``__init__`` counts as a module; ``from pkg import name`` points at ``pkg.name`` when that is a module, else at
-``pkg`` itself.
+``__init__`` counts as a module; ``from pkg import name`` points at ``pkg.name`` when that is a module, else
+at ``pkg`` itself.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
                 stack.pop()
             elif state.get(child) == 1:
                 path = [n for n, _ in stack]
-                return path[path.index(child):] + [child]
+                return path[path.index(child) :] + [child]
             elif not state.get(child):
                 state[child] = 1
                 stack.append((child, iter(sorted(graph[child]))))
@@ -78,7 +78,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_type_checking_and_relative_imports():
     graph = import_graph()
-    assert "dreamer_dynamics.model.config" in graph["dreamer_dynamics.model.transformer"]  # from .config import
+    assert (
+        "dreamer_dynamics.model.config" in graph["dreamer_dynamics.model.transformer"]
+    )  # from .config import
     assert "dreamer_dynamics.objective.flow" in graph["dreamer_dynamics.objective"]  # package __init__
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None

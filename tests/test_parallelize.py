@@ -1,5 +1,5 @@
-"""``dreamer_dynamics.parallelize``: activation checkpointing really recomputes blocks in backward (and only in
-training with autograd), leaves names and types alone, survives the deep copy EMA makes, and is idempotent."""
+"""``dreamer_dynamics.parallelize``: activation checkpointing really recomputes blocks in backward (and only
+in training with autograd), leaves names and types alone, survives the deep copy EMA makes, is idempotent."""
 
 from __future__ import annotations
 
