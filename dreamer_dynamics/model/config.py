@@ -34,7 +34,7 @@ class DynamicsConfig:
     num_discrete_actions: Tuple[int, ...] = ()  # class count of each categorical action component
     num_continuous_actions: int = 0  # number of continuous action components
 
-    # --- transformer sizes (our choice: the paper gives only the 1.6B total, docs/design.md §8) ---
+    # --- transformer sizes (our choice: the paper gives only the 1.6B total, docs/design.md §8, §10) ---
     dim: int = 256  # model width
     depth: int = 8  # number of blocks (space + time)
     heads: int = 4  # query heads; head_dim = dim / heads

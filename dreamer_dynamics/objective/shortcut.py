@@ -69,7 +69,7 @@ def shortcut_forcing_loss(
     teacher: Denoiser | None = None,
     **cond,
 ) -> ShortcutForcingLoss:
-    """Shortcut-forcing loss of one batch (docs/design.md §3 steps 3-7).
+    """Shortcut-forcing loss of one batch (docs/design.md §3.3-3.7).
 
     z1: clean latents [B, T, ...]; tau, d: float [B, T] on their grids (see ``sample_signal_and_step``);
     z0: noise like z1 (fresh Gaussian if None); teacher: denoiser for the bootstrap targets (default: the
