@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> dict:
         b = frames_per_batch // t
         z = torch.randn(b, t, windowed_cfg.latent_tokens, windowed_cfg.latent_dim, generator=gen)
         tau = torch.randint(0, windowed_cfg.k_max, (b, t), generator=gen) / windowed_cfg.k_max
-        d = torch.full((b, t), 1.0 / windowed_cfg.k_max)
+        d = torch.full((b, t), windowed_cfg.d_min)
         acts = torch.randint(0, 5, (b, t, 1), generator=gen)
 
         def fwd_bwd(model):

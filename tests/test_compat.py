@@ -19,14 +19,7 @@ def test_the_installed_lightning_is_a_tested_version():
 
 
 def test_every_accessor_finds_its_attribute():
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
     assert compat.cluster_environment(trainer) is not None
     assert callable(compat.slurm_requeue_handler(trainer))
     progress = compat.training_batch_progress(trainer)
