@@ -1,15 +1,15 @@
 """Step time against sequence length T at a fixed number of frames per batch (B * T constant).
 
-With the time layers' causal window of C frames (paper Sec. 3.4) the useful attention work per frame is bounded
-by C, so at fixed frames per batch a step should cost the same for every T beyond C; full causal attention
-(C >= T) grows with T. Both variants share the weights; only `context_length` differs.
+With the time layers' causal window of C frames (paper Sec. 3.4) the useful attention work per frame is
+bounded by C, so at fixed frames per batch a step should cost the same for every T beyond C; full causal
+attention (C >= T) grows with T. Both variants share the weights; only `context_length` differs.
 
     python -m benchmarks.scaling              # width 128, depth 4, time layer every 2nd block, C = 16; ~2 min
     python -m benchmarks.scaling --smoke      # tiny config (tests)
 
 Timed: student forward + flow loss + backward (no optimizer: it does not depend on T), best of --repeat,
-variants round-robin. Reported next to the analytic attention FLOPs (dense as computed by the math/SDPA kernels,
-and windowed: the pairs inside C).
+variants round-robin. Reported next to the analytic attention FLOPs (dense as computed by the math/SDPA
+kernels, and windowed: the pairs inside C).
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def print_report(report: dict) -> None:
           f"{'time-attn GF dense':>19} {'windowed':>9} {'matmul GF':>10}")
     for r in report["rows"]:
         print(f"{r['T']:5d} {r['batch']:4d} {r['seconds_windowed']:9.3f} {r['windowed_relative']:6.2f} "
-              f"{r['seconds_full']:8.3f} {r['full_relative']:6.2f} {r['attention_time_flops_dense'] / 1e9:19.3f} "
+              f"{r['seconds_full']:8.3f} {r['full_relative']:6.2f} "
+              f"{r['attention_time_flops_dense'] / 1e9:19.3f} "
               f"{r['attention_time_flops_windowed'] / 1e9:9.3f} {r['matmul_flops'] / 1e9:10.2f}")
 
 

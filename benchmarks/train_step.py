@@ -1,12 +1,13 @@
-"""Training-step throughput: latent tokens/s, achieved FLOP/s against the measured fp32 matmul peak, peak memory,
-the shortcut-forcing step against a flow-only step, and the teacher passes against a student forward+backward.
+"""Training-step throughput: latent tokens/s, achieved FLOP/s against the measured fp32 matmul peak, peak
+memory, the shortcut-forcing step against a flow-only step, and the teacher passes against a student
+forward+backward.
 
 Config: width 256, depth 8, 16 latent tokens x 32 dims, one discrete action (5 classes), C = 64;
 short batches 4 x 32 frames (T1 < C) and long batches 1 x 128 frames (T2 > C, same frames per step).
 
     python -m benchmarks.train_step                 # 1 thread, ~3 minutes on the 2-core CPU machine
     python -m benchmarks.train_step --smoke         # tiny config, seconds (tests)
-    python -m benchmarks.train_step --compile       # torch.compile per block (inductor fuses the elementwise ops)
+    python -m benchmarks.train_step --compile       # torch.compile per block (inductor fuses elementwise ops)
     python -m benchmarks.train_step --device cuda --dtype bfloat16
 
 Variants, timed round-robin in one process (best of --repeat):
@@ -14,8 +15,8 @@ Variants, timed round-robin in one process (best of --repeat):
   flow_step       the same with every frame at d_min (d_min_share=1.0): no teacher passes
   student_fwd_bwd the student forward + flow loss + backward alone (no optimizer)
   teacher         the two no-grad teacher passes of Eq. 7 on the rows holding a bootstrap frame
-Targets: shortcut_step / flow_step <= 1.7 (docs/design.md §3.7), teacher / student_fwd_bwd <= 0.7, and achieved
-FLOP/s >= 40 % of the fp32 matmul peak on CPU.
+Targets: shortcut_step / flow_step <= 1.7 (docs/design.md §3.7), teacher / student_fwd_bwd <= 0.7, and
+achieved FLOP/s >= 40 % of the fp32 matmul peak on CPU.
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ def print_report(report: dict) -> None:
     peak = report["matmul_peak"]["flops"]
     print(f"train_step: {report['params'] / 1e6:.2f}M params, {report['machine']['threads']} threads, "
           f"{report['dtype']} matmul peak {peak / 1e9:.1f} GFLOP/s")
-    print(f"{'batch':>10} {'variant':>16} {'best s':>8} {'median s':>9} {'tok/s':>9} {'GFLOP/s':>8} {'of peak':>8}")
+    print(f"{'batch':>10} {'variant':>16} {'best s':>8} {'median s':>9} "
+          f"{'tok/s':>9} {'GFLOP/s':>8} {'of peak':>8}")
     for name, f in report["lengths"].items():
         for variant in ("shortcut_step", "flow_step", "student_fwd_bwd", "teacher", "forward_no_grad"):
             extra = ""

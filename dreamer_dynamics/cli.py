@@ -27,7 +27,7 @@ LINKED_DATA_FIELDS = ("latent_tokens", "latent_dim", "num_discrete_actions", "nu
 class WeightsOnlyParser(LightningArgumentParser):
     """Subcommand parser whose ``weights_only`` (of ``Trainer.fit/validate/test/predict``) defaults to True.
 
-    Safe default: checkpoints hold only tensors and plain containers (see ``DynamicsModule.on_save_checkpoint``).
+    Safe default: checkpoints hold only tensors and plain containers (``DynamicsModule.on_save_checkpoint``).
     Set through LightningCLI's public ``parser_class``; the subcommand's method arguments are added here.
     """
 

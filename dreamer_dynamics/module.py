@@ -221,7 +221,7 @@ class DynamicsModule(pl.LightningModule):
         gradient_clip_val: Optional[Union[int, float]] = None,
         gradient_clip_algorithm: Optional[str] = None,
     ) -> None:
-        """Trainer's ``gradient_clip_val``, also under FSDP (``dreamer_dynamics.parallelize.clip_gradients``)."""
+        """Trainer's ``gradient_clip_val``, also under FSDP (``parallelize.clip_gradients``)."""
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def teacher_model(self) -> Optional[torch.nn.Module]:
@@ -247,8 +247,8 @@ class DynamicsModule(pl.LightningModule):
                            "in trainer.callbacks")
 
     def configure_model(self) -> None:
-        """The config's activation checkpointing and per-block compile, and FSDP2 sharding (every block its own
-        ``fully_shard`` unit) under ``ModelParallelStrategy``, which sets ``device_mesh``: see
+        """The config's activation checkpointing and per-block compile, and FSDP2 sharding (every block its
+        own ``fully_shard`` unit) under ``ModelParallelStrategy``, which sets ``device_mesh``: see
         ``dreamer_dynamics.parallelize``. Idempotent (Lightning calls it once per stage)."""
         parallelize_model(self.model, mesh=self.device_mesh)
 

@@ -1,4 +1,4 @@
-"""DynamicsTransformer: shapes, conditioning grids, actions, causality, window, image rows (docs/design.md §4)."""
+"""DynamicsTransformer: shapes, conditioning grids, actions, causality, window, image rows (design.md §4)."""
 
 import pytest
 import torch

@@ -21,7 +21,7 @@ def softcap_problem(backend: str, softcap: Optional[float]) -> Optional[str]:
 
 @dataclass
 class DynamicsConfig:
-    """Every size of the dynamics transformer. Field names follow docs/design.md §9; presets are starting points.
+    """Every size of the dynamics transformer (field names: docs/design.md §9); presets are starting points.
 
     The latent shape and the action spec describe the data and are normally linked from the DataModule
     (`DynamicsDataModule.latent_tokens` etc.), so pointing at a new dataset changes nothing here.
@@ -57,7 +57,7 @@ class DynamicsConfig:
     attention_backend: AttentionBackend = "auto"  # auto: flex on CUDA w/ soft-cap, sdpa w/o, else math
     check_inputs: bool = True  # validate shapes, tau/d grids and action ids (one host sync per forward)
 
-    # --- scale options (off on CPU); flags only, applied by dreamer_dynamics.parallelize.parallelize_model ---
+    # --- scale options (off on CPU): flags only, applied by dreamer_dynamics.parallelize ---
     activation_checkpointing: bool = False  # recompute each block in backward to save activation memory
     compile_blocks: bool = False  # torch.compile every block separately (fast compile, shared graph)
 

@@ -1,4 +1,4 @@
-"""Action-conditioned rollouts with a KV cache of the time-attention layers (paper Sec. 3.2, docs/design.md §5)."""
+"""Action-conditioned rollouts with a KV cache of the time layers (paper Sec. 3.2, docs/design.md §5)."""
 
 from __future__ import annotations
 

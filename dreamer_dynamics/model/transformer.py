@@ -35,9 +35,10 @@ class Block(nn.Module):
 
 
 def residual_add(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-    """x + branch. Without autograd (teacher passes, rollouts) the sum is accumulated into the branch's fresh output
-    instead of a new (B, T, S, D) tensor, where that keeps the result dtype (under bf16 autocast a bf16 branch
-    plus the fp32 stream must stay fp32); a + b == b + a exactly, so bitwise equal (tests/test_perf_equivalence.py).
+    """x + branch. Without autograd (teacher passes, rollouts) the sum is accumulated into the branch's fresh
+    output instead of a new (B, T, S, D) tensor, where that keeps the result dtype (under bf16 autocast a bf16
+    branch plus the fp32 stream must stay fp32); a + b == b + a exactly, so bitwise equal
+    (tests/test_perf_equivalence.py).
     """
     if torch.is_grad_enabled() or branch.dtype != torch.promote_types(x.dtype, branch.dtype):
         return x + branch
@@ -60,7 +61,7 @@ def time_attention_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, context_
 
 
 class DynamicsTransformer(nn.Module):
-    """Denoiser f(z_tilde, tau, d, a) -> x1_hat (x-prediction, docs/design.md §2) with factorised space/time attention.
+    """Denoiser f(z_tilde, tau, d, a) -> x1_hat (x-prediction, docs/design.md §2), factorised space/time.
 
     Tokens per frame (order): S_z packed latent tokens, S_r registers, 1 shortcut token, S_a action tokens.
     """
@@ -111,7 +112,7 @@ class DynamicsTransformer(nn.Module):
                        image_rows: Optional[torch.Tensor] = None,
                        past_kv: Optional[Sequence[KV]] = None, start: int = 0,
                        ) -> tuple[torch.Tensor, list[KV]]:
-        """`forward` for frames start..start+T-1 that may follow cached frames (KV-cached rollouts, docs/design.md §5).
+        """`forward` for frames start..start+T-1 after cached frames (KV-cached rollouts, docs/design.md §5).
 
         past_kv: one (keys, values) pair per time layer, each (B, S*Hkv, L_past, E), for the L_past frames
         just before `start` (L_past <= start). Returns (x1_hat, this call's (keys, values) per time layer).

@@ -1,4 +1,4 @@
-"""Flow-matching primitives in the paper's convention (docs/design.md §2): tau = 0 is pure noise, tau = 1 is clean data.
+"""Flow-matching primitives in the paper's convention (docs/design.md §2): tau = 0 noise, tau = 1 clean data.
 
 Every function takes per-frame signal levels ``tau`` of shape [B, T] (or any leading shape) and broadcasts
 them over the trailing latent dimensions of the tensors it is given.
@@ -48,7 +48,7 @@ def ramp_weight(tau: Tensor) -> Tensor:
 
 
 def euler_sample(denoiser: Denoiser, z0: Tensor, num_steps: int, **cond) -> Tensor:
-    """Integrate from pure noise (tau = 0) to clean data (tau = 1) in ``num_steps`` Euler steps of d = 1/num_steps.
+    """Integrate from noise (tau = 0) to clean data (tau = 1) in ``num_steps`` Euler steps of d = 1/num_steps.
 
     z0: noise [B, T, ...]. Each step calls ``denoiser(z, tau, d, **cond)`` with tau, d float [B, T] and moves
     z <- z + d * v_hat. The last step lands exactly on the x-prediction, since d = 1 - tau there.
