@@ -1,1 +1,1 @@
-"""Benchmarks of dreamer_dynamics (docs/benchmarks.md); run them all with `python benchmarks/run_all.py`."""
+"""Benchmarks of dreamer_dynamics (docs/benchmarks.md); run them all with `python -m benchmarks.run_all`."""

@@ -1,9 +1,9 @@
 """Shared helpers of the benchmarks: timing, the matmul peak, peak memory, analytic FLOP counts, JSON output.
 
-Timing rules (the CPU machines are shared and noisy): every figure is the best (and median) of N repeats after a
-warm-up, threads are pinned with `torch.set_num_threads`, and the figures that matter are ratios of variants
-timed in the same run (achieved FLOP/s over the fp32 matmul peak measured in the same process, shortcut step over
-flow-only step, ...).
+Timing rules (the CPU machines are shared and noisy): every figure is the best (and median) of N repeats after
+a warm-up, threads are pinned with `torch.set_num_threads`, and the figures that matter are ratios of variants
+timed in the same run (achieved FLOP/s over the fp32 matmul peak measured in the same process, shortcut step
+over flow-only step, ...).
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32,
     """Best achieved FLOP/s of square matmuls (2 n^3 FLOPs each) on this device, dtype and thread count.
 
     This is the machine's practical ceiling for dense math: the training step's achieved FLOP/s is reported as
-    a fraction of it. Best over sizes and repeats, so a noisy neighbour lowers it less than it lowers the step.
+    a fraction of it. Best over sizes and repeats, so a noisy neighbour lowers it less than it lowers the
+    step.
     """
     per_size = {}
     for n in sizes:
@@ -115,9 +116,9 @@ def peak_memory(device: torch.device) -> Iterator[dict]:
     """Measure peak memory of the enclosed code into the yielded dict (key "peak_bytes", "kind").
 
     CUDA: `torch.cuda.max_memory_allocated` after a reset (tensors only). CPU: the process' peak resident set
-    (VmHWM) after resetting it through /proc/self/clear_refs (Linux); it includes the interpreter, libraries and
-    the model, so "delta_bytes" (peak minus the resident set at entry) is the step's own working set. Where the
-    reset is impossible the figure is the lifetime peak (`ru_maxrss`), flagged "resettable": False.
+    (VmHWM) after resetting it through /proc/self/clear_refs (Linux); it includes the interpreter, libraries
+    and the model, so "delta_bytes" (peak minus the resident set at entry) is the step's own working set.
+    Where the reset is impossible the figure is the lifetime peak (`ru_maxrss`), flagged "resettable": False.
     """
     result: dict = {}
     if device.type == "cuda":

@@ -1,9 +1,9 @@
 """GPU figures: bf16 model-FLOP utilisation of a >= 100M-parameter training step, and rollout frames/s of the
 paper-scale `DynamicsConfig.minecraft()` model at K = 4 (the paper: 21 FPS on one H100 at 2B parameters).
 
-    python benchmarks/gpu.py                       # needs CUDA; ~3 minutes on an H100
-    python benchmarks/gpu.py --compile             # torch.compile every block (slower start, faster steps)
-    python benchmarks/gpu.py --smoke               # tiny configs on CPU in fp32: checks the logic only
+    python -m benchmarks.gpu                       # needs CUDA; ~3 minutes on an H100
+    python -m benchmarks.gpu --compile             # torch.compile every block (slower start, faster steps)
+    python -m benchmarks.gpu --smoke               # tiny configs on CPU in fp32: checks the logic only
 
 MFU = achieved model FLOP/s (benchmarks.common.forward_flops: 3x forward for the student, + 2 teacher
 forwards on the rows with a bootstrap frame) over (a) the dense bf16 matmul peak measured in the same run and
@@ -13,17 +13,15 @@ forwards on the rows with a bootstrap frame) over (a) the dense bf16 matmul peak
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import (config_dict, forward_flops, machine_info, matmul_peak, peak_memory,  # noqa: E402
+from benchmarks.common import (config_dict, forward_flops, machine_info, matmul_peak, peak_memory,
                                pin_threads, run_benchmark, time_fn)
-from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout  # noqa: E402
-from dreamer_dynamics.objective import sample_signal_and_step, shortcut_forcing_loss  # noqa: E402
+from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout
+from dreamer_dynamics.objective import sample_signal_and_step, shortcut_forcing_loss
+from dreamer_dynamics.parallelize import parallelize_model
 
 
 def mfu_config(smoke: bool, compile_blocks: bool) -> DynamicsConfig:
@@ -39,17 +37,17 @@ def measure_mfu(args, device, dtype) -> dict:
     config = mfu_config(args.smoke, args.compile)
     batch, frames = (2, 8) if args.smoke else (args.batch, args.frames)
     torch.manual_seed(0)
-    model = DynamicsTransformer(config).to(device).train()
+    model = parallelize_model(DynamicsTransformer(config)).to(device).train()  # compile per block if asked
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     gen = torch.Generator().manual_seed(0)
     z1 = torch.randn(batch, frames, config.latent_tokens, config.latent_dim, generator=gen).to(device)
     acts = torch.randint(0, 17, (batch, frames, 1), generator=gen).to(device)
     tau, d = sample_signal_and_step(batch, frames, config.k_max, generator=gen, device=device)
-    rows = (d > 1.0 / config.k_max).any(1).float().mean().item()
+    rows = (d > config.d_min).any(1).float().mean().item()
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            out = shortcut_forcing_loss(model, z1, tau, d, d_min=1.0 / config.k_max, actions_discrete=acts)
+            out = shortcut_forcing_loss(model, z1, tau, d, d_min=config.d_min, actions_discrete=acts)
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -75,7 +73,7 @@ def measure_rollout(args, device, dtype) -> dict:
     else:
         config = DynamicsConfig.minecraft(num_discrete_actions=(17,), compile_blocks=args.compile)
     torch.manual_seed(0)
-    model = DynamicsTransformer(config).to(device).eval()
+    model = parallelize_model(DynamicsTransformer(config)).to(device).eval()
     if dtype != torch.float32:
         model = model.to(dtype)  # inference weights in bf16: half the memory traffic
     context_frames, horizon = (2, 3) if args.smoke else (args.context_frames, args.horizon)

@@ -4,8 +4,8 @@ With the cache every new frame costs num_steps + 1 single-frame forwards whose t
 C - 1 cached frames, so the cost per frame stays flat as the horizon grows; without it every Euler step
 recomputes the whole sequence and the cost per frame grows linearly with the horizon.
 
-    python benchmarks/rollout_speed.py                      # debug-size model on CPU, < 2 minutes
-    python benchmarks/rollout_speed.py --device cuda --config quickstart --context-length 64
+    python -m benchmarks.rollout_speed                      # debug-size model on CPU, < 2 minutes
+    python -m benchmarks.rollout_speed --device cuda --config quickstart --context-length 64
 
 Prints a table and writes benchmarks/results/rollout_speed.json.
 """

@@ -1,26 +1,23 @@
 """Run every benchmark, print a summary table and write JSON under benchmarks/results/.
 
-    python benchmarks/run_all.py                     # CPU: ~20 minutes on 2 cores (quality ~8 of them)
-    python benchmarks/run_all.py --skip quality      # the speed figures only (~8 minutes)
-    python benchmarks/run_all.py --quality-steps 1000
-    python benchmarks/run_all.py --gpu               # on a CUDA machine: adds benchmarks/gpu.py
-    python benchmarks/run_all.py --smoke             # every benchmark's smallest mode (seconds; tests)
+    python -m benchmarks.run_all                     # CPU: ~20 minutes on 2 cores (quality ~8 of them)
+    python -m benchmarks.run_all --skip quality      # the speed figures only (~8 minutes)
+    python -m benchmarks.run_all --quality-steps 1000
+    python -m benchmarks.run_all --gpu               # on a CUDA machine: adds benchmarks/gpu.py
+    python -m benchmarks.run_all --smoke             # every benchmark's smallest mode (seconds; tests)
 
-Each benchmark also runs alone (`python benchmarks/<name>.py --help`). Results: <results>/<name>.json and
+Each benchmark also runs alone (`python -m benchmarks.<name> --help`). Results: <results>/<name>.json and
 <results>/summary.json (the figures of the table below, with the machine description).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import gpu, quality, rollout_speed, scaling, train_step  # noqa: E402
-from benchmarks.common import RESULTS_DIR, write_report  # noqa: E402
+from benchmarks import gpu, quality, rollout_speed, scaling, train_step
+from benchmarks.common import RESULTS_DIR, write_report
 
 BENCHMARKS = ("train_step", "rollout_speed", "rollout_speed_quickstart", "scaling", "quality", "gpu")
 

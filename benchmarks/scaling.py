@@ -1,30 +1,27 @@
 """Step time against sequence length T at a fixed number of frames per batch (B * T constant).
 
-With the time layers' causal window of C frames (paper Sec. 3.4) the useful attention work per frame is bounded
-by C, so at fixed frames per batch a step should cost the same for every T beyond C; full causal attention
-(C >= T) grows with T. Both variants share the weights; only `context_length` differs.
+With the time layers' causal window of C frames (paper Sec. 3.4) the useful attention work per frame is
+bounded by C, so at fixed frames per batch a step should cost the same for every T beyond C; full causal
+attention (C >= T) grows with T. Both variants share the weights; only `context_length` differs.
 
-    python benchmarks/scaling.py              # width 128, depth 4, time layer every 2nd block, C = 16; ~2 min
-    python benchmarks/scaling.py --smoke      # tiny config (tests)
+    python -m benchmarks.scaling              # width 128, depth 4, time layer every 2nd block, C = 16; ~2 min
+    python -m benchmarks.scaling --smoke      # tiny config (tests)
 
 Timed: student forward + flow loss + backward (no optimizer: it does not depend on T), best of --repeat,
-variants round-robin. Reported next to the analytic attention FLOPs (dense as computed by the math/SDPA kernels,
-and windowed: the pairs inside C).
+variants round-robin. Reported next to the analytic attention FLOPs (dense as computed by the math/SDPA
+kernels, and windowed: the pairs inside C).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import (config_dict, forward_flops, machine_info, pin_threads,  # noqa: E402
+from benchmarks.common import (config_dict, forward_flops, machine_info, pin_threads,
                                run_benchmark, time_interleaved)
-from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer  # noqa: E402
+from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 
 
 def scaling_config(smoke: bool, context_length: int) -> DynamicsConfig:
@@ -55,7 +52,7 @@ def run(args: argparse.Namespace) -> dict:
         b = frames_per_batch // t
         z = torch.randn(b, t, windowed_cfg.latent_tokens, windowed_cfg.latent_dim, generator=gen)
         tau = torch.randint(0, windowed_cfg.k_max, (b, t), generator=gen) / windowed_cfg.k_max
-        d = torch.full((b, t), 1.0 / windowed_cfg.k_max)
+        d = torch.full((b, t), windowed_cfg.d_min)
         acts = torch.randint(0, 5, (b, t, 1), generator=gen)
 
         def fwd_bwd(model):
@@ -89,7 +86,8 @@ def print_report(report: dict) -> None:
           f"{'time-attn GF dense':>19} {'windowed':>9} {'matmul GF':>10}")
     for r in report["rows"]:
         print(f"{r['T']:5d} {r['batch']:4d} {r['seconds_windowed']:9.3f} {r['windowed_relative']:6.2f} "
-              f"{r['seconds_full']:8.3f} {r['full_relative']:6.2f} {r['attention_time_flops_dense'] / 1e9:19.3f} "
+              f"{r['seconds_full']:8.3f} {r['full_relative']:6.2f} "
+              f"{r['attention_time_flops_dense'] / 1e9:19.3f} "
               f"{r['attention_time_flops_windowed'] / 1e9:9.3f} {r['matmul_flops'] / 1e9:10.2f}")
 
 

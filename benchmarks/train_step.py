@@ -1,39 +1,38 @@
-"""Training-step throughput: latent tokens/s, achieved FLOP/s against the measured fp32 matmul peak, peak memory,
-the shortcut-forcing step against a flow-only step, and the teacher passes against a student forward+backward.
+"""Training-step throughput: latent tokens/s, achieved FLOP/s against the measured fp32 matmul peak, peak
+memory, the shortcut-forcing step against a flow-only step, and the teacher passes against a student
+forward+backward.
 
 Config: width 256, depth 8, 16 latent tokens x 32 dims, one discrete action (5 classes), C = 64;
 short batches 4 x 32 frames (T1 < C) and long batches 1 x 128 frames (T2 > C, same frames per step).
 
-    python benchmarks/train_step.py                 # 1 thread, ~3 minutes on the 2-core CPU machine
-    python benchmarks/train_step.py --smoke         # tiny config, seconds (tests)
-    python benchmarks/train_step.py --compile       # torch.compile per block (inductor fuses the elementwise ops)
-    python benchmarks/train_step.py --device cuda --dtype bfloat16
+    python -m benchmarks.train_step                 # 1 thread, ~3 minutes on the 2-core CPU machine
+    python -m benchmarks.train_step --smoke         # tiny config, seconds (tests)
+    python -m benchmarks.train_step --compile       # torch.compile per block (inductor fuses elementwise ops)
+    python -m benchmarks.train_step --device cuda --dtype bfloat16
 
 Variants, timed round-robin in one process (best of --repeat):
   shortcut_step   shortcut_forcing_loss with the paper's (tau, d) sampling + backward + AdamW step
   flow_step       the same with every frame at d_min (d_min_share=1.0): no teacher passes
   student_fwd_bwd the student forward + flow loss + backward alone (no optimizer)
   teacher         the two no-grad teacher passes of Eq. 7 on the rows holding a bootstrap frame
-Targets: shortcut_step / flow_step <= 1.7 (docs/design.md §3.7), teacher / student_fwd_bwd <= 0.7, and achieved
-FLOP/s >= 40 % of the fp32 matmul peak on CPU.
+Targets: shortcut_step / flow_step <= 1.7 (docs/design.md §3.7), teacher / student_fwd_bwd <= 0.7, and
+achieved FLOP/s >= 40 % of the fp32 matmul peak on CPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-
-from benchmarks.common import (config_dict, forward_flops, machine_info, matmul_peak, peak_memory,  # noqa: E402
+from benchmarks.common import (config_dict, forward_flops, machine_info, matmul_peak, peak_memory,
                                pin_threads, run_benchmark, time_interleaved)
-from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer  # noqa: E402
-from dreamer_dynamics.objective import sample_signal_and_step, shortcut_forcing_loss  # noqa: E402
-from dreamer_dynamics.objective.flow import corrupt  # noqa: E402
-from dreamer_dynamics.objective.shortcut import bootstrap_velocity_target  # noqa: E402
+from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
+from dreamer_dynamics.objective import sample_signal_and_step, shortcut_forcing_loss
+from dreamer_dynamics.objective.flow import corrupt
+from dreamer_dynamics.objective.shortcut import bootstrap_velocity_target
+from dreamer_dynamics.parallelize import parallelize_model
 
 TARGETS = {"shortcut_over_flow": 1.7, "teacher_over_student": 0.7, "cpu_fraction_of_peak": 0.4}
 
@@ -54,7 +53,7 @@ def measure_length(model, optimizer, config, batch, frames, *, repeat, device, d
     z0 = torch.randn(z1.shape, generator=gen).to(device)
     cond = {"actions_discrete": torch.randint(0, config.num_discrete_actions[0], (batch, frames, 1),
                                               generator=gen).to(device)}
-    d_min = 1.0 / config.k_max
+    d_min = config.d_min
     tau_s, d_s = sample_signal_and_step(batch, frames, config.k_max, generator=gen, device=device)
     tau_f, d_f = sample_signal_and_step(batch, frames, config.k_max, generator=gen, d_min_share=1.0,
                                         device=device)
@@ -126,7 +125,7 @@ def profile_step(model, optimizer, config, batch, frames, device, rows: int = 15
     tau, d = sample_signal_and_step(batch, frames, config.k_max, generator=gen, device=device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        out = shortcut_forcing_loss(model, z1, tau, d, d_min=1.0 / config.k_max, actions_discrete=acts)
+        out = shortcut_forcing_loss(model, z1, tau, d, d_min=config.d_min, actions_discrete=acts)
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -142,7 +141,7 @@ def run(args: argparse.Namespace) -> dict:
     dtype = getattr(torch, args.dtype)
     config = benchmark_config(args.smoke, args.compile)
     torch.manual_seed(0)
-    model = DynamicsTransformer(config).to(device).train()
+    model = parallelize_model(DynamicsTransformer(config)).to(device).train()  # compile per block if asked
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     peak = matmul_peak(device, dtype, sizes=(128, 256) if args.smoke else (1024, 1536, 2048),
                        repeat=2 if args.smoke else 5)
@@ -179,7 +178,8 @@ def print_report(report: dict) -> None:
     peak = report["matmul_peak"]["flops"]
     print(f"train_step: {report['params'] / 1e6:.2f}M params, {report['machine']['threads']} threads, "
           f"{report['dtype']} matmul peak {peak / 1e9:.1f} GFLOP/s")
-    print(f"{'batch':>10} {'variant':>16} {'best s':>8} {'median s':>9} {'tok/s':>9} {'GFLOP/s':>8} {'of peak':>8}")
+    print(f"{'batch':>10} {'variant':>16} {'best s':>8} {'median s':>9} "
+          f"{'tok/s':>9} {'GFLOP/s':>8} {'of peak':>8}")
     for name, f in report["lengths"].items():
         for variant in ("shortcut_step", "flow_step", "student_fwd_bwd", "teacher", "forward_no_grad"):
             extra = ""

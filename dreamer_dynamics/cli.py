@@ -24,6 +24,20 @@ from dreamer_dynamics.module import DynamicsModule
 LINKED_DATA_FIELDS = ("latent_tokens", "latent_dim", "num_discrete_actions", "num_continuous_actions")
 
 
+class WeightsOnlyParser(LightningArgumentParser):
+    """Subcommand parser whose ``weights_only`` (of ``Trainer.fit/validate/test/predict``) defaults to True.
+
+    Safe default: checkpoints hold only tensors and plain containers (``DynamicsModule.on_save_checkpoint``).
+    Set through LightningCLI's public ``parser_class``; the subcommand's method arguments are added here.
+    """
+
+    def add_method_arguments(self, *args: Any, **kwargs: Any) -> list[str]:
+        added = super().add_method_arguments(*args, **kwargs)
+        if "weights_only" in added:
+            self.set_defaults(weights_only=True)
+        return added
+
+
 class DynamicsCLI(LightningCLI):
     """LightningCLI with the data -> model links and weights-only checkpoint loading.
 
@@ -33,20 +47,12 @@ class DynamicsCLI(LightningCLI):
     def __init__(self, model_class: Any = DynamicsModule, datamodule_class: Any = DynamicsDataModule,
                  **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_class", WeightsOnlyParser)
         super().__init__(model_class, datamodule_class, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for field in LINKED_DATA_FIELDS:
             parser.link_arguments(f"data.{field}", f"model.model.{field}", apply_on="instantiate")
-
-    def _prepare_subcommand_parser(
-        self, klass: type, subcommand: str, **kwargs: Any
-    ) -> LightningArgumentParser:
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        if "weights_only" in self._subcommand_method_arguments.get(subcommand, {}):
-            # Safe default: checkpoints hold only tensors and plain containers (see on_save_checkpoint).
-            parser.set_defaults(weights_only=True)
-        return parser
 
 
 def main(args: Optional[list[str]] = None) -> None:

@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+from dreamer_dynamics.compat import averaged_model
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout
 from dreamer_dynamics.objective import (
     LossNormalizer,
@@ -38,7 +39,7 @@ from dreamer_dynamics.objective import (
     sample_signal_and_step,
     shortcut_forcing_loss,
 )
-from dreamer_dynamics.training.grad_norm import is_fsdp, total_grad_norm
+from dreamer_dynamics.parallelize import clip_gradients, parallelize_model, total_grad_norm
 from dreamer_dynamics.training.metrics import ValidationMetrics
 from dreamer_dynamics.training.evaluation import EvaluationMixin
 from dreamer_dynamics.training.optim import WarmupCosineLR, default_optimizer, parameter_groups
@@ -229,14 +230,8 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         gradient_clip_val: Optional[Union[int, float]] = None,
         gradient_clip_algorithm: Optional[str] = None,
     ) -> None:
-        """Trainer's ``gradient_clip_val``; under FSDP clip by the norm over all shards via the FSDP root's
-        ``clip_grad_norm_`` (Lightning's FSDP precision plugin refuses norm clipping: it has no root)."""
-        if not gradient_clip_val:
-            return
-        if is_fsdp(self.trainer.strategy) and gradient_clip_algorithm in (None, "norm"):
-            self.trainer.strategy.model.clip_grad_norm_(float(gradient_clip_val))
-            return
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        """Trainer's ``gradient_clip_val``, also under FSDP (``parallelize.clip_gradients``)."""
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def teacher_model(self) -> Optional[torch.nn.Module]:
         """Bootstrap teacher: None (online weights, paper) or the EMA weights when ``ema_teacher=True``.
@@ -249,7 +244,7 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         for callback in self.trainer.callbacks if self._trainer is not None else []:
             if not isinstance(callback, WeightAveraging):
                 continue
-            averaged = getattr(callback, "_average_model", None)
+            averaged = averaged_model(callback)
             if averaged is not None:
                 teacher = averaged.module.model
                 if next(teacher.parameters()).device != self.device:
@@ -261,20 +256,10 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
                            "in trainer.callbacks")
 
     def configure_model(self) -> None:
-        """FSDP2 under Lightning's ``ModelParallelStrategy``: every transformer block is its own ``fully_shard``
-        unit on the data-parallel mesh, then the root. A no-op for every other strategy."""
-        mesh = getattr(self, "_device_mesh", None)  # set by ModelParallelStrategy before this hook
-        if mesh is None:
-            return
-        try:  # public in torch >= 2.6, the composable API before
-            from torch.distributed.fsdp import FSDPModule, fully_shard
-        except ImportError:  # pragma: no cover - torch 2.5
-            from torch.distributed._composable.fsdp import FSDPModule, fully_shard
-        if isinstance(self.model.blocks[0], FSDPModule):  # sharded already (configure_model runs per stage)
-            return
-        for block in self.model.blocks:
-            fully_shard(block, mesh=mesh["data_parallel"])
-        fully_shard(self.model, mesh=mesh["data_parallel"])
+        """The config's activation checkpointing and per-block compile, and FSDP2 sharding (every block its
+        own ``fully_shard`` unit) under ``ModelParallelStrategy``, which sets ``device_mesh``: see
+        ``dreamer_dynamics.parallelize``. Idempotent (Lightning calls it once per stage)."""
+        parallelize_model(self.model, mesh=self.device_mesh)
 
     def __getstate__(self) -> dict[str, Any]:
         # Lightning's EMAWeightAveraging deep-copies the module; the jsonargparse optimiser/scheduler factories

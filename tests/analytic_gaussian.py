@@ -1,12 +1,13 @@
 """Closed-form denoisers for Gaussian data z1 ~ N(mu, sigma^2) (independently per element), z0 ~ N(0, 1).
 
-With z_tau = (1 - tau) z0 + tau z1 the marginal is N(tau mu, s(tau)^2), s(tau)^2 = (1 - tau)^2 + tau^2 sigma^2, and:
-- the posterior mean (the optimal flow-term x-prediction) is mu + tau sigma^2 / s^2 (z - tau mu), with posterior
-  variance sigma^2 (1 - tau)^2 / s^2;
+With z_tau = (1 - tau) z0 + tau z1 the marginal is N(tau mu, s(tau)^2), s(tau)^2 = (1 - tau)^2 + tau^2
+sigma^2, and:
+- the posterior mean (the optimal flow-term x-prediction) is mu + tau sigma^2 / s^2 (z - tau mu), with
+  posterior variance sigma^2 (1 - tau)^2 / s^2;
 - the probability-flow map from tau to tau' is affine: it keeps (z - tau mu) / s(tau) fixed, so
   Phi(z) = tau' mu + s(tau') / s(tau) (z - tau mu);
-- the exact shortcut denoiser at (tau, d) is the x-prediction whose Euler step of size d lands on Phi_{tau->tau+d}:
-  x = z + (1 - tau) / d (Phi(z) - z).
+- the exact shortcut denoiser at (tau, d) is the x-prediction whose Euler step of size d lands on
+  Phi_{tau->tau+d}: x = z + (1 - tau) / d (Phi(z) - z).
 """
 
 from __future__ import annotations

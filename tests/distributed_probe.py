@@ -18,7 +18,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from dreamer_dynamics.training.grad_norm import total_grad_norm
+from dreamer_dynamics.parallelize import total_grad_norm
 
 
 
@@ -102,7 +102,7 @@ class RankRecorder(pl.Callback):
         os.replace(path + ".tmp", path)
 
 
-def rollout_from_checkpoint(path) -> "DynamicsModule":
+def rollout_from_checkpoint(path) -> pl.LightningModule:
     """Load a checkpoint weights-only, roll 2 frames out of random context and check shape and finiteness."""
     from dreamer_dynamics.module import DynamicsModule
 

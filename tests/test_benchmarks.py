@@ -7,7 +7,11 @@ checked against a hand count, and the timing helper against its own contract.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
 
 from benchmarks import common, gpu, quality, rollout_speed, run_all, scaling, train_step
@@ -90,3 +94,13 @@ def test_run_all_smoke_writes_a_summary(tmp_path):
     summary = read(tmp_path / "summary.json")
     assert {row["benchmark"] for row in summary["rows"]} >= {"train_step", "scaling", "quality", "gpu"}
     assert all((tmp_path / f"{name}.json").exists() for name in run_all.BENCHMARKS)
+
+
+@pytest.mark.parametrize("name", ["run_all", "train_step", "rollout_speed", "scaling", "gpu"])
+def test_benchmarks_run_as_modules(name):
+    """``python -m benchmarks.<name>`` from the repository root: a package, no ``sys.path`` edits."""
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--help"], cwd=repo, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "usage" in result.stdout, result.stderr[-2000:]
+    assert "sys.path" not in (repo / "benchmarks" / f"{name}.py").read_text()

@@ -43,7 +43,7 @@ def tiny_dataset(tmp_path_factory) -> str:
 
 
 class BuildWithoutTrainer(DynamicsCLI):
-    """Instantiates model, data, strategy, callbacks and logger, but not the Trainer (which checks for GPUs)."""
+    """Instantiates model, data, strategy, callbacks and logger, not the Trainer (which checks for GPUs)."""
 
     def instantiate_trainer(self, **kwargs):
         return self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]

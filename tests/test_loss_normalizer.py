@@ -1,4 +1,4 @@
-"""LossNormalizer: running RMS of named loss terms (paper Sec. 3), checkpointing, and a real 2-rank all-reduce."""
+"""LossNormalizer: running RMS of named loss terms (paper Sec. 3), checkpointing, a real 2-rank all-reduce."""
 
 import os
 

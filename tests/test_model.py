@@ -1,9 +1,10 @@
-"""DynamicsTransformer: shapes, conditioning grids, actions, causality, window, image rows (docs/design.md §4)."""
+"""DynamicsTransformer: shapes, conditioning grids, actions, causality, window, image rows (design.md §4)."""
 
 import pytest
 import torch
 
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
+from dreamer_dynamics.parallelize import is_checkpointed, parallelize_model
 
 from tests.conftest import make_debug_model
 
@@ -146,8 +147,10 @@ def test_gradients_reach_every_parameter_and_checkpointing_matches():
     torch.manual_seed(0)
     cfg = DynamicsConfig.debug()
     plain = DynamicsTransformer(cfg).train()
-    ckpt = DynamicsTransformer(cfg.with_changes(activation_checkpointing=True)).train()
+    ckpt = parallelize_model(DynamicsTransformer(cfg.with_changes(activation_checkpointing=True))).train()
     ckpt.load_state_dict(plain.state_dict())
+    assert all(is_checkpointed(block) for block in ckpt.blocks)
+    assert ckpt.state_dict().keys() == plain.state_dict().keys()
     z, tau, d = inputs(cfg)
     acts = torch.randint(0, 3, (2, 5, 2))
     cont = torch.randn(2, 5, 2)
@@ -222,7 +225,8 @@ def test_compiled_blocks_match_eager():
     torch.manual_seed(0)
     cfg = DynamicsConfig.debug()
     eager = DynamicsTransformer(cfg)
-    compiled = DynamicsTransformer(cfg.with_changes(compile_blocks=True))
+    compiled = parallelize_model(DynamicsTransformer(cfg.with_changes(compile_blocks=True)))
+    assert all(block._compiled_call_impl is not None for block in compiled.blocks)
     compiled.load_state_dict(eager.state_dict())
     z, tau, d = inputs(cfg)
     torch.testing.assert_close(compiled(z, tau, d), eager(z, tau, d), atol=1e-5, rtol=1e-5)

@@ -1,5 +1,6 @@
 """Exact resume: a run stopped at step N and resumed from its checkpoint ends bit-identical (CPU) to an
-uninterrupted run -- weights, EMA weights and loss-normaliser state -- and the checkpoint loads weights-only."""
+uninterrupted run -- weights, EMA weights and loss-normaliser state -- and the checkpoint loads weights-only.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""KV-cached rollouts (docs/design.md §5): cache == recomputation, conventions of the sampling loop, bounded cache."""
+"""KV-cached rollouts (docs/design.md §5): cache == recomputation, sampling conventions, bounded cache."""
 
 import pytest
 import torch

@@ -54,3 +54,13 @@ def test_seeded_and_validated():
         sample_signal_and_step(2, 3, 48)
     with pytest.raises(ValueError, match="d_min_share"):
         sample_signal_and_step(2, 3, 16, d_min_share=1.5)
+
+
+def test_one_power_of_two_check_serves_k_max_and_step_counts():
+    from dreamer_dynamics.model import DynamicsConfig
+    from dreamer_dynamics.objective import is_power_of_two
+
+    assert [n for n in range(-4, 70) if is_power_of_two(n)] == [1, 2, 4, 8, 16, 32, 64]
+    assert DynamicsConfig.debug(k_max=8).d_min == 0.125
+    with pytest.raises(ValueError, match="power of two"):
+        DynamicsConfig.debug(k_max=12)

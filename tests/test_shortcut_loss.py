@@ -1,4 +1,4 @@
-"""shortcut_forcing_loss (docs/design.md §3, Eq. 7-8) against analytic Gaussian denoisers and a hand-written reference."""
+"""shortcut_forcing_loss (docs/design.md §3, Eq. 7-8) against analytic Gaussian denoisers and a reference."""
 
 import pytest
 import torch
@@ -37,7 +37,7 @@ def test_posterior_mean_flow_term_equals_posterior_variance():
 
 
 class CausalToyDenoiser(torch.nn.Module):
-    """A small differentiable denoiser whose output at frame t depends on frames <= t (like the transformer)."""
+    """A small differentiable denoiser whose output at frame t depends on frames <= t (like the model)."""
 
     def __init__(self, dim):
         super().__init__()

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from dreamer_dynamics.compat import training_batch_progress
+
 from .dataset import LatentDataset, LatentWindowDataset, split_episodes
 from .default import ToyDatasetConfig, builtin_dataset_root, toy_object_locator
 from .format import DatasetError
@@ -211,7 +213,7 @@ class DynamicsDataModule(pl.LightningDataModule):
                 return 0, 0
             step = self._train_sampler.state_dict()["step"]  # plain loop: epochs align to steps_per_epoch
             return step, step % self._train_sampler.steps_per_epoch
-        progress = trainer.fit_loop.epoch_loop.batch_progress
+        progress = training_batch_progress(trainer)
         done = int(progress.current.processed)
         batches = trainer.num_training_batches
         if isinstance(batches, (int, float)) and math.isfinite(batches) and done >= batches:

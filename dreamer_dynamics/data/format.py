@@ -24,6 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dreamer_dynamics.atomic import atomic_write, fsync_directory  # noqa: F401 (fsync_directory re-exported)
+
 FORMAT_VERSION = "dreamer-dynamics-latents/1"
 METADATA_FILE = "metadata.json"
 EPISODES_DIR = "episodes"
@@ -176,28 +178,9 @@ def read_metadata(root: str | os.PathLike) -> DatasetMetadata:
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON via a temp file, fsync, os.replace, fsync the directory: old or new, never half."""
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    with open(tmp, "w") as f:
+    """Write JSON crash-safely (``atomic_write``): the file holds the old or the new content, never half."""
+    with atomic_write(path, "w") as f:
         json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_directory(path.parent)
-
-
-def fsync_directory(path: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def check_npy_header(path: Path, length: int, tail: Sequence[int], dtype: np.dtype) -> None:

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dreamer_dynamics.atomic import TEMP_PREFIX, atomic_write
+
 from .format import (
     CONTINUOUS_DTYPE,
     DISCRETE_DTYPE,
@@ -194,16 +196,9 @@ class LatentDatasetWriter:
         )
         record = EpisodeRecord(name, int(arrays["latents"].shape[0]), dict(attributes or {}))
         episodes_dir = self.root / EPISODES_DIR
-        temporaries = []
-        for key, array in arrays.items():
-            tmp = episodes_dir / f".tmp-{name}.{key}.npy"
-            with open(tmp, "wb") as f:
+        for key, array in arrays.items():  # each file complete or absent; metadata (the commit) comes last
+            with atomic_write(record.file(self.root, key), sync_directory=False) as f:
                 np.save(f, array, allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-            temporaries.append((tmp, record.file(self.root, key)))
-        for tmp, final in temporaries:
-            os.replace(tmp, final)
         fsync_directory(episodes_dir)
         self.meta.episodes.append(record)
         self._next_index += 1
@@ -262,5 +257,5 @@ class LatentDatasetWriter:
         self.meta.attributes.update(spec.attributes)
 
     def _remove_temporaries(self) -> None:
-        for tmp in (self.root / EPISODES_DIR).glob(".tmp-*"):
+        for tmp in (self.root / EPISODES_DIR).glob(f"{TEMP_PREFIX}*"):
             tmp.unlink(missing_ok=True)

@@ -7,8 +7,8 @@ Kernel paths (all agree with a plain softmax attention, tests/test_attention.py)
 - ``flex``: FlexAttention with the soft-cap as a ``score_mod`` and the causal window / image rows as a
   ``BlockMask``; compiled on CUDA (that is where it generates a fused kernel), eager elsewhere (tests only).
 - ``math``: explicit matmuls with GQA done by stacking each kv head's query heads along the query axis (no
-  ``repeat_interleave`` or broadcast copies of k/v); soft-cap, mask and softmax in fp32. On CPU this is as fast
-  as SDPA's math fallback and is the ``auto`` choice with a soft-cap, because eager FlexAttention on CPU
+  ``repeat_interleave`` or broadcast copies of k/v); soft-cap, mask and softmax in fp32. On CPU this is as
+  fast as SDPA's math fallback and is the ``auto`` choice with a soft-cap, because eager FlexAttention on CPU
   materialises the scores anyway and is much slower (and has no backward on CPU).
 """
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.torch_version import TorchVersion
 
-from .config import DynamicsConfig
+from .config import DynamicsConfig, softcap_problem
 from .layers import RMSNorm, apply_rope
 
 try:  # FlexAttention: torch >= 2.5
@@ -78,9 +78,8 @@ def resolve_backend(requested: str, softcap: Optional[float], device: torch.devi
         if softcap is None:
             return "sdpa"
         return "flex" if (HAS_FLEX and device.type == "cuda" and query_len > 1) else "math"
-    if requested == "sdpa" and softcap is not None:
-        raise ValueError("DynamicsConfig.attention_backend='sdpa' cannot apply attention_softcap "
-                         f"({softcap}); use 'flex', 'math' or set attention_softcap=None")
+    if softcap_problem(requested, softcap):
+        raise ValueError("DynamicsConfig: " + softcap_problem(requested, softcap))
     if requested == "flex" and not HAS_FLEX:
         raise ValueError("DynamicsConfig.attention_backend='flex' needs torch >= 2.5 (FlexAttention)")
     return requested
@@ -118,8 +117,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: Optional[
         return fn(q, k, v, score_mod=None if softcap is None else _softcap_score_mod(float(softcap)),
                   block_mask=None if mask is None else mask.block_mask(), enable_gqa=hq != hkv)
     # math: the G = Hq/Hkv query heads of one kv head are stacked along the query axis ((N, Hkv, G*Lq, E)), so
-    # every product is one plain batched GEMM against the Hkv keys/values: no (N, Hkv, G, Lk, E) broadcast copy
-    # of k and v (a broadcast matmul materialises it), and the output comes back in (N, Hq, Lq, E) order.
+    # every product is one plain batched GEMM against the Hkv keys/values: no (N, Hkv, G, Lk, E) broadcast
+    # copy of k and v (a broadcast matmul materialises it), and the output comes back in (N, Hq, Lq, E) order.
     groups = hq // hkv
     qg = q.reshape(n, hkv, groups * lq, e)  # (N, Hkv, G*Lq, E)
     logits = torch.matmul(qg, k.transpose(-1, -2)).float()  # (N, Hkv, G*Lq, Lk)

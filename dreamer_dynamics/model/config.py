@@ -6,12 +6,22 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal, Optional, Tuple
 
+from dreamer_dynamics.objective.sampling import is_power_of_two
+
 AttentionBackend = Literal["auto", "math", "sdpa", "flex"]
+
+
+def softcap_problem(backend: str, softcap: Optional[float]) -> Optional[str]:
+    """Why ``backend`` cannot run with ``softcap`` (SDPA has no hook for logit soft-capping), or None."""
+    if backend == "sdpa" and softcap is not None:
+        return (f"attention_backend='sdpa' cannot soft-cap logits (attention_softcap={softcap}): set "
+                "attention_softcap=None or use 'auto', 'flex' or 'math'")
+    return None
 
 
 @dataclass
 class DynamicsConfig:
-    """Every size of the dynamics transformer. Field names follow docs/design.md §9; presets are starting points.
+    """Every size of the dynamics transformer (field names: docs/design.md §9); presets are starting points.
 
     The latent shape and the action spec describe the data and are normally linked from the DataModule
     (`DynamicsDataModule.latent_tokens` etc.), so pointing at a new dataset changes nothing here.
@@ -24,7 +34,7 @@ class DynamicsConfig:
     num_discrete_actions: Tuple[int, ...] = ()  # class count of each categorical action component
     num_continuous_actions: int = 0  # number of continuous action components
 
-    # --- transformer sizes (our choice: the paper gives only the 1.6B total, docs/design.md §8) ---
+    # --- transformer sizes (our choice: the paper gives only the 1.6B total, docs/design.md §8, §10) ---
     dim: int = 256  # model width
     depth: int = 8  # number of blocks (space + time)
     heads: int = 4  # query heads; head_dim = dim / heads
@@ -48,7 +58,7 @@ class DynamicsConfig:
     attention_backend: AttentionBackend = "auto"  # auto: flex on CUDA w/ soft-cap, sdpa w/o, else math
     check_inputs: bool = True  # validate shapes, tau/d grids and action ids (one host sync per forward)
 
-    # --- scale options (off on CPU) ---
+    # --- scale options (off on CPU): flags only, applied by dreamer_dynamics.parallelize ---
     activation_checkpointing: bool = False  # recompute each block in backward to save activation memory
     compile_blocks: bool = False  # torch.compile every block separately (fast compile, shared graph)
 
@@ -65,7 +75,7 @@ class DynamicsConfig:
             problems.append(f"head_dim={self.dim // self.heads} must be even for RoPE")
         if self.heads % self.kv_heads:
             problems.append(f"heads={self.heads} not divisible by kv_heads={self.kv_heads}")
-        if self.k_max < 1 or self.k_max & (self.k_max - 1):
+        if not is_power_of_two(self.k_max):
             problems.append(f"k_max={self.k_max} must be a power of two")
         if self.time_every < 1 or self.context_length < 1 or self.action_tokens < 1:
             problems.append("time_every, context_length and action_tokens must be >= 1")
@@ -75,9 +85,8 @@ class DynamicsConfig:
             problems.append(f"attention_softcap={self.attention_softcap} must be > 0 or None")
         if self.attention_backend not in ("auto", "math", "sdpa", "flex"):
             problems.append(f"attention_backend={self.attention_backend!r} not in auto|math|sdpa|flex")
-        elif self.attention_backend == "sdpa" and self.attention_softcap is not None:
-            problems.append("attention_backend='sdpa' cannot soft-cap logits: set attention_softcap=None "
-                            "or use 'auto', 'flex' or 'math'")
+        elif softcap_problem(self.attention_backend, self.attention_softcap):
+            problems.append(softcap_problem(self.attention_backend, self.attention_softcap))
         if problems:
             raise ValueError("DynamicsConfig: " + "; ".join(problems))
 
@@ -99,7 +108,7 @@ class DynamicsConfig:
         return -(-hidden // self.mlp_multiple_of) * self.mlp_multiple_of
 
     @property
-    def d_min(self) -> float:  # finest step size 1 / K_max (docs/design.md §2)
+    def d_min(self) -> float:  # the finest step size 1/K_max: flow frames; every tau lies on its grid
         return 1.0 / self.k_max
 
     @property
@@ -140,4 +149,4 @@ class DynamicsConfig:
         return cls(**{**base, **overrides})
 
 
-__all__ = ["DynamicsConfig", "AttentionBackend"]
+__all__ = ["DynamicsConfig", "AttentionBackend", "softcap_problem"]

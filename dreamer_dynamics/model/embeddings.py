@@ -64,7 +64,7 @@ class ShortcutEmbedding(nn.Module):
 
 
 class ActionEmbedding(nn.Module):
-    """S_a action tokens per frame = learned base embedding + sum of the labelled components (docs/design.md §4).
+    """S_a action tokens per frame = learned base embedding + sum of labelled components (docs/design.md §4).
 
     Categorical components go through embedding tables (one concatenated table with offsets: one lookup),
     continuous components through a bias-free linear projection. A missing label (discrete -1, continuous NaN)

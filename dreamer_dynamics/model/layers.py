@@ -30,8 +30,9 @@ class SwiGLU(nn.Module):
         gate, up = self.gate_up(x).chunk(2, dim=-1)  # (..., hidden) each
         if torch.is_grad_enabled():
             return self.down(F.silu(gate) * up)
-        # No autograd (teacher passes, rollouts): multiply into silu's fresh output instead of allocating another
-        # (..., hidden) tensor; the same op on the same values, so bitwise equal (tests/test_perf_equivalence.py).
+        # No autograd (teacher passes, rollouts): multiply into silu's fresh output instead of allocating
+        # another (..., hidden) tensor; the same op on the same values, so bitwise equal
+        # (tests/test_perf_equivalence.py).
         return self.down(F.silu(gate).mul_(up))
 
 

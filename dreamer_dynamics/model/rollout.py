@@ -1,4 +1,4 @@
-"""Action-conditioned rollouts with a KV cache of the time-attention layers (paper Sec. 3.2, docs/design.md §5)."""
+"""Action-conditioned rollouts with a KV cache of the time layers (paper Sec. 3.2, docs/design.md §5)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from dreamer_dynamics.objective import corrupt, euler_sample
+from dreamer_dynamics.objective import corrupt, euler_sample, is_power_of_two
 
 from .transformer import KV, DynamicsTransformer
 
@@ -70,7 +70,7 @@ def rollout(model: DynamicsTransformer, context: torch.Tensor, horizon: int, *,
                          f"got {tuple(context.shape)}")
     if horizon < 0:
         raise ValueError(f"rollout: horizon must be >= 0, got {horizon}")
-    if num_steps < 1 or num_steps > cfg.k_max or num_steps & (num_steps - 1):
+    if not is_power_of_two(num_steps) or num_steps > cfg.k_max:
         raise ValueError(f"rollout: num_steps must be a power of two in [1, k_max={cfg.k_max}], "
                          f"got {num_steps}")
     b, t_ctx = context.shape[:2]
@@ -82,7 +82,7 @@ def rollout(model: DynamicsTransformer, context: torch.Tensor, horizon: int, *,
                              f"got {tuple(acts.shape)}")
 
     tau_ctx = context_signal_level(context_noise, cfg.k_max)
-    d_min = 1.0 / cfg.k_max
+    d_min = cfg.d_min
 
     def labels(frames: int, level: float) -> torch.Tensor:
         return torch.full((b, frames), level, dtype=torch.float32, device=context.device)

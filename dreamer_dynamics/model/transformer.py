@@ -7,7 +7,6 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .attention import AttentionMask, FactorizedAttention
 from .config import DynamicsConfig
@@ -36,9 +35,10 @@ class Block(nn.Module):
 
 
 def residual_add(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-    """x + branch. Without autograd (teacher passes, rollouts) the sum is accumulated into the branch's fresh output
-    instead of a new (B, T, S, D) tensor, where that keeps the result dtype (under bf16 autocast a bf16 branch
-    plus the fp32 stream must stay fp32); a + b == b + a exactly, so bitwise equal (tests/test_perf_equivalence.py).
+    """x + branch. Without autograd (teacher passes, rollouts) the sum is accumulated into the branch's fresh
+    output instead of a new (B, T, S, D) tensor, where that keeps the result dtype (under bf16 autocast a bf16
+    branch plus the fp32 stream must stay fp32); a + b == b + a exactly, so bitwise equal
+    (tests/test_perf_equivalence.py).
     """
     if torch.is_grad_enabled() or branch.dtype != torch.promote_types(x.dtype, branch.dtype):
         return x + branch
@@ -61,7 +61,7 @@ def time_attention_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, context_
 
 
 class DynamicsTransformer(nn.Module):
-    """Denoiser f(z_tilde, tau, d, a) -> x1_hat (x-prediction, docs/design.md §2) with factorised space/time attention.
+    """Denoiser f(z_tilde, tau, d, a) -> x1_hat (x-prediction, docs/design.md §2), factorised space/time.
 
     Tokens per frame (order): S_z packed latent tokens, S_r registers, 1 shortcut token, S_a action tokens.
     """
@@ -78,13 +78,7 @@ class DynamicsTransformer(nn.Module):
         self.out_norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.latent_out = nn.Linear(config.dim, packed)
         self.reset_parameters()
-        if config.compile_blocks:
-            for block in self.blocks:
-                block.compile()
-
-    @property
-    def num_time_layers(self) -> int:
-        return sum(block.is_time for block in self.blocks)
+        # activation_checkpointing / compile_blocks are applied by dreamer_dynamics.parallelize, not here.
 
     def reset_parameters(self) -> None:
         std = self.config.init_std
@@ -120,7 +114,7 @@ class DynamicsTransformer(nn.Module):
                        image_rows: Optional[torch.Tensor] = None,
                        past_kv: Optional[Sequence[KV]] = None, start: int = 0,
                        ) -> tuple[torch.Tensor, list[KV]]:
-        """`forward` for frames start..start+T-1 that may follow cached frames (KV-cached rollouts, docs/design.md §5).
+        """`forward` for frames start..start+T-1 after cached frames (KV-cached rollouts, docs/design.md §5).
 
         past_kv: one (keys, values) pair per time layer, each (B, S*Hkv, L_past, E), for the L_past frames
         just before `start` (L_past <= start). Returns (x1_hat, this call's (keys, values) per time layer).
@@ -159,10 +153,7 @@ class DynamicsTransformer(nn.Module):
                 time_index += 1
             else:
                 args = (space_freqs, None, None)
-            if cfg.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x, kv = checkpoint(block, x, *args, use_reentrant=False)
-            else:
-                x, kv = block(x, *args)
+            x, kv = block(x, *args)
             if kv is not None:
                 new_kv.append(kv)
         out = self.latent_out(self.out_norm(x[:, :, :s_z]))  # (B, T, S_z, p*D_b)

@@ -5,7 +5,7 @@ Paper convention throughout: signal level tau = 0 is pure noise, tau = 1 is clea
 
 from dreamer_dynamics.objective.flow import corrupt, euler_sample, ramp_weight, velocity
 from dreamer_dynamics.objective.normalizer import LossNormalizer
-from dreamer_dynamics.objective.sampling import sample_signal_and_step, step_level_probs
+from dreamer_dynamics.objective.sampling import is_power_of_two, sample_signal_and_step, step_level_probs
 from dreamer_dynamics.objective.shortcut import (
     ShortcutForcingLoss,
     bootstrap_velocity_target,
@@ -18,6 +18,7 @@ __all__ = [
     "ramp_weight",
     "sample_signal_and_step",
     "step_level_probs",
+    "is_power_of_two",
     "shortcut_forcing_loss",
     "ShortcutForcingLoss",
     "bootstrap_velocity_target",

@@ -1,4 +1,4 @@
-"""Flow-matching primitives in the paper's convention (docs/design.md §2): tau = 0 is pure noise, tau = 1 is clean data.
+"""Flow-matching primitives in the paper's convention (docs/design.md §2): tau = 0 noise, tau = 1 clean data.
 
 Every function takes per-frame signal levels ``tau`` of shape [B, T] (or any leading shape) and broadcasts
 them over the trailing latent dimensions of the tensors it is given.
@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+
+from dreamer_dynamics.objective.sampling import is_power_of_two
 
 Denoiser = Callable[..., Tensor]  # denoiser(z_tilde, tau, d, **cond) -> x1_hat, tau and d float [B, T]
 
@@ -46,13 +48,13 @@ def ramp_weight(tau: Tensor) -> Tensor:
 
 
 def euler_sample(denoiser: Denoiser, z0: Tensor, num_steps: int, **cond) -> Tensor:
-    """Integrate from pure noise (tau = 0) to clean data (tau = 1) in ``num_steps`` Euler steps of d = 1/num_steps.
+    """Integrate from noise (tau = 0) to clean data (tau = 1) in ``num_steps`` Euler steps of d = 1/num_steps.
 
     z0: noise [B, T, ...]. Each step calls ``denoiser(z, tau, d, **cond)`` with tau, d float [B, T] and moves
     z <- z + d * v_hat. The last step lands exactly on the x-prediction, since d = 1 - tau there.
     Gradient tracking follows the caller's mode (wrap in ``torch.no_grad()`` for inference).
     """
-    if num_steps < 1 or num_steps & (num_steps - 1):
+    if not is_power_of_two(num_steps):
         raise ValueError(f"num_steps must be a power of two >= 1 (it picks d = 1/num_steps), got {num_steps}")
     z = z0
     leading = z0.shape[:2]

@@ -13,11 +13,12 @@ from torch import Tensor, nn
 class LossNormalizer(nn.Module):
     """Divide each named loss term by the running RMS of that term.
 
-    The estimate is an EMA of the squared (detached) term, ``ms <- decay * ms + (1 - decay) * term^2``, started at
-    the first observation, all-reduced (averaged) across ranks so that every rank divides by the same number.
-    It only updates in training mode and is stored in ``state_dict`` (one buffer per term, created on first use),
-    so checkpoints resume it exactly. With ``enabled=False`` the terms pass through unchanged, but their RMS is
-    still tracked for logging. Every rank must pass the same term names at each call (a collective is issued).
+    The estimate is an EMA of the squared (detached) term, ``ms <- decay * ms + (1 - decay) * term^2``,
+    started at the first observation, all-reduced (averaged) across ranks so that every rank divides by the
+    same number. It only updates in training mode and is stored in ``state_dict`` (one buffer per term,
+    created on first use), so checkpoints resume it exactly. With ``enabled=False`` the terms pass through
+    unchanged, but their RMS is still tracked for logging. Every rank must pass the same term names at each
+    call (a collective is issued).
     """
 
     def __init__(self, decay: float = 0.99, eps: float = 1e-8, enabled: bool = True, names: Sequence[str] = ()):

@@ -1,4 +1,4 @@
-"""Per-frame step sizes and signal levels for shortcut forcing with diffusion forcing (docs/design.md §3.1-3.2, Eq. 4)."""
+"""Per-frame step sizes and signal levels of shortcut + diffusion forcing (docs/design.md §3.1-3.2, Eq. 4)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ import torch
 from torch import Tensor
 
 
+def is_power_of_two(n: int) -> bool:
+    """Whether n is 1, 2, 4, ...: the step counts K (and K_max) of the grid d = 1/K (docs/design.md §2)."""
+    return n >= 1 and n & (n - 1) == 0
+
+
 def check_k_max(k_max: int) -> int:
     """Return log2(k_max) after checking that k_max is a power of two (so d_min = 1/k_max is dyadic)."""
-    if k_max < 1 or k_max & (k_max - 1):
+    if not is_power_of_two(k_max):
         raise ValueError(f"k_max must be a power of two >= 1, got {k_max}")
     return int(math.log2(k_max))
 
@@ -42,8 +47,8 @@ def sample_signal_and_step(
 ) -> tuple[Tensor, Tensor]:
     """Draw (tau, d), float32 [batch, time], independently per frame (diffusion forcing).
 
-    K ~ U{1, 2, 4, ..., k_max} (or ``d_min_share`` at K = k_max), d = 1/K, then tau ~ U{0, d, ..., 1 - d}: the grid
-    reached by that step size. tau = 1 is never drawn. All values are dyadic, hence exact in float32.
+    K ~ U{1, 2, 4, ..., k_max} (or ``d_min_share`` at K = k_max), d = 1/K, then tau ~ U{0, d, ..., 1 - d}: the
+    grid reached by that step size. tau = 1 is never drawn. All values are dyadic, hence exact in float32.
     """
     probs = step_level_probs(k_max, d_min_share).to(device)
     gen_device = generator.device if generator is not None else device

@@ -69,7 +69,7 @@ def shortcut_forcing_loss(
     teacher: Denoiser | None = None,
     **cond,
 ) -> ShortcutForcingLoss:
-    """Shortcut-forcing loss of one batch (docs/design.md §3 steps 3-7).
+    """Shortcut-forcing loss of one batch (docs/design.md §3.3-3.7).
 
     z1: clean latents [B, T, ...]; tau, d: float [B, T] on their grids (see ``sample_signal_and_step``);
     z0: noise like z1 (fresh Gaussian if None); teacher: denoiser for the bootstrap targets (default: the
@@ -88,15 +88,15 @@ def shortcut_forcing_loss(
     bootstrap = d > d_min
     rows = bootstrap.any(dim=1).nonzero().squeeze(1)
     if rows.numel() > 0:
-        # Teacher passes only on rows holding a bootstrap frame (docs/design.md §3.7); they never build a graph. They run
-        # before the student so that no autograd graph is alive meanwhile (measured faster, same result).
+        # Teacher passes only on rows holding a bootstrap frame (docs/design.md §3.7), never building a graph;
+        # they run before the student, so no autograd graph is alive meanwhile (measured faster, same result).
         target = bootstrap_velocity_target(
             teacher or denoiser, z_tilde[rows], tau[rows], d[rows], bootstrap[rows], **_select_rows(cond, rows, batch)
         )
     x1_hat = denoiser(z_tilde, tau, d, **cond)  # (B, T, ...)
     per_frame = _frame_mse(x1_hat, z1)  # flow term at d_min: ||x1_hat - z1||^2
     if rows.numel() > 0:
-        # (1 - tau)^2 ||(x1_hat - z_tilde)/(1 - tau) - target||^2 == ||x1_hat - z_tilde - (1 - tau) target||^2;
+        # (1 - tau)^2 ||(x1_hat - z_tilde)/(1 - tau) - target||^2 == ||x1_hat - z_tilde - (1 - tau)target||^2;
         # the right-hand form is identical in value and gradient and avoids dividing by a small 1 - tau.
         one_minus_tau = expand_like(1 - tau[rows], target).to(target.dtype)
         boot_rows = _frame_mse(x1_hat[rows] - z_tilde[rows], one_minus_tau * target)

@@ -1,7 +1,7 @@
 """Training utilities around ``DynamicsModule``: optimiser/scheduler defaults, callbacks, metrics, writers."""
 
+from dreamer_dynamics.parallelize import total_grad_norm  # lives with the scale plumbing; importable here too
 from dreamer_dynamics.training.callbacks import LatentThroughputMonitor, RolloutImageLogger
-from dreamer_dynamics.training.grad_norm import total_grad_norm
 from dreamer_dynamics.training.metrics import ValidationMetrics
 from dreamer_dynamics.training.optim import WarmupCosineLR, default_optimizer, parameter_groups
 from dreamer_dynamics.training.prediction import RolloutWriter

@@ -1,8 +1,8 @@
 """Lightning callbacks: latent-token throughput and decoded rollout images for TensorBoard.
 
-Gradient-norm logging lives in ``DynamicsModule.on_before_optimizer_step`` (it needs the strategy to reduce
-sharded FSDP gradients); EMA uses Lightning's own ``EMAWeightAveraging``; progress bars are Lightning's
-``TQDMProgressBar``.
+Gradient-norm logging lives in ``DynamicsModule.on_before_optimizer_step`` (``parallelize.total_grad_norm``
+needs the strategy to reduce sharded FSDP gradients); EMA uses Lightning's own ``EMAWeightAveraging``;
+progress bars are Lightning's ``TQDMProgressBar``.
 """
 
 from __future__ import annotations

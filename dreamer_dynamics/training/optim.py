@@ -1,6 +1,6 @@
 """Optimiser and learning-rate schedule defaults.
 
-The paper does not give an optimiser (docs/design.md §8: "our choice"); we use the transformer-standard recipe:
+The paper does not give an optimiser (our choice, docs/design.md §10); we use the transformer-standard recipe:
 AdamW(lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01) with decay only on matrices (not on norms, biases or
 embedding tables), a linear warmup and a cosine decay to ``min_lr_ratio`` of the peak.
 

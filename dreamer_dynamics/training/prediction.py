@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,6 +9,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from dreamer_dynamics.atomic import atomic_write
 
 
 class RolloutWriter(BasePredictionWriter):
@@ -47,12 +48,8 @@ class RolloutWriter(BasePredictionWriter):
         if dataloader_idx:
             name = f"rollouts_rank{trainer.global_rank}_dl{dataloader_idx}_batch{batch_idx:06d}"
         final = self.output_dir / f"{name}.{self.format}"
-        tmp = self.output_dir / f".{name}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as handle:
+        with atomic_write(final) as handle:
             if self.format == "pt":
                 torch.save(tensors, handle)
             else:
                 np.savez(handle, **{k: v.float().numpy() for k, v in tensors.items()})
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)

@@ -23,6 +23,8 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from dreamer_dynamics.compat import cluster_environment, slurm_requeue_handler
+
 
 class SLURMRequeueAtStepEnd(pl.Callback):
     """Runs Lightning's SLURM auto-requeue (checkpoint + ``scontrol requeue``) at a step end on all ranks.
@@ -46,13 +48,12 @@ class SLURMRequeueAtStepEnd(pl.Callback):
         self._received = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # The environment object Lightning's own signal connector consults (there is no public accessor).
-        environment = trainer._accelerator_connector.cluster_environment
+        environment = cluster_environment(trainer)  # the one Lightning's signal connector consults
         if stage != "fit" or not isinstance(environment, SLURMEnvironment) or not environment.auto_requeue:
             return
         if threading.current_thread() is not threading.main_thread() or environment.requeue_signal is None:
             return  # signal handlers can only be installed from the main thread
-        if not hasattr(trainer._signal_connector, "_slurm_sigusr_handler_fn"):  # a Lightning without it
+        if slurm_requeue_handler(trainer) is None:  # a Lightning without it
             rank_zero_warn("SLURMRequeueAtStepEnd: this Lightning version has no SLURM requeue handler to defer; "
                            "leaving the signal to Lightning")
             return
@@ -71,7 +72,7 @@ class SLURMRequeueAtStepEnd(pl.Callback):
         if float(trainer.strategy.reduce(flag, reduce_op="max")) > 0:  # some rank got it: all act now
             self._received = False
             rank_zero_info(f"SLURM requeue signal received: checkpointing at step {trainer.global_step}")
-            trainer._signal_connector._slurm_sigusr_handler_fn(self._signum, None)
+            slurm_requeue_handler(trainer)(self._signum, None)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._signum is not None and threading.current_thread() is threading.main_thread():
