@@ -105,7 +105,14 @@ def test_module_adopts_the_datamodules_stats_before_ema_copies_it(roots, tmp_pat
     module = make_module(data)
     assert module.hparams.latent_stats is None and torch.equal(module.latent_std, torch.ones(48))
     ema = EMAWeightAveraging(decay=0.5)
-    make_trainer(tmp_path, 2, [ema]).fit(module, data)
+    seen = {}
+
+    class BeforeTheFirstUpdate(pl.Callback):
+        def on_train_start(self, trainer, pl_module):  # the copy validation would swap in at this point
+            seen["mean"] = ema._average_model.module.latent_mean.clone()
+
+    make_trainer(tmp_path, 2, [ema, BeforeTheFirstUpdate()]).fit(module, data)
+    assert torch.equal(seen["mean"], module.latent_mean)
     assert module.hparams.latent_stats == data.latent_stats == LatentDataset(roots["scaled"]).latent_stats
     stats = data.latent_stats
     np.testing.assert_allclose(module.latent_mean.numpy(), stats["mean"], rtol=1e-6)
