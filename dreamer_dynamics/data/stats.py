@@ -142,7 +142,10 @@ def write_latent_stats(root: str | os.PathLike, stats: LatentStatistics) -> Path
     path = root / METADATA_FILE
     handle = None
     if fcntl is not None:
-        handle = open(root / ".lock", "w")
+        try:
+            handle = open(root / ".lock", "w")
+        except OSError as err:
+            raise DatasetError(root, f"cannot record latent_stats: {err.strerror}") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -155,7 +158,10 @@ def write_latent_stats(root: str | os.PathLike, stats: LatentStatistics) -> Path
             raise DatasetError(path, f"episodes changed while computing latent_stats ({stats.count} latent "
                                      f"vectors counted, metadata lists {count})")
         meta.latent_stats = stats.record()
-        write_json_atomically(path, meta.to_json())
+        try:
+            write_json_atomically(path, meta.to_json())
+        except OSError as err:
+            raise DatasetError(path, f"cannot record latent_stats: {err.strerror}") from None
     finally:
         if handle is not None:
             handle.close()
