@@ -174,3 +174,31 @@ def test_cli_links_the_stats_into_the_model(roots, monkeypatch):
     np.testing.assert_allclose(cli.model.latent_mean.numpy(), cli.datamodule.latent_stats["mean"], rtol=1e-6)
     cli = DynamicsCLI(args=[*args, "--data.standardize=false"], run=False)
     assert cli.model.hparams.latent_stats is None and cli.datamodule.latent_stats is None
+
+
+def test_rollout_images_are_decoded_in_the_datasets_units(roots, tmp_path):
+    import io
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dreamer_dynamics.training import RolloutImageLogger
+
+    data = make_data(roots["scaled"])
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=logger, enable_progress_bar=False,
+                         enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
+                         limit_val_batches=1, val_check_interval=1, check_val_every_n_epoch=None,
+                         enable_checkpointing=False, callbacks=[RolloutImageLogger(max_sequences=1)])
+    trainer.fit(make_module(data), data)
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    png = events.Images("val/rollout_0")[-1].encoded_image_string
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.float32) / 255  # (rows*16, 4*16, 3)
+    # first row: the last context frame and the ground-truth future, decoded from the stored values
+    raw = next(iter(make_data(roots["scaled"], standardize=False).val_dataloader()))["latents"][0, 1:5]
+    expected = data.decoder(raw).clamp(0, 1)  # (4, 16, 16, 3)
+    expected = expected.permute(1, 0, 2, 3).flatten(1, 2).numpy()  # (16, 4*16, 3)
+    np.testing.assert_allclose(image[:16], expected, atol=1.5 / 255)
