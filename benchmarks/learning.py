@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> dict:
         args.steps, args.val_every = 4, 2
         args.extra = [*args.extra, "--data.short_batch_size=2", "--data.long_batch_size=1", "--data.val_batches=1",
                       "--model.model.dim=16", "--model.model.depth=2", "--model.val_rollout_horizon=2",
-                      "--model.val_rollout_rows=2", "--model.bootstrap_warmup_steps=0"]
+                      "--model.val_rollout_rows=2", "--model.model.k_max=4", "--trainer.log_every_n_steps=1"]
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:

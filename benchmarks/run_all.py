@@ -69,11 +69,10 @@ def summary_rows(reports: dict) -> list:
                      f"{row['windowed_relative']:.2f} / {row['full_relative']:.2f}", ""))
     if "quality" in reports:
         for name, m in reports["quality"]["models"].items():
-            mse = m["rollout_mse"]
-            figures = " ".join(f"{k}:{v:.3f}" for k, v in mse.items() if k.startswith("K="))
-            rows.append(("quality", f"{name} rollout MSE", figures, ""))
-        rows.append(("quality", "copy-last-frame MSE",
-                     f"{reports['quality']['models']['shortcut']['rollout_mse']['copy_last_frame']:.3f}", ""))
+            s = m["scores"]
+            ks = sorted(int(k[len("es_ratio_k") :]) for k in s if k.startswith("es_ratio_k"))
+            figures = " ".join(f"K={k}:{s[f'es_ratio_k{k}']:.3f}" for k in ks)
+            rows.append(("quality", f"{name} rollout ES / copy-last ES", figures, ""))
     if "gpu" in reports:
         g = reports["gpu"]
         rows.append(("gpu", "bf16 MFU vs measured peak", f"{g['mfu']['mfu_vs_measured_peak']:.1%}", ""))

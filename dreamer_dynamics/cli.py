@@ -7,7 +7,9 @@
     dreamer-dynamics fit --config lightning_configs/quickstart.yaml --print_config
 
 The model's latent shape and action spec are *linked* from the DataModule when both are instantiated, so
-``--data.root`` alone switches datasets (the linked keys ``model.model.latent_tokens`` etc. are not settable).
+``--data.root`` alone switches datasets (the linked keys ``model.model.latent_tokens`` etc. are not settable);
+so are the latent statistics the batches are standardised with (``data.latent_stats`` -> ``model.latent_stats``,
+None with ``--data.standardize false``).
 Checkpoints are loaded with weights-only unpickling (``--weights_only true`` is the default here).
 """
 
@@ -53,6 +55,7 @@ class DynamicsCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for field in LINKED_DATA_FIELDS:
             parser.link_arguments(f"data.{field}", f"model.model.{field}", apply_on="instantiate")
+        parser.link_arguments("data.latent_stats", "model.latent_stats", apply_on="instantiate")
 
 
 def main(args: Optional[list[str]] = None) -> None:

@@ -26,12 +26,15 @@ import dataclasses
 from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from dreamer_dynamics.compat import averaged_model
+from dreamer_dynamics.data.stats import standardization
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout
 from dreamer_dynamics.objective import (
     LossNormalizer,
@@ -83,6 +86,10 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         predict_horizon: frames generated per ``predict`` window; None = the rest of the window.
         noise_seed: seed of the training-noise generator; None = ``torch.initial_seed()`` (as set by
             ``seed_everything``).
+        latent_stats: the dataset's per-channel ``{"mean", "std", "count"}`` that the DataModule standardises
+            batches with (linked by the CLI; ``DynamicsDataModule.setup`` hands them over if None). Stored in
+            the hyperparameters, so checkpoints carry them; ``rollout`` and ``predict`` take and return the
+            dataset's own units. None with unstandardised data = identity.
     """
 
     extra_loss_names: tuple[str, ...] = ()
@@ -110,6 +117,7 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         num_tau_buckets: int = 4,
         predict_horizon: Optional[int] = None,
         noise_seed: Optional[int] = None,
+        latent_stats: Optional[dict] = None,
     ) -> None:
         super().__init__()
         if isinstance(model, dict):  # from a checkpoint's hyper_parameters (stored as a plain dict)
@@ -126,6 +134,11 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         self.scheduler_factory = scheduler
         self.d_min = model.d_min
         self.model = DynamicsTransformer(model)
+        # Data units <-> model units (docs/training.md). Not persistent: rebuilt from hparams.latent_stats, so
+        # checkpoints without them load; top-level buffers come first in buffers(), before the normaliser's.
+        mean, std = self._standardization_tensors(latent_stats)
+        self.register_buffer("latent_mean", mean, persistent=False)  # (D_b,)
+        self.register_buffer("latent_std", std, persistent=False)  # (D_b,)
         steps = val_rollout_steps if val_rollout_steps is not None else [1, 2, 4, model.k_max]
         self.val_rollout_steps = sorted({k for k in steps if k <= model.k_max})
         self.val_metrics = ValidationMetrics(self.val_rollout_steps, num_tau_buckets)
@@ -136,6 +149,52 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         )
         self._noise_generator: Optional[torch.Generator] = None
         self._pending_generator_state: Optional[Tensor] = None
+
+    # ------------------------------------------------------------------ latent units
+    def _standardization_tensors(self, stats: Optional[dict]) -> tuple[Tensor, Tensor]:
+        """float32 (mean, floored std) [D_b] of a ``latent_stats`` record; identity (0, 1) for None."""
+        dim = self.config.latent_dim
+        if stats is None:
+            return torch.zeros(dim), torch.ones(dim)
+        mean, std = standardization(stats)
+        if mean.shape != (dim,) or std.shape != (dim,):
+            raise ValueError(f"DynamicsModule: latent_stats have {mean.shape[0]} channels, the model's "
+                             f"latent_dim is {dim}")
+        return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
+
+    def standardize(self, z: Tensor) -> Tensor:
+        """Dataset units -> model units: (z - mean) / std per channel (the DataModule's batches are these)."""
+        return ((z.float() - self.latent_mean.float()) / self.latent_std.float()).to(z.dtype)
+
+    def destandardize(self, z: Tensor) -> Tensor:
+        """Model units -> dataset units: z * std + mean per channel (e.g. before decoding to pictures)."""
+        return (z.float() * self.latent_std.float() + self.latent_mean.float()).to(z.dtype)
+
+    def use_latent_stats(self, stats: Optional[dict], *, source: str = "the DataModule") -> None:
+        """Check that batches from `source`, standardised with `stats`, are in this module's units; a
+        module built without statistics adopts them (called by ``DynamicsDataModule.setup``, before
+        callbacks copy the module)."""
+        mine = self.hparams.get("latent_stats")
+        if stats is None and mine is None:
+            return
+        if mine is None:
+            rank_zero_info(f"DynamicsModule: using the latent_stats of {source}")
+            self.hparams["latent_stats"] = stats  # saved with the checkpoint
+            mean, std = self._standardization_tensors(stats)
+            self.latent_mean.copy_(mean)
+            self.latent_std.copy_(std)
+            return
+        same = stats is not None and all(
+            np.allclose(np.asarray(mine[key]), np.asarray(stats[key]), rtol=1e-6, atol=0)
+            for key in ("mean", "std")
+        )
+        if not same:
+            theirs = "no standardisation" if stats is None else "other latent_stats"
+            raise ValueError(
+                f"DynamicsModule: its latent_stats differ from {source} ({theirs}); the model would see "
+                "latents in other units. Build the module with the data's statistics, e.g. "
+                "DynamicsModule.load_from_checkpoint(path, latent_stats=datamodule.latent_stats)"
+            )
 
     def normalized_term_names(self) -> tuple[str, ...]:
         """Names of the terms the loss normaliser divides by their running RMS (and sums into the loss)."""
@@ -338,29 +397,41 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         generator: Optional[torch.Generator] = None,
     ) -> Tensor:
         """Generate ``horizon`` frames after ``context`` [B, T_ctx, N_b, D_b] -> clean latents
-        [B, horizon, N_b, D_b].
+        [B, horizon, N_b, D_b], both in the dataset's own units (standardised inside, docs/training.md).
 
         Actions cover T_ctx + horizon frames. ``num_steps`` = K Euler steps per frame (default
         ``rollout_steps``); ``generator`` makes the noise reproducible.
         """
-        return self.model_rollout(context, horizon, actions_discrete=actions_discrete,
-                                  actions_continuous=actions_continuous, num_steps=num_steps, generator=generator)
+        generated = self.rollout_standardized(
+            self.standardize(context), horizon, actions_discrete=actions_discrete,
+            actions_continuous=actions_continuous, num_steps=num_steps, generator=generator,
+        )
+        return self.destandardize(generated)
 
     @torch.no_grad()
-    def model_rollout(self, context: Tensor, horizon: int, *, num_steps: Optional[int] = None,
-                      generator: Optional[torch.Generator] = None, **actions: Optional[Tensor]) -> Tensor:
-        """``rollout`` in model units (the latents the network trains on); used by evaluation."""
-        return rollout(self.model, context, horizon, num_steps=num_steps or self.hparams.rollout_steps,
-                       context_noise=self.hparams.context_noise, generator=generator, **actions)
-
-    def to_data_units(self, latents: Tensor) -> Tensor:
-        """Model-unit latents -> the dataset's own units (for decoding)."""
-        return latents
+    def rollout_standardized(
+        self,
+        context: Tensor,
+        horizon: int,
+        *,
+        actions_discrete: Optional[Tensor] = None,
+        actions_continuous: Optional[Tensor] = None,
+        num_steps: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> Tensor:
+        """``rollout`` in model units: context and result standardised, like the DataModule's batches (for
+        evaluation on batches; ``destandardize`` the result before decoding it)."""
+        return rollout(
+            self.model, context, horizon, actions_discrete=actions_discrete,
+            actions_continuous=actions_continuous, num_steps=num_steps or self.hparams.rollout_steps,
+            context_noise=self.hparams.context_noise, generator=generator,
+        )
 
     def predict_step(
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, Tensor]:
-        """Roll out each window from its first ``val_context_frames`` frames (saved by ``RolloutWriter``)."""
+        """Roll out each window from its first ``val_context_frames`` frames (saved by ``RolloutWriter``, in
+        the dataset's own units)."""
         z1 = batch["latents"]  # (B, T, N_b, D_b)
         ctx = self.hparams.val_context_frames
         if z1.shape[1] <= ctx and self.hparams.predict_horizon is None:
@@ -373,9 +444,12 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
                 raise ValueError(f"predict: {name} cover {actions.shape[1]} frames, the rollout needs "
                                  f"val_context_frames + predict_horizon = {ctx + horizon}")
         cond = {k: v[:, : ctx + horizon] for k, v in cond.items()}
-        generated = self.rollout(z1[:, :ctx], horizon, generator=self.evaluation_generator(batch_idx), **cond)
+        generator = self.evaluation_generator(batch_idx)
+        generated = self.rollout_standardized(z1[:, :ctx], horizon, generator=generator, **cond)
         truth = z1[:, ctx : ctx + horizon]
-        return {"rollout": generated, "context": z1[:, :ctx], "ground_truth": truth, **cond}
+        # batches arrive standardised; files hold the dataset's own units
+        return {"rollout": self.destandardize(generated), "context": self.destandardize(z1[:, :ctx]),
+                "ground_truth": self.destandardize(truth), **cond}
 
 
 __all__ = ["DynamicsModule", "SHORTCUT_TERMS"]

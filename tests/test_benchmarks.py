@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import common, gpu, quality, rollout_speed, run_all, scaling, train_step
+from benchmarks import common, gpu, learning, quality, rollout_speed, run_all, scaling, train_step
 from dreamer_dynamics.model import DynamicsConfig
 
 
@@ -81,12 +81,25 @@ def test_quality_and_gpu_smoke(tmp_path):
     quality.main(["--smoke", "--output", str(tmp_path / "q.json")])
     report = read(tmp_path / "q.json")
     for model in ("shortcut", "flow_only"):
-        mse = report["models"][model]["rollout_mse"]
-        assert set(mse) >= {"K=1", "K=2", "K=4", "K=8", "copy_last_frame"}  # debug config: K_max = 8
-        assert all(v >= 0 for k, v in mse.items() if k != "windows")
+        scores = report["models"][model]["scores"]  # smoke config: K_max = 4
+        assert {f"es_ratio_k{k}" for k in (1, 2, 4)} | {"es_copy_last", "object_accuracy_k4"} <= set(scores)
+        for k in (1, 2, 4):  # ratio = ES / copy-last ES, and ES = E||X - y|| - spread <= E||X - y||
+            assert scores[f"es_ratio_k{k}"] == pytest.approx(scores[f"es_k{k}"] / scores["es_copy_last"], rel=1e-5)
+            assert 0.0 <= scores[f"object_accuracy_k{k}"] <= 1.0 and scores[f"spread_k{k}"] >= 0.0
+    assert report["summary"]["shortcut_es_K4_over_Kmax"] == pytest.approx(1.0)  # K = 4 is K_max here
     gpu.main(["--smoke", "--output", str(tmp_path / "g.json")])
     report = read(tmp_path / "g.json")
     assert report["mfu"]["achieved_flops_per_s"] > 0 and report["rollout"]["frames_per_s"] > 0
+
+
+def test_learning_curves_smoke(tmp_path):
+    learning.main(["--smoke", "--variants", "recipe", "--output", str(tmp_path / "l.json"),
+                   "--plot", str(tmp_path / "l.png")])
+    curve = read(tmp_path / "l.json")["variants"]["recipe"]["curve"]
+    assert [p["step"] for p in curve] == [2, 4]  # a validation every 2 of the 4 steps
+    assert all(0.0 <= p["object_accuracy_k4"] <= 1.0 and p["rollout_es_ratio_k4"] > 0 for p in curve)
+    assert curve[1]["train_seconds"] > curve[0]["train_seconds"] > 0
+    assert (tmp_path / "l.png").stat().st_size > 0
 
 
 def test_run_all_smoke_writes_a_summary(tmp_path):
@@ -96,7 +109,7 @@ def test_run_all_smoke_writes_a_summary(tmp_path):
     assert all((tmp_path / f"{name}.json").exists() for name in run_all.BENCHMARKS)
 
 
-@pytest.mark.parametrize("name", ["run_all", "train_step", "rollout_speed", "scaling", "gpu"])
+@pytest.mark.parametrize("name", ["run_all", "train_step", "rollout_speed", "scaling", "gpu", "quality", "learning"])
 def test_benchmarks_run_as_modules(name):
     """``python -m benchmarks.<name>`` from the repository root: a package, no ``sys.path`` edits."""
     repo = Path(__file__).resolve().parent.parent

@@ -1,5 +1,7 @@
 """DynamicsDataModule: spec, batch layout, workers, split errors, exact resume under Lightning."""
 
+import json
+
 import lightning.pytorch as pl
 import numpy as np
 import pytest
@@ -142,6 +144,8 @@ def test_resumed_fit_sees_exactly_the_uninterrupted_batches(cache, tmp_path):
 
 _DDP_SCRIPT = """
 import json, sys
+import json
+
 import lightning.pytorch as pl
 import torch
 from dreamer_dynamics.data import DynamicsDataModule
@@ -210,3 +214,34 @@ def test_two_process_ddp_ranks_share_lengths_and_split_each_global_batch(cache, 
         assert len(sums0) == len(sums1) == len(expected) // 2
         np.testing.assert_allclose(sorted(sums0 + sums1), sorted(expected), rtol=1e-9)
         assert not set(np.round(sums0, 6)) & set(np.round(sums1, 6))  # disjoint windows
+
+
+def test_batches_are_standardised_per_channel_with_the_recorded_stats(cache):
+    dm, raw = _module(cache), _module(cache, standardize=False)
+    assert raw.latent_stats is None and dm.latent_stats == dm.dataset.latent_stats  # written by the writer
+    mean = torch.tensor(dm.latent_stats["mean"], dtype=torch.float32)
+    std = torch.tensor(dm.latent_stats["std"], dtype=torch.float32)
+    for a, b in zip(dm.train_dataloader(), raw.train_dataloader()):  # the same windows, other units
+        torch.testing.assert_close(a["latents"], (b["latents"] - mean) / std)
+        torch.testing.assert_close(dm.destandardize(a["latents"]), b["latents"], atol=1e-5, rtol=1e-5)
+        assert torch.equal(a["actions_discrete"], b["actions_discrete"])
+    everything = torch.cat([b["latents"].flatten(0, 2) for b in dm.train_dataloader()])  # (vectors, D_b)
+    assert everything.mean(0).abs().max() < 0.5 and (everything.std(0) - 1).abs().max() < 0.5
+
+
+def test_missing_stats_are_computed_once_and_recorded(tmp_path):
+    rng = np.random.default_rng(0)
+    scales = np.array([0.1, 1.0, 10.0, 0.0])  # the last channel is constant: its std is floored
+    with LatentDatasetWriter(tmp_path, latent_shape=(2, 4)) as w:
+        for _ in range(4):
+            w.add_episode((rng.standard_normal((20, 2, 4)) * scales + 5).astype(np.float32))
+    path = tmp_path / "metadata.json"
+    meta = json.loads(path.read_text())
+    written = meta.pop("latent_stats")
+    path.write_text(json.dumps(meta))
+    dm = DynamicsDataModule(str(tmp_path), short_length=4, long_length=8, val_fraction=0.25)
+    np.testing.assert_allclose(dm.latent_stats["mean"], written["mean"], rtol=1e-12)
+    np.testing.assert_allclose(dm.latent_stats["std"], written["std"], rtol=1e-12, atol=1e-12)
+    assert json.loads(path.read_text())["latent_stats"] == dm.latent_stats  # recorded for the next run
+    batch = next(iter(dm.train_dataloader()))["latents"]
+    assert torch.isfinite(batch).all() and batch[..., 3].abs().max() == 0  # constant channel -> exactly 0

@@ -164,3 +164,47 @@ def test_split_by_episode_is_deterministic_and_never_empty():
     assert split_episodes(2, 0.9, seed=0)[0] != []  # and at least one training episode
     assert split_episodes(1, 0.1, seed=0) == ([0], [])
     assert split_episodes(5, 0.0, seed=0) == ([0, 1, 2, 3, 4], [])
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"mean": [0.0] * 3, "std": [1.0] * 2, "count": 5}, r"latent_stats.std must be a list of D_b=3"),
+        ({"mean": [0.0] * 3, "std": [1.0, -1.0, 1.0], "count": 5}, "latent_stats.std must be >= 0"),
+        ({"mean": [0.0, float("nan"), 0.0], "std": [1.0] * 3, "count": 5}, "latent_stats.mean must be a"),
+        ({"mean": [0.0] * 3, "std": [1.0] * 3, "count": 0}, "latent_stats.count must be an integer >= 1"),
+        ({"mean": [0.0] * 3, "std": [1.0] * 3}, 'keys "mean", "std" and "count"'),
+    ],
+)
+def test_malformed_latent_stats_are_reported(tmp_path, record, message):
+    _write(tmp_path)
+    path = tmp_path / "metadata.json"
+    meta = json.loads(path.read_text())
+    meta["latent_stats"] = record
+    path.write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=message) as info:
+        LatentDataset(tmp_path)
+    assert str(path) in str(info.value)
+
+
+def test_validator_warns_about_missing_and_fails_on_stale_stats(tmp_path, capsys):
+    from dreamer_dynamics.data.cli import main
+
+    _write(tmp_path)
+    path = tmp_path / "metadata.json"
+    meta = json.loads(path.read_text())
+    assert main(["validate", str(tmp_path)]) == 0 and "warning" not in capsys.readouterr().err
+    good = meta.pop("latent_stats")
+    path.write_text(json.dumps(meta))
+    assert main(["validate", str(tmp_path)]) == 0  # still a valid dataset
+    assert f"warning: {path}: no latent_stats" in capsys.readouterr().err
+    for key, value, quick_sees_it in (("count", good["count"] + 4, True), ("std", [1.5] * 3, False)):
+        path.write_text(json.dumps({**meta, "latent_stats": {**good, key: value}}))
+        assert main(["validate", "--quick", str(tmp_path)]) == (1 if quick_sees_it else 0)
+        assert main(["validate", str(tmp_path)]) == 1  # the full scan recomputes the statistics
+        err = capsys.readouterr().err
+        assert f"error: {path}: latent_stats are stale" in err and "dreamer-dynamics-data stats" in err
+    assert main(["stats", str(tmp_path)]) == 0  # recomputes and records them
+    assert json.loads(path.read_text())["latent_stats"]["count"] == good["count"]
+    np.testing.assert_allclose(json.loads(path.read_text())["latent_stats"]["std"], good["std"], rtol=1e-12)
+    assert main(["validate", str(tmp_path)]) == 0

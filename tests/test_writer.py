@@ -1,10 +1,12 @@
 """LatentDatasetWriter: validation before disk, append mode, locking, and crash safety under SIGKILL."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +124,52 @@ def test_writer_killed_mid_episode_leaves_committed_episodes(tmp_path, where):
     ds = LatentDataset(root)
     assert len(ds) == 4 and float(ds[3]["latents"][0, 0, 0]) == 7.0
     assert not [p for p in os.listdir(root / "episodes") if p.startswith(".tmp")]
+
+
+def _stats(root):
+    return json.loads((Path(root) / "metadata.json").read_text())["latent_stats"]
+
+
+def _assert_stats_match(record, episodes):
+    # reference in extended precision (two-pass), so that float64 rounding in numpy's own std is not the limit
+    data = np.concatenate(episodes).astype(np.longdouble).reshape(-1, episodes[0].shape[-1])  # (N, D_b)
+    assert record["count"] == data.shape[0]
+    np.testing.assert_allclose(record["mean"], data.mean(0).astype(np.float64), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(record["std"], data.std(0).astype(np.float64), rtol=1e-12, atol=0)
+
+
+def test_latent_stats_are_exact_across_appends_and_reopening(tmp_path):
+    rng = np.random.default_rng(0)
+    # per-channel offsets up to 800 x the spread: a float64 sum-of-squares variance would lose digits here
+    episodes = [(10 * np.arange(5) + rng.normal(0, 0.05, (int(rng.integers(1, 9)), 3, 5))).astype(np.float32)
+                for _ in range(6)]
+    with LatentDatasetWriter(tmp_path, latent_shape=(3, 5)) as w:
+        assert "latent_stats" not in json.loads((tmp_path / "metadata.json").read_text())  # empty: none yet
+        for e in episodes[:3]:
+            w.add_episode(e)
+        _assert_stats_match(_stats(tmp_path), episodes[:3])  # committed with every episode
+    with LatentDatasetWriter(tmp_path, latent_shape=(3, 5), commit_every=2) as w:
+        for e in episodes[3:]:
+            w.add_episode(e)
+    _assert_stats_match(_stats(tmp_path), episodes)
+    assert LatentDataset(tmp_path).latent_stats == _stats(tmp_path)
+
+
+def test_appending_to_a_dataset_without_stats_leaves_them_out_until_the_stats_command(tmp_path):
+    from dreamer_dynamics.data.cli import main
+
+    episodes = [np.random.default_rng(i).normal(2.0, 3.0, (4, 2, 3)).astype(np.float16) for i in range(3)]
+    with LatentDatasetWriter(tmp_path, latent_shape=(2, 3), latent_dtype="float16") as w:
+        w.add_episode(episodes[0])
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    del meta["latent_stats"]  # as written by a version without statistics
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="without up-to-date latent_stats"):
+        with LatentDatasetWriter(tmp_path, latent_shape=(2, 3), latent_dtype="float16") as w:
+            w.add_episode(episodes[1])  # a partial count would be wrong: nothing is recorded
+    assert LatentDataset(tmp_path).latent_stats is None
+    assert main(["stats", str(tmp_path)]) == 0
+    _assert_stats_match(_stats(tmp_path), episodes[:2])  # of the stored float16 values, in float64
+    with LatentDatasetWriter(tmp_path, latent_shape=(2, 3), latent_dtype="float16") as w:
+        w.add_episode(episodes[2])  # and the writer continues from them
+    _assert_stats_match(_stats(tmp_path), episodes)

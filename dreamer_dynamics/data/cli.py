@@ -2,10 +2,12 @@
 
     dreamer-dynamics-data info ROOT [--json]
     dreamer-dynamics-data validate ROOT [--quick]
+    dreamer-dynamics-data stats ROOT
     dreamer-dynamics-data make-toy ROOT [--episodes 200 --length 64 --seed 0]
     dreamer-dynamics-data record-crafter ROOT [--episodes 10 --length 256 --policy random --seed 0]
 
-Exit status 0 = fine, 1 = the dataset has a problem (printed as ``error: FILE: PROBLEM``).
+Exit status 0 = fine, 1 = the dataset has a problem (printed as ``error: FILE: PROBLEM``). Missing latent
+statistics are a warning (``warning: FILE: ...``, exit status 0); stale ones are an error.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import sys
 
 from .dataset import LatentDataset
 from .default import ToyDatasetConfig, generate_toy_dataset
-from .format import DatasetError
+from .format import METADATA_FILE, DatasetError
+from .stats import LatentStatistics, compute_latent_stats, stale_reason, write_latent_stats
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -40,23 +43,51 @@ def _info(args: argparse.Namespace) -> None:
         else None,
         "decoder": ds.meta.decoder,
         "attributes": ds.meta.attributes,
+        "latent_stats": ds.latent_stats,
     }
     if args.json:
         print(json.dumps(summary, indent=1))
         return
+    stats = ds.latent_stats
+    if stats is not None:  # D_b numbers each: show their range
+        summary["latent_stats"] = _describe_stats(stats)
     for key, value in summary.items():
         print(f"{key:>22}: {value}")
 
 
+def _describe_stats(stats: dict) -> str:
+    """One line for D_b means and stds: their ranges."""
+    mean, std = stats["mean"], stats["std"]
+    return (f"count {stats['count']}, mean in [{min(mean):.4g}, {max(mean):.4g}], "
+            f"std in [{min(std):.4g}, {max(std):.4g}]")
+
+
 def _validate(args: argparse.Namespace) -> None:
     ds = LatentDataset(args.root, check_files=False)
-    ds.validate(deep=not args.quick)
+    recomputed = None if args.quick else LatentStatistics(ds.latent_shape[1])
+    ds.validate(deep=not args.quick, stats=recomputed)  # one pass: values checked and statistics recomputed
     if len(ds) == 0:
         raise DatasetError(ds.root, "dataset has no episodes")
+    metadata = ds.root / METADATA_FILE
+    if ds.latent_stats is None:
+        print(f"warning: {metadata}: no latent_stats (training computes them on first use; "
+              f"`dreamer-dynamics-data stats {ds.root}` records them now)", file=sys.stderr)
+    reason = stale_reason(ds, ds.latent_stats, recomputed)
+    if reason is not None:
+        raise DatasetError(metadata, f"{reason}; rerun `dreamer-dynamics-data stats {ds.root}`")
     print(
         f"ok: {len(ds)} episodes, {ds.num_frames} frames, latents {list(ds.latent_shape)} "
         f"({'headers and sizes' if args.quick else 'all values'} checked)"
     )
+
+
+def _stats(args: argparse.Namespace) -> None:
+    ds = LatentDataset(args.root)  # headers and sizes checked; values are read through the memory maps
+    if len(ds) == 0:
+        raise DatasetError(ds.root, "dataset has no episodes")
+    stats = compute_latent_stats(ds, progress=True)
+    path = write_latent_stats(ds.root, stats)
+    print(f"wrote latent_stats to {path}: {_describe_stats(stats.record())}")
 
 
 def _make_toy(args: argparse.Namespace) -> None:
@@ -86,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("root")
     validate.add_argument("--quick", action="store_true", help="check headers and sizes only, not the values")
     validate.set_defaults(run=_validate)
+    stats = commands.add_parser(
+        "stats", help="compute the per-channel latent mean/std and record them in metadata.json"
+    )
+    stats.add_argument("root")
+    stats.set_defaults(run=_stats)
     toy = commands.add_parser("make-toy", help="write (or append) built-in toy-environment episodes")
     toy.add_argument("root")
     toy.add_argument("--episodes", type=int, default=200)

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from dreamer_dynamics.compat import training_batch_progress
@@ -26,6 +27,7 @@ from .default import ToyDatasetConfig, builtin_dataset_root, toy_object_locator
 from .format import DatasetError
 from .patch_codec import PatchCodec, decoder_from_spec
 from .sampler import AlternatingLengthBatchSampler, Window
+from .stats import compute_latent_stats, stale_reason, standardization, write_latent_stats
 
 
 class DynamicsDataModule(pl.LightningDataModule):
@@ -53,6 +55,12 @@ class DynamicsDataModule(pl.LightningDataModule):
         toy: generator config of the built-in dataset (used only when root is None).
         cache_dir: cache of the built-in dataset; None = $DREAMER_DYNAMICS_CACHE or ~/.cache/dreamer_dynamics.
         pin_memory: pin host memory in the DataLoaders (GPU training).
+        standardize: emit latents standardised per channel, (z - mean) / std, with the dataset's
+            ``latent_stats`` (std floored at 1e-6 x the largest channel std). A dataset without statistics (or
+            with stale ones) gets them computed once, streaming over the episodes, and recorded in its
+            ``metadata.json`` (skipped with a warning where that file is read-only). ``latent_stats`` is then
+            the record the model must use (the CLI links it into ``DynamicsModule``); False emits the
+            stored values and sets ``latent_stats`` to None.
     """
 
     def __init__(
@@ -78,6 +86,7 @@ class DynamicsDataModule(pl.LightningDataModule):
         toy: ToyDatasetConfig | dict | None = None,
         cache_dir: str | None = None,
         pin_memory: bool = False,
+        standardize: bool = True,
     ):
         super().__init__()
         if isinstance(toy, dict):
@@ -96,6 +105,9 @@ class DynamicsDataModule(pl.LightningDataModule):
         self.test_length = test_length or long_length
         self.predict_length = predict_length or long_length
         self.train_episodes, self.val_episodes = split_episodes(len(self.dataset), val_fraction, seed)
+        # the statistics batches are standardised with (None = batches in the dataset's own units)
+        self.latent_stats: dict[str, Any] | None = self._load_latent_stats() if standardize else None
+        self._window_dataset = LatentWindowDataset(self.dataset, self._standardization())
         self._files_checked = False
         self._train_sampler: AlternatingLengthBatchSampler | None = None
         self._pending_position: tuple[int, int] | None = None  # restored by load_state_dict, used once
@@ -119,7 +131,8 @@ class DynamicsDataModule(pl.LightningDataModule):
 
     @cached_property
     def decoder(self) -> PatchCodec | None:
-        """latents [..., N_b, D_b] -> images [..., H, W, 3] in [0, 1]; None if the dataset has no decoder."""
+        """latents [..., N_b, D_b] in the dataset's own units (``destandardize`` a batch first) -> images
+        [..., H, W, 3] in [0, 1]; None if the dataset has no decoder."""
         return decoder_from_spec(self.dataset.meta.decoder)
 
     @cached_property
@@ -128,8 +141,55 @@ class DynamicsDataModule(pl.LightningDataModule):
         (the sprite, then each ball; ``toy_env.locate_objects``) for the object-accuracy metric; else None."""
         return toy_object_locator(self.dataset.meta.attributes, self.decoder)
 
+    # ------------------------------------------------------------------ standardisation (docs/data.md)
+    def standardize(self, latents: torch.Tensor) -> torch.Tensor:
+        """Dataset units -> batch units, (z - mean) / std per channel (identity if ``standardize=False``)."""
+        mean, std = self._standardization_tensors(latents.device)
+        return (latents - mean) / std
+
+    def destandardize(self, latents: torch.Tensor) -> torch.Tensor:
+        """Batch units -> dataset units, z * std + mean per channel (e.g. before ``decoder``)."""
+        mean, std = self._standardization_tensors(latents.device)
+        return latents * std + mean
+
+    def _standardization_tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, std = self._standardization() or (np.zeros(1, np.float32), np.ones(1, np.float32))
+        return torch.from_numpy(mean).to(device), torch.from_numpy(std).to(device)
+
+    def _standardization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """float32 (mean, floored std) [D_b], or None without standardisation."""
+        if self.latent_stats is None:
+            return None
+        mean, std = standardization(self.latent_stats)
+        return mean.astype(np.float32), std.astype(np.float32)
+
+    def _load_latent_stats(self) -> dict[str, Any] | None:
+        """The dataset's record; computed once (and recorded in metadata.json) when missing or stale."""
+        record = self.dataset.latent_stats
+        reason = "no latent_stats" if record is None else stale_reason(self.dataset, record)
+        if reason is None:
+            return record
+        if len(self.dataset) == 0:
+            return None  # setup() reports the empty dataset
+        rank_zero_info(f"{self.root}: {reason}; computing them once from the episodes")
+        stats = compute_latent_stats(self.dataset)
+        try:
+            write_latent_stats(self.root, stats)
+        except (DatasetError, OSError) as err:
+            rank_zero_warn(f"{self.root}: latent_stats computed but not recorded ({err}); they are "
+                           f"recomputed next time (`dreamer-dynamics-data stats {self.root}` records them)")
+        return stats.record()
+
+    def _link_latent_stats(self) -> None:
+        """Hand ``latent_stats`` to the attached module before callbacks copy it (EMA), so that a module built
+        without them (a script, a notebook) uses the statistics its batches are standardised with."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is not None and hasattr(module, "use_latent_stats"):
+            module.use_latent_stats(self.latent_stats, source=f"the DataModule of {self.root}")
+
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str | None = None) -> None:
+        self._link_latent_stats()
         if not self._files_checked:
             if len(self.dataset) == 0:
                 raise DatasetError(self.root, "dataset has no episodes")
@@ -170,7 +230,7 @@ class DynamicsDataModule(pl.LightningDataModule):
         workers = self.hparams.num_workers
         return _TrainLoader(
             self,
-            LatentWindowDataset(self.dataset),
+            self._window_dataset,
             batch_sampler=sampler,
             num_workers=workers,
             pin_memory=self.hparams.pin_memory,
@@ -256,7 +316,7 @@ class DynamicsDataModule(pl.LightningDataModule):
         mine = [windows[(rank * per_rank + i) % len(windows)] for i in range(per_rank)]
         workers = self.hparams.num_workers
         return DataLoader(
-            _ListDataset(LatentWindowDataset(self.dataset), mine),
+            _ListDataset(self._window_dataset, mine),
             batch_size=self.val_batch_size,
             shuffle=False,
             num_workers=workers,

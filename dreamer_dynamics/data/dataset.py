@@ -46,6 +46,12 @@ class LatentDataset:
         return int(self.meta.num_continuous_actions)
 
     @property
+    def latent_stats(self) -> dict[str, Any] | None:
+        """Per-channel latent statistics {"mean": [D_b], "std": [D_b], "count": N} from the metadata, or None
+        if the dataset has none (docs/data.md)."""
+        return self.meta.latent_stats
+
+    @property
     def num_frames(self) -> int:
         return int(self.episode_lengths.sum())
 
@@ -102,8 +108,9 @@ class LatentDataset:
                     self.meta.expected_dtype(key),
                 )
 
-    def validate(self, *, deep: bool = False) -> None:
-        """Check every file; with `deep`, also scan values (NaN/inf latents, inf or out-of-range actions)."""
+    def validate(self, *, deep: bool = False, stats: Any = None) -> None:
+        """Check every file; with `deep`, also scan values (NaN/inf latents, inf or out-of-range actions) and,
+        if `stats` (a ``LatentStatistics``) is given, accumulate the latents into it in the same pass."""
         self.check_files()
         if not deep:
             return
@@ -113,6 +120,8 @@ class LatentDataset:
                 path = record.file(self.root, key)
                 if key == "latents" and not np.isfinite(array).all():
                     raise DatasetError(path, "latents contain NaN/inf")
+                if key == "latents" and stats is not None:
+                    stats.update(array)
                 if key == "actions_continuous" and np.isinf(array).any():
                     raise DatasetError(path, "continuous actions contain inf")
                 if key == "actions_discrete":
@@ -131,17 +140,23 @@ class LatentWindowDataset(torch.utils.data.Dataset):
     Used with :class:`AlternatingLengthBatchSampler` (or any list of such tuples). Returns a dict of tensors:
     "latents" float32 [T, N_b, D_b], "actions_discrete" int64 [T, n] and "actions_continuous" float32 [T, c]
     where the dataset has them; the default collate stacks them to the batch layout of docs/design.md §9.
+    ``standardization`` = (mean, std) float32 [D_b] standardises the latents per channel: (z - mean) / std.
     """
 
-    def __init__(self, dataset: LatentDataset):
+    def __init__(self, dataset: LatentDataset, standardization: tuple[np.ndarray, np.ndarray] | None = None):
         self.dataset = dataset
+        self.standardization = standardization
 
     def __len__(self) -> int:  # number of episodes; items are addressed by tuples, not by position
         return len(self.dataset)
 
     def __getitem__(self, item: Sequence[int]) -> dict[str, torch.Tensor]:
         episode, start, length = (int(x) for x in item)
-        return {k: torch.from_numpy(v) for k, v in self.dataset.window(episode, start, length).items()}
+        window = self.dataset.window(episode, start, length)
+        if self.standardization is not None:
+            mean, std = self.standardization
+            window["latents"] = (window["latents"] - mean) / std  # (T, N_b, D_b) float32
+        return {k: torch.from_numpy(v) for k, v in window.items()}
 
 
 def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

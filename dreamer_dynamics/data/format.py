@@ -71,6 +71,9 @@ class DatasetMetadata:
     )  # free-form dataset info (source, generator config)
     episodes: list[EpisodeRecord] = field(default_factory=list)  # committed episodes in order
     format: str = FORMAT_VERSION  # format version string
+    # per-channel statistics of the latents, {"mean": [D_b], "std": [D_b], "count": frames x N_b}
+    # (stats.py); None = not recorded (still a valid dataset: `dreamer-dynamics-data stats ROOT` adds them)
+    latent_stats: dict[str, Any] | None = None
 
     def array_keys(self) -> tuple[str, ...]:
         """Arrays stored per episode."""
@@ -82,6 +85,7 @@ class DatasetMetadata:
         return tuple(keys)
 
     def to_json(self) -> dict[str, Any]:
+        stats = {} if self.latent_stats is None else {"latent_stats": self.latent_stats}
         return {
             "format": self.format,
             "latent_shape": list(self.latent_shape),
@@ -93,6 +97,7 @@ class DatasetMetadata:
             "episodes": [
                 {"name": e.name, "length": e.length, "attributes": e.attributes} for e in self.episodes
             ],
+            **stats,
         }
 
     @classmethod
@@ -123,6 +128,7 @@ class DatasetMetadata:
             data.get("decoder"),
             dict(data.get("attributes") or {}),
             episodes,
+            latent_stats=check_latent_stats_record(data.get("latent_stats"), shape[1], path),
         )
         meta.check_spec(path)
         for e in episodes:
@@ -161,6 +167,31 @@ class DatasetMetadata:
         if key == "latents":
             return np.dtype(self.latent_dtype)
         return np.dtype(DISCRETE_DTYPE if key == "actions_discrete" else CONTINUOUS_DTYPE)
+
+
+def check_latent_stats_record(record: Any, dim: int, path: Path | None) -> dict[str, Any] | None:
+    """Check a ``latent_stats`` record: {"mean": D_b finite floats, "std": D_b finite floats >= 0,
+    "count": int >= 1}; returns it with plain Python types, or None when absent."""
+    if record is None:
+        return None
+    if not isinstance(record, dict) or set(record) != {"mean", "std", "count"}:
+        raise DatasetError(path, 'latent_stats must be an object with keys "mean", "std" and "count"')
+    out: dict[str, Any] = {}
+    for key in ("mean", "std"):
+        try:
+            values = np.asarray(record[key], dtype=np.float64)
+        except (TypeError, ValueError):
+            values = np.zeros(0)
+        if values.shape != (dim,) or not np.isfinite(values).all():
+            raise DatasetError(path, f"latent_stats.{key} must be a list of D_b={dim} finite numbers")
+        out[key] = [float(v) for v in values]
+    if min(out["std"]) < 0:
+        raise DatasetError(path, "latent_stats.std must be >= 0")
+    count = record["count"]
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise DatasetError(path, f"latent_stats.count must be an integer >= 1, got {count!r}")
+    out["count"] = count
+    return out
 
 
 def read_metadata(root: str | os.PathLike) -> DatasetMetadata:

@@ -9,6 +9,7 @@ committed before, all complete. Leftover temporary files are removed by the next
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,6 +30,7 @@ from .format import (
     read_metadata,
     write_json_atomically,
 )
+from .stats import LatentStatistics
 
 try:  # advisory lock so that two writers never append to one root at once (released by the OS on a crash)
     import fcntl
@@ -172,6 +174,7 @@ class LatentDatasetWriter:
         self._uncommitted = 0
         self._closed = False
         self._next_index = 1 + max((int(e.name) for e in self.meta.episodes if e.name.isdigit()), default=-1)
+        self._stats = self._continue_stats()  # per-channel latent mean/std, merged episode by episode
         if not (self.root / METADATA_FILE).exists():
             self._commit()  # an empty but valid dataset from the first moment
 
@@ -201,6 +204,9 @@ class LatentDatasetWriter:
                 np.save(f, array, allow_pickle=False)
         fsync_directory(episodes_dir)
         self.meta.episodes.append(record)
+        if self._stats is not None:  # from the stored values (after the cast), in float64
+            self._stats.update(arrays["latents"])
+            self.meta.latent_stats = self._stats.record()
         self._next_index += 1
         self._uncommitted += 1
         if self._uncommitted >= self.commit_every:
@@ -225,6 +231,24 @@ class LatentDatasetWriter:
         self.close()  # episodes added before an exception are complete, so they are committed too
 
     # ------------------------------------------------------------------ internals
+    def _continue_stats(self) -> LatentStatistics | None:
+        """Statistics to continue: empty for a new dataset, the stored record when it counts exactly the
+        committed episodes; None (leave them out) for episodes written without statistics."""
+        dim = self.meta.latent_shape[1]
+        count = sum(e.length for e in self.meta.episodes) * self.meta.latent_shape[0]
+        record = self.meta.latent_stats
+        if count == 0:
+            self.meta.latent_stats = None
+            return LatentStatistics(dim)
+        if record is not None and int(record["count"]) == count:
+            return LatentStatistics.from_record(record)
+        warnings.warn(
+            f"{self.root / METADATA_FILE}: appending to episodes without up-to-date latent_stats; they are "
+            f"left out (run `dreamer-dynamics-data stats {self.root}` afterwards)", stacklevel=3,
+        )
+        self.meta.latent_stats = None
+        return None
+
     def _commit(self) -> None:
         write_json_atomically(self.root / METADATA_FILE, self.meta.to_json())
         self._uncommitted = 0

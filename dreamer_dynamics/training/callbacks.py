@@ -54,7 +54,9 @@ class RolloutImageLogger(pl.Callback):
 
     Uses ``trainer.datamodule.decoder`` (latents [..., N_b, D_b] -> images [..., H, W, 3] in [0, 1]); does
     nothing for datasets without a decoder or without a TensorBoard logger. The module's ``validation_step``
-    returns ``{"rollout_images": {"context": ..., "target": ..., "k4": ...}}`` for its first batch.
+    returns ``{"rollout_images": {"context": ..., "target": ..., "k4": ...}}`` for its first batch, in model
+    units like the batches; they are mapped back to the dataset's units (``pl_module.destandardize``)
+    before decoding, since the decoder reads what the encoder wrote.
     For each of the first ``max_sequences`` sequences one image is logged: rows = ground truth, then one row
     per rollout step count K; columns = the last context frame followed by the generated horizon.
     """
@@ -79,7 +81,11 @@ class RolloutImageLogger(pl.Callback):
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if decoder is None or not loggers:
             return
-        for index, image in enumerate(self.make_grids(outputs["rollout_images"], decoder)):
+        destandardize = getattr(pl_module, "destandardize", None)
+        rollouts = outputs["rollout_images"]
+        if destandardize is not None:
+            rollouts = {key: destandardize(value) for key, value in rollouts.items()}
+        for index, image in enumerate(self.make_grids(rollouts, decoder)):
             for logger in loggers:
                 logger.experiment.add_image(
                     f"val/rollout_{index}", image, global_step=trainer.global_step, dataformats="HWC"

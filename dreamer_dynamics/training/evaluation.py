@@ -80,7 +80,7 @@ class EvaluationMixin:
         horizon = min(z1.shape[1] - ctx, self.hparams.val_rollout_horizon)
         context, target = z1[:, :ctx], z1[:, ctx : ctx + horizon]  # (R, ctx, N, D), (R, H, N, D)
         actions = {k: v[:rows, : ctx + horizon].repeat(samples, *([1] * (v.dim() - 1))) for k, v in cond.items()}
-        generated = {k: self.model_rollout(context.repeat(samples, 1, 1, 1), horizon, num_steps=k,
+        generated = {k: self.rollout_standardized(context.repeat(samples, 1, 1, 1), horizon, num_steps=k,
                                            generator=generator, **actions).view(samples, *target.shape)
                      for k in self.val_rollout_steps}  # K -> (S, R, H, N, D)
         metrics.rollout.update(context, target, generated, self.object_hits(generated, target))
@@ -102,7 +102,7 @@ class EvaluationMixin:
         locate = getattr(datamodule, "object_locator", None)
         if locate is None:
             return None
-        return lambda latents: locate(self.to_data_units(latents))
+        return lambda latents: locate(self.destandardize(latents))
 
     def log_rollout_scores(self, metrics: ValidationMetrics, prefix: str) -> None:
         """Log the epoch's rollout scores (synchronised across ranks by torchmetrics) and reset them."""

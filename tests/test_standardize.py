@@ -1,0 +1,204 @@
+"""Latent standardisation end to end: the DataModule standardises with the dataset's ``latent_stats``, the
+module carries them (hparams -> checkpoint, buffers), and rollouts / predictions come back in the dataset's
+own units."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+from dreamer_dynamics.cli import DynamicsCLI
+from dreamer_dynamics.data import DynamicsDataModule, LatentDataset, LatentDatasetWriter
+from dreamer_dynamics.data.default import ToyDatasetConfig, builtin_dataset_root
+from dreamer_dynamics.model import DynamicsConfig
+from dreamer_dynamics.module import DynamicsModule
+from dreamer_dynamics.training import RolloutWriter
+
+SCALE, OFFSET = 0.05, 3.0  # raw pixel patches: mean ~0.3, std ~0.13; here a harsher case
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    """The same built-in episodes written twice: in the built-in units, and x SCALE + OFFSET."""
+    base = tmp_path_factory.mktemp("standardize")
+    toy_root = builtin_dataset_root(ToyDatasetConfig(episodes=6, length=24), base / "cache", progress=False)
+    toy = LatentDataset(toy_root)
+    out = {}
+    for name, (scale, offset) in {"unit": (1.0, 0.0), "scaled": (SCALE, OFFSET)}.items():
+        with LatentDatasetWriter(base / name, latent_shape=toy.latent_shape, num_discrete_actions=(5,),
+                                 decoder=toy.meta.decoder) as writer:
+            for i in range(len(toy)):
+                episode = toy[i]
+                latents = np.asarray(episode["latents"], np.float64) * scale + offset  # (T, N_b, D_b)
+                writer.add_episode(latents, actions_discrete=np.asarray(episode["actions_discrete"]))
+        out[name] = str(base / name)
+    return out
+
+
+def make_data(root, **kwargs) -> DynamicsDataModule:
+    return DynamicsDataModule(root, short_length=6, long_length=12, short_batch_size=4, long_batch_size=2,
+                              long_every=3, val_batch_size=4, val_batches=1, predict_length=6, **kwargs)
+
+
+def make_module(data: DynamicsDataModule, **kwargs) -> DynamicsModule:
+    config = DynamicsConfig.debug(latent_tokens=data.latent_tokens, latent_dim=data.latent_dim,
+                                  num_discrete_actions=data.num_discrete_actions)
+    kwargs = {"noise_seed": 0, "val_context_frames": 2, "val_rollout_horizon": 3, **kwargs}
+    return DynamicsModule(config, **kwargs)
+
+
+def make_trainer(tmp_path, max_steps, callbacks=()) -> pl.Trainer:
+    return pl.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=max_steps, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                      limit_val_batches=0, default_root_dir=str(tmp_path), callbacks=list(callbacks),
+                      enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks))
+
+
+class LossHistory(pl.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(trainer.callback_metrics["train/shortcut"]))  # unnormalised objective
+
+
+def train(root, tmp_path, steps=20, **data_kwargs) -> tuple[DynamicsModule, list[float]]:
+    pl.seed_everything(0)
+    data = make_data(root, **data_kwargs)
+    module = make_module(data)  # statistics handed over by the DataModule (a script that forgot them)
+    history = LossHistory()
+    make_trainer(tmp_path, steps, [history]).fit(module, data)
+    return module.eval(), history.losses
+
+
+@pytest.mark.slow
+def test_scaled_copy_trains_to_the_same_losses_and_rolls_out_in_its_own_units(roots, tmp_path):
+    unit, unit_losses = train(roots["unit"], tmp_path / "unit")
+    scaled, scaled_losses = train(roots["scaled"], tmp_path / "scaled")
+    # standardisation maps both copies to the same data up to float32 rounding: the same run, step by step
+    np.testing.assert_allclose(scaled_losses, unit_losses, rtol=1e-4)  # measured: 5e-7
+    _, raw_losses = train(roots["scaled"], tmp_path / "raw", standardize=False)
+    # unstandardised, the scaled copy is a different problem (measured: 7.5x apart at the median step)
+    assert np.median(np.abs(np.asarray(raw_losses) / np.asarray(unit_losses) - 1)) > 0.5
+
+    # rollouts take and return the dataset's own units: scaled context in -> scaled frames out
+    episode = LatentDataset(roots["unit"])[0]
+    context = torch.from_numpy(np.array(episode["latents"][None, :3]))  # (1, 3, N_b, D_b) built-in units
+    actions = torch.from_numpy(np.array(episode["actions_discrete"][None, :7], np.int64))
+    kwargs = dict(actions_discrete=actions, num_steps=2)
+    out_unit = unit.rollout(context, 4, generator=torch.Generator().manual_seed(5), **kwargs)
+    scaled_context = context * SCALE + OFFSET
+    out_scaled = scaled.rollout(scaled_context, 4, generator=torch.Generator().manual_seed(5), **kwargs)
+    assert out_unit.shape == (1, 4, 16, 48)
+    expected = (out_unit * SCALE + OFFSET).numpy()
+    np.testing.assert_allclose(out_scaled.numpy(), expected, atol=1e-4 * SCALE)  # measured: 5e-6 x SCALE
+
+
+def test_module_adopts_the_datamodules_stats_before_ema_copies_it(roots, tmp_path):
+    data = make_data(roots["scaled"])
+    module = make_module(data)
+    assert module.hparams.latent_stats is None and torch.equal(module.latent_std, torch.ones(48))
+    ema = EMAWeightAveraging(decay=0.5)
+    seen = {}
+
+    class BeforeTheFirstUpdate(pl.Callback):
+        def on_train_start(self, trainer, pl_module):  # the copy validation would swap in at this point
+            seen["mean"] = ema._average_model.module.latent_mean.clone()
+
+    make_trainer(tmp_path, 2, [ema, BeforeTheFirstUpdate()]).fit(module, data)
+    assert torch.equal(seen["mean"], module.latent_mean)
+    assert module.hparams.latent_stats == data.latent_stats == LatentDataset(roots["scaled"]).latent_stats
+    stats = data.latent_stats
+    np.testing.assert_allclose(module.latent_mean.numpy(), stats["mean"], rtol=1e-6)
+    np.testing.assert_allclose(module.latent_std.numpy(), stats["std"], rtol=1e-6)
+    averaged = ema._average_model.module  # its buffers are swapped in for validation: they must agree
+    assert torch.equal(averaged.latent_mean, module.latent_mean)
+    assert torch.equal(averaged.latent_std, module.latent_std)
+    # a module whose statistics disagree with the data's batches is refused with a clear message
+    other = make_module(data, latent_stats=LatentDataset(roots["unit"]).latent_stats)
+    with pytest.raises(ValueError, match="latent_stats differ from the DataModule"):
+        make_trainer(tmp_path, 1).fit(other, data)
+    raw = make_data(roots["scaled"], standardize=False)
+    assert raw.latent_stats is None
+    with pytest.raises(ValueError, match="no standardisation"):
+        make_trainer(tmp_path, 1).fit(make_module(raw, latent_stats=stats), raw)
+
+
+def test_checkpoint_carries_the_stats_and_predict_writes_data_units(roots, tmp_path):
+    data = make_data(roots["scaled"])
+    module = make_module(data, latent_stats=data.latent_stats)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    make_trainer(tmp_path, 1, [checkpoint]).fit(module, data)
+    path = tmp_path / "ckpt" / "last.ckpt"
+    state = torch.load(path, weights_only=True)
+    assert state["hyper_parameters"]["latent_stats"] == data.latent_stats
+    assert "latent_mean" not in state["state_dict"]  # rebuilt from the hyperparameters
+    loaded = DynamicsModule.load_from_checkpoint(path, weights_only=True)
+    assert torch.equal(loaded.latent_mean, module.latent_mean)
+    assert torch.equal(loaded.latent_std, module.latent_std)
+    z = torch.randn(2, 3, 16, 48)
+    torch.testing.assert_close(loaded.destandardize(loaded.standardize(z)), z, atol=1e-6, rtol=1e-6)
+
+    # a checkpoint from before the statistics existed still loads, as an identity
+    del state["hyper_parameters"]["latent_stats"]
+    torch.save(state, tmp_path / "old.ckpt")
+    old = DynamicsModule.load_from_checkpoint(tmp_path / "old.ckpt", weights_only=True)
+    assert torch.equal(old.latent_mean, torch.zeros(48)) and torch.equal(old.latent_std, torch.ones(48))
+
+    writer = RolloutWriter(output_dir=str(tmp_path / "pred"))
+    make_trainer(tmp_path, 1, [writer]).predict(loaded, datamodule=data, return_predictions=False)
+    (file,) = (tmp_path / "pred").iterdir()
+    out = torch.load(file, weights_only=True)
+    raw_data = make_data(roots["scaled"], standardize=False)
+    raw = next(iter(raw_data.predict_dataloader()))["latents"]  # the stored values
+    torch.testing.assert_close(out["context"], raw[:, :2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["ground_truth"], raw[:, 2:], atol=1e-5, rtol=0)
+    assert abs(float(out["rollout"].mean()) - OFFSET) < 0.5  # generated frames in the same units
+
+
+def test_cli_links_the_stats_into_the_model(roots, monkeypatch):
+    from tests.test_cli import QUICKSTART, TINY
+
+    monkeypatch.setattr(sys, "argv", ["dreamer-dynamics"])
+    args = ["--config", QUICKSTART, "--data.root", roots["scaled"], *TINY]
+    cli = DynamicsCLI(args=args, run=False)
+    assert cli.model.hparams.latent_stats == cli.datamodule.latent_stats
+    stored = json.loads(open(f"{roots['scaled']}/metadata.json").read())["latent_stats"]
+    assert cli.datamodule.latent_stats == stored
+    np.testing.assert_allclose(cli.model.latent_mean.numpy(), cli.datamodule.latent_stats["mean"], rtol=1e-6)
+    cli = DynamicsCLI(args=[*args, "--data.standardize=false"], run=False)
+    assert cli.model.hparams.latent_stats is None and cli.datamodule.latent_stats is None
+
+
+def test_rollout_images_are_decoded_in_the_datasets_units(roots, tmp_path):
+    import io
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dreamer_dynamics.training import RolloutImageLogger
+
+    data = make_data(roots["scaled"])
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=logger, enable_progress_bar=False,
+                         enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
+                         limit_val_batches=1, val_check_interval=1, check_val_every_n_epoch=None,
+                         enable_checkpointing=False, callbacks=[RolloutImageLogger(max_sequences=1)])
+    trainer.fit(make_module(data), data)
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    png = events.Images("val/rollout_0")[-1].encoded_image_string
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.float32) / 255  # (rows*16, 4*16, 3)
+    # first row: the last context frame and the ground-truth future, decoded from the stored values
+    raw = next(iter(make_data(roots["scaled"], standardize=False).val_dataloader()))["latents"][0, 1:5]
+    expected = data.decoder(raw).clamp(0, 1)  # (4, 16, 16, 3)
+    expected = expected.permute(1, 0, 2, 3).flatten(1, 2).numpy()  # (16, 4*16, 3)
+    np.testing.assert_allclose(image[:16], expected, atol=1.5 / 255)
