@@ -1,31 +1,58 @@
 """Console script ``dreamer-dynamics``: LightningCLI with ``fit``, ``validate``, ``test`` and ``predict``.
 
-    dreamer-dynamics fit --config lightning_configs/quickstart.yaml
-    dreamer-dynamics fit --config lightning_configs/quickstart.yaml --data.root /path/to/latents
-    dreamer-dynamics fit --config lightning_configs/quickstart.yaml --ckpt_path runs/.../last.ckpt
-    dreamer-dynamics predict --config lightning_configs/quickstart.yaml --ckpt_path runs/.../last.ckpt
-    dreamer-dynamics fit --config lightning_configs/quickstart.yaml --print_config
+    dreamer-dynamics fit --config quickstart                          # packaged config, by name
+    dreamer-dynamics fit --config quickstart --data.root /path/to/latents
+    dreamer-dynamics fit --config quickstart --ckpt_path last         # resume the newest checkpoint
+    dreamer-dynamics validate --ckpt_path runs/.../last.ckpt          # model AND data from the checkpoint
+    dreamer-dynamics predict --ckpt_path CKPT --data.predict_context context.npz --model.predict_horizon 8
+    dreamer-dynamics fit --config quickstart --print_config
 
-The model's latent shape and action spec are *linked* from the DataModule when both are instantiated, so
-``--data.root`` alone switches datasets (the linked keys ``model.model.latent_tokens`` etc. are not settable).
-Checkpoints are loaded with weights-only unpickling (``--weights_only true`` is the default here).
+* ``--config NAME`` finds a packaged config (``dreamer_dynamics/configs/NAME.yaml``; the repository's
+  ``lightning_configs/`` links to the same files); any existing path is used as given.
+* The model's latent shape and action spec are *linked* from the DataModule, so ``--data.root`` alone switches
+  datasets (the linked keys ``model.model.latent_tokens`` etc. are not settable).
+* With ``--ckpt_path``, the model's hyper-parameters come from the checkpoint (Lightning), and so does the
+  dataset unless ``--data.root`` is given; a dataset the network does not fit is refused with one line before
+  anything is built (checkpoints.py). ``--ckpt_path last`` is the newest ``*.ckpt`` under
+  ``trainer.default_root_dir``; ``fit`` then continues in the checkpoint's log version.
+* Every output goes under ``trainer.default_root_dir``: loggers without a ``save_dir`` get it, checkpoints go
+  to the logger's version folder, ``RolloutWriter`` without ``output_dir`` writes ``<root>/predictions``.
+* One optimiser setting: ``model.optimizer`` / ``model.scheduler`` (LightningCLI's automatic ``--optimizer``
+  and ``--lr_scheduler``, which would bypass the module's parameter groups and schedule, are disabled).
+* Dataset and configuration errors print one line and exit 1; ``DREAMER_DYNAMICS_TRACEBACK=1`` shows the full
+  traceback. Checkpoints are loaded with weights-only unpickling (``--weights_only true`` is the default here).
 """
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
 from typing import Any, Optional
 
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
+from dreamer_dynamics.checkpoints import check_spec, find_last_checkpoint, log_version_of, read_checkpoint_info
+from dreamer_dynamics.configs import resolve_config_args
 from dreamer_dynamics.data import DynamicsDataModule
+from dreamer_dynamics.data.format import METADATA_FILE, DatasetError
+from dreamer_dynamics.errors import TRACEBACK_ENV, ConfigError, show_traceback
 from dreamer_dynamics.module import DynamicsModule
+from dreamer_dynamics.quiet import quiet_known_messages, quiet_weight_averaging_warning
+from dreamer_dynamics.training.progress import StepProgressBar
 
 # DataModule property -> DynamicsConfig field (model.model.<field>)
 LINKED_DATA_FIELDS = ("latent_tokens", "latent_dim", "num_discrete_actions", "num_continuous_actions")
+USER_ERRORS = (DatasetError, ConfigError)  # printed as one line, exit 1
+LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # resolved by Lightning itself
 
 
 class DynamicsCLI(LightningCLI):
-    """LightningCLI with the data -> model links and weights-only checkpoint loading.
+    """LightningCLI with the data -> model links, checkpoint/data reconciliation, outputs under
+    ``default_root_dir``, a step progress bar and weights-only checkpoint loading (see the module doc).
 
     Use it with a subclass of ``DynamicsModule`` from your own script: ``DynamicsCLI(MyModule)``.
     """
@@ -33,6 +60,9 @@ class DynamicsCLI(LightningCLI):
     def __init__(self, model_class: Any = DynamicsModule, datamodule_class: Any = DynamicsDataModule,
                  **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("auto_configure_optimizers", False)  # one optimiser setting: model.optimizer
+        parser_kwargs = kwargs.setdefault("parser_kwargs", {})
+        parser_kwargs.setdefault("epilog", f"Set {TRACEBACK_ENV}=1 for full tracebacks of one-line errors.")
         super().__init__(model_class, datamodule_class, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -48,10 +78,106 @@ class DynamicsCLI(LightningCLI):
             parser.set_defaults(weights_only=True)
         return parser
 
+    # ------------------------------------------------------------------ before anything is built
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("ckpt_path"):
+            self.reconcile_checkpoint(subcommand, self.config[subcommand])
+
+    def reconcile_checkpoint(self, subcommand: str, config: Namespace) -> None:
+        """Resolve ``last``; take the recorded dataset when no ``--data.root`` is given; refuse a dataset the
+        checkpoint's network does not fit (ConfigError, one line naming both sides)."""
+        ckpt = str(config.ckpt_path)
+        if ckpt == "last":
+            ckpt = str(find_last_checkpoint(self.run_dir(config)))
+            config.ckpt_path = ckpt
+            rank_zero_info(f"--ckpt_path last: {ckpt}")
+        if ckpt in LIGHTNING_CKPT_NAMES:
+            return
+        if not Path(ckpt).is_file():
+            raise ConfigError(f"--ckpt_path {ckpt}: no such checkpoint file")
+        info = read_checkpoint_info(ckpt)
+        data = config.get("data")
+        if not isinstance(data, Namespace) or "root" not in data:
+            return  # a DataModule without a root: nothing to reconcile
+        recorded = (info["fingerprint"] or {}).get("root")
+        if data.root is None and recorded and (Path(recorded) / METADATA_FILE).is_file():
+            data.root = recorded
+            rank_zero_info(f"data: the checkpoint's dataset {recorded}")
+        root = data.root if data.root is not None else self.builtin_root(data)
+        from dreamer_dynamics.data.fingerprint import dataset_fingerprint
+
+        check_spec(ckpt, info["model"], root, dataset_fingerprint(root))
+
+    @staticmethod
+    def builtin_root(data: Namespace) -> str:
+        """Root of the built-in dataset this data config describes (generated and cached if needed)."""
+        from dreamer_dynamics.data.default import ToyDatasetConfig, builtin_dataset_root
+
+        toy = data.get("toy")
+        toy = ToyDatasetConfig(**(toy.as_dict() if isinstance(toy, Namespace) else toy)) if toy else None
+        return str(builtin_dataset_root(toy, data.get("cache_dir"), progress=True))
+
+    @staticmethod
+    def run_dir(config: Namespace) -> str:
+        return str(config.trainer.get("default_root_dir") or os.getcwd())
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        self.place_outputs(config, resume=self.subcommand == "fit")
+
+    def place_outputs(self, config: Namespace, *, resume: bool) -> None:
+        """Loggers without ``save_dir`` log under ``default_root_dir``; a resumed ``fit`` whose checkpoint
+        lies in ``<save_dir>/<name>/version_N`` continues in version N."""
+        trainer = config.get("trainer")
+        if not isinstance(trainer, Namespace):
+            return
+        loggers = trainer.get("logger")
+        loggers = loggers if isinstance(loggers, list) else [loggers]
+        ckpt = config.get("ckpt_path")
+        for logger in loggers:
+            init = logger.get("init_args") if isinstance(logger, Namespace) else None
+            if not isinstance(init, Namespace) or "save_dir" not in init:
+                continue
+            if init.save_dir is None:
+                init.save_dir = self.run_dir(config)
+            if resume and ckpt and "version" in init and init.version is None and Path(str(ckpt)).is_file():
+                version = log_version_of(Path(str(ckpt)), init.save_dir, init.get("name") or "")
+                if version is not None:
+                    init.version = version
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        callbacks = trainer.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            trainer["callbacks"] = [*callbacks, StepProgressBar()]
+        return super().instantiate_trainer(**kwargs)
+
+    def after_instantiate_classes(self) -> None:
+        strategy = type(self.trainer.strategy).__name__ if self.trainer is not None else ""
+        if "FSDP" not in strategy and "ModelParallel" not in strategy:
+            quiet_weight_averaging_warning()  # configure_model only shards under FSDP (quiet.py)
+        check = getattr(self.datamodule, "check", None)
+        if self.subcommand and callable(check):
+            check()  # data errors now, before the Trainer creates log folders
+
 
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point of ``dreamer-dynamics`` (``args=None`` reads ``sys.argv``)."""
-    DynamicsCLI(args=args)
+    quiet_known_messages()
+    if args is None:  # rewrite sys.argv itself: DDP launchers re-run it in the child processes
+        sys.argv[1:] = resolve_config_args(sys.argv[1:])
+    else:
+        args = resolve_config_args(list(args))
+    try:
+        DynamicsCLI(args=args)
+    except USER_ERRORS as err:
+        if show_traceback():
+            raise
+        print(f"dreamer-dynamics: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
