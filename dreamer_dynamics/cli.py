@@ -48,6 +48,11 @@ from dreamer_dynamics.training.progress import StepProgressBar
 LINKED_DATA_FIELDS = ("latent_tokens", "latent_dim", "num_discrete_actions", "num_continuous_actions")
 USER_ERRORS = (DatasetError, ConfigError)  # printed as one line, exit 1
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # resolved by Lightning itself
+# DynamicsModule settings that change evaluation only, never the weights: with --ckpt_path, Lightning replaces
+# the whole model config by the checkpoint's hyper-parameters; these keep the values of this command line.
+EVALUATION_SETTINGS = ("rollout_steps", "context_noise", "val_rollout_steps", "val_context_frames",
+                       "val_rollout_horizon", "val_rollout_batches", "val_rollout_rows", "num_tau_buckets",
+                       "predict_horizon")
 
 
 class DynamicsCLI(LightningCLI):
@@ -84,6 +89,9 @@ class DynamicsCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand and self.config[subcommand].get("ckpt_path"):
             self.reconcile_checkpoint(subcommand, self.config[subcommand])
+            model = self.config[subcommand].get("model")
+            self._evaluation_settings = {k: model[k] for k in EVALUATION_SETTINGS
+                                         if isinstance(model, Namespace) and k in model}
 
     def reconcile_checkpoint(self, subcommand: str, config: Namespace) -> None:
         """Resolve ``last``; take the recorded dataset when no ``--data.root`` is given; refuse a dataset the
@@ -125,6 +133,8 @@ class DynamicsCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        for key, value in getattr(self, "_evaluation_settings", {}).items():
+            config.model[key] = value  # the command line's, not the checkpoint's (see EVALUATION_SETTINGS)
         self.place_outputs(config, resume=self.subcommand == "fit")
 
     def place_outputs(self, config: Namespace, *, resume: bool) -> None:

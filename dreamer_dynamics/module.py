@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+from dreamer_dynamics.errors import ConfigError
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout
 from dreamer_dynamics.objective import (
     LossNormalizer,
@@ -368,7 +369,7 @@ class DynamicsModule(pl.LightningModule):
             ("actions_continuous", actions_continuous, self.config.num_continuous_actions),
         ) if needed and given is None]
         if missing and not unconditional:
-            raise ValueError(f"rollout: the model is action-conditioned but {' and '.join(missing)} were not "
+            raise ConfigError(f"rollout: the model is action-conditioned but {' and '.join(missing)} were not "
                              "given; pass them (covering T_ctx + horizon frames) or unconditional=True")
         was_training = self.training
         self.eval()
@@ -424,10 +425,13 @@ class DynamicsModule(pl.LightningModule):
     def _predict_from_context(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         context = batch["context"]  # (B, T_ctx, N_b, D_b)
         cond = self.conditioning(batch)
+        if not cond and (self.config.num_discrete_actions or self.config.num_continuous_actions):
+            raise ConfigError("predict: the model is action-conditioned but the context file has no actions; "
+                              "add actions_discrete / actions_continuous covering the frames to generate")
         covered = min((a.shape[1] for a in cond.values()), default=None)
         horizon = self.hparams.predict_horizon or (covered - context.shape[1] if covered else 0)
         if horizon < 1:
-            raise ValueError("predict: a context file needs actions beyond its context frames or "
+            raise ConfigError("predict: a context file needs actions beyond its context frames or "
                              "model.predict_horizon (frames to generate)")
         cond = {k: v[:, : context.shape[1] + horizon] for k, v in cond.items()}
         generated = self.rollout(context, horizon, generator=self.evaluation_generator(batch_idx), **cond)
