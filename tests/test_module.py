@@ -159,7 +159,7 @@ def test_rollout_shapes_determinism_and_action_coverage(cache):
 def test_predict_writes_weights_only_loadable_files(tmp_path, cache):
     data = make_data(cache)
     module = make_module(data)
-    writer = RolloutWriter(output_dir=str(tmp_path / "pred"))
+    writer = RolloutWriter(output_dir=str(tmp_path / "pred"), format="pt", pictures=False)
     make_trainer(tmp_path, logger=False, callbacks=[writer]).predict(module, datamodule=data, return_predictions=False)
     files = sorted((tmp_path / "pred").iterdir())
     assert [f.name for f in files] == ["rollouts_rank0_batch000000.pt"]  # no temporary files left behind
