@@ -11,9 +11,10 @@
   ``lightning_configs/`` links to the same files); any existing path is used as given.
 * The model's latent shape and action spec are *linked* from the DataModule, so ``--data.root`` alone switches
   datasets (the linked keys ``model.model.latent_tokens`` etc. are not settable).
-* With ``--ckpt_path``, the model's hyper-parameters come from the checkpoint (Lightning), and so does the
-  dataset unless ``--data.root`` is given; a dataset the network does not fit is refused with one line before
-  anything is built (checkpoints.py). ``--ckpt_path last`` is the newest ``*.ckpt`` under
+* With ``--ckpt_path``, the model's hyper-parameters come from the checkpoint (Lightning; the evaluation-only
+  settings in ``EVALUATION_SETTINGS`` keep this command line's values), and so does the dataset unless
+  ``--data.root`` is given: its root and the DataModule settings this command line leaves at their defaults.
+  A dataset the network does not fit is refused with one line before anything is built (checkpoints.py). ``--ckpt_path last`` is the newest ``*.ckpt`` under
   ``trainer.default_root_dir``; ``fit`` then continues in the checkpoint's log version.
 * Every output goes under ``trainer.default_root_dir``: loggers without a ``save_dir`` get it, checkpoints go
   to the logger's version folder, ``RolloutWriter`` without ``output_dir`` writes ``<root>/predictions``.
@@ -25,6 +26,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -53,6 +55,15 @@ LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # resolved by Lightning itse
 EVALUATION_SETTINGS = ("rollout_steps", "context_noise", "val_rollout_steps", "val_context_frames",
                        "val_rollout_horizon", "val_rollout_batches", "val_rollout_rows", "num_tau_buckets",
                        "predict_horizon")
+
+# DataModule settings that describe this machine or this run's input, never adopted from a checkpoint
+NOT_ADOPTED = ("root", "toy", "cache_dir", "num_workers", "pin_memory", "predict_context")
+
+
+def signature_defaults(cls: type) -> dict[str, Any]:
+    """{argument: default} of ``cls.__init__`` (arguments without a default are left out)."""
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 class DynamicsCLI(LightningCLI):
@@ -90,8 +101,10 @@ class DynamicsCLI(LightningCLI):
         if subcommand and self.config[subcommand].get("ckpt_path"):
             self.reconcile_checkpoint(subcommand, self.config[subcommand])
             model = self.config[subcommand].get("model")
-            self._evaluation_settings = {k: model[k] for k in EVALUATION_SETTINGS
-                                         if isinstance(model, Namespace) and k in model}
+            defaults = signature_defaults(self.model_class or DynamicsModule)
+            self._evaluation_settings = {  # those this command line (or its config) sets
+                k: model[k] for k in EVALUATION_SETTINGS
+                if isinstance(model, Namespace) and k in model and k in defaults and model[k] != defaults[k]}
 
     def reconcile_checkpoint(self, subcommand: str, config: Namespace) -> None:
         """Resolve ``last``; take the recorded dataset when no ``--data.root`` is given; refuse a dataset the
@@ -113,6 +126,11 @@ class DynamicsCLI(LightningCLI):
         if data.root is None and recorded and (Path(recorded) / METADATA_FILE).is_file():
             data.root = recorded
             rank_zero_info(f"data: the checkpoint's dataset {recorded}")
+            # and its recorded settings (window lengths, split, ...) where this command line leaves the default
+            defaults = signature_defaults(self.datamodule_class or DynamicsDataModule)
+            for key, value in (info["data"] or {}).items():
+                if key in data and key in defaults and key not in NOT_ADOPTED and data[key] == defaults[key]:
+                    data[key] = value
         root = data.root if data.root is not None else self.builtin_root(data)
         from dreamer_dynamics.data.fingerprint import dataset_fingerprint
 

@@ -105,9 +105,9 @@ def test_resume_last_continues_in_the_same_version_and_warns_on_changed_data(tra
 def test_checkpoint_brings_its_data_and_refuses_other_data(trained):
     base, data, out, _ = trained
     ckpt = str(out / "tensorboard" / "version_0" / "checkpoints" / "last.ckpt")
-    # no --data.root: the model AND the data come from the checkpoint (the built-in world would not fit)
-    result = run("validate", "--config", "quickstart", *TINY, "--ckpt_path", ckpt,
-                 f"--trainer.default_root_dir={base / 'val'}", cwd=base)
+    # only --ckpt_path: the model AND the data (root, window lengths) come from the checkpoint; the built-in
+    # world would not fit, and the default 16-frame windows would not fit its 10-frame episodes
+    result = run("validate", "--ckpt_path", ckpt, f"--trainer.default_root_dir={base / 'val'}", cwd=base)
     recorded = {str(data.resolve()), str((base / "grown").resolve())}  # before / after the resume test
     used = re.search(r"data: the checkpoint's dataset (\S+)", result.stderr + result.stdout)
     assert used and used.group(1) in recorded
