@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import config_dict, machine_info, pin_threads, run_benchmark  # noqa: E402
+from benchmarks.common import config_dict, machine_info, medium_config, pin_threads, run_benchmark  # noqa: E402
 from dreamer_dynamics.data import DynamicsDataModule  # noqa: E402
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout  # noqa: E402
 from dreamer_dynamics.objective import sample_signal_and_step, shortcut_forcing_loss  # noqa: E402
@@ -36,8 +36,8 @@ def quality_config(data: DynamicsDataModule, smoke: bool) -> DynamicsConfig:
                 num_discrete_actions=data.num_discrete_actions, num_continuous_actions=data.num_continuous_actions)
     if smoke:
         return DynamicsConfig.debug(**spec, pack_factor=1)
-    return DynamicsConfig.quickstart(**spec, dim=128, depth=4, heads=4, kv_heads=2, time_every=2,
-                                     context_length=16, k_max=64)
+    return medium_config(**spec, dim=128, depth=4, heads=4, kv_heads=2, time_every=2,
+                         context_length=16, k_max=64)
 
 
 def training_windows(data: DynamicsDataModule, steps: int, batch: int, length: int, seed: int) -> list:

@@ -5,7 +5,7 @@ C - 1 cached frames, so the cost per frame stays flat as the horizon grows; with
 recomputes the whole sequence and the cost per frame grows linearly with the horizon.
 
     python benchmarks/rollout_speed.py                      # debug-size model on CPU, < 2 minutes
-    python benchmarks/rollout_speed.py --device cuda --config quickstart --context-length 64
+    python benchmarks/rollout_speed.py --device cuda --config medium --context-length 64
 
 Prints a table and writes benchmarks/results/rollout_speed.json.
 """
@@ -16,14 +16,19 @@ import argparse
 import dataclasses
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-PRESETS = {"debug": DynamicsConfig.debug, "quickstart": DynamicsConfig.quickstart,
+from benchmarks.common import medium_config  # noqa: E402
+from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout  # noqa: E402
+
+# medium = the train_step model (fixed in benchmarks/common.py); quickstart = the packaged preset
+PRESETS = {"debug": DynamicsConfig.debug, "quickstart": DynamicsConfig.quickstart, "medium": medium_config,
            "minecraft": DynamicsConfig.minecraft}
 
 

@@ -236,3 +236,18 @@ def test_validation_metrics_bucket_by_signal_level_and_baseline():
     assert values["val/bootstrap_loss"] == 2.0 and values["val/loss"] == 0.5
     assert values["val/rollout_mse_copy_last"] == 5.0  # (1 + 9) / 2
     assert "val/rollout_mse_k1" not in values  # not updated this epoch: not logged
+
+
+def test_progress_bar_shows_the_unnormalised_loss_and_checkpoints_load_in_eval_mode(tmp_path, cache):
+    """The normalised loss is ~1 by design (running-RMS division), so the bar shows the raw one."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    data = make_data(cache)
+    module = make_module(data)
+    trainer = make_trainer(tmp_path, max_steps=2, logger=False, limit_val_batches=0,
+                           callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
+    trainer.fit(module, data)
+    shown, raw = trainer.progress_bar_metrics["loss"], trainer.callback_metrics["train/loss_unnormalized"]
+    assert shown == pytest.approx(float(raw)) and shown != pytest.approx(float(trainer.callback_metrics["train/loss"]))
+    loaded = DynamicsModule.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt", map_location="cpu")
+    assert not loaded.training and not any(m.training for m in loaded.modules())
