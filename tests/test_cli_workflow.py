@@ -146,8 +146,10 @@ def test_one_optimizer_setting_and_every_config_field_documented(tmp_path):
     for field in dataclasses.fields(DynamicsConfig):
         if field.name in linked:
             continue
-        match = re.search(rf"--model\.model\.{field.name} \S+\n(.*?)\(type:", text, re.S)
-        assert match and match.group(1).strip(), f"no help line for DynamicsConfig.{field.name}"
+        # the option's own entry: from its line to the next option; help text comes before "(type: ...)"
+        match = re.search(rf"^  --model\.model\.{field.name} \S+\n(.*?)(?=^  --)", text, re.S | re.M)
+        assert match, f"--model.model.{field.name} missing from --help"
+        assert match.group(1).split("(type:")[0].strip(), f"no help line for DynamicsConfig.{field.name}"
 
 
 def test_predict_from_a_context_file_writes_npy_and_pictures(trained):
