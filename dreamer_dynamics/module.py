@@ -112,9 +112,9 @@ class DynamicsModule(pl.LightningModule):
         if isinstance(model, dict):  # from a checkpoint's hyper_parameters (stored as a plain dict)
             model = DynamicsConfig(**model)
         if not 0.0 <= image_row_share <= 1.0:
-            raise ValueError(f"DynamicsModule: image_row_share must be in [0, 1], got {image_row_share}")
+            raise ConfigError(f"DynamicsModule: image_row_share must be in [0, 1], got {image_row_share}")
         if val_context_frames < 1:
-            raise ValueError(f"DynamicsModule: val_context_frames must be >= 1, got {val_context_frames}")
+            raise ConfigError(f"DynamicsModule: val_context_frames must be >= 1, got {val_context_frames}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.config = model
         self.optimizer_factory = optimizer

@@ -23,6 +23,8 @@ from .dataset import LatentDataset, LatentWindowDataset, split_episodes
 from .context_file import load_context_file
 from .default import ToyDatasetConfig, builtin_dataset_root
 from .fingerprint import dataset_fingerprint, fingerprint_changes
+from dreamer_dynamics.errors import ConfigError
+
 from .format import DatasetError
 from .patch_codec import PatchCodec, decoder_from_spec
 from .sampler import AlternatingLengthBatchSampler, Window
@@ -216,7 +218,7 @@ class DynamicsDataModule(pl.LightningDataModule):
                 warnings.warn(f"dataset {self.root} changed since the checkpoint ({'; '.join(changes)}); the "
                               "split is per episode, so validation episodes stay held out", stacklevel=2)
         if int(state.get("seed", self.hparams.seed)) != self.hparams.seed:
-            raise ValueError(
+            raise ConfigError(
                 f"checkpoint data seed {state['seed']} differs from data.seed={self.hparams.seed}; "
                 "the resumed batches would not match"
             )
