@@ -14,14 +14,15 @@
 * With ``--ckpt_path``, the model's hyper-parameters come from the checkpoint (Lightning; the evaluation-only
   settings in ``EVALUATION_SETTINGS`` keep this command line's values), and so does the dataset unless
   ``--data.root`` is given: its root and the DataModule settings this command line leaves at their defaults.
-  A dataset the network does not fit is refused with one line before anything is built (checkpoints.py). ``--ckpt_path last`` is the newest ``*.ckpt`` under
+  A dataset the network does not fit is refused with one line before anything is built (checkpoints.py).
+  ``--ckpt_path last`` is the newest ``*.ckpt`` under
   ``trainer.default_root_dir``; ``fit`` then continues in the checkpoint's log version.
 * Every output goes under ``trainer.default_root_dir``: loggers without a ``save_dir`` get it, checkpoints go
   to the logger's version folder, ``RolloutWriter`` without ``output_dir`` writes ``<root>/predictions``.
 * One optimiser setting: ``model.optimizer`` / ``model.scheduler`` (LightningCLI's automatic ``--optimizer``
   and ``--lr_scheduler``, which would bypass the module's parameter groups and schedule, are disabled).
 * Dataset and configuration errors print one line and exit 1; ``DREAMER_DYNAMICS_TRACEBACK=1`` shows the full
-  traceback. Checkpoints are loaded with weights-only unpickling (``--weights_only true`` is the default here).
+  traceback. Checkpoints are loaded with weights-only unpickling (``--weights_only true`` is the default).
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from dreamer_dynamics.checkpoints import check_spec, find_last_checkpoint, log_version_of, read_checkpoint_info
+from dreamer_dynamics.checkpoints import (
+    check_spec,
+    find_last_checkpoint,
+    log_version_of,
+    read_checkpoint_info,
+)
 from dreamer_dynamics.configs import resolve_config_args
 from dreamer_dynamics.data import DynamicsDataModule
 from dreamer_dynamics.data.format import METADATA_FILE, DatasetError
@@ -126,7 +132,7 @@ class DynamicsCLI(LightningCLI):
         if data.root is None and recorded and (Path(recorded) / METADATA_FILE).is_file():
             data.root = recorded
             rank_zero_info(f"data: the checkpoint's dataset {recorded}")
-            # and its recorded settings (window lengths, split, ...) where this command line leaves the default
+            # and its recorded settings (window lengths, split, ...) where the command line keeps a default
             defaults = signature_defaults(self.datamodule_class or DynamicsDataModule)
             for key, value in (info["data"] or {}).items():
                 if key in data and key in defaults and key not in NOT_ADOPTED and data[key] == defaults[key]:
@@ -176,10 +182,12 @@ class DynamicsCLI(LightningCLI):
                     init.version = version
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        trainer = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer = config["trainer"]
         callbacks = trainer.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+        has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
+        if trainer.get("enable_progress_bar") is not False and not has_bar:
             trainer["callbacks"] = [*callbacks, StepProgressBar()]
         return super().instantiate_trainer(**kwargs)
 

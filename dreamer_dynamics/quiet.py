@@ -14,7 +14,7 @@ import logging
 import warnings
 
 LEAFSPEC_MESSAGE = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
-WEIGHT_AVERAGING_MESSAGE = r"You're using the WeightAveraging callback with a model that overrides the configure_model"
+WEIGHT_AVERAGING_MESSAGE = r"You're using the WeightAveraging callback with a model that overrides"
 TIP_PREFIX = "💡 Tip:"
 RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 

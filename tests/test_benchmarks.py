@@ -11,7 +11,6 @@ import json
 import torch
 
 from benchmarks import common, gpu, quality, rollout_speed, run_all, scaling, train_step
-from dreamer_dynamics.model import DynamicsConfig
 
 
 def read(path):

@@ -1,5 +1,5 @@
-"""A new user's workflow through the real ``dreamer-dynamics`` console script (subprocess): packaged configs by
-name, outputs under ``--trainer.default_root_dir``, ``--ckpt_path last`` resume in the same log version, a
+"""A new user's workflow through the real ``dreamer-dynamics`` console script (subprocess): packaged configs
+by name, outputs under ``--trainer.default_root_dir``, ``--ckpt_path last`` resume in the same log version, a
 checkpoint that brings its own data, one-line errors before any folder exists, one optimiser setting, quiet
 output with a step progress bar, stable splits on append, and predict from a context file to .npy/PNG/GIF.
 
@@ -29,7 +29,8 @@ CODEC = PatchCodec(4, 2, 3, 0.5, 0.25)  # 4x4 RGB frames -> 4 tokens x 12 dims
 TINY = ["--model.model.dim=16", "--model.model.depth=2", "--model.model.heads=2", "--model.model.kv_heads=1",
         "--model.model.k_max=4", "--model.model.check_inputs=false", "--model.val_rollout_steps=[1]",
         "--model.val_context_frames=2", "--model.val_rollout_horizon=2", "--model.val_rollout_rows=2",
-        "--data.short_length=4", "--data.long_length=6", "--data.short_batch_size=2", "--data.long_batch_size=1",
+        "--data.short_length=4", "--data.long_length=6", "--data.short_batch_size=2",
+        "--data.long_batch_size=1",
         "--data.val_batch_size=2", "--data.val_batches=1", "--data.val_length=4", "--data.test_length=4",
         "--data.predict_length=4", "--data.steps_per_epoch=2", "--data.val_fraction=0.3",
         "--trainer.log_every_n_steps=1", "--trainer.val_check_interval=2"]
@@ -160,8 +161,9 @@ def test_predict_from_a_context_file_writes_npy_and_pictures(trained):
     np.savez(context, context=rng.random((2, 3, 4, 12)).astype(np.float32),
              actions_discrete=rng.integers(0, 3, (2, 5)))  # [B, T]: one component, 3 context + 2 new frames
     pred_dir = base / "pred"
-    # --model.predict_horizon wins over the checkpoint's value (evaluation-only settings keep the command line's)
-    run("predict", "--config", "quickstart", *TINY, "--ckpt_path", ckpt, "--data.predict_context", str(context),
+    # --model.predict_horizon wins over the checkpoint's value (evaluation-only settings: the command line's)
+    run("predict", "--config", "quickstart", *TINY, "--ckpt_path", ckpt, "--data.predict_context",
+        str(context),
         "--model.predict_horizon=1", f"--trainer.default_root_dir={pred_dir}", cwd=base)
     files = sorted(p.name for p in (pred_dir / "predictions").iterdir())
     rollout = np.load(pred_dir / "predictions" / "rollouts_rank0_batch000000.rollout.npy")

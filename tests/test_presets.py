@@ -1,5 +1,5 @@
-"""One source of presets: every packaged config builds exactly ``DynamicsConfig.preset(name)`` through the CLI,
-the dataclass defaults are the quickstart model, and ``--config NAME`` finds the packaged file."""
+"""One source of presets: every packaged config builds exactly ``DynamicsConfig.preset(name)`` through the
+CLI, the dataclass defaults are the quickstart model, and ``--config NAME`` finds the packaged file."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def plain_argv(monkeypatch):
     monkeypatch.setattr("sys.argv", ["dreamer-dynamics"])
 
 
-MODEL_CONFIGS = [n for n in available_configs() if (load_config(n).get("model") or {}).get("model") is not None]
+MODEL_CONFIGS = [n for n in available_configs()
+                 if (load_config(n).get("model") or {}).get("model") is not None]
 
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
@@ -46,7 +47,8 @@ def test_named_presets_are_the_packaged_configs():
 def test_defaults_are_quickstart_sized():
     """``fit`` without a config builds the quickstart's network size (not a 6 M-parameter model)."""
     defaults, quick = DynamicsConfig(), DynamicsConfig.quickstart(latent_tokens=16, latent_dim=32)
-    sizes = ("dim", "depth", "heads", "kv_heads", "context_length", "num_registers", "action_tokens", "mlp_ratio")
+    sizes = ("dim", "depth", "heads", "kv_heads", "context_length", "num_registers", "action_tokens",
+             "mlp_ratio")
     assert {k: getattr(defaults, k) for k in sizes} == {k: getattr(quick, k) for k in sizes}
     count = sum(p.numel() for p in DynamicsTransformer(DynamicsConfig(latent_dim=48)).parameters())
     assert count < 500_000
@@ -58,4 +60,4 @@ def test_config_names_resolve_and_paths_stay(tmp_path):
     resolved = resolve_config_args(args)
     assert resolved[2] == str(config_path("quickstart")) and resolved[4] == str(tmp_path / "mine.yaml")
     assert resolved[5] == "--config=" + str(config_path("gpu_fsdp"))
-    assert resolve_config_args(["--config", "nonexistent"]) == ["--config", "nonexistent"]  # parser reports it
+    assert resolve_config_args(["--config", "nope"]) == ["--config", "nope"]  # the parser reports it

@@ -1,10 +1,11 @@
 """The packaged LightningCLI configs: the one source of every preset.
 
-``dreamer-dynamics fit --config quickstart`` resolves the bare name to ``dreamer_dynamics/configs/quickstart.yaml``
-(installed with the package); the repository's ``lightning_configs/*.yaml`` are symlinks to these files, so
-``--config lightning_configs/quickstart.yaml`` reads the same bytes. ``DynamicsConfig.preset(name)`` builds the
-model of a config from its ``model.model`` section on top of the dataclass defaults, which are the quickstart
-sizes: change a preset in its YAML (or the quickstart sizes in ``DynamicsConfig``) and both paths follow.
+``dreamer-dynamics fit --config quickstart`` resolves the bare name to
+``dreamer_dynamics/configs/quickstart.yaml`` (installed with the package); the repository's
+``lightning_configs/*.yaml`` are symlinks to these files, so ``--config lightning_configs/quickstart.yaml``
+reads the same bytes. ``DynamicsConfig.preset(name)`` builds the model of a config from its ``model.model``
+section on top of the dataclass defaults, which are the quickstart sizes: change a preset in its YAML (or
+the quickstart sizes in ``DynamicsConfig``) and both paths follow.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def resolve_config_arg(value: str) -> str:
 
 
 def resolve_config_args(args: list[str]) -> list[str]:
-    """Rewrite every ``--config NAME`` / ``-c NAME`` / ``--config=NAME`` of a command line (see module doc)."""
+    """Rewrite every ``--config NAME`` / ``-c NAME`` / ``--config=NAME`` of a command line (module doc)."""
     out: list[str] = []
     expect = False
     for arg in args:

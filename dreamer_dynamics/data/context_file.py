@@ -20,7 +20,7 @@ from .format import DatasetError
 def load_context_file(
     path: str | os.PathLike, latent_shape: tuple[int, int], num_discrete: int, num_continuous: int
 ) -> list[dict[str, torch.Tensor]]:
-    """One dict per sequence: "context" float32 [T_ctx, N_b, D_b] and the actions present (int64 / float32)."""
+    """One dict per sequence: "context" float32 [T_ctx, N_b, D_b] and the actions present ."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(path, "context file does not exist")
@@ -53,7 +53,8 @@ def load_context_file(
         if value is None:
             continue
         if value.ndim != 3 or value.shape[0] != context.shape[0] or value.shape[2] != width:
-            raise DatasetError(path, f"{name} must be [B={context.shape[0]}, T, {width}], got {list(value.shape)}")
+            expected = f"[B={context.shape[0]}, T, {width}]"
+            raise DatasetError(path, f"{name} must be {expected}, got {list(value.shape)}")
         if value.shape[1] < context.shape[1]:
             raise DatasetError(path, f"{name} cover {value.shape[1]} frames, fewer than the "
                                      f"{context.shape[1]} context frames")

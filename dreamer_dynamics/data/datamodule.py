@@ -19,12 +19,12 @@ import lightning.pytorch as pl
 import numpy as np
 from torch.utils.data import DataLoader
 
-from .dataset import LatentDataset, LatentWindowDataset, split_episodes
-from .context_file import load_context_file
-from .default import ToyDatasetConfig, builtin_dataset_root
-from .fingerprint import dataset_fingerprint, fingerprint_changes
 from dreamer_dynamics.errors import ConfigError
 
+from .context_file import load_context_file
+from .dataset import LatentDataset, LatentWindowDataset, split_episodes
+from .default import ToyDatasetConfig, builtin_dataset_root
+from .fingerprint import dataset_fingerprint, fingerprint_changes
 from .format import DatasetError
 from .patch_codec import PatchCodec, decoder_from_spec
 from .sampler import AlternatingLengthBatchSampler, Window

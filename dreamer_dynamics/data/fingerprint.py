@@ -1,7 +1,8 @@
 """A dataset's fingerprint: what a checkpoint records about the data it was trained on.
 
 ``{"root", "latent_shape", "num_discrete_actions", "num_continuous_actions", "latent_stats", "num_episodes"}``
-in plain JSON types (weights-only loadable). The latent shape and action spec must match a checkpoint's network
+in plain JSON types (weights-only loadable). The latent shape and action spec must match a checkpoint's
+network
 (``check_data_matches``); a changed episode count, statistics or root only warrant a warning
 (``fingerprint_changes``).
 """
@@ -13,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from .format import DatasetError, METADATA_FILE, read_metadata
+from .format import METADATA_FILE, DatasetError, read_metadata
 
 SPEC_KEYS = ("latent_shape", "num_discrete_actions", "num_continuous_actions")
 
@@ -58,7 +59,9 @@ def spec_of(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def spec_mismatch(expected: dict[str, Any], actual: dict[str, Any], *, what: str, where: str) -> Optional[str]:
+def spec_mismatch(
+    expected: dict[str, Any], actual: dict[str, Any], *, what: str, where: str
+) -> Optional[str]:
     """One line naming both sides when the latent shape or action spec differ, else None."""
     if _normalised(expected) == _normalised(actual):
         return None
@@ -66,8 +69,9 @@ def spec_mismatch(expected: dict[str, Any], actual: dict[str, Any], *, what: str
 
 
 def _normalised(spec: dict[str, Any]) -> tuple:
-    return (tuple(int(x) for x in spec["latent_shape"]), tuple(int(x) for x in spec["num_discrete_actions"] or ()),
-            int(spec["num_continuous_actions"] or 0))
+    shape = tuple(int(x) for x in spec["latent_shape"])
+    discrete = tuple(int(x) for x in spec["num_discrete_actions"] or ())
+    return shape, discrete, int(spec["num_continuous_actions"] or 0)
 
 
 def fingerprint_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:

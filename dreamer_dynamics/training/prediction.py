@@ -1,8 +1,8 @@
 """``predict`` subcommand output: rollouts written to disk, one set of files per batch and rank, atomically.
 
-With a decoder (``trainer.datamodule.decoder``: latents [..., N_b, D_b] -> images [..., H, W, 3] in [0, 1], e.g.
-the built-in patch codec) every sequence is also written as pictures: a PNG grid (rows: the rollout, and the
-ground truth where the window has one; columns: context frames then generated frames) and an animated GIF.
+With a decoder (``trainer.datamodule.decoder``: latents [..., N_b, D_b] -> images [..., H, W, 3] in [0, 1],
+e.g. the built-in patch codec) every sequence is also written as pictures: a PNG grid (rows: the rollout, and
+the ground truth where the window has one; columns: context frames then generated frames) and an animated GIF.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ class RolloutWriter(BasePredictionWriter):
 
     Formats (``format``): ``npy`` (default) -- one ``{name}.{key}.npy`` per key; ``npz`` -- one ``{name}.npz``
     with every key; ``pt`` -- one ``{name}.pt`` dict of CPU tensors (``torch.load(weights_only=True)`` safe).
-    ``name`` is ``rollouts_rank{R}_batch{I:06d}``. Keys written by ``DynamicsModule.predict_step``: ``rollout``
-    [B, H, N_b, D_b] (generated clean latents), ``context`` [B, T_ctx, N_b, D_b], ``ground_truth``
-    [B, H', N_b, D_b] (the window's real future, when it has one) and the actions used. Every file is written to
-    a temporary name and renamed, so a crashed or concurrent run never leaves a half-written file.
+    ``name`` is ``rollouts_rank{R}_batch{I:06d}``. Keys written by ``DynamicsModule.predict_step``:
+    ``rollout`` [B, H, N_b, D_b] (generated clean latents), ``context`` [B, T_ctx, N_b, D_b],
+    ``ground_truth`` [B, H', N_b, D_b] (the window's real future, when it has one) and the actions used. Every
+    file is written to a temporary name and renamed, so a crashed or concurrent run never leaves a
+    half-written file.
 
     Args:
         output_dir: where to write; None = ``<trainer.default_root_dir>/predictions``.
@@ -53,7 +54,9 @@ class RolloutWriter(BasePredictionWriter):
         self.gif_ms_per_frame = gif_ms_per_frame
 
     def resolved_dir(self, trainer: pl.Trainer) -> Path:
-        return self.output_dir if self.output_dir is not None else Path(trainer.default_root_dir) / "predictions"
+        if self.output_dir is not None:
+            return self.output_dir
+        return Path(trainer.default_root_dir) / "predictions"
 
     def write_on_batch_end(
         self,
@@ -76,7 +79,8 @@ class RolloutWriter(BasePredictionWriter):
         if self.format == "pt":
             _atomic_write(out / f"{name}.pt", lambda f: torch.save(tensors, f))
         elif self.format == "npz":
-            _atomic_write(out / f"{name}.npz", lambda f: np.savez(f, **{k: _numpy(v) for k, v in tensors.items()}))
+            arrays = {k: _numpy(v) for k, v in tensors.items()}
+            _atomic_write(out / f"{name}.npz", lambda f: np.savez(f, **arrays))
         else:
             for key, value in tensors.items():
                 _atomic_write(out / f"{name}.{key}.npy", lambda f, v=value: np.save(f, _numpy(v)))
@@ -84,7 +88,9 @@ class RolloutWriter(BasePredictionWriter):
         if self.pictures and decoder is not None and "rollout" in tensors:
             self.write_pictures(out, name, tensors, decoder)
 
-    def write_pictures(self, out: Path, name: str, tensors: dict[str, torch.Tensor], decoder: Callable) -> None:
+    def write_pictures(
+        self, out: Path, name: str, tensors: dict[str, torch.Tensor], decoder: Callable
+    ) -> None:
         """PNG grid and GIF per sequence: context frames then the rollout (beside the ground truth if any)."""
         from PIL import Image  # only needed for pictures
 
@@ -98,8 +104,10 @@ class RolloutWriter(BasePredictionWriter):
                 real = _to_uint8(decoder(torch.cat([context[b], truth[b].float()], 0)))
                 frames = min(len(real), len(generated))
                 rows = [generated[:frames], real[:frames]]
-            grid = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)  # (R*H, T*W, 3)
-            _atomic_write(out / f"{name}.seq{b}.png", lambda f, g=grid: Image.fromarray(g).save(f, format="PNG"))
+            strips = [np.concatenate(list(row), axis=1) for row in rows]  # each (H, T*W, 3)
+            grid = np.concatenate(strips, axis=0)  # (R*H, T*W, 3)
+            png = out / f"{name}.seq{b}.png"
+            _atomic_write(png, lambda f, g=grid: Image.fromarray(g).save(f, format="PNG"))
             # GIF: each frame shows rollout (left) beside ground truth (right) where there is one
             side = np.concatenate(rows, axis=2)  # (T, H, R*W, 3)
             images = [Image.fromarray(np.repeat(np.repeat(f, 4, 0), 4, 1)) for f in side]  # 4x: visible sizes
