@@ -16,7 +16,8 @@
   ``--data.root`` is given: its root and the DataModule settings this command line leaves at their defaults.
   A dataset the network does not fit is refused with one line before anything is built (checkpoints.py).
   ``--ckpt_path last`` is the newest ``*.ckpt`` under
-  ``trainer.default_root_dir``; ``fit`` then continues in the checkpoint's log version.
+  ``trainer.default_root_dir``; ``fit`` then continues in the checkpoint's log version, or starts fresh when
+  there is none yet (so one command serves every run of a requeued job).
 * Every output goes under ``trainer.default_root_dir``: loggers without a ``save_dir`` get it, checkpoints go
   to the logger's version folder, ``RolloutWriter`` without ``output_dir`` writes ``<root>/predictions``.
 * One optimiser setting: ``model.optimizer`` / ``model.scheduler`` (LightningCLI's automatic ``--optimizer``
@@ -117,7 +118,14 @@ class DynamicsCLI(LightningCLI):
         checkpoint's network does not fit (ConfigError, one line naming both sides)."""
         ckpt = str(config.ckpt_path)
         if ckpt == "last":
-            ckpt = str(find_last_checkpoint(self.run_dir(config)))
+            try:
+                ckpt = str(find_last_checkpoint(self.run_dir(config)))
+            except ConfigError:
+                if subcommand != "fit":
+                    raise
+                config.ckpt_path = None  # auto-resume: the first run of a job starts fresh
+                rank_zero_info(f"--ckpt_path last: no checkpoint under {self.run_dir(config)} yet, starting fresh")
+                return
             config.ckpt_path = ckpt
             rank_zero_info(f"--ckpt_path last: {ckpt}")
         if ckpt in LIGHTNING_CKPT_NAMES:

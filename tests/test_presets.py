@@ -61,3 +61,26 @@ def test_config_names_resolve_and_paths_stay(tmp_path):
     assert resolved[2] == str(config_path("quickstart")) and resolved[4] == str(tmp_path / "mine.yaml")
     assert resolved[5] == "--config=" + str(config_path("gpu_fsdp"))
     assert resolve_config_args(["--config", "nope"]) == ["--config", "nope"]  # the parser reports it
+
+
+def test_ckpt_path_last_picks_the_newest_checkpoint_or_starts_fit_fresh(tmp_path):
+    import os
+
+    from jsonargparse import Namespace
+
+    from dreamer_dynamics.checkpoints import find_last_checkpoint
+    from dreamer_dynamics.cli import DynamicsCLI
+    from dreamer_dynamics.errors import ConfigError
+
+    cli = DynamicsCLI.__new__(DynamicsCLI)  # only the reconciliation method, no parsing
+    config = Namespace(ckpt_path="last", trainer=Namespace(default_root_dir=str(tmp_path)))
+    cli.reconcile_checkpoint("fit", config)
+    assert config.ckpt_path is None  # nothing to resume yet: fit starts fresh
+    with pytest.raises(ConfigError, match="no \\*.ckpt under"):
+        cli.reconcile_checkpoint("validate", Namespace(ckpt_path="last", trainer=config.trainer))
+    old, new = tmp_path / "a" / "version_0" / "step=1.ckpt", tmp_path / "b" / "last.ckpt"
+    for i, path in enumerate((new, old)):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x")
+        os.utime(path, (1000 + 10 * (1 - i), 1000 + 10 * (1 - i)))  # `new` is the most recent
+    assert find_last_checkpoint(tmp_path) == new

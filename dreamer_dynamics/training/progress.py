@@ -33,7 +33,7 @@ class StepProgressBar(TQDMProgressBar):
     ) -> None:
         bar = self.train_progress_bar
         step = trainer.global_step
-        if bar is not None and self._should_update(step, bar.total):
+        if bar is not None and self.refresh_rate and (step % self.refresh_rate == 0 or step == bar.total):
             bar.n = step
             bar.set_postfix(self.get_metrics(trainer, pl_module))
             bar.refresh()
