@@ -124,7 +124,7 @@ class DynamicsCLI(LightningCLI):
                 if subcommand != "fit":
                     raise
                 config.ckpt_path = None  # auto-resume: the first run of a job starts fresh
-                rank_zero_info(f"--ckpt_path last: no checkpoint under {self.run_dir(config)}, starting fresh")
+                rank_zero_info(f"--ckpt_path last: no checkpoint under {self.run_dir(config)}; starts fresh")
                 return
             config.ckpt_path = ckpt
             rank_zero_info(f"--ckpt_path last: {ckpt}")
