@@ -47,6 +47,7 @@ from dreamer_dynamics.checkpoints import (
 )
 from dreamer_dynamics.configs import resolve_config_args
 from dreamer_dynamics.data import DynamicsDataModule
+from dreamer_dynamics.data.fingerprint import dataset_fingerprint
 from dreamer_dynamics.data.format import METADATA_FILE, DatasetError
 from dreamer_dynamics.errors import TRACEBACK_ENV, ConfigError, show_traceback
 from dreamer_dynamics.module import DynamicsModule
@@ -146,8 +147,6 @@ class DynamicsCLI(LightningCLI):
                 if key in data and key in defaults and key not in NOT_ADOPTED and data[key] == defaults[key]:
                     data[key] = value
         root = data.root if data.root is not None else self.builtin_root(data)
-        from dreamer_dynamics.data.fingerprint import dataset_fingerprint
-
         check_spec(ckpt, info["model"], root, dataset_fingerprint(root))
 
     @staticmethod

@@ -18,11 +18,14 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 class StepProgressBar(TQDMProgressBar):
     """TQDM bar over optimiser steps: ``global_step / max_steps`` (no total when ``max_steps`` is -1)."""
 
+    @property
+    def train_description(self) -> str:
+        return "step"
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.train_progress_bar = self.init_train_tqdm()
         self.train_progress_bar.reset(total=trainer.max_steps if trainer.max_steps > 0 else None)
         self.train_progress_bar.n = trainer.global_step  # resumed runs start at their step
-        self.train_progress_bar.set_description("step")
         self.train_progress_bar.refresh()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, *_: Any) -> None:
