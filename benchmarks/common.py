@@ -25,6 +25,16 @@ from dreamer_dynamics.model import DynamicsConfig
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
+# The benchmarks' reference model (6.1 M parameters at 16 x 48 latents), fixed here so the published figures
+# stay comparable when the quickstart preset (DynamicsConfig defaults) is retuned.
+MEDIUM = dict(latent_tokens=16, latent_dim=48, pack_factor=1, dim=256, depth=8, heads=4, kv_heads=2, time_every=4,
+              context_length=16, num_registers=4, action_tokens=1, k_max=64)
+
+
+def medium_config(**overrides) -> DynamicsConfig:
+    """The benchmarks' reference model (``MEDIUM``) with ``overrides``."""
+    return DynamicsConfig(**{**MEDIUM, **overrides})
+
 
 # ----------------------------------------------------------------------------------------------- timing
 @dataclasses.dataclass

@@ -5,7 +5,7 @@ C - 1 cached frames, so the cost per frame stays flat as the horizon grows; with
 recomputes the whole sequence and the cost per frame grows linearly with the horizon.
 
     python -m benchmarks.rollout_speed                      # debug-size model on CPU, < 2 minutes
-    python -m benchmarks.rollout_speed --device cuda --config quickstart --context-length 64
+    python -m benchmarks.rollout_speed --device cuda --config medium --context-length 64
 
 Prints a table and writes benchmarks/results/rollout_speed.json.
 """
@@ -16,14 +16,17 @@ import argparse
 import dataclasses
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import medium_config
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout
 
-PRESETS = {"debug": DynamicsConfig.debug, "quickstart": DynamicsConfig.quickstart,
+# medium = the train_step model (fixed in benchmarks/common.py); quickstart = the packaged preset
+PRESETS = {"debug": DynamicsConfig.debug, "quickstart": DynamicsConfig.quickstart, "medium": medium_config,
            "minecraft": DynamicsConfig.minecraft}
 
 

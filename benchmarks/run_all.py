@@ -30,7 +30,7 @@ def benchmark_argv(name: str, args: argparse.Namespace, output: Path) -> list:
     if name == "rollout_speed":  # debug-size model, with and without the cache, horizons 16/64/256
         return argv + threads + (["--smoke"] if args.smoke else [])
     if name == "rollout_speed_quickstart":  # the train_step model size, cached only beyond horizon 16
-        return argv + threads + ["--config", "quickstart", "--context-length", "64", "--max-uncached-horizon",
+        return argv + threads + ["--config", "medium", "--context-length", "64", "--max-uncached-horizon",
                                  "16"] + (["--smoke"] if args.smoke else [])
     if name == "scaling":
         return argv + threads + (["--smoke", "--repeat", "1"] if args.smoke else [])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (config_dict, forward_flops, machine_info, pin_threads,
+from benchmarks.common import (config_dict, forward_flops, machine_info, medium_config, pin_threads,
                                run_benchmark, time_interleaved)
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 
@@ -28,9 +28,9 @@ def scaling_config(smoke: bool, context_length: int) -> DynamicsConfig:
     if smoke:
         return DynamicsConfig.debug(num_continuous_actions=0, num_discrete_actions=(5,),
                                     context_length=context_length)
-    return DynamicsConfig.quickstart(latent_tokens=16, latent_dim=32, num_discrete_actions=(5,), dim=128,
-                                     depth=4, heads=2, kv_heads=1, time_every=2,
-                                     context_length=context_length)
+    return medium_config(latent_tokens=16, latent_dim=32, num_discrete_actions=(5,), dim=128,
+                         depth=4, heads=2, kv_heads=1, time_every=2,
+                         context_length=context_length)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (config_dict, forward_flops, machine_info, matmul_peak, peak_memory,
-                               pin_threads, run_benchmark, time_interleaved)
+                               medium_config, pin_threads, run_benchmark, time_interleaved)
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 from dreamer_dynamics.objective import sample_signal_and_step, shortcut_forcing_loss
 from dreamer_dynamics.objective.flow import corrupt
@@ -41,8 +41,8 @@ def benchmark_config(smoke: bool, compile_blocks: bool = False) -> DynamicsConfi
     if smoke:
         return DynamicsConfig.debug(num_continuous_actions=0, num_discrete_actions=(5,),
                                     compile_blocks=compile_blocks)
-    return DynamicsConfig.quickstart(latent_tokens=16, latent_dim=32, num_discrete_actions=(5,),
-                                     context_length=64, compile_blocks=compile_blocks)
+    return medium_config(latent_tokens=16, latent_dim=32, num_discrete_actions=(5,),
+                         context_length=64, compile_blocks=compile_blocks)
 
 
 def measure_length(model, optimizer, config, batch, frames, *, repeat, device, dtype, peak_probe_size,

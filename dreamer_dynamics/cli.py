@@ -1,29 +1,79 @@
 """Console script ``dreamer-dynamics``: LightningCLI with ``fit``, ``validate``, ``test`` and ``predict``.
 
-    dreamer-dynamics fit --config lightning_configs/quickstart.yaml
-    dreamer-dynamics fit --config lightning_configs/quickstart.yaml --data.root /path/to/latents
-    dreamer-dynamics fit --config lightning_configs/quickstart.yaml --ckpt_path runs/.../last.ckpt
-    dreamer-dynamics predict --config lightning_configs/quickstart.yaml --ckpt_path runs/.../last.ckpt
-    dreamer-dynamics fit --config lightning_configs/quickstart.yaml --print_config
+    dreamer-dynamics fit --config quickstart                          # packaged config, by name
+    dreamer-dynamics fit --config quickstart --data.root /path/to/latents
+    dreamer-dynamics fit --config quickstart --ckpt_path last         # resume the newest checkpoint
+    dreamer-dynamics validate --ckpt_path runs/.../last.ckpt          # model AND data from the checkpoint
+    dreamer-dynamics predict --ckpt_path CKPT --data.predict_context context.npz --model.predict_horizon 8
+    dreamer-dynamics fit --config quickstart --print_config
 
-The model's latent shape and action spec are *linked* from the DataModule when both are instantiated, so
-``--data.root`` alone switches datasets (the linked keys ``model.model.latent_tokens`` etc. are not settable);
-so are the latent statistics the batches are standardised with (``data.latent_stats`` -> ``model.latent_stats``,
-None with ``--data.standardize false``).
-Checkpoints are loaded with weights-only unpickling (``--weights_only true`` is the default here).
+* ``--config NAME`` finds a packaged config (``dreamer_dynamics/configs/NAME.yaml``; the repository's
+  ``lightning_configs/`` links to the same files); any existing path is used as given.
+* The model's latent shape and action spec are *linked* from the DataModule, so ``--data.root`` alone switches
+  datasets (the linked keys ``model.model.latent_tokens`` etc. are not settable); so are the latent statistics
+  the batches are standardised with (``data.latent_stats`` -> ``model.latent_stats``, None with
+  ``--data.standardize false``).
+* With ``--ckpt_path``, the model's hyper-parameters come from the checkpoint (Lightning; the evaluation-only
+  settings in ``EVALUATION_SETTINGS`` keep this command line's values), and so does the dataset unless
+  ``--data.root`` is given: its root and the DataModule settings this command line leaves at their defaults.
+  A dataset the network does not fit is refused with one line before anything is built (checkpoints.py).
+  ``--ckpt_path last`` is the newest ``*.ckpt`` under
+  ``trainer.default_root_dir``; ``fit`` then continues in the checkpoint's log version, or starts fresh when
+  there is none yet (so one command serves every run of a requeued job).
+* Every output goes under ``trainer.default_root_dir``: loggers without a ``save_dir`` get it, checkpoints go
+  to the logger's version folder, ``RolloutWriter`` without ``output_dir`` writes ``<root>/predictions``.
+* One optimiser setting: ``model.optimizer`` / ``model.scheduler`` (LightningCLI's automatic ``--optimizer``
+  and ``--lr_scheduler``, which would bypass the module's parameter groups and schedule, are disabled).
+* Dataset and configuration errors print one line and exit 1; ``DREAMER_DYNAMICS_TRACEBACK=1`` shows the full
+  traceback. Checkpoints are loaded with weights-only unpickling (``--weights_only true`` is the default).
 """
 
 from __future__ import annotations
 
+import inspect
+import os
+import sys
+from pathlib import Path
 from typing import Any, Optional
 
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
+from dreamer_dynamics.checkpoints import (
+    check_spec,
+    find_last_checkpoint,
+    log_version_of,
+    read_checkpoint_info,
+)
+from dreamer_dynamics.configs import resolve_config_args
 from dreamer_dynamics.data import DynamicsDataModule
+from dreamer_dynamics.data.fingerprint import dataset_fingerprint
+from dreamer_dynamics.data.format import METADATA_FILE, DatasetError
+from dreamer_dynamics.errors import TRACEBACK_ENV, ConfigError, show_traceback
 from dreamer_dynamics.module import DynamicsModule
+from dreamer_dynamics.quiet import quiet_known_messages, quiet_weight_averaging_warning
+from dreamer_dynamics.training.progress import StepProgressBar
 
 # DataModule property -> DynamicsConfig field (model.model.<field>)
 LINKED_DATA_FIELDS = ("latent_tokens", "latent_dim", "num_discrete_actions", "num_continuous_actions")
+USER_ERRORS = (DatasetError, ConfigError)  # printed as one line, exit 1
+LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # resolved by Lightning itself
+# DynamicsModule settings that change evaluation only, never the weights: with --ckpt_path, Lightning replaces
+# the whole model config by the checkpoint's hyper-parameters; these keep the values of this command line.
+EVALUATION_SETTINGS = ("rollout_steps", "context_noise", "val_rollout_steps", "val_context_frames",
+                       "val_rollout_horizon", "val_rollout_batches", "val_rollout_rows", "num_tau_buckets",
+                       "predict_horizon")
+
+# DataModule settings that describe this machine or this run's input, never adopted from a checkpoint
+NOT_ADOPTED = ("root", "toy", "cache_dir", "num_workers", "pin_memory", "predict_context")
+
+
+def signature_defaults(cls: type) -> dict[str, Any]:
+    """{argument: default} of ``cls.__init__`` (arguments without a default are left out)."""
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 class WeightsOnlyParser(LightningArgumentParser):
@@ -41,7 +91,8 @@ class WeightsOnlyParser(LightningArgumentParser):
 
 
 class DynamicsCLI(LightningCLI):
-    """LightningCLI with the data -> model links and weights-only checkpoint loading.
+    """LightningCLI with the data -> model links, checkpoint/data reconciliation, outputs under
+    ``default_root_dir``, a step progress bar and weights-only checkpoint loading (see the module doc).
 
     Use it with a subclass of ``DynamicsModule`` from your own script: ``DynamicsCLI(MyModule)``.
     """
@@ -50,6 +101,9 @@ class DynamicsCLI(LightningCLI):
                  **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_class", WeightsOnlyParser)
+        kwargs.setdefault("auto_configure_optimizers", False)  # one optimiser setting: model.optimizer
+        parser_kwargs = kwargs.setdefault("parser_kwargs", {})
+        parser_kwargs.setdefault("epilog", f"Set {TRACEBACK_ENV}=1 for full tracebacks of one-line errors.")
         super().__init__(model_class, datamodule_class, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -57,10 +111,125 @@ class DynamicsCLI(LightningCLI):
             parser.link_arguments(f"data.{field}", f"model.model.{field}", apply_on="instantiate")
         parser.link_arguments("data.latent_stats", "model.latent_stats", apply_on="instantiate")
 
+    # ------------------------------------------------------------------ before anything is built
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("ckpt_path"):
+            self.reconcile_checkpoint(subcommand, self.config[subcommand])
+            model = self.config[subcommand].get("model")
+            defaults = signature_defaults(self.model_class or DynamicsModule)
+            self._evaluation_settings = {  # those this command line (or its config) sets
+                k: model[k] for k in EVALUATION_SETTINGS
+                if isinstance(model, Namespace) and k in model and k in defaults and model[k] != defaults[k]}
+
+    def reconcile_checkpoint(self, subcommand: str, config: Namespace) -> None:
+        """Resolve ``last``; take the recorded dataset when no ``--data.root`` is given; refuse a dataset the
+        checkpoint's network does not fit (ConfigError, one line naming both sides)."""
+        ckpt = str(config.ckpt_path)
+        if ckpt == "last":
+            try:
+                ckpt = str(find_last_checkpoint(self.run_dir(config)))
+            except ConfigError:
+                if subcommand != "fit":
+                    raise
+                config.ckpt_path = None  # auto-resume: the first run of a job starts fresh
+                rank_zero_info(f"--ckpt_path last: no checkpoint under {self.run_dir(config)}; starts fresh")
+                return
+            config.ckpt_path = ckpt
+            rank_zero_info(f"--ckpt_path last: {ckpt}")
+        if ckpt in LIGHTNING_CKPT_NAMES:
+            return
+        if not Path(ckpt).is_file():
+            raise ConfigError(f"--ckpt_path {ckpt}: no such checkpoint file")
+        info = read_checkpoint_info(ckpt)
+        data = config.get("data")
+        if not isinstance(data, Namespace) or "root" not in data:
+            return  # a DataModule without a root: nothing to reconcile
+        recorded = (info["fingerprint"] or {}).get("root")
+        if data.root is None and recorded and (Path(recorded) / METADATA_FILE).is_file():
+            data.root = recorded
+            rank_zero_info(f"data: the checkpoint's dataset {recorded}")
+            # and its recorded settings (window lengths, split, ...) where the command line keeps a default
+            defaults = signature_defaults(self.datamodule_class or DynamicsDataModule)
+            for key, value in (info["data"] or {}).items():
+                if key in data and key in defaults and key not in NOT_ADOPTED and data[key] == defaults[key]:
+                    data[key] = value
+        root = data.root if data.root is not None else self.builtin_root(data)
+        check_spec(ckpt, info["model"], root, dataset_fingerprint(root))
+
+    @staticmethod
+    def builtin_root(data: Namespace) -> str:
+        """Root of the built-in dataset this data config describes (generated and cached if needed)."""
+        from dreamer_dynamics.data.default import ToyDatasetConfig, builtin_dataset_root
+
+        toy = data.get("toy")
+        toy = ToyDatasetConfig(**(toy.as_dict() if isinstance(toy, Namespace) else toy)) if toy else None
+        return str(builtin_dataset_root(toy, data.get("cache_dir"), progress=True))
+
+    @staticmethod
+    def run_dir(config: Namespace) -> str:
+        return str(config.trainer.get("default_root_dir") or os.getcwd())
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        for key, value in getattr(self, "_evaluation_settings", {}).items():
+            config.model[key] = value  # the command line's, not the checkpoint's (see EVALUATION_SETTINGS)
+        self.place_outputs(config, resume=self.subcommand == "fit")
+
+    def place_outputs(self, config: Namespace, *, resume: bool) -> None:
+        """Loggers without ``save_dir`` log under ``default_root_dir``; a resumed ``fit`` whose checkpoint
+        lies in ``<save_dir>/<name>/version_N`` continues in version N."""
+        trainer = config.get("trainer")
+        if not isinstance(trainer, Namespace):
+            return
+        loggers = trainer.get("logger")
+        loggers = loggers if isinstance(loggers, list) else [loggers]
+        ckpt = config.get("ckpt_path")
+        for logger in loggers:
+            init = logger.get("init_args") if isinstance(logger, Namespace) else None
+            if not isinstance(init, Namespace) or "save_dir" not in init:
+                continue
+            if init.save_dir is None:
+                init.save_dir = self.run_dir(config)
+            if resume and ckpt and "version" in init and init.version is None and Path(str(ckpt)).is_file():
+                version = log_version_of(Path(str(ckpt)), init.save_dir, init.get("name") or "")
+                if version is not None:
+                    init.version = version
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer = config["trainer"]
+        callbacks = trainer.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
+        if trainer.get("enable_progress_bar") is not False and not has_bar:
+            trainer["callbacks"] = [*callbacks, StepProgressBar()]
+        return super().instantiate_trainer(**kwargs)
+
+    def after_instantiate_classes(self) -> None:
+        strategy = type(self.trainer.strategy).__name__ if self.trainer is not None else ""
+        if "FSDP" not in strategy and "ModelParallel" not in strategy:
+            quiet_weight_averaging_warning()  # configure_model only shards under FSDP (quiet.py)
+        check = getattr(self.datamodule, "check", None)
+        if self.subcommand and callable(check):
+            check()  # data errors now, before the Trainer creates log folders
+
 
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point of ``dreamer-dynamics`` (``args=None`` reads ``sys.argv``)."""
-    DynamicsCLI(args=args)
+    quiet_known_messages()
+    if args is None:  # rewrite sys.argv itself: DDP launchers re-run it in the child processes
+        sys.argv[1:] = resolve_config_args(sys.argv[1:])
+    else:
+        args = resolve_config_args(list(args))
+    try:
+        DynamicsCLI(args=args)
+    except USER_ERRORS as err:
+        if show_traceback():
+            raise
+        print(f"dreamer-dynamics: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

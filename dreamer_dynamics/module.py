@@ -35,6 +35,7 @@ from torch import Tensor
 
 from dreamer_dynamics.compat import averaged_model
 from dreamer_dynamics.data.stats import standardization
+from dreamer_dynamics.errors import ConfigError
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout
 from dreamer_dynamics.objective import (
     LossNormalizer,
@@ -123,11 +124,11 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         if isinstance(model, dict):  # from a checkpoint's hyper_parameters (stored as a plain dict)
             model = DynamicsConfig(**model)
         if not 0.0 <= image_row_share <= 1.0:
-            raise ValueError(f"DynamicsModule: image_row_share must be in [0, 1], got {image_row_share}")
+            raise ConfigError(f"DynamicsModule: image_row_share must be in [0, 1], got {image_row_share}")
         if val_rollout_samples < 2:
-            raise ValueError(f"DynamicsModule: val_rollout_samples must be >= 2 (energy score), got {val_rollout_samples}")
+            raise ConfigError(f"DynamicsModule: val_rollout_samples must be >= 2 (energy score), got {val_rollout_samples}")
         if val_context_frames < 1:
-            raise ValueError(f"DynamicsModule: val_context_frames must be >= 1, got {val_context_frames}")
+            raise ConfigError(f"DynamicsModule: val_context_frames must be >= 1, got {val_context_frames}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.config = model
         self.optimizer_factory = optimizer
@@ -275,7 +276,9 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         if self._trainer is not None and self.trainer.optimizers:
             logs["train/lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=z1.shape[0])
-        self.log("loss", loss.detach(), prog_bar=True, logger=False, on_step=True, batch_size=z1.shape[0])
+        # progress bar: the unnormalised loss (the normalised one is ~1 by design, docs/design.md §3.9)
+        self.log("loss", logs["train/loss_unnormalized"], prog_bar=True, logger=False, on_step=True,
+                 batch_size=z1.shape[0])
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -385,28 +388,60 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
             torch.cuda.set_rng_state_all(rng["cuda"])
 
     # ------------------------------------------------------------------ rollouts, validation, prediction
-    @torch.no_grad()
     def rollout(
         self,
-        context: Tensor,
+        context: Union[Tensor, "np.ndarray"],
         horizon: int,
         *,
-        actions_discrete: Optional[Tensor] = None,
-        actions_continuous: Optional[Tensor] = None,
+        actions_discrete: Union[Tensor, "np.ndarray", None] = None,
+        actions_continuous: Union[Tensor, "np.ndarray", None] = None,
         num_steps: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
-    ) -> Tensor:
+        unconditional: bool = False,
+    ) -> Union[Tensor, "np.ndarray"]:
         """Generate ``horizon`` frames after ``context`` [B, T_ctx, N_b, D_b] -> clean latents
-        [B, horizon, N_b, D_b], both in the dataset's own units (standardised inside, docs/training.md).
+        [B, horizon, N_b, D_b], both in the dataset's own units (standardised inside, docs/training.md); a numpy
+        array when ``context`` is one, else a tensor on the module's device.
 
-        Actions cover T_ctx + horizon frames. ``num_steps`` = K Euler steps per frame (default
-        ``rollout_steps``); ``generator`` makes the noise reproducible.
+        Inputs may be numpy arrays or tensors on any device. Actions cover T_ctx + horizon frames; discrete
+        actions may be [B, T] for a single categorical component. A model trained with actions needs them:
+        pass ``unconditional=True`` to roll out with the learned "no action" embedding instead. Runs in eval
+        mode under no-grad by itself (the previous mode is restored). ``num_steps`` = K Euler steps per frame
+        (default ``rollout_steps``); ``generator`` makes the noise reproducible.
         """
-        generated = self.rollout_standardized(
-            self.standardize(context), horizon, actions_discrete=actions_discrete,
-            actions_continuous=actions_continuous, num_steps=num_steps, generator=generator,
-        )
-        return self.destandardize(generated)
+        as_numpy = isinstance(context, np.ndarray)
+        context = torch.as_tensor(context, device=self.device, dtype=torch.float32)
+        if actions_discrete is not None:
+            actions_discrete = torch.as_tensor(actions_discrete, device=self.device).long()
+            if actions_discrete.dim() == 2:  # [B, T]: one categorical component
+                actions_discrete = actions_discrete.unsqueeze(-1)
+        if actions_continuous is not None:
+            actions_continuous = torch.as_tensor(actions_continuous, device=self.device, dtype=torch.float32)
+        missing = [name for name, given, needed in (
+            ("actions_discrete", actions_discrete, self.config.num_discrete_actions),
+            ("actions_continuous", actions_continuous, self.config.num_continuous_actions),
+        ) if needed and given is None]
+        if missing and not unconditional:
+            raise ConfigError(f"rollout: the model is action-conditioned but {' and '.join(missing)} were not "
+                             "given; pass them (covering T_ctx + horizon frames) or unconditional=True")
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                generated = self.destandardize(self.rollout_standardized(
+                    self.standardize(context), horizon, actions_discrete=actions_discrete,
+                    actions_continuous=actions_continuous, num_steps=num_steps, generator=generator,
+                ))
+        finally:
+            self.train(was_training)
+        return generated.cpu().numpy() if as_numpy else generated
+
+    @classmethod
+    def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> "DynamicsModule":
+        """Lightning's loader, returning the module in eval mode (ready for ``rollout``); ``weights_only``
+        defaults to True (checkpoints hold only tensors and plain containers)."""
+        kwargs.setdefault("weights_only", True)
+        return super().load_from_checkpoint(*args, **kwargs).eval()
 
     @torch.no_grad()
     def rollout_standardized(
@@ -431,7 +466,10 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, Tensor]:
         """Roll out each window from its first ``val_context_frames`` frames (saved by ``RolloutWriter``, in
-        the dataset's own units)."""
+        the dataset's own units); a batch from a context file (``"context"``, ``--data.predict_context``) rolls
+        out from all its frames."""
+        if "context" in batch:
+            return self._predict_from_context(batch, batch_idx)
         z1 = batch["latents"]  # (B, T, N_b, D_b)
         ctx = self.hparams.val_context_frames
         if z1.shape[1] <= ctx and self.hparams.predict_horizon is None:
@@ -450,6 +488,21 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         # batches arrive standardised; files hold the dataset's own units
         return {"rollout": self.destandardize(generated), "context": self.destandardize(z1[:, :ctx]),
                 "ground_truth": self.destandardize(truth), **cond}
+
+    def _predict_from_context(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        context = batch["context"]  # (B, T_ctx, N_b, D_b)
+        cond = self.conditioning(batch)
+        if not cond and (self.config.num_discrete_actions or self.config.num_continuous_actions):
+            raise ConfigError("predict: the model is action-conditioned but the context file has no actions; "
+                              "add actions_discrete / actions_continuous covering the frames to generate")
+        covered = min((a.shape[1] for a in cond.values()), default=None)
+        horizon = self.hparams.predict_horizon or (covered - context.shape[1] if covered else 0)
+        if horizon < 1:
+            raise ConfigError("predict: a context file needs actions beyond its context frames or "
+                             "model.predict_horizon (frames to generate)")
+        cond = {k: v[:, : context.shape[1] + horizon] for k, v in cond.items()}
+        generated = self.rollout(context, horizon, generator=self.evaluation_generator(batch_idx), **cond)
+        return {"rollout": generated, "context": context, **cond}
 
 
 __all__ = ["DynamicsModule", "SHORTCUT_TERMS"]

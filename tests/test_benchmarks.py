@@ -23,7 +23,7 @@ def read(path):
 
 
 def test_forward_flops_matches_a_hand_count():
-    cfg = DynamicsConfig.quickstart(latent_tokens=16, latent_dim=32, num_discrete_actions=(5,), context_length=4)
+    cfg = common.medium_config(latent_tokens=16, latent_dim=32, num_discrete_actions=(5,), context_length=4)
     flops = common.forward_flops(cfg, batch=2, time_steps=8)
     s, frames, e = 16 + 4 + 1 + 1, 16, 64
     hidden = 704  # int(2 * 4 * 256 / 3) = 682 rounded up to a multiple of 64

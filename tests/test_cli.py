@@ -100,7 +100,9 @@ def test_console_script_fit_then_predict_from_checkpoint(tmp_path):
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 2
     assert list((tmp_path / "runs" / "quickstart" / "tensorboard").glob("version_*/events.out.tfevents.*"))
     run_script("predict", *common, "--ckpt_path", str(checkpoint), cwd=tmp_path, env=env)
-    files = sorted((tmp_path / "runs" / "quickstart" / "predictions").glob("*.pt"))  # quickstart's RolloutWriter
+    predictions = tmp_path / "runs" / "quickstart" / "predictions"  # quickstart's RolloutWriter, default_root_dir
+    files = sorted(predictions.glob("*.rollout.npy"))
     assert files, "predict wrote no rollouts"
-    rollout = torch.load(files[0], weights_only=True)["rollout"]
+    rollout = np.load(files[0])
     assert rollout.shape[1:] == (4, 16, 48)  # predict window 6 - 2 context frames; built-in latents 16 x 48
+    assert list(predictions.glob("*.png")) and list(predictions.glob("*.gif"))  # the built-in data has a decoder

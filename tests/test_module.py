@@ -161,7 +161,7 @@ def test_rollout_shapes_determinism_and_action_coverage(cache):
 def test_predict_writes_weights_only_loadable_files(tmp_path, cache):
     data = make_data(cache)
     module = make_module(data)
-    writer = RolloutWriter(output_dir=str(tmp_path / "pred"))
+    writer = RolloutWriter(output_dir=str(tmp_path / "pred"), format="pt", pictures=False)
     make_trainer(tmp_path, logger=False, callbacks=[writer]).predict(module, datamodule=data, return_predictions=False)
     files = sorted((tmp_path / "pred").iterdir())
     assert [f.name for f in files] == ["rollouts_rank0_batch000000.pt"]  # no temporary files left behind
@@ -241,3 +241,18 @@ def test_validation_metrics_bucket_by_signal_level_and_baselines():
     assert scores["es_copy_last"].item() == 2.0  # (|1 - 0| + |3 - 0|) / 2
     assert scores["es_context_mean"].item() == 1.0  # (|1 - 1| + |3 - 1|) / 2
     assert "es_k1" not in scores  # no rollouts with K = 1: not logged
+
+
+def test_progress_bar_shows_the_unnormalised_loss_and_checkpoints_load_in_eval_mode(tmp_path, cache):
+    """The normalised loss is ~1 by design (running-RMS division), so the bar shows the raw one."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    data = make_data(cache)
+    module = make_module(data)
+    trainer = make_trainer(tmp_path, max_steps=2, logger=False, limit_val_batches=0,
+                           callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
+    trainer.fit(module, data)
+    shown, raw = trainer.progress_bar_metrics["loss"], trainer.callback_metrics["train/loss_unnormalized"]
+    assert shown == pytest.approx(float(raw)) and shown != pytest.approx(float(trainer.callback_metrics["train/loss"]))
+    loaded = DynamicsModule.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt", map_location="cpu")
+    assert not loaded.training and not any(m.training for m in loaded.modules())

@@ -110,3 +110,38 @@ def test_bad_rollout_arguments_raise():
         rollout(model, latents[:, :3], 2, actions_discrete=discrete)
     with pytest.raises(ValueError, match="context must have shape"):
         rollout(model, latents[:, :3, :, :2], 2)
+
+
+# ---------------------------------------------------------------- DynamicsModule.rollout ergonomics
+def _module():
+    from dreamer_dynamics.module import DynamicsModule
+
+    torch.manual_seed(0)
+    return DynamicsModule(DynamicsConfig.debug(num_discrete_actions=(3,), num_continuous_actions=0, k_max=4))
+
+
+def test_module_rollout_accepts_numpy_and_2d_discrete_actions_in_eval_no_grad():
+    import numpy as np
+
+    module = _module().train()
+    modes = []
+    module.model.blocks[0].register_forward_pre_hook(lambda m, a: modes.append((m.training, torch.is_grad_enabled())))
+    context = np.random.default_rng(0).standard_normal((2, 3, 8, 4)).astype(np.float32)
+    actions = np.random.default_rng(1).integers(0, 3, (2, 5))  # [B, T]: one categorical component
+    out = module.rollout(context, 2, actions_discrete=actions, generator=torch.Generator().manual_seed(0))
+    assert isinstance(out, np.ndarray) and out.shape == (2, 2, 8, 4)
+    assert modes and set(modes) == {(False, False)}  # every network call in eval mode, without autograd
+    assert module.training  # the caller's mode is restored
+    reference = module.eval().rollout(torch.from_numpy(context), 2,
+                                      actions_discrete=torch.from_numpy(actions)[..., None],
+                                      generator=torch.Generator().manual_seed(0))
+    assert not reference.requires_grad
+    assert torch.equal(torch.from_numpy(out), reference)  # [B, T] == [B, T, 1], eval mode (no dropout etc.)
+
+
+def test_module_rollout_refuses_missing_actions_unless_unconditional():
+    module = _module()
+    context = torch.randn(1, 2, 8, 4)
+    with pytest.raises(ValueError, match="action-conditioned.*unconditional=True"):
+        module.rollout(context, 1)
+    assert module.rollout(context, 1, unconditional=True).shape == (1, 1, 8, 4)

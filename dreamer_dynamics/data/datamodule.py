@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import asdict
 from functools import cached_property
 from typing import Any, Callable
@@ -21,9 +22,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from dreamer_dynamics.compat import training_batch_progress
+from dreamer_dynamics.errors import ConfigError
 
+from .context_file import load_context_file
 from .dataset import LatentDataset, LatentWindowDataset, split_episodes
 from .default import ToyDatasetConfig, builtin_dataset_root, toy_object_locator
+from .fingerprint import dataset_fingerprint, fingerprint_changes
 from .format import DatasetError
 from .patch_codec import PatchCodec, decoder_from_spec
 from .sampler import AlternatingLengthBatchSampler, Window
@@ -52,6 +56,8 @@ class DynamicsDataModule(pl.LightningDataModule):
         test_length: frames per test window; None = long_length.
         predict_length: frames per predict window (context + horizon); None = long_length.
         predict_batches: number of predict batches.
+        predict_context: a context file (.npy / .npz, data/context_file.py) that ``predict`` rolls out from
+            instead of the held-out windows; the dataset at ``root`` still gives the latent shape and decoder.
         toy: generator config of the built-in dataset (used only when root is None).
         cache_dir: cache of the built-in dataset; None = $DREAMER_DYNAMICS_CACHE or ~/.cache/dreamer_dynamics.
         pin_memory: pin host memory in the DataLoaders (GPU training).
@@ -83,6 +89,7 @@ class DynamicsDataModule(pl.LightningDataModule):
         test_length: int | None = None,
         predict_length: int | None = None,
         predict_batches: int = 1,
+        predict_context: str | None = None,
         toy: ToyDatasetConfig | dict | None = None,
         cache_dir: str | None = None,
         pin_memory: bool = False,
@@ -104,7 +111,8 @@ class DynamicsDataModule(pl.LightningDataModule):
         self.val_length = val_length or short_length
         self.test_length = test_length or long_length
         self.predict_length = predict_length or long_length
-        self.train_episodes, self.val_episodes = split_episodes(len(self.dataset), val_fraction, seed)
+        names = [episode.name for episode in self.dataset.meta.episodes]
+        self.train_episodes, self.val_episodes = split_episodes(names, val_fraction, seed)
         # the statistics batches are standardised with (None = batches in the dataset's own units)
         self.latent_stats: dict[str, Any] | None = self._load_latent_stats() if standardize else None
         self._window_dataset = LatentWindowDataset(self.dataset, self._standardization())
@@ -187,9 +195,20 @@ class DynamicsDataModule(pl.LightningDataModule):
         if module is not None and hasattr(module, "use_latent_stats"):
             module.use_latent_stats(self.latent_stats, source=f"the DataModule of {self.root}")
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint records about this dataset (root, latent shape, action spec, latent statistics,
+        episode count; data/fingerprint.py). Saved with the sampler state, checked on resume."""
+        return dataset_fingerprint(self.root)
+
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str | None = None) -> None:
         self._link_latent_stats()
+        self.check()
+
+    def check(self) -> None:
+        """Raise a DatasetError for an empty dataset, a missing/truncated episode file or an empty validation
+        split. Cheap (file headers only) and done once; the CLI calls it before the Trainer starts, so data
+        errors come before any log folder."""
         if not self._files_checked:
             if len(self.dataset) == 0:
                 raise DatasetError(self.root, "dataset has no episodes")
@@ -244,17 +263,29 @@ class DynamicsDataModule(pl.LightningDataModule):
         return self._fixed_loader(self.test_length, self.hparams.val_batches, "test")
 
     def predict_dataloader(self) -> DataLoader:
+        if self.hparams.predict_context is not None:
+            items = load_context_file(self.hparams.predict_context, self.dataset.latent_shape,
+                                      len(self.num_discrete_actions), self.num_continuous_actions)
+            return DataLoader(items, batch_size=self.val_batch_size, shuffle=False)
         return self._fixed_loader(self.predict_length, self.hparams.predict_batches, "predict")
 
     # ------------------------------------------------------------------ checkpoint state (exact resume)
     def state_dict(self) -> dict[str, Any]:
-        """{"sampler_step": training batches consumed, "done_in_epoch": of those in this epoch, "seed"}."""
+        """{"sampler_step": training batches consumed, "done_in_epoch": of those in this epoch, "seed",
+        "dataset_fingerprint"}."""
         step, done = self._consumed_batches()
-        return {"sampler_step": step, "done_in_epoch": done, "seed": self.hparams.seed}
+        return {"sampler_step": step, "done_in_epoch": done, "seed": self.hparams.seed,
+                "dataset_fingerprint": self.fingerprint}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        recorded = state.get("dataset_fingerprint")
+        if recorded:
+            changes = fingerprint_changes(recorded, self.fingerprint)
+            if changes:
+                warnings.warn(f"dataset {self.root} changed since the checkpoint ({'; '.join(changes)}); the "
+                              "split is per episode, so validation episodes stay held out", stacklevel=2)
         if int(state.get("seed", self.hparams.seed)) != self.hparams.seed:
-            raise ValueError(
+            raise ConfigError(
                 f"checkpoint data seed {state['seed']} differs from data.seed={self.hparams.seed}; "
                 "the resumed batches would not match"
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -159,18 +160,36 @@ class LatentWindowDataset(torch.utils.data.Dataset):
         return {k: torch.from_numpy(v) for k, v in window.items()}
 
 
-def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic train/validation split by episode (a seeded permutation).
+def split_episodes(
+    episodes: int | Sequence[str], val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Deterministic train/validation split by episode: a stable hash of each episode's name.
 
-    At least one validation episode when `val_fraction` > 0 and there are two or more episodes; at least one
-    training episode always.
+    ``episodes`` is the list of episode names (``metadata.json``), or a count for the default names
+    ``000000, 000001, ...``. Episode e is held out when ``u(seed, name) < val_fraction``, u a hash mapped to
+    [0, 1): each episode's side depends on its own name only, so appending episodes never moves a validation
+    episode into training (the split is a function of the episode, not of the dataset size).
+
+    Small datasets: at least one validation episode when ``val_fraction`` > 0 and there are two or more
+    episodes (the lowest hash), and at least one training episode always (the highest hash). Only in these
+    fallbacks can growing the dataset change an existing episode's side; a resumed run warns when its dataset
+    changed (``DynamicsDataModule.load_state_dict``).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    order = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5B117])).permutation(num_episodes)
-    num_val = int(round(val_fraction * num_episodes))
-    if val_fraction > 0 and num_episodes > 1:
-        num_val = min(max(num_val, 1), num_episodes - 1)
-    val = sorted(int(i) for i in order[:num_val])
-    train = sorted(int(i) for i in order[num_val:])
+    names = [f"{i:06d}" for i in range(episodes)] if isinstance(episodes, int) else [str(n) for n in episodes]
+    u = np.array([_unit_hash(seed, name) for name in names], dtype=np.float64)  # (E,)
+    held_out = u < val_fraction
+    if val_fraction > 0 and len(names) > 1 and not held_out.any():
+        held_out[int(np.argmin(u))] = True
+    if len(names) and held_out.all():
+        held_out[int(np.argmax(u))] = False
+    train = [i for i in range(len(names)) if not held_out[i]]
+    val = [i for i in range(len(names)) if held_out[i]]
     return train, val
+
+
+def _unit_hash(seed: int, name: str) -> float:
+    """A stable hash of (seed, episode name) in [0, 1) (sha256; identical on every machine and Python)."""
+    digest = hashlib.sha256(f"dreamer-dynamics-split/{int(seed)}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64

@@ -7,6 +7,8 @@ from dataclasses import dataclass, replace
 from typing import Literal, Optional, Tuple
 
 from dreamer_dynamics.objective.sampling import is_power_of_two
+from dreamer_dynamics.errors import ConfigError
+from dreamer_dynamics.field_docs import document_fields
 
 AttentionBackend = Literal["auto", "math", "sdpa", "flex"]
 
@@ -19,6 +21,7 @@ def softcap_problem(backend: str, softcap: Optional[float]) -> Optional[str]:
     return None
 
 
+@document_fields  # the field comments below become the --help text
 @dataclass
 class DynamicsConfig:
     """Every size of the dynamics transformer (field names: docs/design.md §9); presets are starting points.
@@ -35,15 +38,17 @@ class DynamicsConfig:
     num_continuous_actions: int = 0  # number of continuous action components
 
     # --- transformer sizes (our choice: the paper gives only the 1.6B total, docs/design.md §8, §10) ---
-    dim: int = 256  # model width
-    depth: int = 8  # number of blocks (space + time)
+    # The defaults are the quickstart model (CPU-trainable in minutes); larger presets live in the packaged
+    # YAML configs (dreamer_dynamics/configs/*.yaml, read by `DynamicsConfig.preset`).
+    dim: int = 64  # model width
+    depth: int = 4  # number of blocks (space + time)
     heads: int = 4  # query heads; head_dim = dim / heads
     kv_heads: int = 2  # key/value heads for grouped-query attention (heads % kv_heads == 0)
     mlp_ratio: float = 4.0  # SwiGLU hidden = 2/3 * mlp_ratio * dim (same FLOPs as a GELU MLP of this ratio)
     mlp_multiple_of: int = 64  # round the SwiGLU hidden width up to a multiple of this (kernel friendly)
     time_every: int = 4  # every time_every-th block is a causal time block (paper Sec. 3.4: 4)
     context_length: int = 16  # C: a time layer sees frames t-C+1..t (paper Minecraft: 192)
-    num_registers: int = 4  # S_r: learned register tokens per frame
+    num_registers: int = 2  # S_r: learned register tokens per frame
     action_tokens: int = 1  # S_a: tokens per frame carrying the action (learned embedding where unlabelled)
 
     # --- diffusion grid (docs/design.md §2) ---
@@ -88,7 +93,7 @@ class DynamicsConfig:
         elif softcap_problem(self.attention_backend, self.attention_softcap):
             problems.append(softcap_problem(self.attention_backend, self.attention_softcap))
         if problems:
-            raise ValueError("DynamicsConfig: " + "; ".join(problems))
+            raise ConfigError("DynamicsConfig: " + "; ".join(problems))
 
     @property
     def head_dim(self) -> int:
@@ -132,21 +137,25 @@ class DynamicsConfig:
         return cls(**{**base, **overrides})
 
     @classmethod
+    def preset(cls, name: str, **overrides) -> "DynamicsConfig":
+        """The model of the packaged config ``name`` (``dreamer-dynamics fit --config NAME``): the dataclass
+        defaults updated by the YAML's ``model.model`` section, then by ``overrides``. The YAML is the one
+        source of every preset, so Python and the CLI build the same network (tested)."""
+        from dreamer_dynamics.configs import preset_model_fields  # lazy: YAML parsing only when asked
+
+        return cls(**{**preset_model_fields(name), **overrides})
+
+    @classmethod
     def quickstart(cls, **overrides) -> "DynamicsConfig":
-        """CPU-trainable model for the built-in environment (minutes); latent shape/actions are linked
-        from the data at run time, the values here are only defaults."""
-        base = dict(latent_tokens=16, latent_dim=48, pack_factor=1, dim=256, depth=8, heads=4, kv_heads=2,
-                    time_every=4, context_length=16, num_registers=4, action_tokens=1, k_max=64)
-        return cls(**{**base, **overrides})
+        """CPU-trainable model for the built-in environment (minutes): ``preset("quickstart")``. The latent
+        shape and actions are linked from the data at run time; the values here are the built-in data's."""
+        return cls.preset("quickstart", **{"latent_tokens": 16, "latent_dim": 48, **overrides})
 
     @classmethod
     def minecraft(cls, **overrides) -> "DynamicsConfig":
-        """Paper scale (Sec. 3.4, docs/design.md §8): 512x16 latents packed to 256x32, C = 192, K_max = 64.
-        Width/depth are our choice to land at the paper's ~1.6B parameters (count in docs/model.md)."""
-        base = dict(latent_tokens=512, latent_dim=16, pack_factor=2, dim=2048, depth=36, heads=16,
-                    kv_heads=4, mlp_multiple_of=256, time_every=4, context_length=192, num_registers=4,
-                    action_tokens=1, k_max=64, activation_checkpointing=True)
-        return cls(**{**base, **overrides})
+        """Paper scale (Sec. 3.4, docs/design.md §8): 512x16 latents packed to 256x32, C = 192, K_max = 64,
+        ``preset("minecraft")``. Width/depth are our choice to land at the paper's ~1.6B parameters."""
+        return cls.preset("minecraft", **{"latent_tokens": 512, "latent_dim": 16, **overrides})
 
 
 __all__ = ["DynamicsConfig", "AttentionBackend", "softcap_problem"]

@@ -2,16 +2,20 @@
 
 from dreamer_dynamics.parallelize import total_grad_norm  # lives with the scale plumbing; importable here too
 from dreamer_dynamics.training.callbacks import LatentThroughputMonitor, RolloutImageLogger
+from dreamer_dynamics.training.loggers import RunDirTensorBoardLogger
 from dreamer_dynamics.training.metrics import ValidationMetrics
 from dreamer_dynamics.training.optim import WarmupCosineLR, default_optimizer, parameter_groups
 from dreamer_dynamics.training.prediction import RolloutWriter
+from dreamer_dynamics.training.progress import StepProgressBar
 from dreamer_dynamics.training.slurm import SLURMRequeueAtStepEnd
 
 __all__ = [
     "LatentThroughputMonitor",
     "RolloutImageLogger",
     "RolloutWriter",
+    "RunDirTensorBoardLogger",
     "SLURMRequeueAtStepEnd",
+    "StepProgressBar",
     "ValidationMetrics",
     "WarmupCosineLR",
     "default_optimizer",
