@@ -195,6 +195,7 @@ class DynamicsDataModule(pl.LightningDataModule):
         if module is not None and hasattr(module, "use_latent_stats"):
             module.use_latent_stats(self.latent_stats, source=f"the DataModule of {self.root}")
 
+    @cached_property
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint records about this dataset (root, latent shape, action spec, latent statistics,
         episode count; data/fingerprint.py). Saved with the sampler state, checked on resume."""

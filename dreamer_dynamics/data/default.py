@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,16 +108,22 @@ def builtin_dataset_root(
     return root
 
 
-def toy_object_locator(attributes: dict[str, Any], decoder: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """Object positions of a built-in-world dataset (its metadata ``attributes``): latents [..., N_b, D_b] ->
-    long [..., 1 + balls, 2], decoded and matched by colour; None for any other dataset."""
+class ToyObjectLocator:
+    """Object positions of the built-in world: latents [..., N_b, D_b] (data units) -> long [..., 1 + balls, 2],
+    decoded and matched by colour (``toy_env.locate_objects``). A class, not a closure: it pickles."""
+
+    def __init__(self, decoder: Any, env: ToyEnvConfig) -> None:
+        self.decoder, self.env = decoder, env
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        frames = torch.as_tensor(self.decoder.decode(latents.detach().float()))  # (..., H, W, 3)
+        return locate_objects(frames, self.env)
+
+
+def toy_object_locator(attributes: dict[str, Any], decoder: Any) -> ToyObjectLocator | None:
+    """The locator of a built-in-world dataset (its metadata ``attributes``); None for any other dataset."""
     if attributes.get("source") != GENERATOR_VERSION or decoder is None:
         return None
     config = attributes.get("config") or {}
     env = ToyEnvConfig(image_size=int(config.get("image_size", 16)), num_balls=int(config.get("num_balls", 2)))
-
-    def locate(latents: torch.Tensor) -> torch.Tensor:
-        frames = torch.as_tensor(decoder.decode(latents.detach().float()))  # (..., H, W, 3)
-        return locate_objects(frames, env)
-
-    return locate
+    return ToyObjectLocator(decoder, env)
