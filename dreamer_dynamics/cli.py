@@ -5,6 +5,7 @@
     dreamer-dynamics fit --config lightning_configs/quickstart.yaml --ckpt_path runs/.../last.ckpt
     dreamer-dynamics predict --config lightning_configs/quickstart.yaml --ckpt_path runs/.../last.ckpt
     dreamer-dynamics fit --config lightning_configs/quickstart.yaml --print_config
+    dreamer-dynamics export runs/.../last.ckpt exported/          # config JSON + safetensors (export.py)
 
 The model's latent shape and action spec are *linked* from the DataModule when both are instantiated, so
 ``--data.root`` alone switches datasets (the linked keys ``model.model.latent_tokens`` etc. are not settable).
@@ -13,6 +14,7 @@ Checkpoints are loaded with weights-only unpickling (``--weights_only true`` is 
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -50,7 +52,13 @@ class DynamicsCLI(LightningCLI):
 
 
 def main(args: Optional[list[str]] = None) -> None:
-    """Entry point of ``dreamer-dynamics`` (``args=None`` reads ``sys.argv``)."""
+    """Entry point of ``dreamer-dynamics`` (``args=None`` reads ``sys.argv``). ``export`` is handled before
+    LightningCLI (it is not a Trainer subcommand)."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["export"]:
+        from dreamer_dynamics.export import main as export_main
+
+        sys.exit(export_main(argv[1:]))
     DynamicsCLI(args=args)
 
 

@@ -88,7 +88,7 @@ def test_fit_logs_terms_rms_total_and_validation_to_tensorboard(tmp_path, cache)
     # Two rollout pictures (ground truth + one row per K), decoded by the built-in dataset's decoder.
     assert {"val/rollout_0", "val/rollout_1"} <= set(events.Tags()["images"])
     image = events.Images("val/rollout_0")[-1]
-    patch = data.decoder.image_size
+    patch = data.decoder.codec.image_size
     assert (image.height, image.width) == (5 * patch, 4 * patch)  # rows: truth + K=1,2,4,8; cols: last ctx + 3
 
 

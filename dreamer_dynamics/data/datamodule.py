@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import asdict
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable
 
 import lightning.pytorch as pl
 import numpy as np
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from .dataset import LatentDataset, LatentWindowDataset, split_episodes
 from .default import ToyDatasetConfig, builtin_dataset_root
 from .format import DatasetError
-from .patch_codec import PatchCodec, decoder_from_spec
+from .codec import decoder_for
 from .sampler import AlternatingLengthBatchSampler, Window
 
 
@@ -115,9 +115,10 @@ class DynamicsDataModule(pl.LightningDataModule):
         return self.dataset.num_continuous_actions
 
     @cached_property
-    def decoder(self) -> PatchCodec | None:
-        """latents [..., N_b, D_b] -> images [..., H, W, 3] in [0, 1]; None if the dataset has no decoder."""
-        return decoder_from_spec(self.dataset.meta.decoder)
+    def decoder(self) -> Callable[[Any], Any] | None:
+        """latents [..., N_b, D_b] -> images [..., H, W, C] in [0, 1] through the dataset's codec (codec.py);
+        None if the dataset names no codec or its codec cannot be imported."""
+        return decoder_for(self.dataset)
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str | None = None) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .codec import codec_spec
 from .format import FORMAT_VERSION, METADATA_FILE
 from .patch_codec import PatchCodec
 from .toy_env import ACTIONS, ToyEnv, ToyEnvConfig, rollout_episode
@@ -67,7 +68,7 @@ def generate_toy_dataset(
         root,
         latent_shape=(codec.latent_tokens, codec.latent_dim),
         num_discrete_actions=(len(ACTIONS),),
-        decoder=codec.spec(),
+        codec=codec_spec(codec),
         commit_every=32,
         attributes={"source": GENERATOR_VERSION, "actions": list(ACTIONS), "config": asdict(config)},
     ) as writer:

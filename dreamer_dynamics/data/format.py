@@ -63,12 +63,13 @@ class DatasetMetadata:
     latent_dtype: str = "float32"  # storage dtype of latents, one of LATENT_DTYPES
     num_discrete_actions: tuple[int, ...] = ()  # class count of each categorical action component
     num_continuous_actions: int = 0  # number of continuous action components
-    decoder: dict[str, Any] | None = None  # how to turn latents into pictures, e.g. {"type": "patch", ...}
+    decoder: dict[str, Any] | None = None  # legacy picture decoder {"type": "patch", ...}; see `codec`
     attributes: dict[str, Any] = field(
         default_factory=dict
     )  # free-form dataset info (source, generator config)
     episodes: list[EpisodeRecord] = field(default_factory=list)  # committed episodes in order
     format: str = FORMAT_VERSION  # format version string
+    codec: dict[str, Any] | None = None  # {"class_path", "init_args"} of the frames <-> latents codec (codec.py)
 
     def array_keys(self) -> tuple[str, ...]:
         """Arrays stored per episode."""
@@ -87,6 +88,7 @@ class DatasetMetadata:
             "num_discrete_actions": list(self.num_discrete_actions),
             "num_continuous_actions": self.num_continuous_actions,
             "decoder": self.decoder,
+            "codec": self.codec,
             "attributes": self.attributes,
             "episodes": [
                 {"name": e.name, "length": e.length, "attributes": e.attributes} for e in self.episodes
@@ -121,6 +123,7 @@ class DatasetMetadata:
             data.get("decoder"),
             dict(data.get("attributes") or {}),
             episodes,
+            codec=data.get("codec"),
         )
         meta.check_spec(path)
         for e in episodes:

@@ -20,10 +20,14 @@ class RolloutWriter(BasePredictionWriter):
     renamed, so a crashed or concurrent run never leaves a half-written file under the final name.
     Keys written by ``DynamicsModule.predict_step``: ``rollout`` [B, H, N_b, D_b] (generated clean latents),
     ``context`` [B, T_ctx, N_b, D_b], ``ground_truth`` [B, H', N_b, D_b] (the window's real future, H' <= H).
+    With ``images: true`` and a dataset codec (``datamodule.decoder``), the generated frames are also decoded
+    to ``images/{name}/seq{B:03d}/frame{H:03d}.png``.
     """
 
-    def __init__(self, output_dir: str = "predictions", format: Literal["pt", "npz"] = "pt") -> None:
+    def __init__(self, output_dir: str = "predictions", format: Literal["pt", "npz"] = "pt",
+                 images: bool = True) -> None:
         super().__init__(write_interval="batch")
+        self.images = images
         if format not in ("pt", "npz"):
             raise ValueError(f"RolloutWriter: format must be 'pt' or 'npz', got {format!r}")
         self.output_dir = Path(output_dir)
@@ -56,3 +60,21 @@ class RolloutWriter(BasePredictionWriter):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, final)
+        decoder = getattr(trainer.datamodule, "decoder", None) if trainer.datamodule is not None else None
+        if self.images and decoder is not None and "rollout" in tensors:
+            write_pngs(self.output_dir / "images" / name, decoder(tensors["rollout"].float()))
+
+
+def write_pngs(directory: Path, images: torch.Tensor) -> None:
+    """images [B, H, height, width, C] in [0, 1] -> directory/seq{b}/frame{t}.png (8-bit, atomic renames)."""
+    from PIL import Image
+
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    for b, sequence in enumerate(pixels):
+        folder = directory / f"seq{b:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for t, frame in enumerate(sequence):
+            final = folder / f"frame{t:03d}.png"
+            tmp = folder / f".frame{t:03d}.{os.getpid()}.tmp"
+            Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame).save(tmp, format="PNG")
+            os.replace(tmp, final)
