@@ -46,9 +46,13 @@ def plain_argv(monkeypatch):
 
 
 def callbacks_config(tmp_path: Path) -> str:
-    """Trainer callbacks of the run: EMA from step 5 (so EMA and online weights differ), checkpoints,
-    rollout pictures and the prediction writer."""
-    config = {"trainer": {"callbacks": [
+    """Loggers (TensorBoard and a wandb-style ``log_image`` logger) and callbacks of the run: EMA from step 5
+    (so EMA and online weights differ), checkpoints, rollout pictures and the prediction writer."""
+    config = {"trainer": {"logger": [
+        {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+         "init_args": {"save_dir": str(tmp_path), "name": "tensorboard"}},
+        {"class_path": "tests.image_logger.ImageListLogger", "init_args": {"save_dir": str(tmp_path / "logged")}},
+    ], "callbacks": [
         {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging",
          "init_args": {"decay": 0.9, "update_starting_at_step": 5}},
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -66,6 +70,8 @@ def callbacks_config(tmp_path: Path) -> str:
 def test_video_to_exported_model(tmp_path, monkeypatch):
     from dreamer_dynamics.cli import main
     from dreamer_dynamics.data.cli import main as data_main
+    from dreamer_dynamics.export import main as export_main
+    from dreamer_dynamics.model import DynamicsTransformer
     from dreamer_dynamics.module import DynamicsModule
 
     monkeypatch.chdir(tmp_path)
@@ -85,13 +91,17 @@ def test_video_to_exported_model(tmp_path, monkeypatch):
     assert [e["length"] for e in meta["episodes"]] == [20, 24]
 
     common = ["--config", QUICKSTART, "--config", callbacks_config(tmp_path), "--data.root", str(data), *TINY,
-              f"--trainer.default_root_dir={tmp_path}", "--trainer.logger.init_args.save_dir=" + str(tmp_path),
+              f"--trainer.default_root_dir={tmp_path}",
               "--data.val_fraction=0.5"]
     main(["fit", *common, "--trainer.max_steps=20", "--trainer.val_check_interval=20"])
     checkpoint = tmp_path / "ckpt" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 20
     events = list((tmp_path / "tensorboard").glob("version_*/events.out.tfevents.*"))
     assert events, "no TensorBoard events"
+    # Rollout pictures reach every image-capable logger, not TensorBoard only: rows = truth + K in {1, 2};
+    # columns = last context frame + 2 generated frames; 16 x 16 pixels each.
+    logged = sorted((tmp_path / "logged").glob("val_rollout_*_20_0.npy"))
+    assert len(logged) == 2 and np.load(logged[0]).shape == (3 * 16, 3 * 16, 3)
 
     main(["predict", *common, "--ckpt_path", str(checkpoint)])
     rollout = torch.load(tmp_path / "predictions" / "rollouts_rank0_batch000000.pt", weights_only=True)["rollout"]
@@ -126,3 +136,7 @@ def test_video_to_exported_model(tmp_path, monkeypatch):
     online.load_state_dict(torch.load(checkpoint, weights_only=True)["current_model_state"])
     differs = online.eval().rollout(context, 4, actions_discrete=acts, generator=torch.Generator().manual_seed(7))
     assert not torch.allclose(differs, got, atol=1e-4)  # the export holds the EMA weights, not the online ones
+    assert export_main([str(checkpoint), str(tmp_path / "online"), "--weights", "online"]) == 0
+    online_export = DynamicsTransformer.from_pretrained(tmp_path / "online")
+    again = online_export.rollout(context, 4, actions_discrete=acts, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(again, differs, rtol=0, atol=1e-6)

@@ -48,3 +48,24 @@ def write_mp4(path: Path, frames: np.ndarray, codec: str = "mpeg4") -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+class BlockMeanCodec:
+    """A stand-in for a user's own tokenizer, importable by class path: each block x block patch becomes one
+    token holding its mean colour (lossy); decode repeats it. Returns torch from decode, numpy from encode."""
+
+    def __init__(self, block: int = 4, image_size: int = 16):
+        self.block, self.image_size = block, image_size
+
+    def encode(self, frames):
+        t, h, w, c = frames.shape
+        b = self.block
+        blocks = frames.reshape(t, h // b, b, w // b, b, c).mean((2, 4))  # (T, h/b, w/b, C)
+        return blocks.reshape(t, -1, c)  # (T, N_b, C)
+
+    def decode(self, latents):
+        import torch
+
+        g = self.image_size // self.block
+        z = torch.as_tensor(latents).reshape(len(latents), g, g, -1)
+        return z.repeat_interleave(self.block, 1).repeat_interleave(self.block, 2)  # (T, H, W, C)
