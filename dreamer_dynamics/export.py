@@ -24,13 +24,13 @@ from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 
 
 def _latent_stats(hparams: dict[str, Any], state: dict[str, torch.Tensor]) -> Optional[dict[str, Any]]:
-    """Statistics the module standardised with: its ``latent_stats`` hyperparameter, else its buffers."""
+    """Statistics the module standardised with: its ``latent_mean`` / ``latent_std`` buffers from the exported
+    state (exactly what the checkpoint's own rollout uses), else its ``latent_stats`` hyperparameter."""
     stats = hparams.get("latent_stats")
-    if stats is not None:
-        return stats
     if "latent_mean" in state and "latent_std" in state:
-        return {"mean": state["latent_mean"], "std": state["latent_std"]}
-    return None
+        count = {"count": stats["count"]} if isinstance(stats, dict) and "count" in stats else {}
+        return {"mean": state["latent_mean"], "std": state["latent_std"], **count}
+    return stats
 
 
 def _dataset_codec(checkpoint: dict[str, Any], data_root: Optional[str]) -> Optional[dict[str, Any]]:
