@@ -46,14 +46,21 @@ def _dataset_codec(checkpoint: dict[str, Any], data_root: Optional[str]) -> Opti
         cache = Path(data["cache_dir"]) if data.get("cache_dir") else default_cache_dir()
         root = cache / toy_dataset_key(ToyDatasetConfig(**(data.get("toy") or {})))
     if root is None or not (Path(root) / METADATA_FILE).is_file():
-        warnings.warn(f"export: training dataset {root} not found, so no codec is exported "
-                      "(pass --data-root)", stacklevel=2)
+        warnings.warn(
+            f"export: training dataset {root} not found, so no codec is exported (pass --data-root)",
+            stacklevel=2,
+        )
         return None
     return metadata_codec_spec(read_metadata(root))
 
 
-def export_checkpoint(checkpoint_path: str | os.PathLike, directory: str | os.PathLike, *,
-                      weights: str = "ema", data_root: Optional[str] = None) -> Path:
+def export_checkpoint(
+    checkpoint_path: str | os.PathLike,
+    directory: str | os.PathLike,
+    *,
+    weights: str = "ema",
+    data_root: Optional[str] = None,
+) -> Path:
     """Write the model of a ``DynamicsModule`` checkpoint as config JSON + safetensors to `directory`."""
     if weights not in ("ema", "online"):
         raise ValueError(f"export: weights must be 'ema' or 'online', got {weights!r}")
@@ -63,18 +70,27 @@ def export_checkpoint(checkpoint_path: str | os.PathLike, directory: str | os.Pa
         raise ValueError(f"{checkpoint_path}: not a DynamicsModule checkpoint (no hyper_parameters.model)")
     state = checkpoint["state_dict"]  # the EMA weights when EMAWeightAveraging ran
     if "current_model_state" not in checkpoint and weights == "ema":
-        warnings.warn(f"{checkpoint_path}: no EMA weights (trained without EMAWeightAveraging); exporting the "
-                      "online weights", stacklevel=2)
+        warnings.warn(
+            f"{checkpoint_path}: no EMA weights (trained without EMAWeightAveraging); exporting the "
+            "online weights",
+            stacklevel=2,
+        )
     if weights == "online":
         state = checkpoint.get("current_model_state", state)
     config = hparams["model"]
     config = DynamicsConfig(**config) if isinstance(config, dict) else config
     model = DynamicsTransformer(config)
-    model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
-    rollout = {"num_steps": int(hparams.get("rollout_steps", 4)),
-               "context_noise": float(hparams.get("context_noise", 0.1))}
-    return model.save_pretrained(directory, latent_stats=_latent_stats(hparams, state),
-                                 codec=_dataset_codec(checkpoint, data_root), rollout=rollout)
+    model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
+    rollout = {
+        "num_steps": int(hparams.get("rollout_steps", 4)),
+        "context_noise": float(hparams.get("context_noise", 0.1)),
+    }
+    return model.save_pretrained(
+        directory,
+        latent_stats=_latent_stats(hparams, state),
+        codec=_dataset_codec(checkpoint, data_root),
+        rollout=rollout,
+    )
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -85,7 +101,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--data-root", help="dataset whose codec to export (default: the checkpoint's)")
     args = parser.parse_args(argv)
     try:
-        out = export_checkpoint(args.checkpoint, args.directory, weights=args.weights, data_root=args.data_root)
+        out = export_checkpoint(
+            args.checkpoint, args.directory, weights=args.weights, data_root=args.data_root
+        )
     except (OSError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -12,22 +12,30 @@ from dreamer_dynamics.data import DatasetError, LatentDataset, LatentDatasetWrit
 from dreamer_dynamics.data.codec import Codec, Decoder, codec_spec, decoder_for, load_codec
 from tests.video_fixtures import BlockMeanCodec
 
-BLOCK_SPEC = {"class_path": "tests.video_fixtures.BlockMeanCodec", "init_args": {"block": 4, "image_size": 16}}
+BLOCK_SPEC = {
+    "class_path": "tests.video_fixtures.BlockMeanCodec",
+    "init_args": {"block": 4, "image_size": 16},
+}
 
 
 def write(root, codec=None, decoder=None, latent_shape=(16, 3)):
     frames = np.random.default_rng(0).random((5, 16, 16, 3)).astype(np.float32)
     with LatentDatasetWriter(root, latent_shape=latent_shape, codec=codec, decoder=decoder) as writer:
-        writer.add_episode(BlockMeanCodec().encode(frames) if latent_shape == (16, 3) else
-                           np.zeros((5, *latent_shape), np.float32))
+        writer.add_episode(
+            BlockMeanCodec().encode(frames)
+            if latent_shape == (16, 3)
+            else np.zeros((5, *latent_shape), np.float32)
+        )
     return frames
 
 
 def test_patch_codec_spec_round_trip_and_protocol():
     codec = PatchCodec(32, 8, 3, 0.4, 0.3)
     spec = codec_spec(codec)
-    assert spec == {"class_path": "dreamer_dynamics.data.patch_codec.PatchCodec",
-                    "init_args": {"image_size": 32, "patch": 8, "channels": 3, "mean": 0.4, "std": 0.3}}
+    assert spec == {
+        "class_path": "dreamer_dynamics.data.patch_codec.PatchCodec",
+        "init_args": {"image_size": 32, "patch": 8, "channels": 3, "mean": 0.4, "std": 0.3},
+    }
     assert load_codec(json.loads(json.dumps(spec))) == codec
     assert isinstance(codec, Codec) and isinstance(BlockMeanCodec(), Codec)
     assert load_codec(codec.spec()) == codec  # the legacy {"type": "patch"} decoder entry
@@ -66,13 +74,19 @@ def test_unimportable_codec_warns_and_gives_no_pictures(tmp_path):
         assert decoder_for(LatentDataset(tmp_path)) is None
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"init_args": {}}, "needs a 'class_path'"),
-    ({"class_path": "Codec"}, "must look like 'package.module.Class'"),
-    ({"class_path": "tests.video_fixtures.BlockMeanCodec", "init_args": {"bad": 1}}, "cannot build codec"),
-    ({"class_path": "numpy.ndarray", "init_args": {"shape": 1}}, "has no encode\\(\\) method"),
-    ("patch", "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"init_args": {}}, "needs a 'class_path'"),
+        ({"class_path": "Codec"}, "must look like 'package.module.Class'"),
+        (
+            {"class_path": "tests.video_fixtures.BlockMeanCodec", "init_args": {"bad": 1}},
+            "cannot build codec",
+        ),
+        ({"class_path": "numpy.ndarray", "init_args": {"shape": 1}}, "has no encode\\(\\) method"),
+        ("patch", "must be a JSON object"),
+    ],
+)
 def test_bad_codec_specs_are_named(spec, message):
     with pytest.raises(DatasetError, match=message):
         load_codec(spec, "metadata.json")

@@ -1,6 +1,6 @@
-"""Bring your own video, end to end: a generated GIF and MP4 -> ``from-video`` -> validate -> a 20-step ``fit``
--> ``predict`` writes decoded PNG frames -> ``export`` -> ``from_pretrained``, whose rollout (in a process
-without Lightning) equals the checkpoint's."""
+"""Bring your own video, end to end: a generated GIF and MP4 -> ``from-video`` -> validate -> a 20-step
+``fit`` -> ``predict`` writes decoded PNG frames -> ``export`` -> ``from_pretrained``, whose rollout (in a
+process without Lightning) equals the checkpoint's."""
 
 from __future__ import annotations
 
@@ -22,11 +22,25 @@ pytest.importorskip("av")
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "lightning_configs" / "quickstart.yaml")
-TINY = ["--model.model.dim=32", "--model.model.depth=2", "--model.model.heads=2", "--model.model.kv_heads=1",
-        "--model.model.k_max=8", "--data.short_length=6", "--data.long_length=8", "--data.short_batch_size=2",
-        "--data.long_batch_size=1", "--data.val_batch_size=2", "--data.val_batches=1", "--data.val_length=6",
-        "--data.predict_length=8", "--data.test_length=6", "--model.val_context_frames=3",
-        "--model.val_rollout_horizon=2", "--model.val_rollout_steps=[1,2]"]
+TINY = [
+    "--model.model.dim=32",
+    "--model.model.depth=2",
+    "--model.model.heads=2",
+    "--model.model.kv_heads=1",
+    "--model.model.k_max=8",
+    "--data.short_length=6",
+    "--data.long_length=8",
+    "--data.short_batch_size=2",
+    "--data.long_batch_size=1",
+    "--data.val_batch_size=2",
+    "--data.val_batches=1",
+    "--data.val_length=6",
+    "--data.predict_length=8",
+    "--data.test_length=6",
+    "--model.val_context_frames=3",
+    "--model.val_rollout_horizon=2",
+    "--model.val_rollout_steps=[1,2]",
+]
 
 ROLLOUT_WITHOUT_LIGHTNING = """
 import sys, torch
@@ -48,19 +62,35 @@ def plain_argv(monkeypatch):
 def callbacks_config(tmp_path: Path) -> str:
     """Loggers (TensorBoard and a wandb-style ``log_image`` logger) and callbacks of the run: EMA from step 5
     (so EMA and online weights differ), checkpoints, rollout pictures and the prediction writer."""
-    config = {"trainer": {"logger": [
-        {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-         "init_args": {"save_dir": str(tmp_path), "name": "tensorboard"}},
-        {"class_path": "tests.image_logger.ImageListLogger", "init_args": {"save_dir": str(tmp_path / "logged")}},
-    ], "callbacks": [
-        {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging",
-         "init_args": {"decay": 0.9, "update_starting_at_step": 5}},
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}},
-        {"class_path": "dreamer_dynamics.training.RolloutImageLogger"},
-        {"class_path": "dreamer_dynamics.training.RolloutWriter",
-         "init_args": {"output_dir": str(tmp_path / "predictions")}},
-    ]}}
+    config = {
+        "trainer": {
+            "logger": [
+                {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": str(tmp_path), "name": "tensorboard"},
+                },
+                {
+                    "class_path": "tests.image_logger.ImageListLogger",
+                    "init_args": {"save_dir": str(tmp_path / "logged")},
+                },
+            ],
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.EMAWeightAveraging",
+                    "init_args": {"decay": 0.9, "update_starting_at_step": 5},
+                },
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True},
+                },
+                {"class_path": "dreamer_dynamics.training.RolloutImageLogger"},
+                {
+                    "class_path": "dreamer_dynamics.training.RolloutWriter",
+                    "init_args": {"output_dir": str(tmp_path / "predictions")},
+                },
+            ],
+        }
+    }
     path = tmp_path / "callbacks.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
@@ -76,23 +106,47 @@ def test_video_to_exported_model(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
-    videos = [write_gif(tmp_path / "a.gif", moving_square(20, seed=0)),
-              write_mp4(tmp_path / "b.mp4", moving_square(24, seed=1))]
+    videos = [
+        write_gif(tmp_path / "a.gif", moving_square(20, seed=0)),
+        write_mp4(tmp_path / "b.mp4", moving_square(24, seed=1)),
+    ]
     actions = []
-    for video, length in zip(videos, (20, 24)):
+    for video, length in zip(videos, (20, 24), strict=True):
         actions.append(tmp_path / f"{video.stem}.npy")
         np.save(actions[-1], rng.integers(0, 3, (length, 1)))
     data = tmp_path / "data"
-    assert data_main(["from-video", str(data), *map(str, videos), "--actions", *map(str, actions),
-                      "--image-size", "16", "--codec-args", '{"patch": 4}']) == 0
+    assert (
+        data_main(
+            [
+                "from-video",
+                str(data),
+                *map(str, videos),
+                "--actions",
+                *map(str, actions),
+                "--image-size",
+                "16",
+                "--codec-args",
+                '{"patch": 4}',
+            ]
+        )
+        == 0
+    )
     assert data_main(["validate", str(data)]) == 0
     meta = json.loads((data / "metadata.json").read_text())
     assert meta["latent_shape"] == [16, 48] and meta["num_discrete_actions"] == [3]
     assert [e["length"] for e in meta["episodes"]] == [20, 24]
 
-    common = ["--config", QUICKSTART, "--config", callbacks_config(tmp_path), "--data.root", str(data), *TINY,
-              f"--trainer.default_root_dir={tmp_path}",
-              "--data.val_fraction=0.5"]
+    common = [
+        "--config",
+        QUICKSTART,
+        "--config",
+        callbacks_config(tmp_path),
+        "--data.root",
+        str(data),
+        *TINY,
+        f"--trainer.default_root_dir={tmp_path}",
+        "--data.val_fraction=0.5",
+    ]
     main(["fit", *common, "--trainer.max_steps=20", "--trainer.val_check_interval=20"])
     checkpoint = tmp_path / "ckpt" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 20
@@ -104,7 +158,9 @@ def test_video_to_exported_model(tmp_path, monkeypatch):
     assert len(logged) == 2 and np.load(logged[0]).shape == (3 * 16, 3 * 16, 3)
 
     main(["predict", *common, "--ckpt_path", str(checkpoint)])
-    rollout = torch.load(tmp_path / "predictions" / "rollouts_rank0_batch000000.pt", weights_only=True)["rollout"]
+    rollout = torch.load(tmp_path / "predictions" / "rollouts_rank0_batch000000.pt", weights_only=True)[
+        "rollout"
+    ]
     assert rollout.shape[1:] == (5, 16, 48)  # predict windows of 8 frames: 3 context + 5 generated
     folder = tmp_path / "predictions" / "images" / "rollouts_rank0_batch000000"
     for b in range(rollout.shape[0]):  # every generated frame, decoded by the dataset's codec
@@ -127,16 +183,32 @@ def test_video_to_exported_model(tmp_path, monkeypatch):
     acts = torch.from_numpy(np.load(actions[1])[None, :8].astype(np.int64))  # (1, 8, 1)
     expected = module.rollout(context, 4, actions_discrete=acts, generator=torch.Generator().manual_seed(7))
     torch.save({"context": context, "actions": acts}, tmp_path / "inputs.pt")
-    subprocess.run([sys.executable, "-c", ROLLOUT_WITHOUT_LIGHTNING, str(tmp_path / "exported"),
-                    str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")], check=True, cwd=REPO)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            ROLLOUT_WITHOUT_LIGHTNING,
+            str(tmp_path / "exported"),
+            str(tmp_path / "inputs.pt"),
+            str(tmp_path / "out.pt"),
+        ],
+        check=True,
+        cwd=REPO,
+    )
     got = torch.load(tmp_path / "out.pt", weights_only=True)
     assert got.shape == (1, 4, 16, 48)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     online = DynamicsModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
     online.load_state_dict(torch.load(checkpoint, weights_only=True)["current_model_state"])
-    differs = online.eval().rollout(context, 4, actions_discrete=acts, generator=torch.Generator().manual_seed(7))
-    assert not torch.allclose(differs, got, atol=1e-4)  # the export holds the EMA weights, not the online ones
+    differs = online.eval().rollout(
+        context, 4, actions_discrete=acts, generator=torch.Generator().manual_seed(7)
+    )
+    assert not torch.allclose(
+        differs, got, atol=1e-4
+    )  # the export holds the EMA weights, not the online ones
     assert export_main([str(checkpoint), str(tmp_path / "online"), "--weights", "online"]) == 0
     online_export = DynamicsTransformer.from_pretrained(tmp_path / "online")
-    again = online_export.rollout(context, 4, actions_discrete=acts, generator=torch.Generator().manual_seed(7))
+    again = online_export.rollout(
+        context, 4, actions_discrete=acts, generator=torch.Generator().manual_seed(7)
+    )
     torch.testing.assert_close(again, differs, rtol=0, atol=1e-6)

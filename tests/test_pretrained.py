@@ -22,8 +22,9 @@ def inputs(model, t_ctx=3, horizon=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     cfg = model.config
     context = torch.randn(2, t_ctx, cfg.latent_tokens, cfg.latent_dim, generator=g) * 3 + 5  # data units
-    discrete = torch.stack([torch.randint(0, n, (2, t_ctx + horizon), generator=g)
-                            for n in cfg.num_discrete_actions], -1)
+    discrete = torch.stack(
+        [torch.randint(0, n, (2, t_ctx + horizon), generator=g) for n in cfg.num_discrete_actions], -1
+    )
     continuous = torch.randn(2, t_ctx + horizon, cfg.num_continuous_actions, generator=g)
     return context, {"actions_discrete": discrete, "actions_continuous": continuous}
 
@@ -36,7 +37,7 @@ def test_round_trip_with_statistics_and_codec(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     loaded = DynamicsTransformer.from_pretrained(tmp_path)
     assert loaded.config == model.config and not loaded.training
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert loaded.codec_spec == CODEC and loaded.rollout_defaults == {"num_steps": 2, "context_noise": 0.1}
     assert json.loads((tmp_path / "config.json").read_text())["latent_stats"]["count"] == 100
@@ -45,8 +46,18 @@ def test_round_trip_with_statistics_and_codec(tmp_path):
     got = loaded.rollout(context, 3, generator=torch.Generator().manual_seed(1), **actions)
     # reference: standardise the context, roll out in model units (K = 2 from the export), map back
     mean, std = stats["mean"], stats["std"]
-    ref = rollout(model, (context - mean) / std, 3, num_steps=2, generator=torch.Generator().manual_seed(1),
-                  **actions) * std + mean
+    ref = (
+        rollout(
+            model,
+            (context - mean) / std,
+            3,
+            num_steps=2,
+            generator=torch.Generator().manual_seed(1),
+            **actions,
+        )
+        * std
+        + mean
+    )
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
     assert abs(float(got.mean()) - 5) < 1.5  # data units, not the model's standardised ones
 
@@ -76,11 +87,24 @@ def test_inference_path_does_not_import_lightning(tmp_path):
         "torch.save(out, sys.argv[3])\n"
         "print(sorted(k for k in sys.modules if k.split('.')[0] in ('lightning', 'pytorch_lightning')))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "m"), str(tmp_path / "in.pt"),
-                             str(tmp_path / "out.pt")], capture_output=True, text=True, cwd=REPO, check=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(tmp_path / "m"),
+            str(tmp_path / "in.pt"),
+            str(tmp_path / "out.pt"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
     assert result.stdout.strip() == "[]"
     expected = DynamicsTransformer.from_pretrained(tmp_path / "m").rollout(
-        context, 3, generator=torch.Generator().manual_seed(0), **actions)
+        context, 3, generator=torch.Generator().manual_seed(0), **actions
+    )
     assert torch.equal(torch.load(tmp_path / "out.pt", weights_only=True), expected)
 
 

@@ -33,7 +33,11 @@ def decoded(root, episode):
 
 
 def test_gif_mp4_and_frame_folder_round_trip(tmp_path, capsys):
-    gif_frames, mp4_frames, png_frames = moving_square(10, seed=0), moving_square(12, seed=1), moving_square(12, seed=2)
+    gif_frames, mp4_frames, png_frames = (
+        moving_square(10, seed=0),
+        moving_square(12, seed=1),
+        moving_square(12, seed=2),
+    )
     gif = write_gif(tmp_path / "a.gif", gif_frames)
     mp4 = write_mp4(tmp_path / "b.mp4", mp4_frames)
     folder = write_folder(tmp_path / "c", png_frames)
@@ -63,13 +67,17 @@ def test_resumes_by_skipping_videos_already_written(tmp_path, capsys):
 def test_actions_npy_discrete_and_csv_continuous(tmp_path):
     a = write_gif(tmp_path / "a.gif", moving_square(6, seed=0))
     np.save(tmp_path / "a.npy", np.array([[0, 2], [1, 0], [4, 1], [3, 3], [0, 0], [2, 1]]))
-    assert main(["from-video", str(tmp_path / "d"), str(a), "--actions", str(tmp_path / "a.npy"), *PATCH16]) == 0
+    assert (
+        main(["from-video", str(tmp_path / "d"), str(a), "--actions", str(tmp_path / "a.npy"), *PATCH16]) == 0
+    )
     ds = LatentDataset(tmp_path / "d")
     assert ds.num_discrete_actions == (5, 4)  # largest id + 1 per component
     assert np.asarray(ds[0]["actions_discrete"])[2].tolist() == [4, 1]
     # CSV with a header and T - 1 rows: the first frame has no action (NaN = missing label)
     (tmp_path / "a.csv").write_text("dx,dy\n" + "\n".join(f"{t}.5,{-t}" for t in range(5)) + "\n")
-    assert main(["from-video", str(tmp_path / "c"), str(a), "--actions", str(tmp_path / "a.csv"), *PATCH16]) == 0
+    assert (
+        main(["from-video", str(tmp_path / "c"), str(a), "--actions", str(tmp_path / "a.csv"), *PATCH16]) == 0
+    )
     acts = np.asarray(LatentDataset(tmp_path / "c")[0]["actions_continuous"])
     assert np.isnan(acts[0]).all() and acts[1:, 0].tolist() == [0.5, 1.5, 2.5, 3.5, 4.5]
 
@@ -86,8 +94,22 @@ def test_alignment_conventions():
 
 def test_own_codec_by_class_path(tmp_path):
     a = write_gif(tmp_path / "a.gif", moving_square(4, seed=0))
-    assert main(["from-video", str(tmp_path / "o"), str(a), "--image-size", "16", "--codec",
-                 "tests.video_fixtures.BlockMeanCodec", "--codec-args", '{"block": 8}']) == 0
+    assert (
+        main(
+            [
+                "from-video",
+                str(tmp_path / "o"),
+                str(a),
+                "--image-size",
+                "16",
+                "--codec",
+                "tests.video_fixtures.BlockMeanCodec",
+                "--codec-args",
+                '{"block": 8}',
+            ]
+        )
+        == 0
+    )
     meta = json.loads((tmp_path / "o" / "metadata.json").read_text())
     assert meta["codec"] == {"class_path": "tests.video_fixtures.BlockMeanCodec", "init_args": {"block": 8}}
     assert meta["latent_shape"] == [4, 3]
@@ -106,8 +128,12 @@ def test_errors_name_the_file_and_frame(tmp_path, capsys):
 
     gif = write_gif(tmp_path / "a.gif", frames)
     np.save(tmp_path / "short.npy", np.zeros((2, 1), np.int64))
-    assert main(["from-video", str(tmp_path / "o"), str(gif), "--actions", str(tmp_path / "short.npy"),
-                 *PATCH16]) == 1
+    assert (
+        main(
+            ["from-video", str(tmp_path / "o"), str(gif), "--actions", str(tmp_path / "short.npy"), *PATCH16]
+        )
+        == 1
+    )
     assert f"error: {gif}: actions have shape [2, 1]" in capsys.readouterr().err
 
     assert main(["from-video", str(tmp_path / "o"), str(gif), str(gif), "--actions", "a.npy"]) == 1

@@ -91,10 +91,13 @@ def _codec_options(args: argparse.Namespace) -> dict:
     if not isinstance(init_args, dict):
         raise DatasetError("--codec-args", f"must be a JSON object, got {args.codec_args}")
     codec, spec = build_codec(args.codec, init_args, args.image_size)
-    builder = None
-    if codec is None and args.codec is None:  # default patch codec sized by the first episode's frames
-        builder = lambda size: build_codec(None, init_args, size)  # noqa: E731
-    return {"codec": codec, "codec_spec": spec, "codec_builder": builder}
+    if codec is not None or args.codec is not None:
+        return {"codec": codec, "codec_spec": spec}
+
+    def builder(size: int):  # the default patch codec, sized by the first episode's frames
+        return build_codec(None, init_args, size)
+
+    return {"codec": None, "codec_spec": None, "codec_builder": builder}
 
 
 def _report(out: str, written: int, skipped: int) -> None:
@@ -106,8 +109,9 @@ def _from_video(args: argparse.Namespace) -> None:
     from .video import video_sources
 
     sources = video_sources(args.videos, args.actions, args.image_size, args.continuous_actions)
-    _report(args.out, *write_episodes(args.out, sources, alignment=args.alignment, num_actions=args.num_actions,
-                                      attributes={"source": "video"}, **_codec_options(args)))
+    written = write_episodes(args.out, sources, alignment=args.alignment, num_actions=args.num_actions,
+                             attributes={"source": "video"}, **_codec_options(args))
+    _report(args.out, *written)
 
 
 def _from_arrays(args: argparse.Namespace) -> None:
@@ -121,8 +125,9 @@ def _from_arrays(args: argparse.Namespace) -> None:
         sources = hdf5_sources(args.files, keys, args.episodes, args.image_size, args.channels_first)
     options = _codec_options(args) if keys.frames is not None or args.codec else {"codec": None,
                                                                                  "codec_spec": None}
-    _report(args.out, *write_episodes(args.out, sources, alignment=args.alignment, num_actions=args.num_actions,
-                                      attributes={"source": args.command[5:]}, **options))
+    written = write_episodes(args.out, sources, alignment=args.alignment, num_actions=args.num_actions,
+                             attributes={"source": args.command[5:]}, **options)
+    _report(args.out, *written)
 
 
 def _add_conversion_options(parser: argparse.ArgumentParser, image_size: int | None) -> None:
@@ -162,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     crafter.add_argument("--policy", choices=("random", "explore"), default="random")
     crafter.add_argument("--seed", type=int, default=0)
     crafter.set_defaults(run=_record_crafter)
-    video = commands.add_parser("from-video", help="videos or frame folders -> dataset (needs the video extra)")
+    video = commands.add_parser("from-video", help="videos or frame folders -> dataset (video extra)")
     video.add_argument("out")
     video.add_argument("videos", nargs="+", metavar="VIDEO", help="mp4/webm/gif/... files or folders of "
                        "PNG/JPEG frames; one episode each")
@@ -176,14 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         arrays = commands.add_parser(name, help=f"arrays of frames or latents -> dataset ({what})")
         arrays.add_argument("out")
         arrays.add_argument("files", nargs="+", metavar="FILE")
-        arrays.add_argument("--frames", metavar="KEY", help="key of the frames [T, H, W, C] (uint8 or [0, 1])")
+        arrays.add_argument("--frames", metavar="KEY", help="key of frames [T, H, W, C] (uint8 or [0, 1])")
         arrays.add_argument("--latents", metavar="KEY", help="key of ready latents [T, N_b, D_b]")
         arrays.add_argument("--actions-discrete", metavar="KEY", help="key of integer actions [T, n]")
         arrays.add_argument("--actions-continuous", metavar="KEY", help="key of float actions [T, m]")
         arrays.add_argument("--channels-first", action="store_true", help="frames are [T, C, H, W]")
         if name == "from-hdf5":
             arrays.add_argument("--episodes", metavar="GROUP", help="every child group of GROUP is one "
-                                "episode (e.g. data for data/demo_0, data/demo_1, ...); default: one per file")
+                                "episode (e.g. data: data/demo_0, data/demo_1, ...); default: one per file")
         _add_conversion_options(arrays, None)
         arrays.set_defaults(run=_from_arrays)
     return parser

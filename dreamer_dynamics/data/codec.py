@@ -60,7 +60,7 @@ def import_class(path: str, where: Any = None) -> type:
 
 
 def load_codec(spec: dict[str, Any], where: Any = None) -> Codec:
-    """Instantiate a codec from its ``{"class_path", "init_args"}`` spec (or the legacy ``{"type": "patch"}``)."""
+    """A codec from its ``{"class_path", "init_args"}`` spec (or the legacy ``{"type": "patch", ...}``)."""
     if not isinstance(spec, dict):
         raise DatasetError(where, f"codec spec must be a JSON object, got {spec!r}")
     if spec.get("type") == "patch":  # legacy "decoder" entry of the built-in codec
@@ -71,8 +71,9 @@ def load_codec(spec: dict[str, Any], where: Any = None) -> Codec:
     try:
         codec = cls(**dict(spec.get("init_args") or {}))
     except Exception as err:  # a user class: any constructor error is reported with the spec
-        raise DatasetError(where, f"cannot build codec {spec['class_path']} from {spec.get('init_args')}: "
-                                  f"{err}") from None
+        raise DatasetError(
+            where, f"cannot build codec {spec['class_path']} from {spec.get('init_args')}: {err}"
+        ) from None
     for method in ("encode", "decode"):
         if not callable(getattr(codec, method, None)):
             raise DatasetError(where, f"codec {spec['class_path']} has no {method}() method")
@@ -123,5 +124,12 @@ def decoder_for(dataset: Any) -> Optional[Callable[[Any], Any]]:
         return None
 
 
-__all__ = ["Codec", "Decoder", "codec_spec", "decoder_for", "import_class", "load_codec",
-           "metadata_codec_spec"]
+__all__ = [
+    "Codec",
+    "Decoder",
+    "codec_spec",
+    "decoder_for",
+    "import_class",
+    "load_codec",
+    "metadata_codec_spec",
+]

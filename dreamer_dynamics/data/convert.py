@@ -35,8 +35,9 @@ class Source:
     actions: Callable[[], dict[str, Optional[np.ndarray]]]  # {"discrete": [R, n] int, "continuous": [R, m]}
 
 
-def build_codec(class_path: Optional[str], init_args: dict[str, Any], image_size: Optional[int]
-                ) -> tuple[Optional[Codec], Optional[dict[str, Any]]]:
+def build_codec(
+    class_path: Optional[str], init_args: dict[str, Any], image_size: Optional[int]
+) -> tuple[Optional[Codec], Optional[dict[str, Any]]]:
     """The converter's codec and its metadata spec. Default: the built-in PatchCodec at `image_size` with
     patch side image_size / 8 (an 8 x 8 grid of tokens) unless `init_args` says otherwise."""
     if class_path is None:
@@ -77,13 +78,16 @@ def align_actions(rows: np.ndarray, length: int, alignment: str, missing: Any, w
     """Action rows [R, n] -> the format's [T, n] where actions[t] led from frame t-1 to frame t.
 
     ``led-to``: rows already follow the format; R = T, or R = T - 1 (no action before the first frame, which
-    gets the missing label). ``taken-at``: row t is the action taken AT frame t (the common robot-data layout);
+    gets the missing label). ``taken-at``: row t is the action taken AT frame t (the usual robot-data layout);
     R = T or T - 1, shifted by one so the action lands on the frame it produced (the last row has no frame).
     """
     rows = rows[:, None] if rows.ndim == 1 else rows
     if rows.ndim != 2 or rows.shape[0] not in (length, length - 1):
-        raise DatasetError(where, f"actions have shape {list(rows.shape)}; expected [T, n] or [T - 1, n] "
-                                  f"rows for the {length} frames")
+        raise DatasetError(
+            where,
+            f"actions have shape {list(rows.shape)}; expected [T, n] or [T - 1, n] "
+            f"rows for the {length} frames",
+        )
     if alignment == "led-to" and rows.shape[0] == length:
         return rows
     body = rows[: length - 1]
@@ -159,15 +163,21 @@ def write_episodes(
             acts = actions[source.key]
             length = len(array)
             kwargs = {
-                "actions_discrete": None if acts.get("discrete") is None
+                "actions_discrete": None
+                if acts.get("discrete") is None
                 else align_actions(acts["discrete"], length, alignment, -1, source.label),
-                "actions_continuous": None if acts.get("continuous") is None
+                "actions_continuous": None
+                if acts.get("continuous") is None
                 else align_actions(acts["continuous"], length, alignment, np.nan, source.label),
             }
             if writer is None:
                 writer = LatentDatasetWriter(
-                    out, latent_shape=array.shape[1:], num_discrete_actions=discrete,
-                    num_continuous_actions=continuous, codec=codec_spec, attributes=attributes,
+                    out,
+                    latent_shape=array.shape[1:],
+                    num_discrete_actions=discrete,
+                    num_continuous_actions=continuous,
+                    codec=codec_spec,
+                    attributes=attributes,
                 )
             try:
                 writer.add_episode(array, **kwargs, attributes={"source": source.key})
@@ -192,8 +202,10 @@ def _action_spec(todo, actions, existing, num_actions) -> tuple[tuple[int, ...],
             a = actions[source.key].get(kind)
             width = None if a is None else int(a.shape[1])
             if widths.setdefault(kind, width) != width:
-                raise DatasetError(source.label, f"has {width or 0} {kind} action components, earlier inputs "
-                                                 f"{widths[kind] or 0}")
+                raise DatasetError(
+                    source.label,
+                    f"has {width or 0} {kind} action components, earlier inputs {widths[kind] or 0}",
+                )
         a = actions[source.key].get("discrete")
         if a is not None:
             if not np.issubdtype(a.dtype, np.integer):
@@ -204,8 +216,10 @@ def _action_spec(todo, actions, existing, num_actions) -> tuple[tuple[int, ...],
     elif num_actions:
         discrete = tuple(int(n) for n in num_actions)
         if len(discrete) != widths["discrete"]:
-            raise DatasetError("--num-actions", f"gives {len(discrete)} class counts for "
-                                                f"{widths['discrete']} discrete action components")
+            raise DatasetError(
+                "--num-actions",
+                f"gives {len(discrete)} class counts for {widths['discrete']} discrete action components",
+            )
     else:
         discrete = tuple(max(1, int(n) + 1) for n in top)
     return discrete, widths.get("continuous") or 0

@@ -69,7 +69,7 @@ class DatasetMetadata:
     )  # free-form dataset info (source, generator config)
     episodes: list[EpisodeRecord] = field(default_factory=list)  # committed episodes in order
     format: str = FORMAT_VERSION  # format version string
-    codec: dict[str, Any] | None = None  # {"class_path", "init_args"} of the frames <-> latents codec (codec.py)
+    codec: dict[str, Any] | None = None  # {"class_path", "init_args"} of the frames <-> latents codec
 
     def array_keys(self) -> tuple[str, ...]:
         """Arrays stored per episode."""

@@ -1,5 +1,5 @@
-"""``from-video``: video files (mp4, webm, gif, anything FFmpeg reads) or folders of PNG/JPEG frames -> a latent
-dataset, one episode per video, through a codec (docs/data.md, "Your own video").
+"""``from-video``: video files (mp4, webm, gif, anything FFmpeg reads) or folders of PNG/JPEG frames -> a
+latent dataset, one episode per video, through a codec (docs/data.md, "Your own video").
 
 Videos are read with PyAV (FFmpeg bindings), an optional extra: ``pip install 'dreamer_dynamics[video]'``.
 Frames are centre-cropped to a square and resized to ``image_size``, then encoded. Actions come from one
@@ -54,8 +54,9 @@ def read_video(path: Path, image_size: Optional[int], bar: Any = None) -> np.nda
     try:
         import av
     except ImportError as err:  # pragma: no cover - exercised only without the extra
-        raise ImportError("reading video needs the optional extra: pip install 'dreamer_dynamics[video]'") \
-            from err
+        raise ImportError(
+            "reading video needs the optional extra: pip install 'dreamer_dynamics[video]'"
+        ) from err
     frames, index = [], 0
     try:
         container = av.open(str(path))
@@ -77,12 +78,18 @@ def read_video(path: Path, image_size: Optional[int], bar: Any = None) -> np.nda
     return np.stack(frames)
 
 
-def video_sources(videos: Sequence[str | os.PathLike], actions: Optional[Sequence[str | os.PathLike]],
-                  image_size: Optional[int], continuous: bool = False) -> list[Source]:
+def video_sources(
+    videos: Sequence[str | os.PathLike],
+    actions: Optional[Sequence[str | os.PathLike]],
+    image_size: Optional[int],
+    continuous: bool = False,
+) -> list[Source]:
     """One Source per video file or frame folder; `actions` (one file per video) in the same order."""
     if actions and len(actions) != len(videos):
-        raise DatasetError("--actions", f"{len(actions)} action files for {len(videos)} videos; give one per "
-                                         "video, in the same order")
+        raise DatasetError(
+            "--actions",
+            f"{len(actions)} action files for {len(videos)} videos; give one per video, in the same order",
+        )
     sources = []
     for i, video in enumerate(videos):
         path = Path(video).resolve()
@@ -107,14 +114,27 @@ def video_sources(videos: Sequence[str | os.PathLike], actions: Optional[Sequenc
     return sources
 
 
-def convert_videos(out: str | os.PathLike, videos: Sequence[str | os.PathLike], *,
-                   actions: Optional[Sequence[str | os.PathLike]] = None, codec: Any = None,
-                   codec_spec: Optional[dict[str, Any]] = None, image_size: Optional[int] = 64,
-                   alignment: str = "led-to", num_actions: Optional[Sequence[int]] = None,
-                   continuous_actions: bool = False, progress: bool = True) -> tuple[int, int]:
+def convert_videos(
+    out: str | os.PathLike,
+    videos: Sequence[str | os.PathLike],
+    *,
+    actions: Optional[Sequence[str | os.PathLike]] = None,
+    codec: Any = None,
+    codec_spec: Optional[dict[str, Any]] = None,
+    image_size: Optional[int] = 64,
+    alignment: str = "led-to",
+    num_actions: Optional[Sequence[int]] = None,
+    continuous_actions: bool = False,
+    progress: bool = True,
+) -> tuple[int, int]:
     """Videos / frame folders -> the dataset at `out` (created or appended); returns (written, skipped)."""
     return write_episodes(
-        out, video_sources(videos, actions, image_size, continuous_actions), codec=codec,
-        codec_spec=codec_spec, alignment=alignment, num_actions=num_actions,
-        attributes={"source": "video"}, progress=progress,
+        out,
+        video_sources(videos, actions, image_size, continuous_actions),
+        codec=codec,
+        codec_spec=codec_spec,
+        alignment=alignment,
+        num_actions=num_actions,
+        attributes={"source": "video"},
+        progress=progress,
     )

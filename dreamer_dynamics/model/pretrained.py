@@ -1,4 +1,4 @@
-"""Exported models: config JSON + safetensors weights, loadable and rollable without Lightning (docs/model.md).
+"""Exported models: config JSON + safetensors weights, usable without Lightning (docs/model.md).
 
 Layout of an export directory (format ``dreamer-dynamics-pretrained/1``)::
 
@@ -45,10 +45,15 @@ def _stats_to_json(stats: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
     return out
 
 
-def save_pretrained(model: "DynamicsTransformer", directory: str | os.PathLike, *,
-                    latent_stats: Optional[dict[str, Any]] = None, codec: Optional[dict[str, Any]] = None,
-                    rollout: Optional[dict[str, Any]] = None) -> Path:
-    """Write `model` to `directory` (created); latent_stats/codec default to the model's own (from_pretrained)."""
+def save_pretrained(
+    model: "DynamicsTransformer",
+    directory: str | os.PathLike,
+    *,
+    latent_stats: Optional[dict[str, Any]] = None,
+    codec: Optional[dict[str, Any]] = None,
+    rollout: Optional[dict[str, Any]] = None,
+) -> Path:
+    """Write `model` to `directory` (created); latent_stats / codec default to the model's own attributes."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -73,8 +78,9 @@ def save_pretrained(model: "DynamicsTransformer", directory: str | os.PathLike, 
     return directory
 
 
-def load_pretrained(cls: type, directory: str | os.PathLike, *, device: str | torch.device = "cpu",
-                    **overrides: Any) -> "DynamicsTransformer":
+def load_pretrained(
+    cls: type, directory: str | os.PathLike, *, device: str | torch.device = "cpu", **overrides: Any
+) -> "DynamicsTransformer":
     """Build `cls` from an export directory; `overrides` change DynamicsConfig fields (e.g.
     ``attention_backend="flex"``). The model comes back in eval mode with ``latent_stats``, ``codec_spec`` and
     ``rollout_defaults`` attached."""
@@ -89,8 +95,10 @@ def load_pretrained(cls: type, directory: str | os.PathLike, *, device: str | to
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(config, dict) or config.get("format") != PRETRAINED_FORMAT:
-        raise ValueError(f"{path}: unsupported format {config.get('format') if isinstance(config, dict) else None!r}"
-                         f"; this reader knows {PRETRAINED_FORMAT!r}")
+        raise ValueError(
+            f"{path}: unsupported format {config.get('format') if isinstance(config, dict) else None!r}"
+            f"; this reader knows {PRETRAINED_FORMAT!r}"
+        )
     model = cls(DynamicsConfig(**{**config["model"], **overrides}))
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
@@ -98,18 +106,27 @@ def load_pretrained(cls: type, directory: str | os.PathLike, *, device: str | to
     model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
     model.to(device).eval()
     stats = config.get("latent_stats")
-    model.latent_stats = None if stats is None else {
-        k: torch.tensor(stats[k], dtype=torch.float32, device=device) for k in ("mean", "std")}
+    model.latent_stats = (
+        None
+        if stats is None
+        else {k: torch.tensor(stats[k], dtype=torch.float32, device=device) for k in ("mean", "std")}
+    )
     model.codec_spec = config.get("codec")
     model.rollout_defaults = {**DEFAULT_ROLLOUT, **(config.get("rollout") or {})}
     return model
 
 
 @torch.no_grad()
-def rollout_in_data_units(model: "DynamicsTransformer", context: torch.Tensor, horizon: int, *,
-                          actions_discrete: Optional[torch.Tensor] = None,
-                          actions_continuous: Optional[torch.Tensor] = None, num_steps: Optional[int] = None,
-                          generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def rollout_in_data_units(
+    model: "DynamicsTransformer",
+    context: torch.Tensor,
+    horizon: int,
+    *,
+    actions_discrete: Optional[torch.Tensor] = None,
+    actions_continuous: Optional[torch.Tensor] = None,
+    num_steps: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """``rollout`` in the dataset's units: context [B, T_ctx, N_b, D_b] is standardised with the model's
     ``latent_stats`` (if any), the generated frames [B, horizon, N_b, D_b] are mapped back."""
     defaults = {**DEFAULT_ROLLOUT, **(getattr(model, "rollout_defaults", None) or {})}
@@ -117,7 +134,14 @@ def rollout_in_data_units(model: "DynamicsTransformer", context: torch.Tensor, h
     if stats is not None:
         mean, std = (stats[k].to(context.device, context.dtype) for k in ("mean", "std"))  # (D_b,)
         context = (context - mean) / std
-    out = _rollout(model, context, horizon, actions_discrete=actions_discrete,
-                   actions_continuous=actions_continuous, num_steps=num_steps or defaults["num_steps"],
-                   context_noise=defaults["context_noise"], generator=generator)
+    out = _rollout(
+        model,
+        context,
+        horizon,
+        actions_discrete=actions_discrete,
+        actions_continuous=actions_continuous,
+        num_steps=num_steps or defaults["num_steps"],
+        context_noise=defaults["context_noise"],
+        generator=generator,
+    )
     return out * std + mean if stats is not None else out

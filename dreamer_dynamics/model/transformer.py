@@ -77,7 +77,7 @@ class DynamicsTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config, config.is_time_layer(i)) for i in range(config.depth))
         self.out_norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.latent_out = nn.Linear(config.dim, packed)
-        # Set by from_pretrained (model/pretrained.py): data statistics, codec and rollout defaults of an export.
+        # Set by from_pretrained (model/pretrained.py): data statistics, codec, rollout defaults of an export.
         self.latent_stats: Optional[dict[str, torch.Tensor]] = None  # {"mean", "std"}: (D_b,) each
         self.codec_spec: Optional[dict] = None  # {"class_path", "init_args"} of the data's codec
         self.rollout_defaults: dict = {}  # {"num_steps", "context_noise"}
@@ -188,8 +188,8 @@ class DynamicsTransformer(nn.Module):
     def rollout(self, context: torch.Tensor, horizon: int, *, actions_discrete: Optional[torch.Tensor] = None,
                 actions_continuous: Optional[torch.Tensor] = None, num_steps: Optional[int] = None,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """KV-cached rollout in the data's units (docs/design.md §5): context [B, T_ctx, N_b, D_b] -> generated
-        clean latents [B, horizon, N_b, D_b]; actions cover T_ctx + horizon frames."""
+        """KV-cached rollout in the data's units (docs/design.md §5): context [B, T_ctx, N_b, D_b] ->
+        generated clean latents [B, horizon, N_b, D_b]; actions cover T_ctx + horizon frames."""
         from .pretrained import rollout_in_data_units
 
         return rollout_in_data_units(self, context, horizon, actions_discrete=actions_discrete,

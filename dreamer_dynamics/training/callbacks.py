@@ -103,7 +103,9 @@ class RolloutImageLogger(pl.Callback):
 
 
 def takes_images(logger: Logger) -> bool:
-    return isinstance(logger, (TensorBoardLogger, MLFlowLogger)) or callable(getattr(logger, "log_image", None))
+    if isinstance(logger, (TensorBoardLogger, MLFlowLogger)):
+        return True
+    return callable(getattr(logger, "log_image", None))
 
 
 def log_image(logger: Logger, tag: str, image: torch.Tensor, step: int) -> None:
