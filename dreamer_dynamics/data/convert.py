@@ -105,7 +105,7 @@ def read_action_file(path: str | os.PathLike) -> np.ndarray:
             array = np.load(path, allow_pickle=False)
         elif path.suffix == ".csv":
             lines = path.read_text().splitlines()
-            skip = 1 if lines and any(ch.isalpha() for ch in lines[0] if ch not in "eE") else 0
+            skip = 1 if lines and not _is_numeric_row(lines[0]) else 0  # a header line
             array = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=skip, dtype=np.float64)
             if np.isfinite(array).all() and (array == np.round(array)).all():
                 array = array.astype(np.int64)
@@ -116,6 +116,14 @@ def read_action_file(path: str | os.PathLike) -> np.ndarray:
     except Exception as err:
         raise DatasetError(path, f"cannot read actions: {err}") from None
     return array[:, None] if array.ndim == 1 else array
+
+
+def _is_numeric_row(line: str) -> bool:
+    try:
+        [float(value) for value in line.split(",")]  # "nan" (a missing label) counts as a number
+    except ValueError:
+        return False
+    return True
 
 
 def _encode(codec: Codec, frames: np.ndarray) -> np.ndarray:
