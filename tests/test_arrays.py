@@ -116,6 +116,19 @@ def test_npz_latents_grayscale_and_channels_first(tmp_path):
     np.testing.assert_allclose(PatchCodec(8, 4).decode(np.asarray(ds[0]["latents"])), expected, atol=1e-5)
 
 
+def test_frames_of_another_size_than_the_codec_are_named(tmp_path, capsys):
+    files = [
+        npz(tmp_path / "a.npz", x=moving_square(3, size=16)),
+        npz(tmp_path / "b.npz", x=moving_square(3, size=10, square=2)),
+    ]
+    assert (
+        main(["from-npz", str(tmp_path / "o"), *files, "--frames", "x", "--codec-args", '{"patch": 4}']) == 1
+    )
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {files[1]}: the codec cannot encode frames 0.. of shape [10, 10, 3]")
+    assert len(LatentDataset(tmp_path / "o")) == 1  # the first file was committed; a rerun resumes after it
+
+
 def write_robomimic(path, lengths, size=8):
     """robomimic layout: data/demo_N/obs/agentview_image [T, H, W, 3] uint8, data/demo_N/actions [T, 7]."""
     with h5py.File(path, "w") as f:

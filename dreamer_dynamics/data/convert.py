@@ -126,10 +126,17 @@ def _is_numeric_row(line: str) -> bool:
     return True
 
 
-def _encode(codec: Codec, frames: np.ndarray) -> np.ndarray:
+def _encode(codec: Codec, frames: np.ndarray, where: str) -> np.ndarray:
     chunks = []
     for i in range(0, len(frames), ENCODE_CHUNK):
-        z = codec.encode(np.ascontiguousarray(frames[i : i + ENCODE_CHUNK]))
+        try:
+            z = codec.encode(np.ascontiguousarray(frames[i : i + ENCODE_CHUNK]))
+        except Exception as err:  # the user's codec: report which input and frames it refused
+            raise DatasetError(
+                where,
+                f"the codec cannot encode frames {i}.. of shape {list(frames.shape[1:])}: "
+                + " ".join(str(err).split()),  # one line, whatever the codec's message
+            ) from None
         chunks.append(z.detach().cpu().numpy() if hasattr(z, "detach") else np.asarray(z))
     return np.concatenate(chunks).astype(np.float32)  # (T, N_b, D_b)
 
@@ -167,7 +174,7 @@ def write_episodes(
                     codec, codec_spec = codec_builder(array.shape[1])
                 if codec is None:
                     raise DatasetError(source.label, "frames need a codec: pass --image-size or --codec")
-                array = _encode(codec, array)
+                array = _encode(codec, array, source.label)
             acts = actions[source.key]
             length = len(array)
             kwargs = {
