@@ -147,6 +147,7 @@ def test_video_to_exported_model(tmp_path, monkeypatch):
         f"--trainer.default_root_dir={tmp_path}",
         "--data.val_fraction=0.5",
     ]
+    main(["validate", *common])  # the untrained model on the new data: the Lightning side accepts it
     main(["fit", *common, "--trainer.max_steps=20", "--trainer.val_check_interval=20"])
     checkpoint = tmp_path / "ckpt" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 20
