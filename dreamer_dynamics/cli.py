@@ -6,6 +6,7 @@
     dreamer-dynamics validate --ckpt_path runs/.../last.ckpt          # model AND data from the checkpoint
     dreamer-dynamics predict --ckpt_path CKPT --data.predict_context context.npz --model.predict_horizon 8
     dreamer-dynamics fit --config quickstart --print_config
+    dreamer-dynamics export runs/.../last.ckpt exported/          # config JSON + safetensors (export.py)
 
 * ``--config NAME`` finds a packaged config (``dreamer_dynamics/configs/NAME.yaml``; the repository's
   ``lightning_configs/`` links to the same files); any existing path is used as given.
@@ -218,6 +219,11 @@ class DynamicsCLI(LightningCLI):
 
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point of ``dreamer-dynamics`` (``args=None`` reads ``sys.argv``)."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["export"]:  # not a Trainer subcommand: handled before LightningCLI
+        from dreamer_dynamics.export import main as export_main
+
+        sys.exit(export_main(argv[1:]))
     quiet_known_messages()
     if args is None:  # rewrite sys.argv itself: DDP launchers re-run it in the child processes
         sys.argv[1:] = resolve_config_args(sys.argv[1:])

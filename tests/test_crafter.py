@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from dreamer_dynamics.data import LatentDataset, PatchCodec
+from dreamer_dynamics.data import LatentDataset, decoder_for
 from dreamer_dynamics.data.cli import main
 
 
@@ -20,7 +20,7 @@ def test_record_two_crafter_episodes(tmp_path):
     assert list(ds.episode_lengths) == [12, 12]
     actions = np.asarray(ds[0]["actions_discrete"])[:, 0]
     assert actions[0] == -1 and ((actions[1:] >= 0) & (actions[1:] < 17)).all()
-    images = PatchCodec.from_spec(ds.meta.decoder)(ds.window(0, 0, 12)["latents"])
+    images = decoder_for(ds)(ds.window(0, 0, 12)["latents"])
     assert images.shape == (12, 64, 64, 3)
     # 8-bit frames survive the codec: decoded pixels are (almost) multiples of 1/255
     assert np.abs(images * 255 - np.round(images * 255)).max() < 1e-3

@@ -90,7 +90,7 @@ def test_fit_logs_terms_rms_total_and_validation_to_tensorboard(tmp_path, cache)
     # Two rollout pictures (ground truth + one row per K), decoded by the built-in dataset's decoder.
     assert {"val/rollout_0", "val/rollout_1"} <= set(events.Tags()["images"])
     image = events.Images("val/rollout_0")[-1]
-    patch = data.decoder.image_size
+    patch = data.decoder.codec.image_size
     assert (image.height, image.width) == (5 * patch, 4 * patch)  # rows: truth + K=1,2,4,8; cols: last ctx + 3
 
 
@@ -163,8 +163,10 @@ def test_predict_writes_weights_only_loadable_files(tmp_path, cache):
     module = make_module(data)
     writer = RolloutWriter(output_dir=str(tmp_path / "pred"), format="pt", pictures=False)
     make_trainer(tmp_path, logger=False, callbacks=[writer]).predict(module, datamodule=data, return_predictions=False)
-    files = sorted((tmp_path / "pred").iterdir())
+    files = sorted(p for p in (tmp_path / "pred").iterdir() if p.is_file())
     assert [f.name for f in files] == ["rollouts_rank0_batch000000.pt"]  # no temporary files left behind
+    pngs = sorted(p.name for p in (tmp_path / "pred" / "images").rglob("*") if p.is_file())
+    assert pngs == sorted([f"frame{t:03d}.png" for t in range(4)] * 4)  # decoded: 4 sequences x 4 frames
     out = torch.load(files[0], weights_only=True)
     assert out["rollout"].shape == (4, 4, data.latent_tokens, data.latent_dim)  # predict_length 6 - 2 context
     assert out["ground_truth"].shape == out["rollout"].shape

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dreamer_dynamics.data import LatentDataset, PatchCodec
+from dreamer_dynamics.data import LatentDataset, PatchCodec, decoder_for
 from dreamer_dynamics.data.default import ToyDatasetConfig, builtin_dataset_root
 from dreamer_dynamics.data.patch_codec import dct_matrix
 from dreamer_dynamics.data.toy_env import ToyEnv, ToyEnvConfig, rollout_episode
@@ -82,7 +82,7 @@ def test_builtin_dataset_is_generated_once_and_decodes(tmp_path):
     assert len(ds) == 4 and ds.latent_shape == (16, 48) and ds.num_discrete_actions == (5,)
     latents = ds.window(0, 0, 12)["latents"]
     assert abs(float(latents.std()) - 1.0) < 0.5  # ~unit scale from the fixed statistics
-    decoder = PatchCodec.from_spec(ds.meta.decoder)
+    decoder = decoder_for(ds)
     frames, _ = rollout_episode(ToyEnv(), seed=0, length=12)
     np.testing.assert_allclose(decoder(latents), frames, atol=1e-4)
 

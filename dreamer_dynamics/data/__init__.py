@@ -3,6 +3,7 @@
 See docs/data.md for the on-disk format and the ``dreamer-dynamics-data`` command.
 """
 
+from .codec import Codec, codec_spec, decoder_for, load_codec
 from .dataset import LatentDataset, LatentWindowDataset, split_episodes
 from .format import FORMAT_VERSION, DatasetError, DatasetMetadata
 from .patch_codec import PatchCodec
@@ -12,6 +13,7 @@ from .writer import LatentDatasetWriter
 __all__ = [
     "FORMAT_VERSION",
     "AlternatingLengthBatchSampler",
+    "Codec",
     "DatasetError",
     "DatasetMetadata",
     "DynamicsDataModule",
@@ -19,6 +21,9 @@ __all__ = [
     "LatentDatasetWriter",
     "LatentWindowDataset",
     "PatchCodec",
+    "codec_spec",
+    "decoder_for",
+    "load_codec",
     "split_episodes",
 ]
 

@@ -5,6 +5,10 @@
     dreamer-dynamics-data stats ROOT
     dreamer-dynamics-data make-toy ROOT [--episodes 200 --length 64 --seed 0]
     dreamer-dynamics-data record-crafter ROOT [--episodes 10 --length 256 --policy random --seed 0]
+    dreamer-dynamics-data from-video OUT VIDEO [VIDEO ...] [--actions FILE [FILE ...]] [--codec CLASS_PATH]
+                                     [--codec-args JSON] [--image-size 64]
+    dreamer-dynamics-data from-npz OUT FILE [FILE ...] (--frames KEY | --latents KEY) [--actions-discrete KEY]
+    dreamer-dynamics-data from-hdf5 OUT FILE [FILE ...] (--frames KEY | --latents KEY) [--episodes GROUP]
 
 Exit status 0 = fine, 1 = the dataset has a problem (printed as ``error: FILE: PROBLEM``). Missing latent
 statistics are a warning (``warning: FILE: ...``, exit status 0); stale ones are an error.
@@ -42,6 +46,7 @@ def _info(args: argparse.Namespace) -> None:
         if len(ds)
         else None,
         "decoder": ds.meta.decoder,
+        "codec": ds.meta.codec,
         "attributes": ds.meta.attributes,
         "latent_stats": ds.latent_stats,
     }
@@ -106,6 +111,69 @@ def _record_crafter(args: argparse.Namespace) -> None:
     print(f"recorded {config.episodes} Crafter episodes into {args.root}")
 
 
+def _codec_options(args: argparse.Namespace) -> dict:
+    """codec / codec_spec / codec_builder keyword arguments of the converters."""
+    from .convert import build_codec
+
+    try:
+        init_args = json.loads(args.codec_args)
+    except json.JSONDecodeError as err:
+        raise DatasetError("--codec-args", f"not valid JSON: {err}") from None
+    if not isinstance(init_args, dict):
+        raise DatasetError("--codec-args", f"must be a JSON object, got {args.codec_args}")
+    codec, spec = build_codec(args.codec, init_args, args.image_size)
+    if codec is not None or args.codec is not None:
+        return {"codec": codec, "codec_spec": spec}
+
+    def builder(size: int):  # the default patch codec, sized by the first episode's frames
+        return build_codec(None, init_args, size)
+
+    return {"codec": None, "codec_spec": None, "codec_builder": builder}
+
+
+def _report(out: str, written: int, skipped: int) -> None:
+    print(f"wrote {written} episodes to {out}" + (f" (skipped {skipped} already there)" if skipped else ""))
+
+
+def _from_video(args: argparse.Namespace) -> None:
+    from .convert import write_episodes
+    from .video import video_sources
+
+    sources = video_sources(args.videos, args.actions, args.image_size, args.continuous_actions)
+    written = write_episodes(args.out, sources, alignment=args.alignment, num_actions=args.num_actions,
+                             attributes={"source": "video"}, **_codec_options(args))
+    _report(args.out, *written)
+
+
+def _from_arrays(args: argparse.Namespace) -> None:
+    from .arrays import ArrayKeys, hdf5_sources, npz_sources
+    from .convert import write_episodes
+
+    keys = ArrayKeys(args.frames, args.latents, args.actions_discrete, args.actions_continuous)
+    if args.command == "from-npz":
+        sources = npz_sources(args.files, keys, args.image_size, args.channels_first)
+    else:
+        sources = hdf5_sources(args.files, keys, args.episodes, args.image_size, args.channels_first)
+    options = _codec_options(args) if keys.frames is not None or args.codec else {"codec": None,
+                                                                                 "codec_spec": None}
+    written = write_episodes(args.out, sources, alignment=args.alignment, num_actions=args.num_actions,
+                             attributes={"source": args.command[5:]}, **options)
+    _report(args.out, *written)
+
+
+def _add_conversion_options(parser: argparse.ArgumentParser, image_size: int | None) -> None:
+    parser.add_argument("--codec", metavar="CLASS_PATH", help="codec class (default: the built-in patch "
+                        "codec, patch side image_size / 8)")
+    parser.add_argument("--codec-args", metavar="JSON", default="{}", help="codec init arguments as JSON")
+    parser.add_argument("--image-size", type=int, default=image_size, help="crop to a square and resize "
+                        f"frames to N x N pixels (default: {image_size or 'keep square frames as they are'})")
+    parser.add_argument("--alignment", choices=("led-to", "taken-at"), default="led-to",
+                        help="led-to: actions[t] led from frame t-1 to t (the format); taken-at: actions[t] "
+                        "was taken at frame t (shifted by one on import)")
+    parser.add_argument("--num-actions", type=int, nargs="+", metavar="N",
+                        help="class count per discrete action component (default: largest id + 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreamer-dynamics-data", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +203,30 @@ def build_parser() -> argparse.ArgumentParser:
     crafter.add_argument("--policy", choices=("random", "explore"), default="random")
     crafter.add_argument("--seed", type=int, default=0)
     crafter.set_defaults(run=_record_crafter)
+    video = commands.add_parser("from-video", help="videos or frame folders -> dataset (video extra)")
+    video.add_argument("out")
+    video.add_argument("videos", nargs="+", metavar="VIDEO", help="mp4/webm/gif/... files or folders of "
+                       "PNG/JPEG frames; one episode each")
+    video.add_argument("--actions", nargs="+", metavar="FILE", help="one .npy/.csv action file per video")
+    video.add_argument("--continuous-actions", action="store_true", help="read integer action files as "
+                       "continuous values")
+    _add_conversion_options(video, 64)
+    video.set_defaults(run=_from_video)
+    for name, what in (("from-npz", "one episode per .npz file"),
+                       ("from-hdf5", "HDF5 files (needs the video extra)")):
+        arrays = commands.add_parser(name, help=f"arrays of frames or latents -> dataset ({what})")
+        arrays.add_argument("out")
+        arrays.add_argument("files", nargs="+", metavar="FILE")
+        arrays.add_argument("--frames", metavar="KEY", help="key of frames [T, H, W, C] (uint8 or [0, 1])")
+        arrays.add_argument("--latents", metavar="KEY", help="key of ready latents [T, N_b, D_b]")
+        arrays.add_argument("--actions-discrete", metavar="KEY", help="key of integer actions [T, n]")
+        arrays.add_argument("--actions-continuous", metavar="KEY", help="key of float actions [T, m]")
+        arrays.add_argument("--channels-first", action="store_true", help="frames are [T, C, H, W]")
+        if name == "from-hdf5":
+            arrays.add_argument("--episodes", metavar="GROUP", help="every child group of GROUP is one "
+                                "episode (e.g. data: data/demo_0, data/demo_1, ...); default: one per file")
+        _add_conversion_options(arrays, None)
+        arrays.set_defaults(run=_from_arrays)
     return parser
 
 

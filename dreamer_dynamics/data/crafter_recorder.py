@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .codec import codec_spec
 from .patch_codec import PatchCodec
 from .toy_env import sticky_random_actions
 from .writer import LatentDatasetWriter
@@ -60,7 +61,7 @@ def record_crafter(
         root,
         latent_shape=(codec.latent_tokens, codec.latent_dim),
         num_discrete_actions=(CRAFTER_NUM_ACTIONS,),
-        decoder=codec.spec(),
+        codec=codec_spec(codec),
         attributes={"source": "crafter", "recording": asdict(config)},
     ) as writer:
         bar = tqdm(

@@ -29,7 +29,7 @@ from .dataset import LatentDataset, LatentWindowDataset, split_episodes
 from .default import ToyDatasetConfig, builtin_dataset_root, toy_object_locator
 from .fingerprint import dataset_fingerprint, fingerprint_changes
 from .format import DatasetError
-from .patch_codec import PatchCodec, decoder_from_spec
+from .codec import decoder_for
 from .sampler import AlternatingLengthBatchSampler, Window
 from .stats import compute_latent_stats, stale_reason, standardization, write_latent_stats
 
@@ -138,10 +138,10 @@ class DynamicsDataModule(pl.LightningDataModule):
         return self.dataset.num_continuous_actions
 
     @cached_property
-    def decoder(self) -> PatchCodec | None:
-        """latents [..., N_b, D_b] in the dataset's own units (``destandardize`` a batch first) -> images
-        [..., H, W, 3] in [0, 1]; None if the dataset has no decoder."""
-        return decoder_from_spec(self.dataset.meta.decoder)
+    def decoder(self) -> Callable[[Any], Any] | None:
+        """latents [..., N_b, D_b] in the dataset's own units (``destandardize`` a batch first) -> images [..., H, W, C] in [0, 1] through the dataset's codec (codec.py);
+        None if the dataset names no codec or its codec cannot be imported."""
+        return decoder_for(self.dataset)
 
     @cached_property
     def object_locator(self) -> Callable[[torch.Tensor], torch.Tensor] | None:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .codec import codec_spec
 from .format import FORMAT_VERSION, METADATA_FILE
 from .patch_codec import PatchCodec
 from .toy_env import ACTIONS, ToyEnv, ToyEnvConfig, locate_objects, rollout_episode
@@ -69,7 +70,7 @@ def generate_toy_dataset(
         root,
         latent_shape=(codec.latent_tokens, codec.latent_dim),
         num_discrete_actions=(len(ACTIONS),),
-        decoder=codec.spec(),
+        codec=codec_spec(codec),
         commit_every=32,
         attributes={"source": GENERATOR_VERSION, "actions": list(ACTIONS), "config": asdict(config)},
     ) as writer:

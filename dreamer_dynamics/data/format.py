@@ -65,7 +65,7 @@ class DatasetMetadata:
     latent_dtype: str = "float32"  # storage dtype of latents, one of LATENT_DTYPES
     num_discrete_actions: tuple[int, ...] = ()  # class count of each categorical action component
     num_continuous_actions: int = 0  # number of continuous action components
-    decoder: dict[str, Any] | None = None  # how to turn latents into pictures, e.g. {"type": "patch", ...}
+    decoder: dict[str, Any] | None = None  # legacy picture decoder {"type": "patch", ...}; see `codec`
     attributes: dict[str, Any] = field(
         default_factory=dict
     )  # free-form dataset info (source, generator config)
@@ -74,6 +74,7 @@ class DatasetMetadata:
     # per-channel statistics of the latents, {"mean": [D_b], "std": [D_b], "count": frames x N_b}
     # (stats.py); None = not recorded (still a valid dataset: `dreamer-dynamics-data stats ROOT` adds them)
     latent_stats: dict[str, Any] | None = None
+    codec: dict[str, Any] | None = None  # {"class_path", "init_args"} of the frames <-> latents codec
 
     def array_keys(self) -> tuple[str, ...]:
         """Arrays stored per episode."""
@@ -93,6 +94,7 @@ class DatasetMetadata:
             "num_discrete_actions": list(self.num_discrete_actions),
             "num_continuous_actions": self.num_continuous_actions,
             "decoder": self.decoder,
+            "codec": self.codec,
             "attributes": self.attributes,
             "episodes": [
                 {"name": e.name, "length": e.length, "attributes": e.attributes} for e in self.episodes
@@ -129,6 +131,7 @@ class DatasetMetadata:
             dict(data.get("attributes") or {}),
             episodes,
             latent_stats=check_latent_stats_record(data.get("latent_stats"), shape[1], path),
+            codec=data.get("codec"),
         )
         meta.check_spec(path)
         for e in episodes:

@@ -147,6 +147,7 @@ class LatentDatasetWriter:
         num_continuous_actions: int = 0,
         latent_dtype: str = "float32",
         decoder: dict[str, Any] | None = None,
+        codec: dict[str, Any] | None = None,
         attributes: dict[str, Any] | None = None,
         commit_every: int = 1,
     ):
@@ -161,6 +162,7 @@ class LatentDatasetWriter:
             int(num_continuous_actions),
             decoder,
             dict(attributes or {}),
+            codec=codec,
         )
         spec.check_spec(None)
         (self.root / EPISODES_DIR).mkdir(parents=True, exist_ok=True)
@@ -278,6 +280,12 @@ class LatentDatasetWriter:
             )
         if spec.decoder is not None:
             self.meta.decoder = spec.decoder
+        if spec.codec is not None and self.meta.codec not in (None, spec.codec):
+            raise DatasetError(
+                path, f"cannot append: existing codec {self.meta.codec} differs from {spec.codec}"
+            )
+        if spec.codec is not None:
+            self.meta.codec = spec.codec
         self.meta.attributes.update(spec.attributes)
 
     def _remove_temporaries(self) -> None:

@@ -78,10 +78,10 @@ class ActionEmbedding(nn.Module):
         self.num_continuous = config.num_continuous_actions
         self.check_inputs = config.check_inputs
         self.base = nn.Parameter(torch.zeros(config.action_tokens, config.dim))
+        # Class counts and table offsets are plain tensors, not buffers: weight averaging (EMAWeightAveraging,
+        # use_buffers=True) averages every buffer in float and copies back, which truncates integers (3 -> 2).
+        self._id_tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.num_discrete:
-            offsets = torch.tensor((0,) + self.num_discrete[:-1]).cumsum(0)
-            self.register_buffer("offsets", offsets, persistent=False)
-            self.register_buffer("sizes", torch.tensor(self.num_discrete), persistent=False)
             self.discrete = nn.Embedding(sum(self.num_discrete), config.action_tokens * config.dim)
         if self.num_continuous:
             self.continuous = nn.Linear(self.num_continuous, config.action_tokens * config.dim, bias=False)
@@ -93,18 +93,34 @@ class ActionEmbedding(nn.Module):
         if actions_discrete is not None:
             self._check(actions_discrete, "actions_discrete", batch, time, len(self.num_discrete))
             if self.check_inputs:
-                bad = (actions_discrete < -1) | (actions_discrete >= self.sizes)
+                bad = (actions_discrete < -1) | (actions_discrete >= self.sizes(actions_discrete.device))
                 if bool(bad.any()):
                     raise ValueError("DynamicsTransformer: actions_discrete ids must be -1 (missing) or in "
                                      f"[0, n) for n in num_discrete_actions={self.num_discrete}")
             labelled = actions_discrete >= 0  # (B, T, n)
-            emb = self.discrete(actions_discrete.clamp(min=0) + self.offsets)  # (B, T, n, S_a*D)
+            ids = actions_discrete.clamp(min=0) + self.offsets(actions_discrete.device)  # (B, T, n)
+            emb = self.discrete(ids)  # (B, T, n, S_a*D)
             tokens = tokens + (emb * labelled.unsqueeze(-1)).sum(2).view(batch, time, self.tokens, self.dim)
         if actions_continuous is not None:
             self._check(actions_continuous, "actions_continuous", batch, time, self.num_continuous)
             values = torch.nan_to_num(actions_continuous.to(self.continuous.weight.dtype), nan=0.0)
             tokens = tokens + self.continuous(values).view(batch, time, self.tokens, self.dim)
         return tokens
+
+    def sizes(self, device: torch.device) -> torch.Tensor:
+        """Class count of each discrete component, (n,) int64 on `device`."""
+        return self._tables(device)[0]
+
+    def offsets(self, device: torch.device) -> torch.Tensor:
+        """Start row of each component in the concatenated table, (n,) int64 on `device`."""
+        return self._tables(device)[1]
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._id_tables:
+            sizes = torch.tensor(self.num_discrete, dtype=torch.long)
+            offsets = torch.cat((sizes.new_zeros(1), sizes[:-1])).cumsum(0)
+            self._id_tables[device] = (sizes.to(device), offsets.to(device))
+        return self._id_tables[device]
 
     def _check(self, actions: torch.Tensor, name: str, batch: int, time: int, width: int) -> None:
         if width == 0:

@@ -77,6 +77,10 @@ class DynamicsTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config, config.is_time_layer(i)) for i in range(config.depth))
         self.out_norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.latent_out = nn.Linear(config.dim, packed)
+        # Set by from_pretrained (model/pretrained.py): data statistics, codec, rollout defaults of an export.
+        self.latent_stats: Optional[dict[str, torch.Tensor]] = None  # {"mean", "std"}: (D_b,) each
+        self.codec_spec: Optional[dict] = None  # {"class_path", "init_args"} of the data's codec
+        self.rollout_defaults: dict = {}  # {"num_steps", "context_noise"}
         self.reset_parameters()
         # activation_checkpointing / compile_blocks are applied by dreamer_dynamics.parallelize, not here.
 
@@ -158,6 +162,32 @@ class DynamicsTransformer(nn.Module):
                 new_kv.append(kv)
         out = self.latent_out(self.out_norm(x[:, :, :s_z]))  # (B, T, S_z, p*D_b)
         return out.reshape(b, t, cfg.latent_tokens, cfg.latent_dim), new_kv
+
+    # ------------------------------------------------------------------ export / inference (pretrained.py)
+    def save_pretrained(self, directory, *, latent_stats: Optional[dict] = None, codec: Optional[dict] = None,
+                        rollout: Optional[dict] = None):
+        """Write config.json + model.safetensors to `directory` (docs/model.md, "Export")."""
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, directory, latent_stats=latent_stats, codec=codec, rollout=rollout)
+
+    @classmethod
+    def from_pretrained(cls, directory, *, device="cpu", **overrides) -> "DynamicsTransformer":
+        """Load an export (eval mode) with its latent statistics, codec and rollout defaults; no Lightning."""
+        from .pretrained import load_pretrained
+
+        return load_pretrained(cls, directory, device=device, **overrides)
+
+    def rollout(self, context: torch.Tensor, horizon: int, *, actions_discrete: Optional[torch.Tensor] = None,
+                actions_continuous: Optional[torch.Tensor] = None, num_steps: Optional[int] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """KV-cached rollout in the data's units (docs/design.md §5): context [B, T_ctx, N_b, D_b] ->
+        generated clean latents [B, horizon, N_b, D_b]; actions cover T_ctx + horizon frames."""
+        from .pretrained import rollout_in_data_units
+
+        return rollout_in_data_units(self, context, horizon, actions_discrete=actions_discrete,
+                                     actions_continuous=actions_continuous, num_steps=num_steps,
+                                     generator=generator)
 
     def _check_shapes(self, z_tilde: torch.Tensor, tau: torch.Tensor, d: torch.Tensor,
                       image_rows: Optional[torch.Tensor]) -> tuple[int, int]:

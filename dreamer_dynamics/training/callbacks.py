@@ -1,4 +1,4 @@
-"""Lightning callbacks: latent-token throughput and decoded rollout images for TensorBoard.
+"""Lightning callbacks: latent-token throughput and decoded rollout images for every image-capable logger.
 
 Gradient-norm logging lives in ``DynamicsModule.on_before_optimizer_step`` (``parallelize.total_grad_norm``
 needs the strategy to reduce sharded FSDP gradients); EMA uses Lightning's own ``EMAWeightAveraging``;
@@ -12,7 +12,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 
@@ -50,10 +50,11 @@ class LatentThroughputMonitor(pl.Callback):
 
 
 class RolloutImageLogger(pl.Callback):
-    """Writes decoded rollout frames beside the ground truth to TensorBoard after each validation.
+    """Writes decoded rollout frames beside the ground truth to every logger that takes images (``log_image``:
+    TensorBoard, Weights & Biases, MLflow, or any logger with a wandb-style ``log_image(key, images, step)``).
 
-    Uses ``trainer.datamodule.decoder`` (latents [..., N_b, D_b] -> images [..., H, W, 3] in [0, 1]); does
-    nothing for datasets without a decoder or without a TensorBoard logger. The module's ``validation_step``
+    Uses ``trainer.datamodule.decoder`` (latents [..., N_b, D_b] -> images [..., H, W, 3] in [0, 1], from the
+    dataset's codec); does nothing for datasets without a codec. The module's ``validation_step``
     returns ``{"rollout_images": {"context": ..., "target": ..., "k4": ...}}`` for its first batch, in model
     units like the batches; they are mapped back to the dataset's units (``pl_module.destandardize``)
     before decoding, since the decoder reads what the encoder wrote.
@@ -78,7 +79,7 @@ class RolloutImageLogger(pl.Callback):
         if trainer.sanity_checking or not isinstance(outputs, dict) or "rollout_images" not in outputs:
             return
         decoder = getattr(trainer.datamodule, "decoder", None) if trainer.datamodule is not None else None
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        loggers = [lg for lg in trainer.loggers if takes_images(lg)]
         if decoder is None or not loggers:
             return
         destandardize = getattr(pl_module, "destandardize", None)
@@ -87,9 +88,7 @@ class RolloutImageLogger(pl.Callback):
             rollouts = {key: destandardize(value) for key, value in rollouts.items()}
         for index, image in enumerate(self.make_grids(rollouts, decoder)):
             for logger in loggers:
-                logger.experiment.add_image(
-                    f"val/rollout_{index}", image, global_step=trainer.global_step, dataformats="HWC"
-                )
+                log_image(logger, f"val/rollout_{index}", image, trainer.global_step)
 
     @torch.no_grad()
     def make_grids(self, rollouts: dict[str, torch.Tensor], decoder) -> list[torch.Tensor]:
@@ -107,3 +106,21 @@ class RolloutImageLogger(pl.Callback):
             grid = images.permute(0, 2, 1, 3, 4).flatten(2, 3).flatten(0, 1)  # (rows*H, cols*W, 3)
             grids.append(grid)
         return grids
+
+
+def takes_images(logger: Logger) -> bool:
+    if isinstance(logger, (TensorBoardLogger, MLFlowLogger)):
+        return True
+    return callable(getattr(logger, "log_image", None))
+
+
+def log_image(logger: Logger, tag: str, image: torch.Tensor, step: int) -> None:
+    """One image [H, W, C] in [0, 1] through `logger`'s own image API."""
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image(tag, image, global_step=step, dataformats="HWC")
+        return
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # (H, W, C)
+    if isinstance(logger, MLFlowLogger):  # an artifact per step: MLflow has no image time series
+        logger.experiment.log_image(logger.run_id, pixels, f"{tag}/step_{step:07d}.png")
+    else:  # WandbLogger and any logger with the same signature
+        logger.log_image(key=tag, images=[pixels], step=step)

@@ -1,0 +1,128 @@
+"""``save_pretrained`` / ``from_pretrained``: config JSON + safetensors, latent statistics and codec carried
+along, rollouts in data units, no Lightning on the inference path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamer_dynamics.model import DynamicsTransformer, rollout
+from tests.conftest import make_debug_model
+
+REPO = Path(__file__).resolve().parents[1]
+CODEC = {"class_path": "dreamer_dynamics.data.patch_codec.PatchCodec", "init_args": {"image_size": 8}}
+
+
+def inputs(model, t_ctx=3, horizon=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    context = torch.randn(2, t_ctx, cfg.latent_tokens, cfg.latent_dim, generator=g) * 3 + 5  # data units
+    discrete = torch.stack(
+        [torch.randint(0, n, (2, t_ctx + horizon), generator=g) for n in cfg.num_discrete_actions], -1
+    )
+    continuous = torch.randn(2, t_ctx + horizon, cfg.num_continuous_actions, generator=g)
+    return context, {"actions_discrete": discrete, "actions_continuous": continuous}
+
+
+def test_round_trip_with_statistics_and_codec(tmp_path):
+    model = make_debug_model()
+    d = model.config.latent_dim
+    stats = {"mean": torch.linspace(4, 6, d), "std": torch.linspace(2, 4, d), "count": 100}
+    model.save_pretrained(tmp_path, latent_stats=stats, codec=CODEC, rollout={"num_steps": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = DynamicsTransformer.from_pretrained(tmp_path)
+    assert loaded.config == model.config and not loaded.training
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert loaded.codec_spec == CODEC and loaded.rollout_defaults == {"num_steps": 2, "context_noise": 0.1}
+    assert json.loads((tmp_path / "config.json").read_text())["latent_stats"]["count"] == 100
+
+    context, actions = inputs(model)
+    got = loaded.rollout(context, 3, generator=torch.Generator().manual_seed(1), **actions)
+    # reference: standardise the context, roll out in model units (K = 2 from the export), map back
+    mean, std = stats["mean"], stats["std"]
+    ref = (
+        rollout(
+            model,
+            (context - mean) / std,
+            3,
+            num_steps=2,
+            generator=torch.Generator().manual_seed(1),
+            **actions,
+        )
+        * std
+        + mean
+    )
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+    assert abs(float(got.mean()) - 5) < 1.5  # data units, not the model's standardised ones
+
+
+def test_without_statistics_equals_the_plain_rollout_bitwise(tmp_path):
+    model = make_debug_model(seed=3)
+    model.save_pretrained(tmp_path)
+    loaded = DynamicsTransformer.from_pretrained(tmp_path, attention_backend="math")  # a config override
+    assert loaded.latent_stats is None and loaded.codec_spec is None
+    context, actions = inputs(model, horizon=2)
+    got = loaded.rollout(context, 2, generator=torch.Generator().manual_seed(4), **actions)
+    ref = rollout(model, context, 2, generator=torch.Generator().manual_seed(4), **actions)
+    assert torch.equal(got, ref)
+
+
+def test_inference_path_does_not_import_lightning(tmp_path):
+    model = make_debug_model()
+    model.save_pretrained(tmp_path / "m", latent_stats={"mean": torch.zeros(4), "std": torch.ones(4) * 2})
+    context, actions = inputs(model)
+    torch.save({"context": context, **actions}, tmp_path / "in.pt")
+    script = (
+        "import sys, torch\n"
+        "from dreamer_dynamics.model import DynamicsTransformer\n"
+        "m = DynamicsTransformer.from_pretrained(sys.argv[1])\n"
+        "x = torch.load(sys.argv[2], weights_only=True)\n"
+        "out = m.rollout(x.pop('context'), 3, generator=torch.Generator().manual_seed(0), **x)\n"
+        "torch.save(out, sys.argv[3])\n"
+        "print(sorted(k for k in sys.modules if k.split('.')[0] in ('lightning', 'pytorch_lightning')))\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(tmp_path / "m"),
+            str(tmp_path / "in.pt"),
+            str(tmp_path / "out.pt"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    assert result.stdout.strip() == "[]"
+    expected = DynamicsTransformer.from_pretrained(tmp_path / "m").rollout(
+        context, 3, generator=torch.Generator().manual_seed(0), **actions
+    )
+    assert torch.equal(torch.load(tmp_path / "out.pt", weights_only=True), expected)
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no exported model here"):
+        DynamicsTransformer.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"format": "something-else/9"}))
+    with pytest.raises(ValueError, match="unsupported format 'something-else/9'"):
+        DynamicsTransformer.from_pretrained(tmp_path)
+    make_debug_model().save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="weights file is missing"):
+        DynamicsTransformer.from_pretrained(tmp_path)
+
+
+def test_export_refuses_a_foreign_checkpoint(tmp_path, capsys):
+    from dreamer_dynamics.export import main
+
+    torch.save({"state_dict": {}}, tmp_path / "x.ckpt")
+    assert main([str(tmp_path / "x.ckpt"), str(tmp_path / "out")]) == 1
+    assert "not a DynamicsModule checkpoint" in capsys.readouterr().err
