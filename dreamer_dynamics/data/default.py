@@ -117,7 +117,7 @@ class ToyObjectLocator:
         self.decoder, self.env = decoder, env
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
-        frames = torch.as_tensor(self.decoder.decode(latents.detach().float()))  # (..., H, W, 3)
+        frames = torch.as_tensor(self.decoder(latents.detach().float()))  # (..., H, W, 3) in [0, 1]
         return locate_objects(frames, self.env)
 
 
