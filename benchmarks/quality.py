@@ -60,7 +60,7 @@ def train(args: argparse.Namespace, overrides: list[str], root: Path) -> tuple[D
 
 @torch.no_grad()
 def evaluate(module: DynamicsModule, data, args: argparse.Namespace, flow_only: bool) -> dict:
-    """Energy score per K over the held-out windows (model units), S samples per context."""
+    """Energy score per K over the held-out windows (the dataset's units), S samples per context."""
     steps = [2**i for i in range(module.config.k_max.bit_length())]  # 1, 2, 4, ..., K_max
     scores = RolloutScores(steps)
     net = StepLabel(module.model, module.config.d_min) if flow_only else module.model
@@ -74,7 +74,7 @@ def evaluate(module: DynamicsModule, data, args: argparse.Namespace, flow_only: 
         generated = {k: rollout(net, context.repeat(samples, 1, 1, 1), horizon, num_steps=k,
                                 context_noise=module.hparams.context_noise, generator=generator,
                                 **cond).view(samples, *target.shape) for k in steps}  # K -> (S, B, H, N, D)
-        scores.update(context, target, generated, module.object_hits(generated, target))
+        scores.update(*module.score_units(context, target, generated), module.object_hits(generated, target))
     return {name: float(value) for name, value in scores.compute().items()}
 
 

@@ -64,7 +64,8 @@ LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # resolved by Lightning itse
 # DynamicsModule settings that change evaluation only, never the weights: with --ckpt_path, Lightning replaces
 # the whole model config by the checkpoint's hyper-parameters; these keep the values of this command line.
 EVALUATION_SETTINGS = ("rollout_steps", "context_noise", "val_rollout_steps", "val_context_frames",
-                       "val_rollout_horizon", "val_rollout_batches", "val_rollout_rows", "num_tau_buckets",
+                       "val_rollout_horizon", "val_rollout_batches", "val_rollout_rows", "val_rollout_samples",
+                       "num_tau_buckets",
                        "predict_horizon")
 
 # DataModule settings that describe this machine or this run's input, never adopted from a checkpoint

@@ -4,8 +4,8 @@
 noise levels, noise and conditioning are drawn exactly as in training, through ``sample_signal_and_step`` and
 ``sample_noise`` with an evaluation generator, so a subclass's schedule is evaluated the way it is trained.
 
-Rollouts are scored with the energy score over ``val_rollout_samples`` samples per context (``scores.py``):
-single-sample MSE rewards blur and is logged only as a secondary figure.
+Rollouts are scored with the energy score over ``val_rollout_samples`` samples per context (``scores.py``), in
+the dataset's own units: single-sample MSE rewards blur and is logged only as a secondary figure.
 """
 
 from __future__ import annotations
@@ -83,8 +83,14 @@ class EvaluationMixin:
         generated = {k: self.rollout_standardized(context.repeat(samples, 1, 1, 1), horizon, num_steps=k,
                                            generator=generator, **actions).view(samples, *target.shape)
                      for k in self.val_rollout_steps}  # K -> (S, R, H, N, D)
-        metrics.rollout.update(context, target, generated, self.object_hits(generated, target))
+        metrics.rollout.update(*self.score_units(context, target, generated), self.object_hits(generated, target))
         return {"context": context, "target": target, **{f"k{k}": g[0] for k, g in generated.items()}}
+
+    def score_units(self, context: Tensor, target: Tensor, generated: dict[int, Tensor]) -> tuple:
+        """Rollouts are scored in the dataset's own units: the figures then do not depend on how training
+        standardises the latents (the energy-score ratio to copy-last is unchanged by one global scale)."""
+        return (self.destandardize(context), self.destandardize(target),
+                {k: self.destandardize(g) for k, g in generated.items()})
 
     def object_hits(self, generated: dict[int, Tensor], target: Tensor) -> Optional[dict[int, Tensor]]:
         """K -> bool [S, B, H]: every object of a generated frame within one pixel of its true position (data
