@@ -22,6 +22,6 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
-    assert "K=4: latent MSE" in text and "copy last frame: latent MSE" in text
+    assert "copy-last ES" in text and "K=4   ES / copy-last" in text and "object accuracy" in text
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 5  # data frames, loss curve, two rollout grids, MSE bars
+    assert len(images) >= 5  # data frames, loss curve, two rollout grids, ES bars
