@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from .dataset import LatentDataset, LatentWindowDataset, split_episodes
@@ -166,6 +167,7 @@ class DynamicsDataModule(pl.LightningDataModule):
             num_workers=workers,
             pin_memory=self.hparams.pin_memory,
             persistent_workers=workers > 0,
+            generator=_loader_generator(h.seed, rank),
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -253,7 +255,15 @@ class DynamicsDataModule(pl.LightningDataModule):
             num_workers=workers,
             pin_memory=self.hparams.pin_memory,
             persistent_workers=workers > 0,
+            generator=_loader_generator(self.hparams.seed, rank),
         )
+
+
+def _loader_generator(seed: int, rank: int) -> torch.Generator:
+    """Own generator of a DataLoader: starting a loader draws its workers' base seed from it, never from the global
+    torch RNG, so how often Lightning starts loaders (a resumed run starts one more) cannot shift the training's
+    global random stream. Workers draw nothing random: the windows come from the sampler."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank, 0x10AD]).generate_state(1)[0]))
 
 
 class _TrainLoader(DataLoader):

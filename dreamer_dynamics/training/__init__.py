@@ -1,6 +1,7 @@
 """Training utilities around ``DynamicsModule``: optimiser/scheduler defaults, callbacks, metrics, writers."""
 
 from dreamer_dynamics.training.callbacks import LatentThroughputMonitor, RolloutImageLogger
+from dreamer_dynamics.training.ema import EMA
 from dreamer_dynamics.training.grad_norm import total_grad_norm
 from dreamer_dynamics.training.metrics import ValidationMetrics
 from dreamer_dynamics.training.optim import WarmupCosineLR, default_optimizer, parameter_groups
@@ -8,6 +9,7 @@ from dreamer_dynamics.training.prediction import RolloutWriter
 from dreamer_dynamics.training.slurm import SLURMRequeueAtStepEnd
 
 __all__ = [
+    "EMA",
     "LatentThroughputMonitor",
     "RolloutImageLogger",
     "RolloutWriter",
