@@ -1,7 +1,7 @@
 """``dreamer-dynamics-data``: inspect, validate, and create latent datasets (docs/data.md).
 
     dreamer-dynamics-data info ROOT [--json]
-    dreamer-dynamics-data validate ROOT [--quick]
+    dreamer-dynamics-data validate ROOT [--quick] [--repair [--force]]
     dreamer-dynamics-data make-toy ROOT [--episodes 200 --length 64 --seed 0]
     dreamer-dynamics-data record-crafter ROOT [--episodes 10 --length 256 --policy random --seed 0]
 
@@ -17,6 +17,8 @@ import sys
 from .dataset import LatentDataset
 from .default import ToyDatasetConfig, generate_toy_dataset
 from .format import DatasetError
+from .lock import WriterLock
+from .repair import find_leftovers, remove_leftovers
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -50,6 +52,17 @@ def _info(args: argparse.Namespace) -> None:
 
 def _validate(args: argparse.Namespace) -> None:
     ds = LatentDataset(args.root, check_files=False)
+    if args.repair:  # under the writer lock: never delete the in-flight files of a running writer
+        with WriterLock(ds.root, force=args.force, purpose="validate --repair"):
+            for path in remove_leftovers(ds.root, ds.meta):
+                print(f"removed {path}")
+    leftovers = find_leftovers(ds.root, ds.meta)
+    for path, what in leftovers[:-1]:  # one line each; the last one is raised (exit status 1)
+        print(f"error: {DatasetError(path, what)}", file=sys.stderr)
+    if leftovers:
+        path, what = leftovers[-1]
+        raise DatasetError(path, f"{what}; `dreamer-dynamics-data validate --repair {args.root}` removes the "
+                                 f"{len(leftovers)} leftover file(s)")
     ds.validate(deep=not args.quick)
     if len(ds) == 0:
         raise DatasetError(ds.root, "dataset has no episodes")
@@ -85,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check every file (and every value unless --quick)")
     validate.add_argument("root")
     validate.add_argument("--quick", action="store_true", help="check headers and sizes only, not the values")
+    validate.add_argument("--repair", action="store_true",
+                          help="first remove leftovers of interrupted writers (temporary and uncommitted files)")
+    validate.add_argument("--force", action="store_true",
+                          help="with --repair: take over a writer lock held from another host (that writer is gone)")
     validate.set_defaults(run=_validate)
     toy = commands.add_parser("make-toy", help="write (or append) built-in toy-environment episodes")
     toy.add_argument("root")
