@@ -18,6 +18,7 @@ from dreamer_dynamics.model import DynamicsConfig
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.objective import ShortcutForcingLoss
 from dreamer_dynamics.training import (
+    EMA,
     LatentThroughputMonitor,
     RolloutImageLogger,
     RolloutWriter,
@@ -189,15 +190,36 @@ def test_optimizer_groups_and_warmup_cosine_schedule(tmp_path, cache):
     assert all(isinstance(v, (int, float, list, bool, type(None))) for v in scheduler.state_dict().values())
 
 
-def test_ema_teacher_uses_the_averaged_weights(tmp_path, cache):
+def count_calls(model: torch.nn.Module, calls: list) -> None:
+    """A forward hook that appends to `calls` once per call (register after EMA's deep copy, which copies hooks)."""
+    model.register_forward_hook(lambda *_: calls.append(1))
+
+
+def test_ema_teacher_gives_the_targets_once_averaging_started(tmp_path, cache):
+    """Steps before the EMA's first update take bootstrap targets from the online network (the average still
+    holds the initial weights); later steps call the EMA network for both teacher passes, and the student only
+    runs on the online one."""
     data = make_data(cache)
-    with pytest.raises(RuntimeError, match="EMAWeightAveraging"):
+    with pytest.raises(RuntimeError, match="EMA callback"):
         make_trainer(tmp_path, logger=False).fit(make_module(data, ema_teacher=True), data)
-    module = make_module(data, ema_teacher=True)
-    ema = EMAWeightAveraging(decay=0.5)
-    make_trainer(tmp_path, logger=False, max_steps=2, limit_val_batches=0, callbacks=[ema]).fit(module, data)
-    teacher = module.teacher_model()
-    assert teacher is ema._average_model.module.model and teacher is not module.model
+    module = make_module(data, ema_teacher=True, image_row_share=0.0)
+    ema = EMA(decay=0.5, update_starting_at_step=2)  # updates after steps 3 and 4 (zero-based index 2, 3)
+    online_calls, ema_calls, per_step = [], [], []
+
+    class Spy(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            count_calls(module.model, online_calls)
+            count_calls(ema.averaged_model.module.model, ema_calls)
+
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            per_step.append((len(online_calls), len(ema_calls), ema.started))
+            online_calls.clear(), ema_calls.clear()
+
+    trainer = make_trainer(tmp_path, logger=False, max_steps=4, limit_val_batches=0, callbacks=[ema, Spy()])
+    trainer.fit(module, data)
+    # (online forwards, EMA forwards, averaging started after the step); every step has bootstrap frames
+    assert per_step == [(3, 0, False), (3, 0, False), (3, 0, True), (1, 2, True)]
+    assert module.teacher_model() is ema.averaged_model.module.model and module.teacher_model() is not module.model
 
 
 def test_total_grad_norm_matches_the_concatenated_gradient():
