@@ -157,6 +157,25 @@ def test_rollout_shapes_determinism_and_action_coverage(cache):
         module.rollout(context, 3, actions_discrete=actions[:, :4])
 
 
+def test_image_rows_reach_the_network_at_the_configured_share(tmp_path, cache):
+    """docs/design.md §3.8: a share of the rows is trained as images; every student and teacher pass gets the
+    rows' flags, the teacher passes the flags of the rows they run on."""
+    data = make_data(cache)
+    module = make_module(data, image_row_share=0.5)
+    calls = []
+    module.model.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append((torch.is_grad_enabled(), kwargs.get("image_rows"))), with_kwargs=True)
+    make_trainer(tmp_path, logger=False, max_steps=8, limit_val_batches=0).fit(module, data)
+    assert all(rows is not None and rows.dtype == torch.bool for _, rows in calls)
+    student = torch.cat([rows for grad, rows in calls if grad])  # one student pass per step, every row
+    assert student.numel() == 8 * 4 - 2 * 2  # 8 steps of 4 rows, two of them long batches of 2 rows
+    assert 0.2 < student.float().mean() < 0.8  # about half of the rows are images, the rest videos
+    none = make_module(data, image_row_share=0.0)
+    assert not none.sample_image_rows({"latents": torch.zeros(64, 6, 1, 1)}).any()
+    every = make_module(data, image_row_share=1.0)
+    assert every.sample_image_rows({"latents": torch.zeros(64, 6, 1, 1)}).all()
+
+
 def test_predict_writes_weights_only_loadable_files(tmp_path, cache):
     data = make_data(cache)
     module = make_module(data)
@@ -168,6 +187,15 @@ def test_predict_writes_weights_only_loadable_files(tmp_path, cache):
     assert out["rollout"].shape == (4, 4, data.latent_tokens, data.latent_dim)  # predict_length 6 - 2 context
     assert out["ground_truth"].shape == out["rollout"].shape
     assert out["context"].shape[1] == 2 and out["actions_discrete"].shape[1] == 6
+    # Alignment: the windows themselves, split at the context length; the rollout continues that context under
+    # those actions (same per-batch generator as predict_step).
+    batch = next(iter(data.predict_dataloader()))
+    assert torch.equal(out["context"], batch["latents"][:, :2])
+    assert torch.equal(out["ground_truth"], batch["latents"][:, 2:6])
+    assert torch.equal(out["actions_discrete"], batch["actions_discrete"][:, :6])
+    expected = module.rollout(batch["latents"][:, :2], 4, actions_discrete=batch["actions_discrete"][:, :6],
+                              generator=module.evaluation_generator(0))
+    assert torch.equal(out["rollout"], expected)
 
 
 def test_optimizer_groups_and_warmup_cosine_schedule(tmp_path, cache):
