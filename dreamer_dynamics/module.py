@@ -46,7 +46,11 @@ from dreamer_dynamics.training.grad_norm import is_fsdp, total_grad_norm
 from dreamer_dynamics.training.metrics import ValidationMetrics
 from dreamer_dynamics.training.validation import evaluation_step
 from dreamer_dynamics.training.optim import WarmupCosineLR, default_optimizer, parameter_groups
-from dreamer_dynamics.training.rng import collect_global_rng_state, gather_from_ranks, restore_global_rng_state
+from dreamer_dynamics.training.rng import (
+    collect_global_rng_state,
+    gather_from_ranks,
+    restore_global_rng_state,
+)
 
 SHORTCUT_TERMS = ("flow", "bootstrap")  # named terms of ShortcutForcingLoss.terms (always logged raw)
 
@@ -132,7 +136,8 @@ class DynamicsModule(pl.LightningModule):
             decay=loss_norm_decay, enabled=normalize_losses, names=self.normalized_term_names()
         )
         self._noise_generator: Optional[torch.Generator] = None
-        self._pending_generator_state: Optional[Union[Tensor, int]] = None  # restored state (or seed), used once
+        # restored generator state (or a seed), used once by noise_generator
+        self._pending_generator_state: Optional[Union[Tensor, int]] = None
         self._pending_global_rng: Optional[dict[str, Any]] = None  # restored at the first resumed batch
 
     def normalized_term_names(self) -> tuple[str, ...]:
@@ -237,10 +242,10 @@ class DynamicsModule(pl.LightningModule):
     def teacher_model(self) -> Optional[torch.nn.Module]:
         """Bootstrap teacher: None (online weights, paper) or the EMA weights when ``ema_teacher=True``.
 
-        The EMA weights are the ``AveragedModel`` held by the weight-averaging callback (``EMA`` in the configs;
-        one copy of the weights in memory, not two); its ``device`` must be the training device. Before the
-        callback's first update (``update_starting_at_step``) the average still holds the initial weights, so
-        the teacher is the online network until then.
+        The EMA weights are the ``AveragedModel`` held by the weight-averaging callback (``EMA`` in the
+        configs; one copy of the weights in memory, not two); its ``device`` must be the training device.
+        Before the callback's first update (``update_starting_at_step``) the average still holds the initial
+        weights, so the teacher is the online network until then.
         """
         if not self.hparams.ema_teacher:
             return None
@@ -251,9 +256,9 @@ class DynamicsModule(pl.LightningModule):
                 return None
             teacher = averaged_model(callback).module.model
             if next(teacher.parameters()).device != self.device:
-                raise RuntimeError(f"ema_teacher=True: the EMA weights live on {next(teacher.parameters()).device}, "
-                                   f"training on {self.device}; set the EMA callback's `device` to the training "
-                                   "device")
+                where = next(teacher.parameters()).device
+                raise RuntimeError(f"ema_teacher=True: the EMA weights live on {where}, training on "
+                                   f"{self.device}; set the EMA callback's `device` to the training device")
             return teacher
         raise RuntimeError("ema_teacher=True needs an EMA callback (dreamer_dynamics.training.EMA or "
                            "lightning.pytorch.callbacks.EMAWeightAveraging) in trainer.callbacks")
@@ -322,9 +327,9 @@ class DynamicsModule(pl.LightningModule):
         return generator
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Every rank's random state (a collective: Lightning builds the checkpoint on every rank, rank 0 writes
-        # it), restored on the same rank (docs/training.md, "Exact resume"). Everything stored is a tensor, dict,
-        # list, number or string: torch.load(weights_only=True) safe.
+        # Every rank's random state (a collective: Lightning builds the checkpoint on every rank, rank 0
+        # writes it), restored on the same rank (docs/training.md, "Exact resume"). Everything stored is a
+        # tensor, dict, list, number or string: torch.load(weights_only=True) safe.
         state = self._noise_generator.get_state() if self._noise_generator is not None else None
         local = {"noise_generator": state if state is not None else self._pending_generator_state,
                  **collect_global_rng_state()}
@@ -345,20 +350,24 @@ class DynamicsModule(pl.LightningModule):
         world, rank = self.trainer.world_size, self.global_rank
         self._noise_generator = None
         if len(ranks) != world:
-            # Other world size: the saved streams cannot be assigned to ranks. Re-derive each rank's noise stream
-            # from (noise seed, rank, global step); deterministic, but not a continuation of the saved run.
+            # Other world size: the saved streams cannot be assigned to ranks. Re-derive each rank's noise
+            # stream from (noise seed, rank, global step); deterministic, but not a continuation of the saved
+            # run.
             step = int(checkpoint.get("global_step", 0))
-            seed = np.random.SeedSequence([self._noise_base_seed(), rank, step]).generate_state(1, np.uint64)[0]
+            sequence = np.random.SeedSequence([self._noise_base_seed(), rank, step])
+            seed = sequence.generate_state(1, np.uint64)[0]
             self._pending_generator_state = int(seed) % 2**63  # a seed: valid for a generator on any device
-            rank_zero_warn(f"the checkpoint holds the random state of {len(ranks)} ranks, this run has {world}: "
-                           "each rank's noise stream is re-derived from (noise_seed, rank, global step), so the "
-                           "resumed run is reproducible but does not repeat the saved run exactly")
+            rank_zero_warn(f"the checkpoint holds the random state of {len(ranks)} ranks, this run has "
+                           f"{world}: each rank's noise stream is re-derived from (noise_seed, rank, global "
+                           "step), so the resumed run is reproducible but does not repeat the saved run "
+                           "exactly")
             return
         mine = ranks[rank]
         self._pending_generator_state = mine.get("noise_generator")
         # The global RNGs are restored just before the first resumed batch: Lightning draws a DataLoader seed
-        # from the torch RNG whenever it starts a loader, and the resumed run starts one that the uninterrupted
-        # run did not. Restoring after that keeps even code that draws from the global RNG exact.
+        # from the torch RNG whenever it starts a loader, and the resumed run starts one that the
+        # uninterrupted run did not. Restoring after that keeps even code that draws from the global RNG
+        # exact.
         self._pending_global_rng = mine
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

@@ -1,5 +1,5 @@
-"""Leftovers of killed writers (reported by ``validate``, removed by ``validate --repair``) and the writer's lock
-file (host + pid, staleness checks) that also holds on NFS."""
+"""Leftovers of killed writers (reported by ``validate``, removed by ``validate --repair``) and the writer's
+lock file (host + pid, staleness checks) that also holds on NFS."""
 
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ _KILLED = textwrap.dedent("""
 def kill_a_writer(root, tmp_path):
     script = tmp_path / "killed.py"
     script.write_text(_KILLED)
-    result = subprocess.run([sys.executable, str(script), str(root)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, str(script), str(root)], capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == -signal.SIGKILL, result.stderr
 
 
@@ -108,7 +109,8 @@ def test_stale_lock_of_a_dead_pid_on_this_host_is_reclaimed(tmp_path):
 
 def test_live_pid_on_this_host_holds_the_lock(tmp_path):
     fake_lock(tmp_path, WriterLock(tmp_path).host, os.getppid())  # pytest's parent: alive
-    with pytest.raises(DatasetError, match=f"another LatentDatasetWriter has this dataset open .pid {os.getppid()}"):
+    message = f"another LatentDatasetWriter has this dataset open .pid {os.getppid()}"
+    with pytest.raises(DatasetError, match=message):
         LatentDatasetWriter(tmp_path, latent_shape=(2, 3))
 
 

@@ -170,8 +170,8 @@ def test_bf16_autocast_keeps_norms_in_fp32():
     assert torch.isfinite(out).all()
     assert normed.dtype == torch.bfloat16  # computed in fp32, handed back in the input dtype
     torch.testing.assert_close(out.float(), model(z, tau, d), atol=0.1, rtol=0.1)
-    # Every norm of the network, under autocast: exactly the fp32 result rounded once to bf16 (a norm computed in
-    # bf16 rounds its mean square and its scale, and differs).
+    # Every norm of the network, under autocast: exactly the fp32 result rounded once to bf16 (a norm computed
+    # in bf16 rounds its mean square and its scale, and differs).
     norms = [m for m in model.modules() if isinstance(m, torch.nn.RMSNorm)]
     assert norms
     x = (torch.randn(64, 2 * model.config.dim, generator=torch.Generator().manual_seed(0)) * 3).bfloat16()

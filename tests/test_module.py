@@ -8,7 +8,7 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -164,7 +164,8 @@ def test_image_rows_reach_the_network_at_the_configured_share(tmp_path, cache):
     module = make_module(data, image_row_share=0.5)
     calls = []
     module.model.register_forward_pre_hook(
-        lambda m, args, kwargs: calls.append((torch.is_grad_enabled(), kwargs.get("image_rows"))), with_kwargs=True)
+        lambda m, args, kwargs: calls.append((torch.is_grad_enabled(), kwargs.get("image_rows"))),
+        with_kwargs=True)
     make_trainer(tmp_path, logger=False, max_steps=8, limit_val_batches=0).fit(module, data)
     assert all(rows is not None and rows.dtype == torch.bool for _, rows in calls)
     student = torch.cat([rows for grad, rows in calls if grad])  # one student pass per step, every row
@@ -219,7 +220,8 @@ def test_optimizer_groups_and_warmup_cosine_schedule(tmp_path, cache):
 
 
 def count_calls(model: torch.nn.Module, calls: list) -> None:
-    """A forward hook that appends to `calls` once per call (register after EMA's deep copy, which copies hooks)."""
+    """A forward hook that appends to `calls` once per call (register after EMA's deep copy, which copies
+    hooks)."""
     model.register_forward_hook(lambda *_: calls.append(1))
 
 
@@ -247,7 +249,8 @@ def test_ema_teacher_gives_the_targets_once_averaging_started(tmp_path, cache):
     trainer.fit(module, data)
     # (online forwards, EMA forwards, averaging started after the step); every step has bootstrap frames
     assert per_step == [(3, 0, False), (3, 0, False), (3, 0, True), (1, 2, True)]
-    assert module.teacher_model() is ema.averaged_model.module.model and module.teacher_model() is not module.model
+    teacher = module.teacher_model()
+    assert teacher is ema.averaged_model.module.model and teacher is not module.model
 
 
 def test_total_grad_norm_matches_the_concatenated_gradient():

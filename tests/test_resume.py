@@ -1,7 +1,7 @@
 """Exact resume: a run stopped at step N and resumed from its checkpoint ends bit-identical (CPU) to an
 uninterrupted run -- weights, EMA weights and loss-normaliser state -- also with DataLoader worker processes
-(which prefetch ahead of the steps), and the checkpoint loads weights-only. Through the console script and DDP:
-tests/test_resume_cli.py."""
+(which prefetch ahead of the steps), and the checkpoint loads weights-only. Through the console script and
+DDP: tests/test_resume_cli.py."""
 
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ def test_resumed_run_is_bit_identical(tmp_path, num_workers):
 
 
 def test_resume_on_another_world_size_re_derives_the_noise_streams(tmp_path):
-    """A checkpoint written by 2 ranks, resumed in 1 process: a warning, and a noise stream derived from (noise
-    seed, rank, step) -- not rank 0's saved stream, which rank 1 would otherwise duplicate."""
+    """A checkpoint written by 2 ranks, resumed in 1 process: a warning, and a noise stream derived from
+    (noise seed, rank, step) -- not rank 0's saved stream, which rank 1 would otherwise duplicate."""
     cache = tmp_path / "cache"
     _run(tmp_path / "stopped", cache, STOP_AT)
     state = torch.load(tmp_path / "stopped" / "ckpt" / "last.ckpt", weights_only=True)
@@ -78,5 +78,6 @@ def test_resume_on_another_world_size_re_derives_the_noise_streams(tmp_path):
     torch.save(state, tmp_path / "two_ranks.ckpt")
     with pytest.warns(UserWarning, match="random state of 2 ranks, this run has 1.*re-derived"):
         resumed, _ = _run(tmp_path / "resumed", cache, STOP_AT + 1, ckpt_path=tmp_path / "two_ranks.ckpt")
-    continued, _ = _run(tmp_path / "continued", cache, STOP_AT + 1, ckpt_path=tmp_path / "stopped" / "ckpt" / "last.ckpt")
+    original = tmp_path / "stopped" / "ckpt" / "last.ckpt"
+    continued, _ = _run(tmp_path / "continued", cache, STOP_AT + 1, ckpt_path=original)
     assert not torch.equal(resumed.noise_generator.get_state(), continued.noise_generator.get_state())

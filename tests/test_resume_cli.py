@@ -1,10 +1,10 @@
 """Exact resume at any stop, through the ``dreamer-dynamics`` console script, in one process and in a real
 2-rank CPU DDP group (gloo).
 
-A finished run of N steps extended to 2N with ``--ckpt_path`` ends bit-identical to a straight 2N-step run: the
-live weights (``current_model_state``), the averaged weights (``state_dict``), the averaging state, the optimiser
-state and every rank's random state. N = 60 stops before the EMA starts averaging (step 100), N = 150 after it.
-The tiny overlay ``tests/configs/resume_exact.yaml`` keeps each run to a few seconds.
+A finished run of N steps extended to 2N with ``--ckpt_path`` ends bit-identical to a straight 2N-step run:
+the live weights (``current_model_state``), the averaged weights (``state_dict``), the averaging state, the
+optimiser state and every rank's random state. N = 60 stops before the EMA starts averaging (step 100), N =
+150 after it. The tiny overlay ``tests/configs/resume_exact.yaml`` keeps each run to a few seconds.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def fit(run_dir: Path, cache: Path, devices: int, max_steps: int, ckpt_path: Pat
     env = {**subprocess_env(), "DREAMER_DYNAMICS_CACHE": str(cache)}
     result = subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
-        pytest.fail(f"fit failed (exit {result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-5000:]}")
+        pytest.fail(f"fit failed (exit {result.returncode}):\n{result.stdout[-2000:]}\n"
+                    f"{result.stderr[-5000:]}")
     return torch.load(run_dir / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
@@ -72,15 +73,17 @@ def cache(tmp_path_factory):
 @pytest.mark.parametrize("first,total", [(60, 120), (150, 300)])
 def test_extending_a_finished_run_is_exact(tmp_path, cache, devices, first, total):
     stopped = fit(tmp_path / "stopped", cache, devices, first)
-    resumed = fit(tmp_path / "resumed", cache, devices, total, ckpt_path=tmp_path / "stopped" / "ckpt" / "last.ckpt")
+    first_checkpoint = tmp_path / "stopped" / "ckpt" / "last.ckpt"
+    resumed = fit(tmp_path / "resumed", cache, devices, total, ckpt_path=first_checkpoint)
     straight = fit(tmp_path / "straight", cache, devices, total)
 
     assert stopped["global_step"] == first and resumed["global_step"] == straight["global_step"] == total
-    # The resume state is the live weights; before the averaging start the export weights are the live ones too.
+    # The resume state is the live weights; before the averaging start the export weights are the live ones
+    # too.
     started = first > EMA_START
     assert int(stopped["averaging_state"]["n_averaged"]) == max(0, first - EMA_START)
     same = max_difference(stopped["state_dict"], stopped["current_model_state"]) == 0.0
-    assert same is not started, "state_dict must be the live weights before the averaging start, the average after"
+    assert same is not started, "state_dict: the live weights before the averaging start, the average after"
     # Random state of every rank, in rank order, and not the same stream twice.
     ranks = stopped["dreamer_dynamics_rng"]["ranks"]
     assert stopped["dreamer_dynamics_rng"]["world_size"] == len(ranks) == devices
@@ -90,10 +93,10 @@ def test_extending_a_finished_run_is_exact(tmp_path, cache, devices, first, tota
     for key in ("current_model_state", "state_dict", "averaging_state", "optimizer_states", "lr_schedulers",
                 "dreamer_dynamics_rng"):
         assert_equal_tree(resumed.get(key), straight.get(key), key)
-    # The data position (the batches are a function of the global step). Lightning's epoch counters may differ by
-    # one after resuming from a checkpoint written at an epoch's last batch; nothing here depends on them.
-    loader = [run["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["sampler_step"] for run in (resumed, straight)]
-    assert loader == [total, total]
+    # The data position (the batches are a function of the global step). Lightning's epoch counters may differ
+    # by one after resuming from a checkpoint written at an epoch's last batch; nothing here depends on them.
+    loaders = [run["loops"]["fit_loop"]["state_dict"]["combined_loader"][0] for run in (resumed, straight)]
+    assert [loader["sampler_step"] for loader in loaders] == [total, total]
     # Teeth: the second half really trained (the checkpoint of the first half is far from the end).
     assert max_difference(stopped["current_model_state"], straight["current_model_state"]) > 1e-3
 

@@ -93,9 +93,9 @@ def test_future_actions_steer_the_rollout():
 @pytest.mark.parametrize("use_cache", [True, False])
 @pytest.mark.parametrize("kind", ["discrete", "continuous"])
 def test_each_generated_frame_is_conditioned_on_its_own_action(use_cache, kind):
-    """actions[t] led from frame t-1 to frame t (docs/design.md §6), so it is fed with frame t: changing only the
-    action of frame 5 leaves frames 3 and 4 unchanged and changes frame 5 itself (an action fed one frame late
-    would first change frame 6; one fed early would change frame 4)."""
+    """actions[t] led from frame t-1 to frame t (docs/design.md §6), so it is fed with frame t: changing only
+    the action of frame 5 leaves frames 3 and 4 unchanged and changes frame 5 itself (an action fed one frame
+    late would first change frame 6; one fed early would change frame 4)."""
     model = make()
     latents, discrete, continuous = episode(model.config, t=8)
     actions = (discrete if kind == "discrete" else continuous.nan_to_num())[:, :7]

@@ -1,8 +1,9 @@
-"""``scripts/setup.sh`` always sets up ``.venv`` (what CI and the README call), with or without an active virtual or
-conda environment, and never installs into the active one.
+"""``scripts/setup.sh`` always sets up ``.venv`` (what CI and the README call), with or without an active
+virtual or conda environment, and never installs into the active one.
 
-The script runs for real (bash, in a scratch copy of the repository) with stand-in interpreters that log how they
-were called: creating a real environment would install torch (minutes), and ``.ci/run`` does that for real.
+The script runs for real (bash, in a scratch copy of the repository) with stand-in interpreters that log how
+they were called: creating a real environment would install torch (minutes), and ``.ci/run`` does that for
+real.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def stub(path: Path, log: Path, extra: str = "") -> None:
 
 
 def run_setup(tmp_path: Path, active: str) -> list[str]:
-    """Runs a copy of setup.sh with `active` in {"none", "venv", "conda"}; returns the logged interpreter calls."""
+    """Runs a copy of setup.sh with `active` in {"none", "venv", "conda"}; returns the logged interpreter
+    calls."""
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "scripts" / "setup.sh", repo / "scripts" / "setup.sh")

@@ -99,9 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("root")
     validate.add_argument("--quick", action="store_true", help="check headers and sizes only, not the values")
     validate.add_argument("--repair", action="store_true",
-                          help="first remove leftovers of interrupted writers (temporary and uncommitted files)")
+                          help="first remove leftovers of killed writers (temporary and uncommitted files)")
     validate.add_argument("--force", action="store_true",
-                          help="with --repair: take over a writer lock held from another host (that writer is gone)")
+                          help="with --repair: take over a lock held from another host (its writer is gone)")
     validate.set_defaults(run=_validate)
     toy = commands.add_parser("make-toy", help="write (or append) built-in toy-environment episodes")
     toy.add_argument("root")

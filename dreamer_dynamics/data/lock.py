@@ -1,20 +1,21 @@
 """The dataset writer's lock: one writer (or repair) per dataset root, also on network filesystems.
 
-``ROOT/.lock`` is created with ``O_CREAT | O_EXCL`` and holds ``{"host", "pid", "token", "created"}``. Exclusive
-creation is atomic on local filesystems and on NFS v3/v4 (Linux clients since 2.6.5), unlike ``fcntl``/``flock``
-locks, which NFS serves only through a lock daemon that many cluster mounts disable (``nolock``) and which a
-client that loses its lease drops silently. The file outlives a crash, so a held lock is checked for staleness:
+``ROOT/.lock`` is created with ``O_CREAT | O_EXCL`` and holds ``{"host", "pid", "token", "created"}``.
+Exclusive creation is atomic on local filesystems and on NFS v3/v4 (Linux clients since 2.6.5), unlike
+``fcntl``/``flock`` locks, which NFS serves only through a lock daemon that many cluster mounts disable
+(``nolock``) and which a client that loses its lease drops silently. The file outlives a crash, so a held lock
+is checked for staleness:
 
 - same host, holder's pid no longer running: stale, reclaimed with a warning;
 - same host, pid running: a live writer, ``DatasetError`` naming its pid;
-- another host: this host cannot tell whether that writer is alive, so ``DatasetError`` naming host and pid, unless
-  ``force=True`` (CLI ``--force``) says the user knows it is gone;
+- another host: this host cannot tell whether that writer is alive, so ``DatasetError`` naming host and pid,
+  unless ``force=True`` (CLI ``--force``) says the user knows it is gone;
 - an empty or unreadable lock file (a writer killed while creating it, or an older version's empty ``.lock``)
   older than ``EMPTY_LOCK_GRACE_S``: stale.
 
-After taking the lock the writer reads it back and checks its own token, so two processes that reclaim the same
-stale lock at once cannot both proceed. A pid reused by an unrelated process on the same host keeps a stale lock
-held (safe side); remove the file by hand then.
+After taking the lock the writer reads it back and checks its own token, so two processes that reclaim the
+same stale lock at once cannot both proceed. A pid reused by an unrelated process on the same host keeps a
+stale lock held (safe side); remove the file by hand then.
 """
 
 from __future__ import annotations
@@ -106,18 +107,19 @@ class WriterLock:
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("created", 0))))
             if holder["host"] == self.host:
                 if _pid_running(int(holder["pid"])):
-                    raise DatasetError(self.root, f"another {holder.get('purpose', 'LatentDatasetWriter')} has "
-                                                  f"this dataset open ({who}, since {since})")
+                    purpose = holder.get("purpose", "LatentDatasetWriter")
+                    raise DatasetError(self.root, f"another {purpose} has this dataset open ({who}, "
+                                                  f"since {since})")
                 reason = f"its writer ({who}) is no longer running"
             elif self.force:
                 reason = f"forced: the writer {who} was declared gone"
             else:
-                raise DatasetError(self.root, f"locked by a writer on another host ({who}, since {since}); this "
-                                              "host cannot check whether it is alive. If it is gone, pass "
-                                              "force=True (CLI: --force) or delete " + str(self.path))
+                raise DatasetError(self.root, f"locked by a writer on another host ({who}, since {since}); "
+                                              "this host cannot check whether it is alive. If it is gone, "
+                                              f"pass force=True (CLI: --force) or delete {self.path}")
         warnings.warn(f"{self.path}: reclaiming a stale writer lock ({reason})", stacklevel=3)
-        # Move the judged file aside and check that it is the one judged: another process may have reclaimed it
-        # and written a fresh lock in between, which must be put back, not deleted.
+        # Move the judged file aside and check that it is the one judged: another process may have reclaimed
+        # it and written a fresh lock in between, which must be put back, not deleted.
         grave = self.path.with_name(f"{LOCK_FILE}.stale-{self.token}")
         try:
             os.rename(self.path, grave)

@@ -1,10 +1,10 @@
-"""Leftovers of interrupted writers: found by ``dreamer-dynamics-data validate``, removed by ``--repair`` and by
-the next writer (docs/data.md, "Crash safety").
+"""Leftovers of interrupted writers: found by ``dreamer-dynamics-data validate``, removed by ``--repair`` and
+by the next writer (docs/data.md, "Crash safety").
 
-A writer killed mid-episode leaves ``.tmp-*`` files (a half-written array, or a metadata temp file); one killed
-between renaming an episode's files into place and rewriting ``metadata.json`` (or before its ``commit_every``-th
-episode) leaves episode files that the metadata does not list. Neither is part of the dataset: readers see only
-the episodes the metadata lists. Other files are never touched.
+A writer killed mid-episode leaves ``.tmp-*`` files (a half-written array, or a metadata temp file); one
+killed between renaming an episode's files into place and rewriting ``metadata.json`` (or before its
+``commit_every``-th episode) leaves episode files that the metadata does not list. Neither is part of the
+dataset: readers see only the episodes the metadata lists. Other files are never touched.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Lightning callbacks: latent-token throughput and decoded rollout images for TensorBoard.
 
 Gradient-norm logging lives in ``DynamicsModule.on_before_optimizer_step`` (it needs the strategy to reduce
-sharded FSDP gradients); EMA uses Lightning's own ``EMAWeightAveraging``; progress bars are Lightning's
-``TQDMProgressBar``.
+sharded FSDP gradients); EMA is ``training.ema.EMA`` (Lightning's ``EMAWeightAveraging``, safe at every stop);
+progress bars are Lightning's ``TQDMProgressBar``.
 """
 
 from __future__ import annotations

@@ -1,21 +1,23 @@
-"""``EMA``: Lightning's ``EMAWeightAveraging`` whose checkpoints always resume from the trained (live) weights.
+"""``EMA``: Lightning's ``EMAWeightAveraging`` whose checkpoints always resume from the trained (live)
+weights.
 
-Lightning's callback copies the averaged weights into the model at the end of ``fit`` and saves whatever the model
-then holds as the state to resume from. Two consequences (docs/training.md, "EMA and checkpoints"):
+Lightning's callback copies the averaged weights into the model at the end of ``fit`` and saves whatever the
+model then holds as the state to resume from. Two consequences (docs/training.md, "EMA and checkpoints"):
 
-- a run that stops before ``update_starting_at_step`` replaces its trained weights with the *initial* ones (the
-  average has never been updated) and saves those;
+- a run that stops before ``update_starting_at_step`` replaces its trained weights with the *initial* ones
+  (the average has never been updated) and saves those;
 - a finished run saves the averaged weights as its resume state, so extending it (a larger ``max_steps`` and
   ``--ckpt_path``) does not continue the run that was trained.
 
 This subclass keeps Lightning's checkpoint layout (``state_dict`` = the weights to evaluate or export,
-``current_model_state`` = the live weights to resume from, ``averaging_state``) and Lightning's behaviour after
-``fit`` (the module holds the weights to evaluate), with these rules:
+``current_model_state`` = the live weights to resume from, ``averaging_state``) and Lightning's behaviour
+after ``fit`` (the module holds the weights to evaluate), with these rules:
 
-- before the first update ("not started") the weights to evaluate/export ARE the live weights: validation does not
-  swap, ``state_dict`` holds the live weights, and the module keeps its trained weights at the end of ``fit``;
-- ``current_model_state`` is always the live weights, also for the checkpoint that ``ModelCheckpoint`` writes after
-  ``fit`` ended (the live weights are kept aside while the module holds the average);
+- before the first update ("not started") the weights to evaluate/export ARE the live weights: validation does
+  not swap, ``state_dict`` holds the live weights, and the module keeps its trained weights at the end of
+  ``fit``;
+- ``current_model_state`` is always the live weights, also for the checkpoint that ``ModelCheckpoint`` writes
+  after ``fit`` ended (the live weights are kept aside while the module holds the average);
 - the first update copies the live weights (``AveragedModel``), so whether or not the average was kept in sync
   before it cannot change any later value: a resumed run is bit-identical to an uninterrupted one.
 """
@@ -33,8 +35,8 @@ from torch.optim.swa_utils import AveragedModel
 
 
 def averaged_model(callback: WeightAveraging) -> Optional[AveragedModel]:
-    """The ``AveragedModel`` of a Lightning weight-averaging callback (a private attribute of Lightning's class,
-    read in this one place), or None before ``fit`` set it up."""
+    """The ``AveragedModel`` of a Lightning weight-averaging callback (a private attribute of Lightning's
+    class, read in this one place), or None before ``fit`` set it up."""
     return getattr(callback, "_average_model", None)
 
 
@@ -77,7 +79,7 @@ class EMA(EMAWeightAveraging):
                          update_every_n_steps=update_every_n_steps,
                          update_starting_at_step=update_starting_at_step,
                          update_starting_at_epoch=update_starting_at_epoch, **kwargs)
-        self._live_state: Optional[dict[str, Tensor]] = None  # live weights while the module holds the average
+        self._live_state: Optional[dict[str, Tensor]] = None  # live weights while the module holds the EMA
         self._swapped = False  # the module holds the average for a validation epoch
 
     @property
@@ -89,7 +91,8 @@ class EMA(EMAWeightAveraging):
         return averaging_started(self)
 
     def _sync_average_to_live(self, pl_module: pl.LightningModule) -> None:
-        """Before the first update the average stands for the live weights (the first update overwrites it)."""
+        """Before the first update the average stands for the live weights (the first update overwrites
+        it)."""
         model = self.averaged_model
         if model is None or self.started:
             return

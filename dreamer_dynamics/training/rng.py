@@ -1,13 +1,13 @@
 """Per-rank random state in checkpoints (docs/training.md, "Exact resume").
 
-Every rank draws its own training noise (the module's generator is seeded per rank), so one rank's state cannot
-stand for the others. At a checkpoint every rank collects its states and they are gathered to every rank (the
-strategy writes rank 0's copy); on resume each rank restores entry ``global_rank``. Stored as tensors, lists and
-ints only, so checkpoints load with ``torch.load(weights_only=True)``.
+Every rank draws its own training noise (the module's generator is seeded per rank), so one rank's state
+cannot stand for the others. At a checkpoint every rank collects its states and they are gathered to every
+rank (the strategy writes rank 0's copy); on resume each rank restores entry ``global_rank``. Stored as
+tensors, lists and ints only, so checkpoints load with ``torch.load(weights_only=True)``.
 
 What is covered: the module's training-noise generator, the global torch CPU RNG, the CUDA RNGs, Python's
-``random`` and NumPy's global RNG. DataLoader workers draw nothing random here (the windows are a pure function of
-(seed, step), docs/design.md §6), so they have no state to save.
+``random`` and NumPy's global RNG. DataLoader workers draw nothing random here (the windows are a pure
+function of (seed, step), docs/design.md §6), so they have no state to save.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def restore_global_rng_state(state: dict[str, Any]) -> None:
 
 
 def gather_from_ranks(obj: Any) -> list[Any]:
-    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (a collective: every rank must call it); ``[obj]``
-    outside a process group. Tensors travel on the CPU and come back as CPU tensors."""
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (a collective: every rank must call it);
+    ``[obj]`` outside a process group. Tensors travel on the CPU and come back as CPU tensors."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return [obj]
     gathered: list[Optional[Any]] = [None] * dist.get_world_size()
