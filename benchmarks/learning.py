@@ -50,7 +50,7 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, workd
     script = Path(sys.executable).with_name("dreamer-dynamics")
     cmd = [str(script) if script.exists() else "dreamer-dynamics", "fit", f"--config={args.config}",
            f"--trainer.max_steps={args.steps}", f"--trainer.val_check_interval={args.val_every}",
-           f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
+           f"--trainer.default_root_dir={out}",
            "--trainer.enable_progress_bar=false",
            f"--model.val_rollout_batches={args.rollout_batches}", *args.extra, *overrides]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))

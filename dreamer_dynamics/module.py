@@ -30,10 +30,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from dreamer_dynamics.compat import averaged_model
 from dreamer_dynamics.data.stats import standardization
 from dreamer_dynamics.errors import ConfigError
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout
@@ -44,9 +43,15 @@ from dreamer_dynamics.objective import (
     shortcut_forcing_loss,
 )
 from dreamer_dynamics.parallelize import clip_gradients, parallelize_model, total_grad_norm
+from dreamer_dynamics.training.ema import averaged_model, averaging_started
 from dreamer_dynamics.training.metrics import ValidationMetrics
 from dreamer_dynamics.training.evaluation import EvaluationMixin
 from dreamer_dynamics.training.optim import WarmupCosineLR, default_optimizer, parameter_groups
+from dreamer_dynamics.training.rng import (
+    collect_global_rng_state,
+    gather_from_ranks,
+    restore_global_rng_state,
+)
 
 SHORTCUT_TERMS = ("flow", "bootstrap")  # named terms of ShortcutForcingLoss.terms (always logged raw)
 
@@ -149,7 +154,9 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
             decay=loss_norm_decay, enabled=normalize_losses, names=self.normalized_term_names()
         )
         self._noise_generator: Optional[torch.Generator] = None
-        self._pending_generator_state: Optional[Tensor] = None
+        # restored generator state (or a seed), used once by noise_generator
+        self._pending_generator_state: Optional[Union[Tensor, int]] = None
+        self._pending_global_rng: Optional[dict[str, Any]] = None  # restored at the first resumed batch
 
     # ------------------------------------------------------------------ latent units
     def _standardization_tensors(self, stats: Optional[dict]) -> tuple[Tensor, Tensor]:
@@ -298,24 +305,26 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
     def teacher_model(self) -> Optional[torch.nn.Module]:
         """Bootstrap teacher: None (online weights, paper) or the EMA weights when ``ema_teacher=True``.
 
-        The EMA weights are the ``AveragedModel`` held by Lightning's ``EMAWeightAveraging`` callback (one
-        copy of the weights in memory, not two); its ``device`` must be the training device.
+        The EMA weights are the ``AveragedModel`` held by the weight-averaging callback (``EMA`` in the
+        configs; one copy of the weights in memory, not two); its ``device`` must be the training device.
+        Before the callback's first update (``update_starting_at_step``) the average still holds the initial
+        weights, so the teacher is the online network until then.
         """
         if not self.hparams.ema_teacher:
             return None
         for callback in self.trainer.callbacks if self._trainer is not None else []:
-            if not isinstance(callback, WeightAveraging):
+            if not isinstance(callback, WeightAveraging) or averaged_model(callback) is None:
                 continue
-            averaged = averaged_model(callback)
-            if averaged is not None:
-                teacher = averaged.module.model
-                if next(teacher.parameters()).device != self.device:
-                    raise RuntimeError(f"ema_teacher=True: the EMAWeightAveraging weights live on "
-                                       f"{next(teacher.parameters()).device}, training on {self.device}; "
-                                       "set the callback's `device` to the training device")
-                return teacher
-        raise RuntimeError("ema_teacher=True needs a lightning.pytorch.callbacks.EMAWeightAveraging callback "
-                           "in trainer.callbacks")
+            if not averaging_started(callback):
+                return None
+            teacher = averaged_model(callback).module.model
+            if next(teacher.parameters()).device != self.device:
+                where = next(teacher.parameters()).device
+                raise RuntimeError(f"ema_teacher=True: the EMA weights live on {where}, training on "
+                                   f"{self.device}; set the EMA callback's `device` to the training device")
+            return teacher
+        raise RuntimeError("ema_teacher=True needs an EMA callback (dreamer_dynamics.training.EMA or "
+                           "lightning.pytorch.callbacks.EMAWeightAveraging) in trainer.callbacks")
 
     def configure_model(self) -> None:
         """The config's activation checkpointing and per-block compile, and FSDP2 sharding (every block its
@@ -347,14 +356,19 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
     def noise_generator(self) -> torch.Generator:
         """Generator of all training randomness; per-rank seed, state saved in checkpoints."""
         if self._noise_generator is None or self._noise_generator.device != self.device:
-            base = self.hparams.noise_seed if self.hparams.noise_seed is not None else torch.initial_seed()
             generator = torch.Generator(device=self.device)
-            generator.manual_seed((int(base) + 1_000_003 * self.global_rank) % 2**63)
-            if self._pending_generator_state is not None:
-                generator.set_state(self._pending_generator_state)
-                self._pending_generator_state = None
+            generator.manual_seed((self._noise_base_seed() + 1_000_003 * self.global_rank) % 2**63)
+            pending, self._pending_generator_state = self._pending_generator_state, None
+            if isinstance(pending, int):
+                generator.manual_seed(pending)
+            elif pending is not None:
+                generator.set_state(pending)
             self._noise_generator = generator
         return self._noise_generator
+
+    def _noise_base_seed(self) -> int:
+        seed = self.hparams.noise_seed
+        return int(seed) if seed is not None else int(torch.initial_seed())
 
     def evaluation_generator(self, batch_idx: int) -> torch.Generator:
         """Fresh generator per evaluation batch: validation/prediction noise is reproducible and never touches
@@ -366,13 +380,14 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         return generator
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Everything stored is a tensor, dict, list, number or string: torch.load(weights_only=True) safe.
+        # Every rank's random state (a collective: Lightning builds the checkpoint on every rank, rank 0
+        # writes it), restored on the same rank (docs/training.md, "Exact resume"). Everything stored is a
+        # tensor, dict, list, number or string: torch.load(weights_only=True) safe.
         state = self._noise_generator.get_state() if self._noise_generator is not None else None
-        checkpoint["dreamer_dynamics_rng"] = {
-            "noise_generator": state if state is not None else self._pending_generator_state,
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
+        local = {"noise_generator": state if state is not None else self._pending_generator_state,
+                 **collect_global_rng_state()}
+        per_rank = gather_from_ranks(local)
+        checkpoint["dreamer_dynamics_rng"] = {"world_size": len(per_rank), "ranks": per_rank}
         hparams = checkpoint.get("hyper_parameters")
         if hparams is not None and dataclasses.is_dataclass(hparams.get("model")):
             checkpoint["hyper_parameters"] = {**hparams, "model": dataclasses.asdict(hparams["model"])}
@@ -381,11 +396,37 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         rng = checkpoint.get("dreamer_dynamics_rng")
         if not rng:
             return
-        if rng.get("noise_generator") is not None:
-            self._noise_generator, self._pending_generator_state = None, rng["noise_generator"]
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        if self._trainer is None:
+            # load_from_checkpoint for evaluation: leave the caller's global RNG alone.
+            return
+        ranks = rng["ranks"] if "ranks" in rng else [rng]  # older checkpoints: one (rank 0) state
+        world, rank = self.trainer.world_size, self.global_rank
+        self._noise_generator = None
+        if len(ranks) != world:
+            # Other world size: the saved streams cannot be assigned to ranks. Re-derive each rank's noise
+            # stream from (noise seed, rank, global step); deterministic, but not a continuation of the saved
+            # run.
+            step = int(checkpoint.get("global_step", 0))
+            sequence = np.random.SeedSequence([self._noise_base_seed(), rank, step])
+            seed = sequence.generate_state(1, np.uint64)[0]
+            self._pending_generator_state = int(seed) % 2**63  # a seed: valid for a generator on any device
+            rank_zero_warn(f"the checkpoint holds the random state of {len(ranks)} ranks, this run has "
+                           f"{world}: each rank's noise stream is re-derived from (noise_seed, rank, global "
+                           "step), so the resumed run is reproducible but does not repeat the saved run "
+                           "exactly")
+            return
+        mine = ranks[rank]
+        self._pending_generator_state = mine.get("noise_generator")
+        # The global RNGs are restored just before the first resumed batch: Lightning draws a DataLoader seed
+        # from the torch RNG whenever it starts a loader, and the resumed run starts one that the
+        # uninterrupted run did not. Restoring after that keeps even code that draws from the global RNG
+        # exact.
+        self._pending_global_rng = mine
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._pending_global_rng is not None:
+            restore_global_rng_state(self._pending_global_rng)
+            self._pending_global_rng = None
 
     # ------------------------------------------------------------------ rollouts, validation, prediction
     def rollout(

@@ -42,6 +42,8 @@ class RankRecorder(pl.Callback):
         self.run = int(os.environ.get("SLURM_RESTART_COUNT", "0"))  # how often SLURM requeued this job
         self.steps: list[dict[str, Any]] = []
         self.validations: list[dict[str, float]] = []
+        self.validation_windows: list[str] = []  # fingerprints of every validation sequence this rank saw
+        self.live_checksum: float | None = None  # live weights after the last optimiser step
         self.start_step: int | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -69,10 +71,16 @@ class RankRecorder(pl.Callback):
             # logged by DynamicsModule before clipping
             "grad_norm": float(metrics["train/grad_norm"]) if "train/grad_norm" in metrics else None,
         })
+        self.live_checksum = weights_checksum(pl_module)
         if trainer.global_rank == 0:
             os.makedirs(self.out_dir, exist_ok=True)
             with open(os.path.join(self.out_dir, f"progress-run{self.run}.txt"), "a") as f:
                 f.write(f"{trainer.global_step}\n")
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not trainer.sanity_checking:
+            self.validation_windows.extend(sequence_fingerprints(batch["latents"]))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -92,7 +100,9 @@ class RankRecorder(pl.Callback):
             "validations": self.validations,
             "loss_rms": {name: float(normalizer.rms(name)) for name in normalizer.names()},
             "clipped_grad_norms": self.clipped_grad_norms,
-            "weights_checksum": weights_checksum(pl_module),
+            "weights_checksum": weights_checksum(pl_module),  # after fit: the weights to evaluate (EMA)
+            "live_checksum": self.live_checksum,
+            "validation_windows": self.validation_windows,
             "strategy": type(trainer.strategy).__name__,
         }
         os.makedirs(self.out_dir, exist_ok=True)

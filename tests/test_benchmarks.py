@@ -7,6 +7,7 @@ checked against a hand count, and the timing helper against its own contract.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -80,12 +81,25 @@ def test_scaling_and_rollout_smoke(tmp_path):
 def test_quality_and_gpu_smoke(tmp_path):
     quality.main(["--smoke", "--output", str(tmp_path / "q.json")])
     report = read(tmp_path / "q.json")
+    # The copy-last-frame baseline, recomputed here from the held-out windows the benchmark scores on.
+    data = DynamicsDataModule(root=report["dataset"], short_length=8, long_length=8, val_fraction=0.1, seed=0)
+    data.setup("fit")
+    total = report["context"] + report["horizon"]
+    windows = data.fixed_windows(total, 2, "val")
+    latents = torch.stack([torch.as_tensor(data.dataset.window(e, start=s, length=total)["latents"])
+                           for e, s, _ in windows])
+    context, truth = latents[:, : report["context"]], latents[:, report["context"]:]
+    copy_last = (context[:, -1:] - truth).square().mean().item()
     for model in ("shortcut", "flow_only"):
         scores = report["models"][model]["scores"]  # smoke config: K_max = 4
         assert {f"es_ratio_k{k}" for k in (1, 2, 4)} | {"es_copy_last", "object_accuracy_k4"} <= set(scores)
         for k in (1, 2, 4):  # ratio = ES / copy-last ES, and ES = E||X - y|| - spread <= E||X - y||
             assert scores[f"es_ratio_k{k}"] == pytest.approx(scores[f"es_k{k}"] / scores["es_copy_last"], rel=1e-5)
             assert 0.0 <= scores[f"object_accuracy_k{k}"] <= 1.0 and scores[f"spread_k{k}"] >= 0.0
+        # An untrained model is far from the data, and K changes the samples: a scorer that compared a rollout
+        # with itself, or ignored K, would fail here.
+        es = [scores[f"es_k{k}"] for k in (1, 2, 4)]
+        assert all(math.isfinite(v) and v > 1e-3 for v in es) and len(set(es)) == 3
     assert report["summary"]["shortcut_es_K4_over_Kmax"] == pytest.approx(1.0)  # K = 4 is K_max here
     gpu.main(["--smoke", "--output", str(tmp_path / "g.json")])
     report = read(tmp_path / "g.json")

@@ -57,9 +57,18 @@ def test_fit_validate_test_in_process_on_a_custom_dataset(tmp_path, monkeypatch)
     root = write_dataset(tmp_path / "data")
     common = ["--config", QUICKSTART, "--data.root", root, *TINY, f"--trainer.default_root_dir={tmp_path}",
               "--trainer.logger=false"]
-    main(["fit", *common, "--trainer.fast_dev_run=true"])
-    main(["validate", *common, "--trainer.fast_dev_run=true"])
-    main(["test", *common, "--trainer.fast_dev_run=true"])
+    initial = DynamicsCLI(args=common, run=False).model  # same seed: the weights fit starts from
+    fit = DynamicsCLI(args=["fit", *common, "--trainer.fast_dev_run=true"])
+    assert fit.trainer.state.finished and fit.trainer.global_step == 1  # fast_dev_run: one optimiser step
+    assert fit.model.config.latent_dim == 10  # built for the custom dataset
+    changed = [not torch.equal(a, b) for a, b in zip(fit.model.parameters(), initial.parameters())]
+    assert all(changed), "fit did not train every parameter"  # one Adam step moves every one with a gradient
+    for subcommand, prefix in (("validate", "val"), ("test", "test")):
+        cli = DynamicsCLI(args=[subcommand, *common, "--trainer.fast_dev_run=true"])
+        metrics = cli.trainer.callback_metrics
+        assert f"{prefix}/loss" in metrics, sorted(metrics)
+        logged = [torch.as_tensor(v) for k, v in metrics.items() if k.startswith(prefix)]
+        assert all(torch.isfinite(v).all() for v in logged)
 
 
 def test_print_config_is_complete_and_commented(capsys):

@@ -98,4 +98,4 @@ def test_quickstart_config_runs_on_cpu_in_fp32_with_builtin_data():
     assert content["trainer"]["accelerator"] == "cpu" and content["trainer"]["precision"] == "32-true"
     assert content["data"]["root"] is None  # built-in procedural environment
     callbacks = [c["class_path"] for c in content["trainer"]["callbacks"]]
-    assert "lightning.pytorch.callbacks.EMAWeightAveraging" in callbacks
+    assert "dreamer_dynamics.training.EMA" in callbacks  # checkpoints resume from the live weights

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distributed_probe import rollout_from_checkpoint
+from tests.distributed_probe import rollout_from_checkpoint, weights_checksum
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [REPO / "lightning_configs" / "quickstart.yaml", REPO / "lightning_configs" / "ddp_cpu.yaml",
@@ -127,8 +127,16 @@ def test_validation_metrics_are_synchronised(ddp_run):
 
 
 @pytest.mark.slow
+def test_ranks_validate_on_different_windows(ddp_run):
+    _, (rank0, rank1) = ddp_run
+    windows0, windows1 = rank0["validation_windows"], rank1["validation_windows"]
+    assert windows0 and len(windows0) == len(windows1)  # equal batch counts: no rank waits in a collective
+    assert not set(windows0) & set(windows1), "both ranks validated on the same windows"
+
+
+@pytest.mark.slow
 def test_exactly_one_checkpoint_that_reloads_and_rolls_out(ddp_run):
-    run_dir, (rank0, _) = ddp_run
+    run_dir, (rank0, rank1) = ddp_run
     checkpoints = sorted(run_dir.rglob("*.ckpt"))
     assert len(checkpoints) == 1, f"expected one checkpoint, found {checkpoints}"
     state = torch.load(checkpoints[0], map_location="cpu", weights_only=True)
@@ -137,4 +145,10 @@ def test_exactly_one_checkpoint_that_reloads_and_rolls_out(ddp_run):
         saved = state["state_dict"][f"loss_normalizer.mean_square_{name}"].sqrt().item()
         assert saved == pytest.approx(rms, rel=1e-6)
 
-    rollout_from_checkpoint(checkpoints[0])
+    # The checkpoint holds the trained weights: the live ones as the resume state, the EMA (which the module
+    # holds after fit, tests/configs/tiny_scale.yaml starts it at step 3) as the weights to evaluate.
+    module = rollout_from_checkpoint(checkpoints[0])
+    assert weights_checksum(module) == rank0["weights_checksum"] == rank1["weights_checksum"]
+    module.load_state_dict(state["current_model_state"])
+    assert weights_checksum(module) == rank0["live_checksum"] == rank1["live_checksum"]
+    assert rank0["live_checksum"] != rank0["weights_checksum"]  # averaging had started: two different sets

@@ -173,6 +173,20 @@ def test_bf16_autocast_keeps_norms_in_fp32():
     assert torch.isfinite(out).all()
     assert normed.dtype == torch.bfloat16  # computed in fp32, handed back in the input dtype
     torch.testing.assert_close(out.float(), model(z, tau, d), atol=0.1, rtol=0.1)
+    # Every norm of the network, under autocast: exactly the fp32 result rounded once to bf16 (a norm computed
+    # in bf16 rounds its mean square and its scale, and differs).
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.RMSNorm)]
+    assert norms
+    x = (torch.randn(64, 2 * model.config.dim, generator=torch.Generator().manual_seed(0)) * 3).bfloat16()
+    for norm in norms:
+        with torch.no_grad():
+            norm.weight.copy_(torch.linspace(0.5, 1.5, norm.weight.numel()))  # a non-trivial gain
+        features = x[:, : norm.normalized_shape[0]]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = norm(features)
+        reference = torch.nn.functional.rms_norm(features.float(), norm.normalized_shape, norm.weight.float(),
+                                                 norm.eps).bfloat16()
+        assert got.dtype == torch.bfloat16 and torch.equal(got, reference), norm
 
 
 def test_packing_maps_token_groups_to_one_spatial_token():

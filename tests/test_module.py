@@ -8,7 +8,7 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -18,6 +18,7 @@ from dreamer_dynamics.model import DynamicsConfig
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.objective import ShortcutForcingLoss
 from dreamer_dynamics.training import (
+    EMA,
     LatentThroughputMonitor,
     RolloutImageLogger,
     RolloutWriter,
@@ -158,6 +159,26 @@ def test_rollout_shapes_determinism_and_action_coverage(cache):
         module.rollout(context, 3, actions_discrete=actions[:, :4])
 
 
+def test_image_rows_reach_the_network_at_the_configured_share(tmp_path, cache):
+    """docs/design.md §3.8: a share of the rows is trained as images; every student and teacher pass gets the
+    rows' flags, the teacher passes the flags of the rows they run on."""
+    data = make_data(cache)
+    module = make_module(data, image_row_share=0.5)
+    calls = []
+    module.model.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append((torch.is_grad_enabled(), kwargs.get("image_rows"))),
+        with_kwargs=True)
+    make_trainer(tmp_path, logger=False, max_steps=8, limit_val_batches=0).fit(module, data)
+    assert all(rows is not None and rows.dtype == torch.bool for _, rows in calls)
+    student = torch.cat([rows for grad, rows in calls if grad])  # one student pass per step, every row
+    assert student.numel() == 8 * 4 - 2 * 2  # 8 steps of 4 rows, two of them long batches of 2 rows
+    assert 0.2 < student.float().mean() < 0.8  # about half of the rows are images, the rest videos
+    none = make_module(data, image_row_share=0.0)
+    assert not none.sample_image_rows({"latents": torch.zeros(64, 6, 1, 1)}).any()
+    every = make_module(data, image_row_share=1.0)
+    assert every.sample_image_rows({"latents": torch.zeros(64, 6, 1, 1)}).all()
+
+
 def test_predict_writes_weights_only_loadable_files(tmp_path, cache):
     data = make_data(cache)
     module = make_module(data)
@@ -169,6 +190,15 @@ def test_predict_writes_weights_only_loadable_files(tmp_path, cache):
     assert out["rollout"].shape == (4, 4, data.latent_tokens, data.latent_dim)  # predict_length 6 - 2 context
     assert out["ground_truth"].shape == out["rollout"].shape
     assert out["context"].shape[1] == 2 and out["actions_discrete"].shape[1] == 6
+    # Alignment: the windows themselves, split at the context length; the rollout continues that context under
+    # those actions (same per-batch generator as predict_step).
+    batch = next(iter(data.predict_dataloader()))
+    assert torch.equal(out["context"], batch["latents"][:, :2])
+    assert torch.equal(out["ground_truth"], batch["latents"][:, 2:6])
+    assert torch.equal(out["actions_discrete"], batch["actions_discrete"][:, :6])
+    expected = module.rollout(batch["latents"][:, :2], 4, actions_discrete=batch["actions_discrete"][:, :6],
+                              generator=module.evaluation_generator(0))
+    assert torch.equal(out["rollout"], expected)
 
 
 def test_optimizer_groups_and_warmup_cosine_schedule(tmp_path, cache):
@@ -191,15 +221,38 @@ def test_optimizer_groups_and_warmup_cosine_schedule(tmp_path, cache):
     assert all(isinstance(v, (int, float, list, bool, type(None))) for v in scheduler.state_dict().values())
 
 
-def test_ema_teacher_uses_the_averaged_weights(tmp_path, cache):
+def count_calls(model: torch.nn.Module, calls: list) -> None:
+    """A forward hook that appends to `calls` once per call (register after EMA's deep copy, which copies
+    hooks)."""
+    model.register_forward_hook(lambda *_: calls.append(1))
+
+
+def test_ema_teacher_gives_the_targets_once_averaging_started(tmp_path, cache):
+    """Steps before the EMA's first update take bootstrap targets from the online network (the average still
+    holds the initial weights); later steps call the EMA network for both teacher passes, and the student only
+    runs on the online one."""
     data = make_data(cache)
-    with pytest.raises(RuntimeError, match="EMAWeightAveraging"):
+    with pytest.raises(RuntimeError, match="EMA callback"):
         make_trainer(tmp_path, logger=False).fit(make_module(data, ema_teacher=True), data)
-    module = make_module(data, ema_teacher=True)
-    ema = EMAWeightAveraging(decay=0.5)
-    make_trainer(tmp_path, logger=False, max_steps=2, limit_val_batches=0, callbacks=[ema]).fit(module, data)
+    module = make_module(data, ema_teacher=True, image_row_share=0.0)
+    ema = EMA(decay=0.5, update_starting_at_step=2)  # updates after steps 3 and 4 (zero-based index 2, 3)
+    online_calls, ema_calls, per_step = [], [], []
+
+    class Spy(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            count_calls(module.model, online_calls)
+            count_calls(ema.averaged_model.module.model, ema_calls)
+
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            per_step.append((len(online_calls), len(ema_calls), ema.started))
+            online_calls.clear(), ema_calls.clear()
+
+    trainer = make_trainer(tmp_path, logger=False, max_steps=4, limit_val_batches=0, callbacks=[ema, Spy()])
+    trainer.fit(module, data)
+    # (online forwards, EMA forwards, averaging started after the step); every step has bootstrap frames
+    assert per_step == [(3, 0, False), (3, 0, False), (3, 0, True), (1, 2, True)]
     teacher = module.teacher_model()
-    assert teacher is ema._average_model.module.model and teacher is not module.model
+    assert teacher is ema.averaged_model.module.model and teacher is not module.model
 
 
 def test_total_grad_norm_matches_the_concatenated_gradient():

@@ -90,6 +90,26 @@ def test_future_actions_steer_the_rollout():
     assert (a[:, 2:] - b[:, 2:]).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("kind", ["discrete", "continuous"])
+def test_each_generated_frame_is_conditioned_on_its_own_action(use_cache, kind):
+    """actions[t] led from frame t-1 to frame t (docs/design.md §6), so it is fed with frame t: changing only
+    the action of frame 5 leaves frames 3 and 4 unchanged and changes frame 5 itself (an action fed one frame
+    late would first change frame 6; one fed early would change frame 4)."""
+    model = make()
+    latents, discrete, continuous = episode(model.config, t=8)
+    actions = (discrete if kind == "discrete" else continuous.nan_to_num())[:, :7]
+    other = actions.clone()
+    if kind == "discrete":
+        other[:, 5, 0] = (other[:, 5, 0] + 1) % model.config.num_discrete_actions[0]
+    else:
+        other[:, 5] += 3.0
+    a, b = (rollout(model, latents[:, :3], 4, use_cache=use_cache, generator=torch.Generator().manual_seed(0),
+                    **{f"actions_{kind}": acts}) for acts in (actions, other))  # frames 3, 4, 5, 6
+    torch.testing.assert_close(a[:, :2], b[:, :2], atol=0, rtol=0)
+    assert (a[:, 2] - b[:, 2]).abs().max() > 1e-4, "frame 5 does not see its own action"
+
+
 def test_cache_is_bounded_by_the_window():
     cache = TimeKVCache(context_length=4)
     for step in range(6):

@@ -1,7 +1,7 @@
 """``dreamer-dynamics-data``: inspect, validate, and create latent datasets (docs/data.md).
 
     dreamer-dynamics-data info ROOT [--json]
-    dreamer-dynamics-data validate ROOT [--quick]
+    dreamer-dynamics-data validate ROOT [--quick] [--repair [--force]]
     dreamer-dynamics-data stats ROOT
     dreamer-dynamics-data make-toy ROOT [--episodes 200 --length 64 --seed 0]
     dreamer-dynamics-data record-crafter ROOT [--episodes 10 --length 256 --policy random --seed 0]
@@ -23,6 +23,8 @@ import sys
 from .dataset import LatentDataset
 from .default import ToyDatasetConfig, generate_toy_dataset
 from .format import METADATA_FILE, DatasetError
+from .lock import WriterLock
+from .repair import find_leftovers, remove_leftovers
 from .stats import LatentStatistics, compute_latent_stats, stale_reason, write_latent_stats
 
 
@@ -69,6 +71,17 @@ def _describe_stats(stats: dict) -> str:
 
 def _validate(args: argparse.Namespace) -> None:
     ds = LatentDataset(args.root, check_files=False)
+    if args.repair:  # under the writer lock: never delete the in-flight files of a running writer
+        with WriterLock(ds.root, force=args.force, purpose="validate --repair"):
+            for path in remove_leftovers(ds.root, ds.meta):
+                print(f"removed {path}")
+    leftovers = find_leftovers(ds.root, ds.meta)
+    for path, what in leftovers[:-1]:  # one line each; the last one is raised (exit status 1)
+        print(f"error: {DatasetError(path, what)}", file=sys.stderr)
+    if leftovers:
+        path, what = leftovers[-1]
+        raise DatasetError(path, f"{what}; `dreamer-dynamics-data validate --repair {args.root}` removes the "
+                                 f"{len(leftovers)} leftover file(s)")
     recomputed = None if args.quick else LatentStatistics(ds.latent_shape[1])
     ds.validate(deep=not args.quick, stats=recomputed)  # one pass: values checked and statistics recomputed
     if len(ds) == 0:
@@ -184,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check every file (and every value unless --quick)")
     validate.add_argument("root")
     validate.add_argument("--quick", action="store_true", help="check headers and sizes only, not the values")
+    validate.add_argument("--repair", action="store_true",
+                          help="first remove leftovers of killed writers (temporary and uncommitted files)")
+    validate.add_argument("--force", action="store_true",
+                          help="with --repair: take over a lock held from another host (its writer is gone)")
     validate.set_defaults(run=_validate)
     stats = commands.add_parser(
         "stats", help="compute the per-channel latent mean/std and record them in metadata.json"

@@ -255,6 +255,7 @@ class DynamicsDataModule(pl.LightningDataModule):
             num_workers=workers,
             pin_memory=self.hparams.pin_memory,
             persistent_workers=workers > 0,
+            generator=_loader_generator(h.seed, rank),
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -354,7 +355,16 @@ class DynamicsDataModule(pl.LightningDataModule):
             num_workers=workers,
             pin_memory=self.hparams.pin_memory,
             persistent_workers=workers > 0,
+            generator=_loader_generator(self.hparams.seed, rank),
         )
+
+
+def _loader_generator(seed: int, rank: int) -> torch.Generator:
+    """Own generator of a DataLoader: starting a loader draws its workers' base seed from it, never from the
+    global torch RNG, so how often Lightning starts loaders (a resumed run starts one more) cannot shift the
+    training's global random stream. Workers draw nothing random: the windows come from the sampler."""
+    state = np.random.SeedSequence([seed, rank, 0x10AD]).generate_state(1)
+    return torch.Generator().manual_seed(int(state[0]))
 
 
 class _TrainLoader(DataLoader):

@@ -20,11 +20,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .format import METADATA_FILE, DatasetError, read_metadata, write_json_atomically
+from .lock import WriterLock
 
-try:  # the writer's advisory lock (see writer.py)
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
 
 STD_FLOOR = 1e-6  # std used for standardising = max(std, STD_FLOOR * largest channel std): constant channels
 CHUNK_ELEMENTS = 1 << 22  # float64 working set of one update (32 MiB): a huge episode is never copied whole
@@ -140,17 +137,10 @@ def write_latent_stats(root: str | os.PathLike, stats: LatentStatistics) -> Path
     """
     root = Path(root)
     path = root / METADATA_FILE
-    handle = None
-    if fcntl is not None:
-        try:
-            handle = open(root / ".lock", "w")
-        except OSError as err:
-            raise DatasetError(root, f"cannot record latent_stats: {err.strerror}") from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise DatasetError(root, "a LatentDatasetWriter has this dataset open; try again later") from None
+    try:
+        lock = WriterLock(root, purpose="dreamer-dynamics-data stats").acquire()
+    except OSError as err:
+        raise DatasetError(root, f"cannot record latent_stats: {err.strerror}") from None
     try:
         meta = read_metadata(root)
         count = sum(e.length for e in meta.episodes) * meta.latent_shape[0]
@@ -163,6 +153,5 @@ def write_latent_stats(root: str | os.PathLike, stats: LatentStatistics) -> Path
         except OSError as err:
             raise DatasetError(path, f"cannot record latent_stats: {err.strerror}") from None
     finally:
-        if handle is not None:
-            handle.close()
+        lock.release()
     return path

@@ -32,10 +32,8 @@ from .format import (
 )
 from .stats import LatentStatistics
 
-try:  # advisory lock so that two writers never append to one root at once (released by the OS on a crash)
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+from .lock import WriterLock
+from .repair import remove_leftovers
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -150,6 +148,7 @@ class LatentDatasetWriter:
         codec: dict[str, Any] | None = None,
         attributes: dict[str, Any] | None = None,
         commit_every: int = 1,
+        force: bool = False,
     ):
         self.root = Path(root)
         self.commit_every = max(
@@ -166,12 +165,17 @@ class LatentDatasetWriter:
         )
         spec.check_spec(None)
         (self.root / EPISODES_DIR).mkdir(parents=True, exist_ok=True)
-        self._lock = self._acquire_lock()
-        if (self.root / METADATA_FILE).exists():
-            self.meta = read_metadata(self.root)
-            self._check_same_spec(spec)
-        else:
-            self.meta = spec
+        # one writer per root, also on NFS (lock.py); force=True takes over a lock held from another host
+        self._lock = WriterLock(self.root, force=force).acquire()
+        try:
+            if (self.root / METADATA_FILE).exists():
+                self.meta = read_metadata(self.root)
+                self._check_same_spec(spec)
+            else:
+                self.meta = spec
+        except BaseException:
+            self._lock.release()
+            raise
         self._remove_temporaries()
         self._uncommitted = 0
         self._closed = False
@@ -223,8 +227,7 @@ class LatentDatasetWriter:
             self._commit()
         finally:
             self._closed = True
-            if self._lock is not None:
-                self._lock.close()
+            self._lock.release()
 
     def __enter__(self) -> "LatentDatasetWriter":
         return self
@@ -255,17 +258,6 @@ class LatentDatasetWriter:
         write_json_atomically(self.root / METADATA_FILE, self.meta.to_json())
         self._uncommitted = 0
 
-    def _acquire_lock(self):
-        if fcntl is None:
-            return None
-        handle = open(self.root / ".lock", "w")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise DatasetError(self.root, "another LatentDatasetWriter has this dataset open") from None
-        return handle
-
     def _check_same_spec(self, spec: DatasetMetadata) -> None:
         path = self.root / METADATA_FILE
         for name in ("latent_shape", "latent_dtype", "num_discrete_actions", "num_continuous_actions"):
@@ -289,5 +281,4 @@ class LatentDatasetWriter:
         self.meta.attributes.update(spec.attributes)
 
     def _remove_temporaries(self) -> None:
-        for tmp in (self.root / EPISODES_DIR).glob(f"{TEMP_PREFIX}*"):
-            tmp.unlink(missing_ok=True)
+        remove_leftovers(self.root, self.meta)

@@ -2,6 +2,7 @@
 
 from dreamer_dynamics.parallelize import total_grad_norm  # lives with the scale plumbing; importable here too
 from dreamer_dynamics.training.callbacks import LatentThroughputMonitor, RolloutImageLogger
+from dreamer_dynamics.training.ema import EMA
 from dreamer_dynamics.training.loggers import RunDirTensorBoardLogger
 from dreamer_dynamics.training.metrics import ValidationMetrics
 from dreamer_dynamics.training.optim import WarmupCosineLR, default_optimizer, parameter_groups
@@ -10,6 +11,7 @@ from dreamer_dynamics.training.progress import StepProgressBar
 from dreamer_dynamics.training.slurm import SLURMRequeueAtStepEnd
 
 __all__ = [
+    "EMA",
     "LatentThroughputMonitor",
     "RolloutImageLogger",
     "RolloutWriter",

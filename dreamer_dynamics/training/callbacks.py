@@ -1,7 +1,7 @@
 """Lightning callbacks: latent-token throughput and decoded rollout images for every image-capable logger.
 
 Gradient-norm logging lives in ``DynamicsModule.on_before_optimizer_step`` (``parallelize.total_grad_norm``
-needs the strategy to reduce sharded FSDP gradients); EMA uses Lightning's own ``EMAWeightAveraging``;
+needs the strategy to reduce sharded FSDP gradients); EMA is ``training.ema.EMA`` (Lightning's ``EMAWeightAveraging``, safe at every stop);
 progress bars are Lightning's ``TQDMProgressBar``.
 """
 
