@@ -15,9 +15,10 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 import torch
 
@@ -27,8 +28,20 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # The benchmarks' reference model (6.1 M parameters at 16 x 48 latents), fixed here so the published figures
 # stay comparable when the quickstart preset (DynamicsConfig defaults) is retuned.
-MEDIUM = dict(latent_tokens=16, latent_dim=48, pack_factor=1, dim=256, depth=8, heads=4, kv_heads=2, time_every=4,
-              context_length=16, num_registers=4, action_tokens=1, k_max=64)
+MEDIUM = dict(
+    latent_tokens=16,
+    latent_dim=48,
+    pack_factor=1,
+    dim=256,
+    depth=8,
+    heads=4,
+    kv_heads=2,
+    time_every=4,
+    context_length=16,
+    num_registers=4,
+    action_tokens=1,
+    k_max=64,
+)
 
 
 def medium_config(**overrides) -> DynamicsConfig:
@@ -51,8 +64,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1,
-            device: torch.device = torch.device("cpu")) -> Timing:
+def time_fn(
+    fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1, device: torch.device = torch.device("cpu")
+) -> Timing:
     """Call `fn` `warmup` times untimed, then `repeat` times timed (synchronising CUDA around each call)."""
     for _ in range(warmup):
         fn()
@@ -66,8 +80,9 @@ def time_fn(fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1,
     return Timing(best=min(times), median=statistics.median(times), repeats=times)
 
 
-def time_interleaved(fns: dict, *, repeat: int = 5, warmup: int = 1,
-                     device: torch.device = torch.device("cpu")) -> dict:
+def time_interleaved(
+    fns: dict, *, repeat: int = 5, warmup: int = 1, device: torch.device = torch.device("cpu")
+) -> dict:
     """Time several variants round-robin (A B C A B C ...), so a noisy neighbour slows them alike; returns
     {name: Timing}. Ratios of the best times are the robust comparison on a shared machine."""
     for _ in range(warmup):
@@ -92,8 +107,12 @@ def pin_threads(threads: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------- matmul peak
-def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32,
-                sizes: tuple = (1024, 1536, 2048), repeat: int = 5) -> dict:
+def matmul_peak(
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    sizes: tuple = (1024, 1536, 2048),
+    repeat: int = 5,
+) -> dict:
     """Best achieved FLOP/s of square matmuls (2 n^3 FLOPs each) on this device, dtype and thread count.
 
     This is the machine's practical ceiling for dense math: the training step's achieved FLOP/s is reported as
@@ -105,7 +124,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32,
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
         timing = time_fn(lambda: a @ b, repeat=repeat, warmup=1, device=device)
-        per_size[str(n)] = 2 * n ** 3 / timing.best
+        per_size[str(n)] = 2 * n**3 / timing.best
     return {"flops": max(per_size.values()), "per_size_flops": per_size, "dtype": str(dtype).split(".")[-1]}
 
 
@@ -148,8 +167,12 @@ def peak_memory(device: torch.device) -> Iterator[dict]:
     if peak is None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         resettable = False
-    result.update(kind="cpu_peak_rss", peak_bytes=peak, resettable=resettable,
-                  delta_bytes=None if start is None else max(0, peak - start))
+    result.update(
+        kind="cpu_peak_rss",
+        peak_bytes=peak,
+        resettable=resettable,
+        delta_bytes=None if start is None else max(0, peak - start),
+    )
 
 
 # -------------------------------------------------------------------------------------------- FLOP count
@@ -170,9 +193,12 @@ def forward_flops(config: DynamicsConfig, batch: int, time_steps: int) -> dict:
     s, frames = cfg.tokens_per_frame, batch * time_steps
     tokens = frames * s
     hidden, e = cfg.mlp_hidden, cfg.head_dim
-    block_weights = (cfg.dim * (cfg.heads + 2 * cfg.kv_heads) * e  # fused QKV
-                     + cfg.dim * cfg.dim  # attention output
-                     + cfg.dim * 2 * hidden + hidden * cfg.dim)  # SwiGLU gate/up + down
+    block_weights = (
+        cfg.dim * (cfg.heads + 2 * cfg.kv_heads) * e  # fused QKV
+        + cfg.dim * cfg.dim  # attention output
+        + cfg.dim * 2 * hidden
+        + hidden * cfg.dim
+    )  # SwiGLU gate/up + down
     packed = cfg.pack_factor * cfg.latent_dim
     matmul = 2 * tokens * block_weights * cfg.depth
     matmul += 2 * frames * cfg.spatial_tokens * packed * cfg.dim * 2  # latent_in + latent_out
@@ -184,15 +210,27 @@ def forward_flops(config: DynamicsConfig, batch: int, time_steps: int) -> dict:
     window = min(cfg.context_length, time_steps)
     pairs = sum(min(t + 1, window) for t in range(time_steps))  # (query, key) pairs inside the window
     time_windowed = time_layers * batch * s * 4 * pairs * e * cfg.heads
-    return {"matmul": matmul, "attention_space": space, "attention_time_dense": time_dense,
-            "attention_time_windowed": time_windowed, "total": matmul + space + time_dense,
-            "block_matmul_weights": block_weights * cfg.depth}
+    return {
+        "matmul": matmul,
+        "attention_space": space,
+        "attention_time_dense": time_dense,
+        "attention_time_windowed": time_windowed,
+        "total": matmul + space + time_dense,
+        "block_matmul_weights": block_weights * cfg.depth,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ output
 def machine_info(device: torch.device, threads: int) -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "device": str(device), "threads": threads, "cpu_count": os.cpu_count(), "cpu": platform.processor()}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": threads,
+        "cpu_count": os.cpu_count(),
+        "cpu": platform.processor(),
+    }
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:

@@ -17,8 +17,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (config_dict, forward_flops, machine_info, matmul_peak, peak_memory,
-                               pin_threads, run_benchmark, time_fn)
+from benchmarks.common import (
+    config_dict,
+    forward_flops,
+    machine_info,
+    matmul_peak,
+    peak_memory,
+    pin_threads,
+    run_benchmark,
+    time_fn,
+)
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout
 from dreamer_dynamics.objective import sample_signal_and_step, shortcut_forcing_loss
 from dreamer_dynamics.parallelize import parallelize_model
@@ -28,9 +36,16 @@ def mfu_config(smoke: bool, compile_blocks: bool) -> DynamicsConfig:
     if smoke:
         return DynamicsConfig.debug(num_continuous_actions=0, num_discrete_actions=(17,))
     # ~150M parameters: Minecraft latent layout (512x16 packed to 256x32), width 1024, depth 12.
-    return DynamicsConfig.minecraft(dim=1024, depth=12, heads=16, kv_heads=4, context_length=64,
-                                    num_discrete_actions=(17,), activation_checkpointing=False,
-                                    compile_blocks=compile_blocks)
+    return DynamicsConfig.minecraft(
+        dim=1024,
+        depth=12,
+        heads=16,
+        kv_heads=4,
+        context_length=64,
+        num_discrete_actions=(17,),
+        activation_checkpointing=False,
+        compile_blocks=compile_blocks,
+    )
 
 
 def measure_mfu(args, device, dtype) -> dict:
@@ -58,10 +73,19 @@ def measure_mfu(args, device, dtype) -> dict:
     flops = (3 + 2 * rows) * forward_flops(config, batch, frames)["total"]
     achieved = flops / timing.best
     peak = matmul_peak(device, dtype, sizes=(256,) if args.smoke else (4096, 8192), repeat=3)
-    result = {"params": sum(p.numel() for p in model.parameters()), "batch": batch, "frames": frames,
-              "config": config_dict(config), "step_seconds_best": timing.best, "step_seconds_median": timing.median,
-              "step_flops": flops, "achieved_flops_per_s": achieved, "matmul_peak": peak,
-              "mfu_vs_measured_peak": achieved / peak["flops"], "peak_memory": memory}
+    result = {
+        "params": sum(p.numel() for p in model.parameters()),
+        "batch": batch,
+        "frames": frames,
+        "config": config_dict(config),
+        "step_seconds_best": timing.best,
+        "step_seconds_median": timing.median,
+        "step_flops": flops,
+        "achieved_flops_per_s": achieved,
+        "matmul_peak": peak,
+        "mfu_vs_measured_peak": achieved / peak["flops"],
+        "peak_memory": memory,
+    }
     if args.nominal_tflops:
         result["mfu_vs_nominal_peak"] = achieved / (args.nominal_tflops * 1e12)
     return result
@@ -77,18 +101,33 @@ def measure_rollout(args, device, dtype) -> dict:
     if dtype != torch.float32:
         model = model.to(dtype)  # inference weights in bf16: half the memory traffic
     context_frames, horizon = (2, 3) if args.smoke else (args.context_frames, args.horizon)
-    context = torch.randn(1, context_frames, config.latent_tokens, config.latent_dim, device=device, dtype=dtype)
+    context = torch.randn(
+        1, context_frames, config.latent_tokens, config.latent_dim, device=device, dtype=dtype
+    )
     acts = torch.randint(0, 17, (1, context_frames + horizon, 1), device=device)
 
     def generate():
-        rollout(model, context, horizon, actions_discrete=acts, num_steps=4,
-                generator=torch.Generator(device).manual_seed(0))
+        rollout(
+            model,
+            context,
+            horizon,
+            actions_discrete=acts,
+            num_steps=4,
+            generator=torch.Generator(device).manual_seed(0),
+        )
 
     timing = time_fn(generate, repeat=1 if args.smoke else 2, warmup=1, device=device)
-    return {"params": sum(p.numel() for p in model.parameters()), "config": config_dict(config),
-            "num_steps": 4, "context_frames": context_frames, "horizon": horizon, "batch": 1,
-            "seconds_best": timing.best, "frames_per_s": horizon / timing.best,
-            "paper_frames_per_s": 21.0}
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "config": config_dict(config),
+        "num_steps": 4,
+        "context_frames": context_frames,
+        "horizon": horizon,
+        "batch": 1,
+        "seconds_best": timing.best,
+        "frames_per_s": horizon / timing.best,
+        "paper_frames_per_s": 21.0,
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -99,8 +138,13 @@ def run(args: argparse.Namespace) -> dict:
     dtype = torch.float32 if args.smoke else torch.bfloat16
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    report = {"benchmark": "gpu", "machine": machine_info(device, threads), "smoke": args.smoke,
-              "dtype": str(dtype).split(".")[-1], "compile": args.compile}
+    report = {
+        "benchmark": "gpu",
+        "machine": machine_info(device, threads),
+        "smoke": args.smoke,
+        "dtype": str(dtype).split(".")[-1],
+        "compile": args.compile,
+    }
     report["mfu"] = measure_mfu(args, device, dtype)
     report["rollout"] = measure_rollout(args, device, dtype)
     return report
@@ -110,15 +154,21 @@ def print_report(report: dict) -> None:
     m, r = report["mfu"], report["rollout"]
     nominal = f", {m['mfu_vs_nominal_peak']:.1%} of nominal" if "mfu_vs_nominal_peak" in m else ""
     print(f"gpu ({report['machine'].get('gpu', report['machine']['device'])}, {report['dtype']}):")
-    print(f"  training step {m['params'] / 1e6:.0f}M params, {m['batch']}x{m['frames']} frames: "
-          f"{m['step_seconds_best']:.3f} s, {m['achieved_flops_per_s'] / 1e12:.2f} TFLOP/s = "
-          f"{m['mfu_vs_measured_peak']:.1%} of the measured matmul peak{nominal}")
-    print(f"  rollout {r['params'] / 1e9:.2f}B params, K=4: {r['frames_per_s']:.1f} frames/s "
-          f"(paper: {r['paper_frames_per_s']} at 2B on an H100)")
+    print(
+        f"  training step {m['params'] / 1e6:.0f}M params, {m['batch']}x{m['frames']} frames: "
+        f"{m['step_seconds_best']:.3f} s, {m['achieved_flops_per_s'] / 1e12:.2f} TFLOP/s = "
+        f"{m['mfu_vs_measured_peak']:.1%} of the measured matmul peak{nominal}"
+    )
+    print(
+        f"  rollout {r['params'] / 1e9:.2f}B params, K=4: {r['frames_per_s']:.1f} frames/s "
+        f"(paper: {r['paper_frames_per_s']} at 2B on an H100)"
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--batch", type=int, default=8)
@@ -126,7 +176,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--context-frames", type=int, default=8)
     parser.add_argument("--horizon", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--nominal-tflops", type=float, default=None, help="vendor dense bf16 peak (H100: 989)")
+    parser.add_argument(
+        "--nominal-tflops", type=float, default=None, help="vendor dense bf16 peak (H100: 989)"
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile every block")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--output", type=Path, default=None)

@@ -1,16 +1,18 @@
-"""Learning curves of the quickstart recipe and its ablations on the built-in world, scored with the energy score.
+"""Learning curves of the quickstart recipe and its ablations on the built-in world, scored with the energy
+score.
 
-Each variant is the README's quickstart (``lightning_configs/quickstart.yaml``) with a few CLI overrides, trained by
-the real ``dreamer-dynamics fit`` in a subprocess and validated every ``--val-every`` steps. The curve of a variant
-is its validation energy-score ratio (ES of K-step rollouts / ES of copying the last context frame; 0 is perfect)
-and object accuracy against the optimiser step and against training wall-clock (validation time excluded).
+Each variant is the README's quickstart (``lightning_configs/quickstart.yaml``) with a few CLI overrides,
+trained by the real ``dreamer-dynamics fit`` in a subprocess and validated every ``--val-every`` steps. The
+curve of a variant is its validation energy-score ratio (ES of K-step rollouts / ES of copying the last
+context frame; 0 is perfect) and object accuracy against the optimiser step and against training wall-clock
+(validation time excluded).
 
     python -m benchmarks.learning --variants recipe,paper_sampling  # two curves, ~15 min on 2 cores
     python -m benchmarks.learning --list                             # the variants and their overrides
     python -m benchmarks.learning --smoke                            # seconds: checks the logic only
 
-Variants run one after another by default; ``--parallel 2 --threads 1`` runs two at once on one thread each (the
-step curves are unaffected; wall-clock figures are then per thread).
+Variants run one after another by default; ``--parallel 2 --threads 1`` runs two at once on one thread each
+(the step curves are unaffected; wall-clock figures are then per thread).
 """
 
 from __future__ import annotations
@@ -33,26 +35,40 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "lightning_configs" / "qui
 # name -> CLI overrides of the quickstart config (the recipe is the config itself).
 VARIANTS: dict[str, list[str]] = {
     "recipe": [],
-    "paper_sampling": ["--model.d_min_share=null"],  # K uniform over the powers of two (1/5 of frames at d_min)
+    "paper_sampling": [
+        "--model.d_min_share=null"
+    ],  # K uniform over the powers of two (1/5 of frames at d_min)
     "no_bootstrap_warmup": ["--model.bootstrap_warmup_steps=0"],
     "image_rows_0.3": ["--model.image_row_share=0.3"],  # the paper's share of rows trained as images
     "no_zero_init": ["--model.model.zero_init_output=false"],
     "lr_1e-3": ["--model.optimizer.init_args.lr=0.001"],
     "not_standardized": ["--data.standardize=false"],
 }
-CURVE_KEYS = ("rollout_es_ratio_k1", "rollout_es_ratio_k4", "rollout_es_ratio_kmax", "object_accuracy_k4",
-              "flow_loss_tau0.00_0.25")
+CURVE_KEYS = (
+    "rollout_es_ratio_k1",
+    "rollout_es_ratio_k4",
+    "rollout_es_ratio_kmax",
+    "object_accuracy_k4",
+    "flow_loss_tau0.00_0.25",
+)
 
 
 def run_variant(name: str, overrides: list[str], args: argparse.Namespace, workdir: Path) -> dict:
     """Train one variant through the console script and read its curves back from TensorBoard."""
     out = workdir / name
     script = Path(sys.executable).with_name("dreamer-dynamics")
-    cmd = [str(script) if script.exists() else "dreamer-dynamics", "fit", f"--config={args.config}",
-           f"--trainer.max_steps={args.steps}", f"--trainer.val_check_interval={args.val_every}",
-           f"--trainer.default_root_dir={out}",
-           "--trainer.enable_progress_bar=false",
-           f"--model.val_rollout_batches={args.rollout_batches}", *args.extra, *overrides]
+    cmd = [
+        str(script) if script.exists() else "dreamer-dynamics",
+        "fit",
+        f"--config={args.config}",
+        f"--trainer.max_steps={args.steps}",
+        f"--trainer.val_check_interval={args.val_every}",
+        f"--trainer.default_root_dir={out}",
+        "--trainer.enable_progress_bar=false",
+        f"--model.val_rollout_batches={args.rollout_batches}",
+        *args.extra,
+        *overrides,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -62,23 +78,35 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, workd
     k_max = max(int(tag.rsplit("_k", 1)[1]) for tag in scalars if tag.startswith("val/rollout_es_ratio_k"))
     wall = training_seconds(scalars["train/loss_unnormalized"])
     curve = []
-    for step, _, value in scalars[f"val/rollout_es_ratio_k{k_max}"]:
+    for step, _, _ in scalars[f"val/rollout_es_ratio_k{k_max}"]:
         point = {"step": step + 1, "train_seconds": wall(step)}
         for key in CURVE_KEYS:
             tag = "val/" + key.replace("kmax", f"k{k_max}")
             point[key] = next((v for s, _, v in scalars.get(tag, []) if s == step), None)
         curve.append(point)
-    print(f"{name}: {args.steps} steps in {time.perf_counter() - start:.0f} s; final "
-          + ", ".join(f"{k} {v:.3f}" for k, v in curve[-1].items() if isinstance(v, float)), flush=True)
+    print(
+        f"{name}: {args.steps} steps in {time.perf_counter() - start:.0f} s; final "
+        + ", ".join(f"{k} {v:.3f}" for k, v in curve[-1].items() if isinstance(v, float)),
+        flush=True,
+    )
     return {"overrides": overrides, "k_max": k_max, "curve": curve}
 
 
 def run(args: argparse.Namespace) -> dict:
     if args.smoke:
         args.steps, args.val_every = 4, 2
-        args.extra = [*args.extra, "--data.short_batch_size=2", "--data.long_batch_size=1", "--data.val_batches=1",
-                      "--model.model.dim=16", "--model.model.depth=2", "--model.val_rollout_horizon=2",
-                      "--model.val_rollout_rows=2", "--model.model.k_max=4", "--trainer.log_every_n_steps=1"]
+        args.extra = [
+            *args.extra,
+            "--data.short_batch_size=2",
+            "--data.long_batch_size=1",
+            "--data.val_batches=1",
+            "--model.model.dim=16",
+            "--model.model.depth=2",
+            "--model.val_rollout_horizon=2",
+            "--model.val_rollout_rows=2",
+            "--model.model.k_max=4",
+            "--trainer.log_every_n_steps=1",
+        ]
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -90,8 +118,15 @@ def run(args: argparse.Namespace) -> dict:
             variants = {n: f.result() for n, f in futures.items()}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    report = {"benchmark": "learning", "steps": args.steps, "val_every": args.val_every, "threads": args.threads,
-              "parallel": args.parallel, "config": str(args.config), "variants": variants}
+    report = {
+        "benchmark": "learning",
+        "steps": args.steps,
+        "val_every": args.val_every,
+        "threads": args.threads,
+        "parallel": args.parallel,
+        "config": str(args.config),
+        "variants": variants,
+    }
     if args.plot:
         plot(report, args.plot)
     return report
@@ -132,12 +167,18 @@ def print_report(report: dict) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--variants", default="recipe,paper_sampling", help="comma-separated names (--list)")
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
-    parser.add_argument("--steps", type=int, default=1200, help="optimiser steps per variant (quickstart: 1200)")
+    parser.add_argument(
+        "--steps", type=int, default=1200, help="optimiser steps per variant (quickstart: 1200)"
+    )
     parser.add_argument("--val-every", type=int, default=200, help="steps between validations")
-    parser.add_argument("--rollout-batches", type=int, default=2, help="validation batches scored with rollouts")
+    parser.add_argument(
+        "--rollout-batches", type=int, default=2, help="validation batches scored with rollouts"
+    )
     parser.add_argument("--config", type=Path, default=QUICKSTART)
     parser.add_argument("--threads", type=int, default=2, help="torch threads per variant")
     parser.add_argument("--parallel", type=int, default=1, help="variants trained at once")

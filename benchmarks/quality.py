@@ -1,16 +1,19 @@
 """Rollout quality against the number of sampling steps K (the paper's Fig. 8) on the built-in world.
 
-Two models are trained by the quickstart recipe (``lightning_configs/quickstart.yaml``) for the same steps from the
-same initial weights, data order and noise stream: the **shortcut** model (the recipe) and a **flow-only** model
-(every frame at d_min, plain diffusion forcing: ``d_min_share=1``, no bootstrap term). Each then rolls out held-out
-episodes from ``val_context_frames`` context frames with K = 1, 2, 4, ..., K_max Euler steps per frame, several
-samples per context, scored with the energy score (``dreamer_dynamics.training.scores``; lower is better, 0 is
-perfect) next to the copy-last-frame baseline. The flow-only model never saw a step size other than d_min, so it is
-sampled with the d_min label at every K (what a diffusion-forcing model without shortcut conditioning does).
+Two models are trained by the quickstart recipe (``lightning_configs/quickstart.yaml``) for the same steps
+from the same initial weights, data order and noise stream: the **shortcut** model (the recipe) and a
+**flow-only** model (every frame at d_min, plain diffusion forcing: ``d_min_share=1``, no bootstrap term).
+Each then rolls out held-out episodes from ``val_context_frames`` context frames with K = 1, 2, 4, ..., K_max
+Euler steps per frame, several samples per context, scored with the energy score
+(``dreamer_dynamics.training.scores``; lower is better, 0 is perfect) next to the copy-last-frame baseline.
+The flow-only model never saw a step size other than d_min, so it is sampled with the d_min label at every K
+(what a diffusion-forcing model without shortcut conditioning does).
 
-Expectation (paper Fig. 8): the shortcut model at K = 4 is close to its K_max quality; the flow-only one is not.
+Expectation (paper Fig. 8): the shortcut model at K = 4 is close to its K_max quality; the flow-only one is
+not.
 
-    python -m benchmarks.quality                 # ~15 minutes on the 2-core machine (the quickstart's 1,200 steps)
+    # ~15 minutes on the 2-core machine (the quickstart's 1,200 steps)
+    python -m benchmarks.quality
     python -m benchmarks.quality --smoke         # seconds: checks the logic only
 """
 
@@ -19,8 +22,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -35,7 +38,8 @@ FLOW_ONLY = ["--model.d_min_share=1.0", "--model.bootstrap_warmup_steps=0"]
 
 
 class StepLabel(torch.nn.Module):
-    """The network with every step-size label replaced by ``d``: how a model trained at one step size is sampled."""
+    """The network with every step-size label replaced by ``d``: how a model trained at one step size is
+    sampled."""
 
     def __init__(self, model: torch.nn.Module, d: float) -> None:
         super().__init__()
@@ -51,10 +55,19 @@ class StepLabel(torch.nn.Module):
 def train(args: argparse.Namespace, overrides: list[str], root: Path) -> tuple[DynamicsModule, object, float]:
     """Fit one model through the real CLI stack (config, data links, callbacks); returns it in eval mode."""
     steps = [f"--trainer.max_steps={args.steps}"] if args.steps else []  # None: the config's max_steps
-    cli_args = [f"--config={args.config}", *steps, f"--trainer.default_root_dir={root}",
-                "--trainer.enable_progress_bar=false",
-                "--trainer.limit_val_batches=0", f"--data.val_batches={args.eval_batches}", *args.extra, *overrides]
-    with mock.patch.object(sys, "argv", sys.argv[:1]):  # LightningCLI reads only `args`, not this script's flags
+    cli_args = [
+        f"--config={args.config}",
+        *steps,
+        f"--trainer.default_root_dir={root}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.limit_val_batches=0",
+        f"--data.val_batches={args.eval_batches}",
+        *args.extra,
+        *overrides,
+    ]
+    with mock.patch.object(
+        sys, "argv", sys.argv[:1]
+    ):  # LightningCLI reads only `args`, not this script's flags
         cli = DynamicsCLI(args=cli_args, run=False)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -74,9 +87,18 @@ def evaluate(module: DynamicsModule, data, args: argparse.Namespace, flow_only: 
         context, target = z1[:, :ctx], z1[:, ctx:]
         horizon = target.shape[1]
         cond = {k: v.repeat(samples, *([1] * (v.dim() - 1))) for k, v in module.conditioning(batch).items()}
-        generated = {k: rollout(net, context.repeat(samples, 1, 1, 1), horizon, num_steps=k,
-                                context_noise=module.hparams.context_noise, generator=generator,
-                                **cond).view(samples, *target.shape) for k in steps}  # K -> (S, B, H, N, D)
+        generated = {
+            k: rollout(
+                net,
+                context.repeat(samples, 1, 1, 1),
+                horizon,
+                num_steps=k,
+                context_noise=module.hparams.context_noise,
+                generator=generator,
+                **cond,
+            ).view(samples, *target.shape)
+            for k in steps
+        }  # K -> (S, B, H, N, D)
         scores.update(*module.score_units(context, target, generated), module.object_hits(generated, target))
     return {name: float(value) for name, value in scores.compute().items()}
 
@@ -85,23 +107,44 @@ def run(args: argparse.Namespace) -> dict:
     threads = pin_threads(args.threads)
     if args.smoke:
         args.steps, args.eval_batches, args.samples = 3, 1, 2
-        args.extra = [*args.extra, "--data.short_batch_size=2", "--data.long_batch_size=1", "--data.val_batch_size=2",
-                      "--model.model.dim=16", "--model.model.depth=2", "--model.model.k_max=4",
-                      "--model.model.zero_init_output=false"]  # untrained outputs must depend on K
-    report = {"benchmark": "quality", "machine": machine_info(torch.device("cpu"), threads), "smoke": args.smoke,
-              "steps": args.steps, "samples": args.samples, "config": str(args.config), "extra": args.extra,
-              "models": {}}
+        args.extra = [
+            *args.extra,
+            "--data.short_batch_size=2",
+            "--data.long_batch_size=1",
+            "--data.val_batch_size=2",
+            "--model.model.dim=16",
+            "--model.model.depth=2",
+            "--model.model.k_max=4",
+            "--model.model.zero_init_output=false",
+        ]  # untrained outputs must depend on K
+    report = {
+        "benchmark": "quality",
+        "machine": machine_info(torch.device("cpu"), threads),
+        "smoke": args.smoke,
+        "steps": args.steps,
+        "samples": args.samples,
+        "config": str(args.config),
+        "extra": args.extra,
+        "models": {},
+    }
     root = args.workdir
     for name, overrides in (("shortcut", []), ("flow_only", FLOW_ONLY)):
         module, data, seconds = train(args, overrides, root / name)
         start = time.perf_counter()
         scores = evaluate(module, data, args, flow_only=name == "flow_only")
         report["steps"] = module.global_step
-        report["models"][name] = {"overrides": overrides, "train_seconds": seconds,
-                                  "eval_seconds": time.perf_counter() - start, "k_max": module.config.k_max,
-                                  "scores": scores}
-        print(f"{name}: {module.global_step} steps in {seconds:.0f} s; ES ratio "
-              + ", ".join(f"{k}: {v:.3f}" for k, v in scores.items() if k.startswith("es_ratio")), flush=True)
+        report["models"][name] = {
+            "overrides": overrides,
+            "train_seconds": seconds,
+            "eval_seconds": time.perf_counter() - start,
+            "k_max": module.config.k_max,
+            "scores": scores,
+        }
+        print(
+            f"{name}: {module.global_step} steps in {seconds:.0f} s; ES ratio "
+            + ", ".join(f"{k}: {v:.3f}" for k, v in scores.items() if k.startswith("es_ratio")),
+            flush=True,
+        )
     report["summary"] = summary(report)
     if args.plot:
         plot(report, args.plot)
@@ -125,7 +168,7 @@ def plot(report: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for name, model in report["models"].items():
-        ks = sorted(int(k[len("es_ratio_k"):]) for k in model["scores"] if k.startswith("es_ratio_k"))
+        ks = sorted(int(k[len("es_ratio_k") :]) for k in model["scores"] if k.startswith("es_ratio_k"))
         ax.plot(ks, [model["scores"][f"es_ratio_k{k}"] for k in ks], marker="o", label=name)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sampling steps K per frame")
@@ -138,21 +181,32 @@ def plot(report: dict, path: Path) -> None:
 
 
 def print_report(report: dict) -> None:
-    print(f"quality: {report['steps']} steps per model, {report['samples']} samples per context "
-          "(energy score of the rollouts / ES of copy-last; lower is better)")
+    print(
+        f"quality: {report['steps']} steps per model, {report['samples']} samples per context "
+        "(energy score of the rollouts / ES of copy-last; lower is better)"
+    )
     for name, model in report["models"].items():
         s = model["scores"]
-        ks = sorted(int(k[len("es_ratio_k"):]) for k in s if k.startswith("es_ratio_k"))
-        print(f"{name:>10}: " + "  ".join(f"K={k}: {s[f'es_ratio_k{k}']:.3f}" for k in ks)
-              + (f"  object acc K=4: {s['object_accuracy_k4']:.2f}" if "object_accuracy_k4" in s else ""))
+        ks = sorted(int(k[len("es_ratio_k") :]) for k in s if k.startswith("es_ratio_k"))
+        print(
+            f"{name:>10}: "
+            + "  ".join(f"K={k}: {s[f'es_ratio_k{k}']:.3f}" for k in ks)
+            + (f"  object acc K=4: {s['object_accuracy_k4']:.2f}" if "object_accuracy_k4" in s else "")
+        )
     print("summary:", {k: round(v, 3) for k, v in report["summary"].items() if v is not None})
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=None, help="training steps per model (default: the config's)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps per model (default: the config's)"
+    )
     parser.add_argument("--samples", type=int, default=4, help="rollout samples per context (energy score)")
-    parser.add_argument("--eval-batches", type=int, default=4, help="held-out batches of val_batch_size windows")
+    parser.add_argument(
+        "--eval-batches", type=int, default=4, help="held-out batches of val_batch_size windows"
+    )
     parser.add_argument("--config", type=Path, default=QUICKSTART)
     parser.add_argument("--extra", nargs="*", default=[], help="more CLI overrides for both models")
     parser.add_argument("--threads", type=int, default=2)

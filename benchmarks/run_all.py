@@ -30,13 +30,20 @@ def benchmark_argv(name: str, args: argparse.Namespace, output: Path) -> list:
     if name == "rollout_speed":  # debug-size model, with and without the cache, horizons 16/64/256
         return argv + threads + (["--smoke"] if args.smoke else [])
     if name == "rollout_speed_quickstart":  # the train_step model size, cached only beyond horizon 16
-        return argv + threads + ["--config", "medium", "--context-length", "64", "--max-uncached-horizon",
-                                 "16"] + (["--smoke"] if args.smoke else [])
+        return (
+            argv
+            + threads
+            + ["--config", "medium", "--context-length", "64", "--max-uncached-horizon", "16"]
+            + (["--smoke"] if args.smoke else [])
+        )
     if name == "scaling":
         return argv + threads + (["--smoke", "--repeat", "1"] if args.smoke else [])
     if name == "quality":
-        return argv + ["--threads", str(args.quality_threads)] + (
-            ["--smoke"] if args.smoke else ["--steps", str(args.quality_steps)])
+        return (
+            argv
+            + ["--threads", str(args.quality_threads)]
+            + (["--smoke"] if args.smoke else ["--steps", str(args.quality_steps)])
+        )
     if name == "gpu":
         return argv + (["--smoke"] if args.smoke else ["--nominal-tflops", str(args.nominal_tflops)])
     raise ValueError(name)
@@ -53,20 +60,46 @@ def summary_rows(reports: dict) -> list:
             label = f"{name} {f['batch']}x{f['frames']}"
             rows += [
                 ("train_step", f"{label} shortcut step s", f"{f['seconds_best']['shortcut_step']:.3f}", ""),
-                ("train_step", f"{label} latent tokens/s", f"{f['shortcut_step_latent_tokens_per_s']:.0f}", ""),
-                ("train_step", f"{label} achieved / peak", f"{f['shortcut_step_fraction_of_peak']:.1%}",
-                 ">= 40%" if name == "short" else ""),
+                (
+                    "train_step",
+                    f"{label} latent tokens/s",
+                    f"{f['shortcut_step_latent_tokens_per_s']:.0f}",
+                    "",
+                ),
+                (
+                    "train_step",
+                    f"{label} achieved / peak",
+                    f"{f['shortcut_step_fraction_of_peak']:.1%}",
+                    ">= 40%" if name == "short" else "",
+                ),
                 ("train_step", f"{label} shortcut / flow-only", f"{f['shortcut_over_flow']:.2f}", "<= 1.7"),
                 ("train_step", f"{label} teacher / student", f"{f['teacher_over_student']:.2f}", "<= 0.7"),
-                ("train_step", f"{label} peak memory MiB", f"{f['peak_memory']['peak_bytes'] / 2**20:.0f}", ""),
+                (
+                    "train_step",
+                    f"{label} peak memory MiB",
+                    f"{f['peak_memory']['peak_bytes'] / 2**20:.0f}",
+                    "",
+                ),
             ]
     for key in ("rollout_speed", "rollout_speed_quickstart"):
         for res in reports.get(key, {}).get("results", []):
-            rows.append((key, f"H={res['horizon']} cache {'on' if res['use_cache'] else 'off'} frames/s",
-                         f"{res['frames_per_s']:.1f}", ""))
+            rows.append(
+                (
+                    key,
+                    f"H={res['horizon']} cache {'on' if res['use_cache'] else 'off'} frames/s",
+                    f"{res['frames_per_s']:.1f}",
+                    "",
+                )
+            )
     for row in reports.get("scaling", {}).get("rows", []):
-        rows.append(("scaling", f"T={row['T']} B={row['batch']} windowed / full (rel. to first T)",
-                     f"{row['windowed_relative']:.2f} / {row['full_relative']:.2f}", ""))
+        rows.append(
+            (
+                "scaling",
+                f"T={row['T']} B={row['batch']} windowed / full (rel. to first T)",
+                f"{row['windowed_relative']:.2f} / {row['full_relative']:.2f}",
+                "",
+            )
+        )
     if "quality" in reports:
         for name, m in reports["quality"]["models"].items():
             s = m["scores"]
@@ -76,27 +109,47 @@ def summary_rows(reports: dict) -> list:
     if "gpu" in reports:
         g = reports["gpu"]
         rows.append(("gpu", "bf16 MFU vs measured peak", f"{g['mfu']['mfu_vs_measured_peak']:.1%}", ""))
-        rows.append(("gpu", "minecraft rollout K=4 frames/s", f"{g['rollout']['frames_per_s']:.1f}", "paper 21"))
+        rows.append(
+            ("gpu", "minecraft rollout K=4 frames/s", f"{g['rollout']['frames_per_s']:.1f}", "paper 21")
+        )
     return rows
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads of the timing benchmarks (1: two OpenMP threads on a shared machine "
-                             "swing timings up to 3x)")
-    parser.add_argument("--quality-threads", type=int, default=1,
-                        help="CPU threads of the quality training (1: on the shared 2-core machine 2 threads "
-                             "trained 3x slower per step)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads of the timing benchmarks (1: two OpenMP threads on a shared machine "
+        "swing timings up to 3x)",
+    )
+    parser.add_argument(
+        "--quality-threads",
+        type=int,
+        default=1,
+        help="CPU threads of the quality training (1: on the shared 2-core machine 2 threads "
+        "trained 3x slower per step)",
+    )
     parser.add_argument("--skip", nargs="*", default=[], choices=BENCHMARKS)
     parser.add_argument("--gpu", action="store_true", help="also run benchmarks/gpu.py (needs CUDA)")
     parser.add_argument("--quality-steps", type=int, default=300)
     parser.add_argument("--nominal-tflops", type=float, default=989.0, help="GPU dense bf16 peak (H100: 989)")
-    parser.add_argument("--smoke", action="store_true", help="every benchmark's smallest mode (gpu.py on CPU)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="every benchmark's smallest mode (gpu.py on CPU)"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
-    modules = {"train_step": train_step, "rollout_speed": rollout_speed, "rollout_speed_quickstart": rollout_speed,
-               "scaling": scaling, "quality": quality, "gpu": gpu}
+    modules = {
+        "train_step": train_step,
+        "rollout_speed": rollout_speed,
+        "rollout_speed_quickstart": rollout_speed,
+        "scaling": scaling,
+        "quality": quality,
+        "gpu": gpu,
+    }
     selected = [n for n in BENCHMARKS if n not in args.skip and (n != "gpu" or args.gpu or args.smoke)]
     reports, seconds = {}, {}
     for name in selected:
@@ -110,8 +163,13 @@ def main(argv=None) -> dict:
     for bench, figure, value, target in rows:
         print(f"{bench:<25} {figure:<{width}} {value:>30} {target}")
     machine = next((r["machine"] for r in reports.values() if "machine" in r), None)
-    summary = {"benchmark": "summary", "machine": machine, "seconds": seconds, "smoke": args.smoke,
-               "rows": [dict(zip(("benchmark", "figure", "value", "target"), r)) for r in rows]}
+    summary = {
+        "benchmark": "summary",
+        "machine": machine,
+        "seconds": seconds,
+        "smoke": args.smoke,
+        "rows": [dict(zip(("benchmark", "figure", "value", "target"), r)) for r in rows],
+    }
     print("wrote", write_report("summary", summary, args.results / "summary.json"))
     return summary
 

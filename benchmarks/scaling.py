@@ -19,18 +19,34 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (config_dict, forward_flops, machine_info, medium_config, pin_threads,
-                               run_benchmark, time_interleaved)
+from benchmarks.common import (
+    config_dict,
+    forward_flops,
+    machine_info,
+    medium_config,
+    pin_threads,
+    run_benchmark,
+    time_interleaved,
+)
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 
 
 def scaling_config(smoke: bool, context_length: int) -> DynamicsConfig:
     if smoke:
-        return DynamicsConfig.debug(num_continuous_actions=0, num_discrete_actions=(5,),
-                                    context_length=context_length)
-    return medium_config(latent_tokens=16, latent_dim=32, num_discrete_actions=(5,), dim=128,
-                         depth=4, heads=2, kv_heads=1, time_every=2,
-                         context_length=context_length)
+        return DynamicsConfig.debug(
+            num_continuous_actions=0, num_discrete_actions=(5,), context_length=context_length
+        )
+    return medium_config(
+        latent_tokens=16,
+        latent_dim=32,
+        num_discrete_actions=(5,),
+        dim=128,
+        depth=4,
+        heads=2,
+        kv_heads=1,
+        time_every=2,
+        context_length=context_length,
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -59,45 +75,74 @@ def run(args: argparse.Namespace) -> dict:
             def call():
                 model(z, tau, d, actions_discrete=acts).square().mean().backward()
                 model.zero_grad(set_to_none=True)
+
             return call
 
-        timings = time_interleaved({"windowed": fwd_bwd(windowed), "full": fwd_bwd(full)},
-                                   repeat=args.repeat, warmup=1)
+        timings = time_interleaved(
+            {"windowed": fwd_bwd(windowed), "full": fwd_bwd(full)}, repeat=args.repeat, warmup=1
+        )
         flops_w, flops_f = forward_flops(windowed_cfg, b, t), forward_flops(full_cfg, b, t)
-        rows.append({"T": t, "batch": b, "seconds_windowed": timings["windowed"].best,
-                     "seconds_full": timings["full"].best,
-                     "attention_time_flops_dense": flops_w["attention_time_dense"],
-                     "attention_time_flops_windowed": flops_w["attention_time_windowed"],
-                     "attention_time_flops_full_causal": flops_f["attention_time_windowed"],
-                     "matmul_flops": flops_w["matmul"]})
+        rows.append(
+            {
+                "T": t,
+                "batch": b,
+                "seconds_windowed": timings["windowed"].best,
+                "seconds_full": timings["full"].best,
+                "attention_time_flops_dense": flops_w["attention_time_dense"],
+                "attention_time_flops_windowed": flops_w["attention_time_windowed"],
+                "attention_time_flops_full_causal": flops_f["attention_time_windowed"],
+                "matmul_flops": flops_w["matmul"],
+            }
+        )
     base = rows[0]["seconds_windowed"]
     for row in rows:
         row["windowed_relative"] = row["seconds_windowed"] / base
         row["full_relative"] = row["seconds_full"] / rows[0]["seconds_full"]
-    return {"benchmark": "scaling", "machine": machine_info(torch.device("cpu"), threads), "smoke": args.smoke,
-            "frames_per_batch": frames_per_batch, "context_length": window,
-            "config": config_dict(windowed_cfg), "rows": rows}
+    return {
+        "benchmark": "scaling",
+        "machine": machine_info(torch.device("cpu"), threads),
+        "smoke": args.smoke,
+        "frames_per_batch": frames_per_batch,
+        "context_length": window,
+        "config": config_dict(windowed_cfg),
+        "rows": rows,
+    }
 
 
 def print_report(report: dict) -> None:
-    print(f"scaling: {report['frames_per_batch']} frames per batch, window C = {report['context_length']}, "
-          f"{report['machine']['threads']} threads (fwd+bwd, best)")
-    print(f"{'T':>5} {'B':>4} {'window s':>9} {'rel':>6} {'full s':>8} {'rel':>6} "
-          f"{'time-attn GF dense':>19} {'windowed':>9} {'matmul GF':>10}")
+    print(
+        f"scaling: {report['frames_per_batch']} frames per batch, window C = {report['context_length']}, "
+        f"{report['machine']['threads']} threads (fwd+bwd, best)"
+    )
+    print(
+        f"{'T':>5} {'B':>4} {'window s':>9} {'rel':>6} {'full s':>8} {'rel':>6} "
+        f"{'time-attn GF dense':>19} {'windowed':>9} {'matmul GF':>10}"
+    )
     for r in report["rows"]:
-        print(f"{r['T']:5d} {r['batch']:4d} {r['seconds_windowed']:9.3f} {r['windowed_relative']:6.2f} "
-              f"{r['seconds_full']:8.3f} {r['full_relative']:6.2f} "
-              f"{r['attention_time_flops_dense'] / 1e9:19.3f} "
-              f"{r['attention_time_flops_windowed'] / 1e9:9.3f} {r['matmul_flops'] / 1e9:10.2f}")
+        print(
+            f"{r['T']:5d} {r['batch']:4d} {r['seconds_windowed']:9.3f} {r['windowed_relative']:6.2f} "
+            f"{r['seconds_full']:8.3f} {r['full_relative']:6.2f} "
+            f"{r['attention_time_flops_dense'] / 1e9:19.3f} "
+            f"{r['attention_time_flops_windowed'] / 1e9:9.3f} {r['matmul_flops'] / 1e9:10.2f}"
+        )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: stable timings on a shared machine)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (1: stable timings on a shared machine)"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--context-length", type=int, default=16, help="window C of the windowed variant")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[16, 32, 64, 128, 256],
-                        help="sequence lengths T; the largest sets the frames per batch")
+    parser.add_argument(
+        "--lengths",
+        type=int,
+        nargs="+",
+        default=[16, 32, 64, 128, 256],
+        help="sequence lengths T; the largest sets the frames per batch",
+    )
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--output", type=Path, default=None)
     return parser.parse_args(argv)

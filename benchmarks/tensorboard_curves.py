@@ -1,10 +1,10 @@
-"""Curves read back from a run's TensorBoard event files (what a user sees in TensorBoard, no extra logging)."""
+"""Curves read back from a run's TensorBoard event files (what a user sees in TensorBoard, nothing extra).
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -18,20 +18,25 @@ def read_scalars(root: Path) -> Scalars:
         raise FileNotFoundError(f"no TensorBoard event file under {root}")
     events = EventAccumulator(str(files[-1]), size_guidance={"scalars": 0})
     events.Reload()
-    return {tag: [(e.step, e.wall_time, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return {
+        tag: [(e.step, e.wall_time, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
 
 
 def training_seconds(train_events: list[tuple[int, float, float]]) -> Callable[[int], float]:
     """step -> wall-clock seconds spent training up to that step, validation pauses excluded.
 
-    Training events come every ``log_every_n_steps``; a gap much longer than the typical one holds a validation,
+    Training events come every ``log_every_n_steps``; a gap much longer than the typical one holds a
+    validation,
     and counts as one typical gap. The time before the first event is extrapolated from the typical step time.
     """
     steps = [s for s, _, _ in train_events]
     times = [t for _, t, _ in train_events]
     if len(steps) < 2:
         return lambda step: 0.0
-    per_step = [(t1 - t0) / (s1 - s0) for s0, s1, t0, t1 in zip(steps, steps[1:], times, times[1:]) if s1 > s0]
+    per_step = [
+        (t1 - t0) / (s1 - s0) for s0, s1, t0, t1 in zip(steps, steps[1:], times, times[1:]) if s1 > s0
+    ]
     typical = statistics.median(per_step)
     elapsed = [steps[0] * typical]
     for s0, s1, t0, t1 in zip(steps, steps[1:], times, times[1:]):

@@ -54,12 +54,19 @@ def read_checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
             fingerprint = value["dataset_fingerprint"]
             break
     model = (checkpoint.get("hyper_parameters") or {}).get("model")
-    return {"model": model if isinstance(model, dict) else None, "fingerprint": fingerprint,
-            "data": checkpoint.get("datamodule_hyper_parameters")}
+    return {
+        "model": model if isinstance(model, dict) else None,
+        "fingerprint": fingerprint,
+        "data": checkpoint.get("datamodule_hyper_parameters"),
+    }
 
 
-def check_spec(checkpoint: str | os.PathLike, model: Optional[dict], data_root: str | os.PathLike,
-               data_spec: dict[str, Any]) -> None:
+def check_spec(
+    checkpoint: str | os.PathLike,
+    model: Optional[dict],
+    data_root: str | os.PathLike,
+    data_spec: dict[str, Any],
+) -> None:
     """ConfigError naming both sides when the network in ``checkpoint`` was built for other data."""
     if model is None:
         return

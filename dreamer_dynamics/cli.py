@@ -63,10 +63,18 @@ USER_ERRORS = (DatasetError, ConfigError)  # printed as one line, exit 1
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # resolved by Lightning itself
 # DynamicsModule settings that change evaluation only, never the weights: with --ckpt_path, Lightning replaces
 # the whole model config by the checkpoint's hyper-parameters; these keep the values of this command line.
-EVALUATION_SETTINGS = ("rollout_steps", "context_noise", "val_rollout_steps", "val_context_frames",
-                       "val_rollout_horizon", "val_rollout_batches", "val_rollout_rows", "val_rollout_samples",
-                       "num_tau_buckets",
-                       "predict_horizon")
+EVALUATION_SETTINGS = (
+    "rollout_steps",
+    "context_noise",
+    "val_rollout_steps",
+    "val_context_frames",
+    "val_rollout_horizon",
+    "val_rollout_batches",
+    "val_rollout_rows",
+    "val_rollout_samples",
+    "num_tau_buckets",
+    "predict_horizon",
+)
 
 # DataModule settings that describe this machine or this run's input, never adopted from a checkpoint
 NOT_ADOPTED = ("root", "toy", "cache_dir", "num_workers", "pin_memory", "predict_context")
@@ -74,8 +82,11 @@ NOT_ADOPTED = ("root", "toy", "cache_dir", "num_workers", "pin_memory", "predict
 
 def signature_defaults(cls: type) -> dict[str, Any]:
     """{argument: default} of ``cls.__init__`` (arguments without a default are left out)."""
-    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+    return {
+        name: p.default
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 class WeightsOnlyParser(LightningArgumentParser):
@@ -99,8 +110,9 @@ class DynamicsCLI(LightningCLI):
     Use it with a subclass of ``DynamicsModule`` from your own script: ``DynamicsCLI(MyModule)``.
     """
 
-    def __init__(self, model_class: Any = DynamicsModule, datamodule_class: Any = DynamicsDataModule,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, model_class: Any = DynamicsModule, datamodule_class: Any = DynamicsDataModule, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_class", WeightsOnlyParser)
         kwargs.setdefault("auto_configure_optimizers", False)  # one optimiser setting: model.optimizer
@@ -122,8 +134,10 @@ class DynamicsCLI(LightningCLI):
             model = self.config[subcommand].get("model")
             defaults = signature_defaults(self.model_class or DynamicsModule)
             self._evaluation_settings = {  # those this command line (or its config) sets
-                k: model[k] for k in EVALUATION_SETTINGS
-                if isinstance(model, Namespace) and k in model and k in defaults and model[k] != defaults[k]}
+                k: model[k]
+                for k in EVALUATION_SETTINGS
+                if isinstance(model, Namespace) and k in model and k in defaults and model[k] != defaults[k]
+            }
 
     def reconcile_checkpoint(self, subcommand: str, config: Namespace) -> None:
         """Resolve ``last``; take the recorded dataset when no ``--data.root`` is given; refuse a dataset the

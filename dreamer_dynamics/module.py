@@ -2,7 +2,8 @@
 
 Convention (docs/design.md §2): signal level tau = 0 is pure noise, tau = 1 is clean data.
 
-One training step (docs/design.md §3): draw per-frame (tau, d) and the image rows, compute the shortcut-forcing loss,
+One training step (docs/design.md §3): draw per-frame (tau, d) and the image rows, compute the
+shortcut-forcing loss,
 divide every named term (``shortcut`` = flow + bootstrap, plus any extra terms) by its running RMS
 (``LossNormalizer``, paper Sec. 3) and sum. Every random draw goes
 through the module's own ``torch.Generator`` (stored in checkpoints), so a resumed run repeats an
@@ -11,7 +12,8 @@ uninterrupted one bit for bit. Subclasses change one piece by overriding a hook:
 =========================================  ==========================================================
 hook                                       default
 =========================================  ==========================================================
-``sample_signal_and_step(batch)``          per-frame (tau, d), ``sample_signal_and_step`` (docs/design.md §3.1-2)
+``sample_signal_and_step(batch)``          per-frame (tau, d), ``sample_signal_and_step`` (docs/design.md
+§3.1-2)
 ``sample_image_rows(batch)``               ``image_row_share`` of the rows trained as images (§3.8)
 ``sample_noise(batch)``                    z0 ~ N(0, I) like the latents
 ``conditioning(batch)``                    the batch's ``actions_discrete`` / ``actions_continuous``
@@ -44,8 +46,8 @@ from dreamer_dynamics.objective import (
 )
 from dreamer_dynamics.parallelize import clip_gradients, parallelize_model, total_grad_norm
 from dreamer_dynamics.training.ema import averaged_model, averaging_started
-from dreamer_dynamics.training.metrics import ValidationMetrics
 from dreamer_dynamics.training.evaluation import EvaluationMixin
+from dreamer_dynamics.training.metrics import ValidationMetrics
 from dreamer_dynamics.training.optim import WarmupCosineLR, default_optimizer, parameter_groups
 from dreamer_dynamics.training.rng import (
     collect_global_rng_state,
@@ -72,14 +74,16 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
             bootstrap targets of a random network carry no information, and flow-only steps skip the teacher.
         normalize_losses: divide each loss term by its running RMS (paper Sec. 3); False logs the RMS only.
         normalize_shortcut_terms_separately: False (default) normalises the shortcut-forcing loss as ONE term
-            ``shortcut`` = flow + bootstrap, keeping the frame-count weighting of docs/design.md §3.6 between them;
+            ``shortcut`` = flow + bootstrap, keeping the frame-count weighting of docs/design.md §3.6 between
+            them;
             True divides ``flow`` and ``bootstrap`` by their own RMS. The bootstrap term starts ~100x smaller
             than the flow term (teacher and student agree early), so separate normalisation multiplies its
             gradient by ~100 relative to Eq. 8 and, on the quickstart, stopped the flow loss from falling.
         loss_norm_decay: EMA decay of the running mean square of each term.
         ema_teacher: bootstrap targets from the EMA weights of an ``EMAWeightAveraging`` callback instead of
             the online weights (paper: online weights, docs/design.md §3.10).
-        context_noise: noise amount of context frames in rollouts (tau_ctx = 1 - 0.1 on the grid, docs/design.md §5).
+        context_noise: noise amount of context frames in rollouts (tau_ctx = 1 - 0.1 on the grid,
+        docs/design.md §5).
         rollout_steps: default K of ``rollout`` / ``predict`` (paper: 4).
         val_rollout_steps: K values whose rollouts are scored; None = [1, 2, 4, k_max].
         val_rollout_samples: rollout samples per context for the energy score (>= 2; training/scores.py).
@@ -131,7 +135,9 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         if not 0.0 <= image_row_share <= 1.0:
             raise ConfigError(f"DynamicsModule: image_row_share must be in [0, 1], got {image_row_share}")
         if val_rollout_samples < 2:
-            raise ConfigError(f"DynamicsModule: val_rollout_samples must be >= 2 (energy score), got {val_rollout_samples}")
+            raise ConfigError(
+                f"DynamicsModule: val_rollout_samples must be >= 2 (energy score), got {val_rollout_samples}"
+            )
         if val_context_frames < 1:
             raise ConfigError(f"DynamicsModule: val_context_frames must be >= 1, got {val_context_frames}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -166,8 +172,9 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
             return torch.zeros(dim), torch.ones(dim)
         mean, std = standardization(stats)
         if mean.shape != (dim,) or std.shape != (dim,):
-            raise ValueError(f"DynamicsModule: latent_stats have {mean.shape[0]} channels, the model's "
-                             f"latent_dim is {dim}")
+            raise ValueError(
+                f"DynamicsModule: latent_stats have {mean.shape[0]} channels, the model's latent_dim is {dim}"
+            )
         return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
 
     def standardize(self, z: Tensor) -> Tensor:
@@ -222,14 +229,19 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         if generator is None and self.global_step < self.hparams.bootstrap_warmup_steps:
             share = 1.0  # training during the bootstrap warm-up: flow term only
         return sample_signal_and_step(
-            b, t, self.config.k_max, generator=generator or self.noise_generator, d_min_share=share,
+            b,
+            t,
+            self.config.k_max,
+            generator=generator or self.noise_generator,
+            d_min_share=share,
             device=self.device,
         )
 
     def sample_image_rows(
         self, batch: dict[str, Tensor], generator: Optional[torch.Generator] = None
     ) -> Optional[Tensor]:
-        """Bool [B]: rows trained as independent images, without attention across time (docs/design.md §3.8)."""
+        """Bool [B]: rows trained as independent images, without attention across time (docs/design.md
+        §3.8)."""
         generator = generator or self.noise_generator
         b = batch["latents"].shape[0]
         u = torch.rand(b, generator=generator, device=generator.device)
@@ -258,8 +270,14 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         z1 = batch["latents"]  # (B, T, N_b, D_b)
         tau, d = self.sample_signal_and_step(batch)  # (B, T) each
         output = shortcut_forcing_loss(
-            self.model, z1, tau, d, d_min=self.d_min, z0=self.sample_noise(batch),
-            teacher=self.teacher_model(), image_rows=self.sample_image_rows(batch),
+            self.model,
+            z1,
+            tau,
+            d,
+            d_min=self.d_min,
+            z0=self.sample_noise(batch),
+            teacher=self.teacher_model(),
+            image_rows=self.sample_image_rows(batch),
             **self.conditioning(batch),
         )
         if self.hparams.normalize_shortcut_terms_separately:
@@ -274,8 +292,10 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         normalized = self.loss_normalizer(terms)
         loss = torch.stack(list(normalized.values())).sum()
 
-        logs = {"train/loss": loss.detach(), "train/loss_unnormalized": output.loss.detach() + sum(
-            v.detach() for v in extra.values())}
+        logs = {
+            "train/loss": loss.detach(),
+            "train/loss_unnormalized": output.loss.detach() + sum(v.detach() for v in extra.values()),
+        }
         logs.update({f"train/{name}": value.detach() for name, value in output.terms.items()})
         for name, value in terms.items():
             logs[f"train/{name}"] = value.detach()
@@ -284,8 +304,14 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
             logs["train/lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=z1.shape[0])
         # progress bar: the unnormalised loss (the normalised one is ~1 by design, docs/design.md §3.9)
-        self.log("loss", logs["train/loss_unnormalized"], prog_bar=True, logger=False, on_step=True,
-                 batch_size=z1.shape[0])
+        self.log(
+            "loss",
+            logs["train/loss_unnormalized"],
+            prog_bar=True,
+            logger=False,
+            on_step=True,
+            batch_size=z1.shape[0],
+        )
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -320,11 +346,15 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
             teacher = averaged_model(callback).module.model
             if next(teacher.parameters()).device != self.device:
                 where = next(teacher.parameters()).device
-                raise RuntimeError(f"ema_teacher=True: the EMA weights live on {where}, training on "
-                                   f"{self.device}; set the EMA callback's `device` to the training device")
+                raise RuntimeError(
+                    f"ema_teacher=True: the EMA weights live on {where}, training on "
+                    f"{self.device}; set the EMA callback's `device` to the training device"
+                )
             return teacher
-        raise RuntimeError("ema_teacher=True needs an EMA callback (dreamer_dynamics.training.EMA or "
-                           "lightning.pytorch.callbacks.EMAWeightAveraging) in trainer.callbacks")
+        raise RuntimeError(
+            "ema_teacher=True needs an EMA callback (dreamer_dynamics.training.EMA or "
+            "lightning.pytorch.callbacks.EMAWeightAveraging) in trainer.callbacks"
+        )
 
     def configure_model(self) -> None:
         """The config's activation checkpointing and per-block compile, and FSDP2 sharding (every block its
@@ -333,8 +363,10 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         parallelize_model(self.model, mesh=self.device_mesh)
 
     def __getstate__(self) -> dict[str, Any]:
-        # Lightning's EMAWeightAveraging deep-copies the module; the jsonargparse optimiser/scheduler factories
-        # reference the CLI parser -> Trainer -> launcher (process handles), which cannot be copied and are not
+        # Lightning's EMAWeightAveraging deep-copies the module; the jsonargparse optimiser/scheduler
+        # factories
+        # reference the CLI parser -> Trainer -> launcher (process handles), which cannot be copied and are
+        # not
         # needed by an averaged copy.
         state = super().__getstate__()
         state["optimizer_factory"] = state["scheduler_factory"] = None
@@ -384,8 +416,10 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         # writes it), restored on the same rank (docs/training.md, "Exact resume"). Everything stored is a
         # tensor, dict, list, number or string: torch.load(weights_only=True) safe.
         state = self._noise_generator.get_state() if self._noise_generator is not None else None
-        local = {"noise_generator": state if state is not None else self._pending_generator_state,
-                 **collect_global_rng_state()}
+        local = {
+            "noise_generator": state if state is not None else self._pending_generator_state,
+            **collect_global_rng_state(),
+        }
         per_rank = gather_from_ranks(local)
         checkpoint["dreamer_dynamics_rng"] = {"world_size": len(per_rank), "ranks": per_rank}
         hparams = checkpoint.get("hyper_parameters")
@@ -410,10 +444,12 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
             sequence = np.random.SeedSequence([self._noise_base_seed(), rank, step])
             seed = sequence.generate_state(1, np.uint64)[0]
             self._pending_generator_state = int(seed) % 2**63  # a seed: valid for a generator on any device
-            rank_zero_warn(f"the checkpoint holds the random state of {len(ranks)} ranks, this run has "
-                           f"{world}: each rank's noise stream is re-derived from (noise_seed, rank, global "
-                           "step), so the resumed run is reproducible but does not repeat the saved run "
-                           "exactly")
+            rank_zero_warn(
+                f"the checkpoint holds the random state of {len(ranks)} ranks, this run has "
+                f"{world}: each rank's noise stream is re-derived from (noise_seed, rank, global "
+                "step), so the resumed run is reproducible but does not repeat the saved run "
+                "exactly"
+            )
             return
         mine = ranks[rank]
         self._pending_generator_state = mine.get("noise_generator")
@@ -431,17 +467,18 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
     # ------------------------------------------------------------------ rollouts, validation, prediction
     def rollout(
         self,
-        context: Union[Tensor, "np.ndarray"],
+        context: Union[Tensor, np.ndarray],
         horizon: int,
         *,
-        actions_discrete: Union[Tensor, "np.ndarray", None] = None,
-        actions_continuous: Union[Tensor, "np.ndarray", None] = None,
+        actions_discrete: Union[Tensor, np.ndarray, None] = None,
+        actions_continuous: Union[Tensor, np.ndarray, None] = None,
         num_steps: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
         unconditional: bool = False,
-    ) -> Union[Tensor, "np.ndarray"]:
+    ) -> Union[Tensor, np.ndarray]:
         """Generate ``horizon`` frames after ``context`` [B, T_ctx, N_b, D_b] -> clean latents
-        [B, horizon, N_b, D_b], both in the dataset's own units (standardised inside, docs/training.md); a numpy
+        [B, horizon, N_b, D_b], both in the dataset's own units (standardised inside, docs/training.md); a
+        numpy
         array when ``context`` is one, else a tensor on the module's device.
 
         Inputs may be numpy arrays or tensors on any device. Actions cover T_ctx + horizon frames; discrete
@@ -458,27 +495,39 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
                 actions_discrete = actions_discrete.unsqueeze(-1)
         if actions_continuous is not None:
             actions_continuous = torch.as_tensor(actions_continuous, device=self.device, dtype=torch.float32)
-        missing = [name for name, given, needed in (
-            ("actions_discrete", actions_discrete, self.config.num_discrete_actions),
-            ("actions_continuous", actions_continuous, self.config.num_continuous_actions),
-        ) if needed and given is None]
+        missing = [
+            name
+            for name, given, needed in (
+                ("actions_discrete", actions_discrete, self.config.num_discrete_actions),
+                ("actions_continuous", actions_continuous, self.config.num_continuous_actions),
+            )
+            if needed and given is None
+        ]
         if missing and not unconditional:
-            raise ConfigError(f"rollout: the model is action-conditioned but {' and '.join(missing)} were not "
-                             "given; pass them (covering T_ctx + horizon frames) or unconditional=True")
+            raise ConfigError(
+                f"rollout: the model is action-conditioned but {' and '.join(missing)} were not "
+                "given; pass them (covering T_ctx + horizon frames) or unconditional=True"
+            )
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
-                generated = self.destandardize(self.rollout_standardized(
-                    self.standardize(context), horizon, actions_discrete=actions_discrete,
-                    actions_continuous=actions_continuous, num_steps=num_steps, generator=generator,
-                ))
+                generated = self.destandardize(
+                    self.rollout_standardized(
+                        self.standardize(context),
+                        horizon,
+                        actions_discrete=actions_discrete,
+                        actions_continuous=actions_continuous,
+                        num_steps=num_steps,
+                        generator=generator,
+                    )
+                )
         finally:
             self.train(was_training)
         return generated.cpu().numpy() if as_numpy else generated
 
     @classmethod
-    def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> "DynamicsModule":
+    def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> DynamicsModule:
         """Lightning's loader, returning the module in eval mode (ready for ``rollout``); ``weights_only``
         defaults to True (checkpoints hold only tensors and plain containers)."""
         kwargs.setdefault("weights_only", True)
@@ -498,49 +547,67 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         """``rollout`` in model units: context and result standardised, like the DataModule's batches (for
         evaluation on batches; ``destandardize`` the result before decoding it)."""
         return rollout(
-            self.model, context, horizon, actions_discrete=actions_discrete,
-            actions_continuous=actions_continuous, num_steps=num_steps or self.hparams.rollout_steps,
-            context_noise=self.hparams.context_noise, generator=generator,
+            self.model,
+            context,
+            horizon,
+            actions_discrete=actions_discrete,
+            actions_continuous=actions_continuous,
+            num_steps=num_steps or self.hparams.rollout_steps,
+            context_noise=self.hparams.context_noise,
+            generator=generator,
         )
 
     def predict_step(
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, Tensor]:
         """Roll out each window from its first ``val_context_frames`` frames (saved by ``RolloutWriter``, in
-        the dataset's own units); a batch from a context file (``"context"``, ``--data.predict_context``) rolls
+        the dataset's own units); a batch from a context file (``"context"``, ``--data.predict_context``)
+        rolls
         out from all its frames."""
         if "context" in batch:
             return self._predict_from_context(batch, batch_idx)
         z1 = batch["latents"]  # (B, T, N_b, D_b)
         ctx = self.hparams.val_context_frames
         if z1.shape[1] <= ctx and self.hparams.predict_horizon is None:
-            raise ValueError(f"predict: windows of {z1.shape[1]} frames leave nothing after "
-                             f"val_context_frames={ctx}; set model.predict_horizon or longer windows")
+            raise ValueError(
+                f"predict: windows of {z1.shape[1]} frames leave nothing after "
+                f"val_context_frames={ctx}; set model.predict_horizon or longer windows"
+            )
         horizon = self.hparams.predict_horizon or z1.shape[1] - ctx
         cond = self.conditioning(batch)
         for name, actions in cond.items():
             if actions.shape[1] < ctx + horizon:
-                raise ValueError(f"predict: {name} cover {actions.shape[1]} frames, the rollout needs "
-                                 f"val_context_frames + predict_horizon = {ctx + horizon}")
+                raise ValueError(
+                    f"predict: {name} cover {actions.shape[1]} frames, the rollout needs "
+                    f"val_context_frames + predict_horizon = {ctx + horizon}"
+                )
         cond = {k: v[:, : ctx + horizon] for k, v in cond.items()}
         generator = self.evaluation_generator(batch_idx)
         generated = self.rollout_standardized(z1[:, :ctx], horizon, generator=generator, **cond)
         truth = z1[:, ctx : ctx + horizon]
         # batches arrive standardised; files hold the dataset's own units
-        return {"rollout": self.destandardize(generated), "context": self.destandardize(z1[:, :ctx]),
-                "ground_truth": self.destandardize(truth), **cond}
+        return {
+            "rollout": self.destandardize(generated),
+            "context": self.destandardize(z1[:, :ctx]),
+            "ground_truth": self.destandardize(truth),
+            **cond,
+        }
 
     def _predict_from_context(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         context = batch["context"]  # (B, T_ctx, N_b, D_b)
         cond = self.conditioning(batch)
         if not cond and (self.config.num_discrete_actions or self.config.num_continuous_actions):
-            raise ConfigError("predict: the model is action-conditioned but the context file has no actions; "
-                              "add actions_discrete / actions_continuous covering the frames to generate")
+            raise ConfigError(
+                "predict: the model is action-conditioned but the context file has no actions; "
+                "add actions_discrete / actions_continuous covering the frames to generate"
+            )
         covered = min((a.shape[1] for a in cond.values()), default=None)
         horizon = self.hparams.predict_horizon or (covered - context.shape[1] if covered else 0)
         if horizon < 1:
-            raise ConfigError("predict: a context file needs actions beyond its context frames or "
-                             "model.predict_horizon (frames to generate)")
+            raise ConfigError(
+                "predict: a context file needs actions beyond its context frames or "
+                "model.predict_horizon (frames to generate)"
+            )
         cond = {k: v[:, : context.shape[1] + horizon] for k, v in cond.items()}
         generated = self.rollout(context, horizon, generator=self.evaluation_generator(batch_idx), **cond)
         return {"rollout": generated, "context": context, **cond}

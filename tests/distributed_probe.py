@@ -21,7 +21,6 @@ import torch
 from dreamer_dynamics.parallelize import total_grad_norm
 
 
-
 def sequence_fingerprints(latents: torch.Tensor) -> list[str]:
     """One short hash per sequence of a [B, T, N, D] batch (equal windows give equal hashes)."""
     rows = latents.detach().float().cpu().contiguous()
@@ -58,27 +57,37 @@ class RankRecorder(pl.Callback):
         for optimizer in trainer.optimizers:
             optimizer.register_step_post_hook(after_step)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         latents = batch["latents"]  # (B, T, N_b, D_b)
         metrics = trainer.callback_metrics
-        self.steps.append({
-            "global_step": trainer.global_step,  # after the optimiser step
-            "batch_size": int(latents.shape[0]),
-            "length": int(latents.shape[1]),
-            "sequences": sequence_fingerprints(latents),
-            "flow": float(metrics["train/flow"]) if "train/flow" in metrics else None,
-            # logged by DynamicsModule before clipping
-            "grad_norm": float(metrics["train/grad_norm"]) if "train/grad_norm" in metrics else None,
-        })
+        self.steps.append(
+            {
+                "global_step": trainer.global_step,  # after the optimiser step
+                "batch_size": int(latents.shape[0]),
+                "length": int(latents.shape[1]),
+                "sequences": sequence_fingerprints(latents),
+                "flow": float(metrics["train/flow"]) if "train/flow" in metrics else None,
+                # logged by DynamicsModule before clipping
+                "grad_norm": float(metrics["train/grad_norm"]) if "train/grad_norm" in metrics else None,
+            }
+        )
         self.live_checksum = weights_checksum(pl_module)
         if trainer.global_rank == 0:
             os.makedirs(self.out_dir, exist_ok=True)
             with open(os.path.join(self.out_dir, f"progress-run{self.run}.txt"), "a") as f:
                 f.write(f"{trainer.global_step}\n")
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if not trainer.sanity_checking:
             self.validation_windows.extend(sequence_fingerprints(batch["latents"]))
 

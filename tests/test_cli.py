@@ -18,10 +18,23 @@ from dreamer_dynamics.data import LatentDatasetWriter
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "lightning_configs" / "quickstart.yaml")
-TINY = ["--model.model.dim=32", "--model.model.depth=2", "--model.model.heads=2", "--model.model.kv_heads=1",
-        "--data.short_length=6", "--data.long_length=8", "--data.short_batch_size=2", "--data.long_batch_size=1",
-        "--data.val_batch_size=2", "--data.val_batches=1", "--data.val_length=6", "--data.predict_length=6",
-        "--data.test_length=6", "--model.val_context_frames=2", "--model.val_rollout_horizon=2"]
+TINY = [
+    "--model.model.dim=32",
+    "--model.model.depth=2",
+    "--model.model.heads=2",
+    "--model.model.kv_heads=1",
+    "--data.short_length=6",
+    "--data.long_length=8",
+    "--data.short_batch_size=2",
+    "--data.long_batch_size=1",
+    "--data.val_batch_size=2",
+    "--data.val_batches=1",
+    "--data.val_length=6",
+    "--data.predict_length=6",
+    "--data.test_length=6",
+    "--model.val_context_frames=2",
+    "--model.val_rollout_horizon=2",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -30,15 +43,22 @@ def plain_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["dreamer-dynamics"])
 
 
-def write_dataset(root: Path, latent_shape=(6, 10), discrete=(3, 4), continuous=2, episodes=4, length=12) -> str:
+def write_dataset(
+    root: Path, latent_shape=(6, 10), discrete=(3, 4), continuous=2, episodes=4, length=12
+) -> str:
     rng = np.random.default_rng(0)
-    with LatentDatasetWriter(root, latent_shape=latent_shape, num_discrete_actions=discrete,
-                             num_continuous_actions=continuous) as writer:
+    with LatentDatasetWriter(
+        root, latent_shape=latent_shape, num_discrete_actions=discrete, num_continuous_actions=continuous
+    ) as writer:
         for _ in range(episodes):
             writer.add_episode(
                 rng.standard_normal((length, *latent_shape)).astype(np.float32),
-                actions_discrete=np.stack([rng.integers(0, n, length) for n in discrete], -1) if discrete else None,
-                actions_continuous=rng.standard_normal((length, continuous)).astype(np.float32) if continuous else None,
+                actions_discrete=np.stack([rng.integers(0, n, length) for n in discrete], -1)
+                if discrete
+                else None,
+                actions_continuous=rng.standard_normal((length, continuous)).astype(np.float32)
+                if continuous
+                else None,
             )
     return str(root)
 
@@ -55,8 +75,15 @@ def test_data_root_alone_switches_latent_shape_and_action_spec(tmp_path):
 def test_fit_validate_test_in_process_on_a_custom_dataset(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = write_dataset(tmp_path / "data")
-    common = ["--config", QUICKSTART, "--data.root", root, *TINY, f"--trainer.default_root_dir={tmp_path}",
-              "--trainer.logger=false"]
+    common = [
+        "--config",
+        QUICKSTART,
+        "--data.root",
+        root,
+        *TINY,
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.logger=false",
+    ]
     initial = DynamicsCLI(args=common, run=False).model  # same seed: the weights fit starts from
     fit = DynamicsCLI(args=["fit", *common, "--trainer.fast_dev_run=true"])
     assert fit.trainer.state.finished and fit.trainer.global_step == 1  # fast_dev_run: one optimiser step
@@ -89,8 +116,9 @@ def test_print_config_is_complete_and_commented(capsys):
 
 def run_script(*args: str, cwd: Path, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
     script = Path(sys.executable).parent / "dreamer-dynamics"
-    result = subprocess.run([str(script), *args], capture_output=True, text=True, cwd=cwd, env=env,
-                            timeout=timeout)
+    result = subprocess.run(
+        [str(script), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
@@ -99,19 +127,36 @@ def run_script(*args: str, cwd: Path, env: dict, timeout: int = 300) -> subproce
 def test_console_script_fit_then_predict_from_checkpoint(tmp_path):
     """The real console script, run from a scratch directory (the config's runs/... paths land there)."""
     env = {**os.environ, "DREAMER_DYNAMICS_CACHE": str(tmp_path / "cache")}
-    common = ["--config", QUICKSTART, *TINY, "--data.toy.episodes=6", "--data.toy.length=24"]  # small built-in data
+    common = [
+        "--config",
+        QUICKSTART,
+        *TINY,
+        "--data.toy.episodes=6",
+        "--data.toy.length=24",
+    ]  # small built-in data
     run_script("fit", *common, "--trainer.fast_dev_run=true", cwd=tmp_path, env=env)
-    run_script("fit", *common, "--trainer.max_steps=2", "--trainer.val_check_interval=2",
-               "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-               f"--trainer.callbacks.dirpath={tmp_path}/ckpt", "--trainer.callbacks.save_last=true",
-               cwd=tmp_path, env=env)
+    run_script(
+        "fit",
+        *common,
+        "--trainer.max_steps=2",
+        "--trainer.val_check_interval=2",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        f"--trainer.callbacks.dirpath={tmp_path}/ckpt",
+        "--trainer.callbacks.save_last=true",
+        cwd=tmp_path,
+        env=env,
+    )
     checkpoint = tmp_path / "ckpt" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 2
     assert list((tmp_path / "runs" / "quickstart" / "tensorboard").glob("version_*/events.out.tfevents.*"))
     run_script("predict", *common, "--ckpt_path", str(checkpoint), cwd=tmp_path, env=env)
-    predictions = tmp_path / "runs" / "quickstart" / "predictions"  # quickstart's RolloutWriter, default_root_dir
+    predictions = (
+        tmp_path / "runs" / "quickstart" / "predictions"
+    )  # quickstart's RolloutWriter, default_root_dir
     files = sorted(predictions.glob("*.rollout.npy"))
     assert files, "predict wrote no rollouts"
     rollout = np.load(files[0])
     assert rollout.shape[1:] == (4, 16, 48)  # predict window 6 - 2 context frames; built-in latents 16 x 48
-    assert list(predictions.glob("*.png")) and list(predictions.glob("*.gif"))  # the built-in data has a decoder
+    assert list(predictions.glob("*.png")) and list(
+        predictions.glob("*.gif")
+    )  # the built-in data has a decoder

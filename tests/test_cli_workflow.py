@@ -26,25 +26,47 @@ from dreamer_dynamics.model import DynamicsConfig
 pytestmark = pytest.mark.slow
 SCRIPT = str(Path(sys.executable).parent / "dreamer-dynamics")
 CODEC = PatchCodec(4, 2, 3, 0.5, 0.25)  # 4x4 RGB frames -> 4 tokens x 12 dims
-TINY = ["--model.model.dim=16", "--model.model.depth=2", "--model.model.heads=2", "--model.model.kv_heads=1",
-        "--model.model.k_max=4", "--model.model.check_inputs=false", "--model.val_rollout_steps=[1]",
-        "--model.val_context_frames=2", "--model.val_rollout_horizon=2", "--model.val_rollout_rows=2",
-        "--data.short_length=4", "--data.long_length=6", "--data.short_batch_size=2",
-        "--data.long_batch_size=1",
-        "--data.val_batch_size=2", "--data.val_batches=1", "--data.val_length=4", "--data.test_length=4",
-        "--data.predict_length=4", "--data.steps_per_epoch=2", "--data.val_fraction=0.3",
-        "--trainer.log_every_n_steps=1", "--trainer.val_check_interval=2"]
-CKPT_EVERY = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-              "--trainer.callbacks.save_last=true"]
+TINY = [
+    "--model.model.dim=16",
+    "--model.model.depth=2",
+    "--model.model.heads=2",
+    "--model.model.kv_heads=1",
+    "--model.model.k_max=4",
+    "--model.model.check_inputs=false",
+    "--model.val_rollout_steps=[1]",
+    "--model.val_context_frames=2",
+    "--model.val_rollout_horizon=2",
+    "--model.val_rollout_rows=2",
+    "--data.short_length=4",
+    "--data.long_length=6",
+    "--data.short_batch_size=2",
+    "--data.long_batch_size=1",
+    "--data.val_batch_size=2",
+    "--data.val_batches=1",
+    "--data.val_length=4",
+    "--data.test_length=4",
+    "--data.predict_length=4",
+    "--data.steps_per_epoch=2",
+    "--data.val_fraction=0.3",
+    "--trainer.log_every_n_steps=1",
+    "--trainer.val_check_interval=2",
+]
+CKPT_EVERY = [
+    "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+    "--trainer.callbacks.save_last=true",
+]
 
 
 def write_dataset(root: Path, latent_shape=(4, 12), episodes=6, decoder=True, start=0) -> Path:
     rng = np.random.default_rng(start)
-    with LatentDatasetWriter(root, latent_shape=latent_shape, num_discrete_actions=(3,),
-                             decoder=CODEC.spec() if decoder else None) as writer:
+    with LatentDatasetWriter(
+        root, latent_shape=latent_shape, num_discrete_actions=(3,), decoder=CODEC.spec() if decoder else None
+    ) as writer:
         for _ in range(episodes):
-            writer.add_episode(rng.random((10, *latent_shape)).astype(np.float32),
-                               actions_discrete=rng.integers(0, 3, (10, 1)))
+            writer.add_episode(
+                rng.random((10, *latent_shape)).astype(np.float32),
+                actions_discrete=rng.integers(0, 3, (10, 1)),
+            )
     return root
 
 
@@ -71,8 +93,17 @@ def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("workflow")
     data = write_dataset(base / "data")
     out = base / "out"
-    result = run("fit", "--config", "quickstart", "--data.root", str(data), *TINY, "--trainer.max_steps=2",
-                 f"--trainer.default_root_dir={out}", cwd=base)
+    result = run(
+        "fit",
+        "--config",
+        "quickstart",
+        "--data.root",
+        str(data),
+        *TINY,
+        "--trainer.max_steps=2",
+        f"--trainer.default_root_dir={out}",
+        cwd=base,
+    )
     return base, data, out, result
 
 
@@ -94,8 +125,19 @@ def test_resume_last_continues_in_the_same_version_and_warns_on_changed_data(tra
     shutil.copytree(data, grown)
     write_dataset(grown, episodes=2, start=7)  # append two episodes
     run_dir = out  # resumed in place: the checkpoint callback keeps writing last.ckpt there
-    result = run("fit", "--config", "quickstart", "--data.root", str(grown), *TINY, "--trainer.max_steps=4",
-                 f"--trainer.default_root_dir={run_dir}", "--ckpt_path", "last", cwd=base)
+    result = run(
+        "fit",
+        "--config",
+        "quickstart",
+        "--data.root",
+        str(grown),
+        *TINY,
+        "--trainer.max_steps=4",
+        f"--trainer.default_root_dir={run_dir}",
+        "--ckpt_path",
+        "last",
+        cwd=base,
+    )
     versions = sorted(p.name for p in (run_dir / "tensorboard").iterdir())
     assert versions == ["version_0"], versions
     state = torch.load(run_dir / "tensorboard" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -115,8 +157,19 @@ def test_checkpoint_brings_its_data_and_refuses_other_data(trained):
     other = write_dataset(base / "other", latent_shape=(4, 6), decoder=False)
     fresh = base / "never_created"
     for sub in ("validate", "fit"):
-        bad = run(sub, "--config", "quickstart", *TINY, "--ckpt_path", ckpt, "--data.root", str(other),
-                  f"--trainer.default_root_dir={fresh}", cwd=base, expect=1)
+        bad = run(
+            sub,
+            "--config",
+            "quickstart",
+            *TINY,
+            "--ckpt_path",
+            ckpt,
+            "--data.root",
+            str(other),
+            f"--trainer.default_root_dir={fresh}",
+            cwd=base,
+            expect=1,
+        )
         line = one_error_line(bad)
         assert "latents [4, 12] with discrete actions (3,)" in line and "latents [4, 6]" in line, line
         assert not fresh.exists()
@@ -124,8 +177,15 @@ def test_checkpoint_brings_its_data_and_refuses_other_data(trained):
 
 def test_data_errors_are_one_line_before_any_folder_and_traceback_on_request(tmp_path):
     fresh = tmp_path / "never_created"
-    args = ("fit", "--config", "quickstart", "--data.root", str(tmp_path / "missing"), *TINY,
-            f"--trainer.default_root_dir={fresh}")
+    args = (
+        "fit",
+        "--config",
+        "quickstart",
+        "--data.root",
+        str(tmp_path / "missing"),
+        *TINY,
+        f"--trainer.default_root_dir={fresh}",
+    )
     line = one_error_line(run(*args, cwd=tmp_path, expect=1))
     assert "missing" in line and "does not exist" in line
     empty = tmp_path / "empty"
@@ -139,8 +199,16 @@ def test_data_errors_are_one_line_before_any_folder_and_traceback_on_request(tmp
 
 
 def test_one_optimizer_setting_and_every_config_field_documented(tmp_path):
-    refused = run("fit", "--config", "quickstart", "--optimizer", "torch.optim.SGD", "--print_config",
-                  cwd=tmp_path, expect=2)  # LightningCLI's automatic optimizer would replace model.optimizer
+    refused = run(
+        "fit",
+        "--config",
+        "quickstart",
+        "--optimizer",
+        "torch.optim.SGD",
+        "--print_config",
+        cwd=tmp_path,
+        expect=2,
+    )  # LightningCLI's automatic optimizer would replace model.optimizer
     assert "--optimizer" in refused.stderr
     text = run("fit", "--help", cwd=tmp_path).stdout
     linked = {"latent_tokens", "latent_dim", "num_discrete_actions", "num_continuous_actions"}
@@ -158,13 +226,26 @@ def test_predict_from_a_context_file_writes_npy_and_pictures(trained):
     ckpt = str(out / "tensorboard" / "version_0" / "checkpoints" / "last.ckpt")
     rng = np.random.default_rng(1)
     context = base / "context.npz"
-    np.savez(context, context=rng.random((2, 3, 4, 12)).astype(np.float32),
-             actions_discrete=rng.integers(0, 3, (2, 5)))  # [B, T]: one component, 3 context + 2 new frames
+    np.savez(
+        context,
+        context=rng.random((2, 3, 4, 12)).astype(np.float32),
+        actions_discrete=rng.integers(0, 3, (2, 5)),
+    )  # [B, T]: one component, 3 context + 2 new frames
     pred_dir = base / "pred"
     # --model.predict_horizon wins over the checkpoint's value (evaluation-only settings: the command line's)
-    run("predict", "--config", "quickstart", *TINY, "--ckpt_path", ckpt, "--data.predict_context",
+    run(
+        "predict",
+        "--config",
+        "quickstart",
+        *TINY,
+        "--ckpt_path",
+        ckpt,
+        "--data.predict_context",
         str(context),
-        "--model.predict_horizon=1", f"--trainer.default_root_dir={pred_dir}", cwd=base)
+        "--model.predict_horizon=1",
+        f"--trainer.default_root_dir={pred_dir}",
+        cwd=base,
+    )
     files = sorted(p.name for p in (pred_dir / "predictions").iterdir())
     rollout = np.load(pred_dir / "predictions" / "rollouts_rank0_batch000000.rollout.npy")
     assert rollout.shape == (2, 1, 4, 12) and np.isfinite(rollout).all()
@@ -175,9 +256,19 @@ def test_predict_from_a_context_file_writes_npy_and_pictures(trained):
         assert gif.n_frames == 4  # 3 context + 1 generated frame
     missing = base / "no_actions.npy"
     np.save(missing, rng.random((1, 3, 4, 12)).astype(np.float32))
-    bad = run("predict", "--config", "quickstart", *TINY, "--ckpt_path", ckpt, "--data.predict_context",
-              str(missing), f"--trainer.default_root_dir={base / 'pred2'}", cwd=base,
-              expect=1)
+    bad = run(
+        "predict",
+        "--config",
+        "quickstart",
+        *TINY,
+        "--ckpt_path",
+        ckpt,
+        "--data.predict_context",
+        str(missing),
+        f"--trainer.default_root_dir={base / 'pred2'}",
+        cwd=base,
+        expect=1,
+    )
     assert "action-conditioned" in one_error_line(bad)
 
 
@@ -186,8 +277,23 @@ def test_packaged_configs_are_the_repository_configs_and_ship_in_the_wheel(tmp_p
     for link in (repo / "lightning_configs").glob("*.yaml"):
         target = link.resolve()
         assert link.is_symlink() and target.parent == repo / "dreamer_dynamics" / "configs", link
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(repo)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(repo),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     import zipfile
 
     (wheel,) = tmp_path.glob("dreamer_dynamics-*.whl")

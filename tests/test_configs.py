@@ -20,8 +20,13 @@ from dreamer_dynamics.module import DynamicsModule
 CONFIGS = Path(__file__).resolve().parents[1] / "lightning_configs"
 QUICKSTART = CONFIGS / "quickstart.yaml"
 ALL_YAMLS = sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglob("*.yml"))
-SMALL_MODEL = ["--model.model.dim=32", "--model.model.depth=2", "--model.model.heads=2", "--model.model.kv_heads=1",
-               "--model.model.activation_checkpointing=false"]
+SMALL_MODEL = [
+    "--model.model.dim=32",
+    "--model.model.depth=2",
+    "--model.model.heads=2",
+    "--model.model.kv_heads=1",
+    "--model.model.activation_checkpointing=false",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -37,8 +42,10 @@ def tiny_dataset(tmp_path_factory) -> str:
     rng = np.random.default_rng(0)
     with LatentDatasetWriter(root, latent_shape=(16, 8), num_discrete_actions=(5,)) as writer:
         for _ in range(3):
-            writer.add_episode(rng.standard_normal((8, 16, 8)).astype(np.float32),
-                               actions_discrete=rng.integers(0, 5, (8, 1)))
+            writer.add_episode(
+                rng.standard_normal((8, 16, 8)).astype(np.float32),
+                actions_discrete=rng.integers(0, 5, (8, 1)),
+            )
     return str(root)
 
 
@@ -46,17 +53,25 @@ class BuildWithoutTrainer(DynamicsCLI):
     """Instantiates model, data, strategy, callbacks and logger, not the Trainer (which checks for GPUs)."""
 
     def instantiate_trainer(self, **kwargs):
-        return self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        return (
+            self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        )
 
 
 def is_base_config(path: Path) -> bool:
     """A base config describes model and data; anything else is an overlay (strategy, cluster, ...)."""
     content = yaml.safe_load(path.read_text()) or {}
-    return isinstance(content, dict) and "data" in content and "model" in content and "model" in content["model"]
+    return (
+        isinstance(content, dict) and "data" in content and "model" in content and "model" in content["model"]
+    )
 
 
 def config_args(path: Path) -> list[str]:
-    return ["--config", str(path)] if is_base_config(path) else ["--config", str(QUICKSTART), "--config", str(path)]
+    return (
+        ["--config", str(path)]
+        if is_base_config(path)
+        else ["--config", str(QUICKSTART), "--config", str(path)]
+    )
 
 
 def test_every_config_file_is_covered():

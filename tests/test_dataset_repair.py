@@ -42,8 +42,9 @@ _KILLED = textwrap.dedent("""
 def kill_a_writer(root, tmp_path):
     script = tmp_path / "killed.py"
     script.write_text(_KILLED)
-    result = subprocess.run([sys.executable, str(script), str(root)], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(script), str(root)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == -signal.SIGKILL, result.stderr
 
 

@@ -28,8 +28,11 @@ import torch
 from tests.distributed_probe import rollout_from_checkpoint, weights_checksum
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = [REPO / "lightning_configs" / "quickstart.yaml", REPO / "lightning_configs" / "ddp_cpu.yaml",
-           REPO / "tests" / "configs" / "tiny_scale.yaml"]
+CONFIGS = [
+    REPO / "lightning_configs" / "quickstart.yaml",
+    REPO / "lightning_configs" / "ddp_cpu.yaml",
+    REPO / "tests" / "configs" / "tiny_scale.yaml",
+]
 MAX_STEPS, LONG_EVERY, SHORT_LENGTH, LONG_LENGTH = 6, 3, 6, 8  # as in tiny_scale.yaml
 SHORT_BATCH, LONG_BATCH = 4, 2
 
@@ -61,13 +64,19 @@ def recorder_arg(out_dir: Path) -> str:
 def ddp_run(tmp_path_factory):
     """Runs the 2-rank fit once; returns (run_dir, [rank0 record, rank1 record])."""
     run_dir = tmp_path_factory.mktemp("ddp")
-    cmd = [console_script(), "fit", *(f"--config={c}" for c in CONFIGS),
-           f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
-           recorder_arg(run_dir / "probe")]
+    cmd = [
+        console_script(),
+        "fit",
+        *(f"--config={c}" for c in CONFIGS),
+        f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.logger.init_args.save_dir={run_dir}",
+        recorder_arg(run_dir / "probe"),
+    ]
     result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
-        pytest.fail(f"DDP fit failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n"
-                    f"{result.stderr[-6000:]}")
+        pytest.fail(
+            f"DDP fit failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        )
     records = [json.loads((run_dir / "probe" / f"rank{r}-run0.json").read_text()) for r in range(2)]
     return run_dir, records
 
@@ -87,8 +96,10 @@ def test_both_ranks_take_the_same_batch_length_at_every_step(ddp_run):
     shapes1 = [(s["length"], s["batch_size"]) for s in rank1["steps"]]
     assert shapes0 == shapes1
     # the schedule itself: every LONG_EVERY-th step is long, with its own per-rank batch size
-    expected = [(LONG_LENGTH, LONG_BATCH) if step % LONG_EVERY == LONG_EVERY - 1
-                else (SHORT_LENGTH, SHORT_BATCH) for step in range(MAX_STEPS)]
+    expected = [
+        (LONG_LENGTH, LONG_BATCH) if step % LONG_EVERY == LONG_EVERY - 1 else (SHORT_LENGTH, SHORT_BATCH)
+        for step in range(MAX_STEPS)
+    ]
     assert shapes0 == expected
 
 
@@ -120,7 +131,12 @@ def test_validation_metrics_are_synchronised(ddp_run):
     assert [v["global_step"] for v in rank0["validations"]] == [3, 6]
     assert [v["global_step"] for v in rank1["validations"]] == [3, 6]
     for val0, val1 in zip(rank0["validations"], rank1["validations"]):
-        assert {"val/loss", "val/rollout_es_k1", "val/rollout_es_ratio_k2", "val/object_accuracy_k1"} <= val0.keys()
+        assert {
+            "val/loss",
+            "val/rollout_es_k1",
+            "val/rollout_es_ratio_k2",
+            "val/object_accuracy_k1",
+        } <= val0.keys()
         assert val0.keys() == val1.keys()
         for name in val0:
             assert val0[name] == pytest.approx(val1[name], rel=1e-5), f"{name} differs across ranks"

@@ -14,8 +14,12 @@ SECTION = re.compile(r"design\.md §(\d+(?:\.\d+)?)(?:\s*[-–]\s*(\d+(?:\.\d+)?
 def tracked_text_files() -> list[Path]:
     names = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     paths = [REPO / n for n in names.split()]
-    return [p for p in paths if p.suffix in {".py", ".md", ".yaml", ".yml", ".sh", ".cfg", ".toml", ".ipynb",
-                                             ".sbatch", ""} and p.is_file()]
+    return [
+        p
+        for p in paths
+        if p.suffix in {".py", ".md", ".yaml", ".yml", ".sh", ".cfg", ".toml", ".ipynb", ".sbatch", ""}
+        and p.is_file()
+    ]
 
 
 def design_sections() -> set[str]:
@@ -34,21 +38,33 @@ def cited_sections(text: str) -> list[str]:
 
 def test_section_parser_reads_ranges():
     assert cited_sections("docs/design.md §3.1-2 and docs/design.md §4, docs/design.md §3.3-3.7") == [
-        "3.1", "3.2", "4", "3.3", "3.7"]
+        "3.1",
+        "3.2",
+        "4",
+        "3.3",
+        "3.7",
+    ]
 
 
 def test_every_cited_design_section_exists():
     sections = design_sections()
     assert {"2", "3.1", "3.10", "4", "5", "6", "7", "8", "9"} <= sections
-    missing = [(str(p.relative_to(REPO)), s) for p in tracked_text_files() for s in cited_sections(p.read_text())
-               if s not in sections]
+    missing = [
+        (str(p.relative_to(REPO)), s)
+        for p in tracked_text_files()
+        for s in cited_sections(p.read_text())
+        if s not in sections
+    ]
     assert not missing, missing
 
 
 def test_no_file_cites_a_document_outside_the_repository():
     pattern = re.compile(r"SPEC\.md|SPEC §|\bissue \d+|/work/", re.I)
-    offenders = [str(p.relative_to(REPO)) for p in tracked_text_files()
-                 if p.name != "test_docs_references.py" and pattern.search(p.read_text())]
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in tracked_text_files()
+        if p.name != "test_docs_references.py" and pattern.search(p.read_text())
+    ]
     assert not offenders, offenders
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,8 +29,8 @@ from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from dreamer_dynamics.cli import DynamicsCLI
 from dreamer_dynamics.data import LatentDatasetWriter
 from dreamer_dynamics.model.transformer import Block
-from tests.test_ddp import CONFIGS as DDP_CONFIGS
 from tests.distributed_probe import rollout_from_checkpoint
+from tests.test_ddp import CONFIGS as DDP_CONFIGS
 from tests.test_ddp import REPO, console_script, subprocess_env
 
 MINECRAFT = REPO / "lightning_configs" / "minecraft.yaml"
@@ -53,17 +52,31 @@ def tiny_dataset(tmp_path) -> str:
     rng = np.random.default_rng(0)
     with LatentDatasetWriter(tmp_path / "data", latent_shape=(16, 8), num_discrete_actions=(5,)) as writer:
         for _ in range(3):
-            writer.add_episode(rng.standard_normal((8, 16, 8)).astype(np.float32),
-                               actions_discrete=rng.integers(0, 5, (8, 1)))
+            writer.add_episode(
+                rng.standard_normal((8, 16, 8)).astype(np.float32),
+                actions_discrete=rng.integers(0, 5, (8, 1)),
+            )
     return str(tmp_path / "data")
 
 
 def test_gpu_fsdp_overlay_shards_blocks_in_bf16_with_norm_clipping(tiny_dataset, monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["dreamer-dynamics"])
     monkeypatch.chdir(tmp_path)
-    cli = BuildWithoutTrainer(args=["--config", str(MINECRAFT), "--config", str(GPU_FSDP), "--data.root",
-                                    tiny_dataset, "--model.model.dim=32", "--model.model.depth=4",
-                                    "--model.model.heads=2", "--model.model.kv_heads=1"], run=False)
+    cli = BuildWithoutTrainer(
+        args=[
+            "--config",
+            str(MINECRAFT),
+            "--config",
+            str(GPU_FSDP),
+            "--data.root",
+            tiny_dataset,
+            "--model.model.dim=32",
+            "--model.model.depth=4",
+            "--model.model.heads=2",
+            "--model.model.kv_heads=1",
+        ],
+        run=False,
+    )
     trainer = cli.trainer
     strategy = trainer["strategy"]
     assert type(strategy) is FSDPStrategy
@@ -87,10 +100,19 @@ def test_gpu_fsdp_overlay_shards_blocks_in_bf16_with_norm_clipping(tiny_dataset,
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP needs a CUDA GPU")
 def test_fsdp_training_on_one_gpu_writes_a_full_checkpoint_that_rolls_out_on_cpu(tmp_path):
     # the FSDP overlay last: its callbacks list (no EMA) replaces the tiny overlay's
-    cmd = [console_script(), "fit", f"--config={QUICKSTART}", f"--config={TINY}", f"--config={GPU_FSDP}",
-           "--trainer.devices=1", "--data.num_workers=0", "--data.pin_memory=false",
-           f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
-           "--trainer.gradient_clip_val=0.01"]  # small enough that clipping acts at every step
+    cmd = [
+        console_script(),
+        "fit",
+        f"--config={QUICKSTART}",
+        f"--config={TINY}",
+        f"--config={GPU_FSDP}",
+        "--trainer.devices=1",
+        "--data.num_workers=0",
+        "--data.pin_memory=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.gradient_clip_val=0.01",
+    ]  # small enough that clipping acts at every step
     result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-6000:]
     checkpoints = sorted(tmp_path.rglob("*.ckpt"))
@@ -106,12 +128,23 @@ def test_fsdp_training_on_one_gpu_writes_a_full_checkpoint_that_rolls_out_on_cpu
 def test_fsdp2_on_two_cpu_ranks_clips_the_global_norm_and_its_checkpoint_rolls_out(tmp_path):
     """FSDP2 (``fully_shard`` per block, ``DynamicsModule.configure_model``) through ModelParallelStrategy,
     2 gloo ranks, via the console script."""
-    recorder = {"class_path": "tests.distributed_probe.RankRecorder",
-                "init_args": {"out_dir": str(tmp_path / "p")}}
+    recorder = {
+        "class_path": "tests.distributed_probe.RankRecorder",
+        "init_args": {"out_dir": str(tmp_path / "p")},
+    }
     fsdp2 = REPO / "tests" / "configs" / "fsdp2_cpu.yaml"
-    cmd = [sys.executable, "-m", "dreamer_dynamics.cli", "fit", f"--config={QUICKSTART}",
-           f"--config={TINY}", f"--config={fsdp2}", f"--trainer.default_root_dir={tmp_path}",
-           f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.callbacks+=" + json.dumps(recorder)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dreamer_dynamics.cli",
+        "fit",
+        f"--config={QUICKSTART}",
+        f"--config={TINY}",
+        f"--config={fsdp2}",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.callbacks+=" + json.dumps(recorder),
+    ]
     result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-6000:]
     rank0, rank1 = (json.loads((tmp_path / "p" / f"rank{r}-run0.json").read_text()) for r in range(2))

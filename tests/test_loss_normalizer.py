@@ -1,7 +1,5 @@
 """LossNormalizer: running RMS of named loss terms (paper Sec. 3), checkpointing, a real 2-rank all-reduce."""
 
-import os
-
 import pytest
 import torch
 import torch.distributed as dist

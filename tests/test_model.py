@@ -5,7 +5,6 @@ import torch
 
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 from dreamer_dynamics.parallelize import is_checkpointed, parallelize_model
-
 from tests.conftest import make_debug_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -42,14 +41,17 @@ def test_every_training_and_inference_level_is_representable():
     assert torch.cdist(tokens, tokens).add(torch.eye(len(tokens))).min() > 0
 
 
-@pytest.mark.parametrize("name,tau,d", [
-    ("tau", 0.3, 1 / 8),  # not a multiple of 1/8
-    ("tau", 1.125, 1 / 8),  # beyond clean data
-    ("tau", -0.125, 1 / 8),
-    ("d", 0.5, 1 / 3),  # not a power of two
-    ("d", 0.5, 1 / 16),  # finer than d_min = 1/k_max
-    ("d", 0.5, 2.0),  # K < 1
-])
+@pytest.mark.parametrize(
+    "name,tau,d",
+    [
+        ("tau", 0.3, 1 / 8),  # not a multiple of 1/8
+        ("tau", 1.125, 1 / 8),  # beyond clean data
+        ("tau", -0.125, 1 / 8),
+        ("d", 0.5, 1 / 3),  # not a power of two
+        ("d", 0.5, 1 / 16),  # finer than d_min = 1/k_max
+        ("d", 0.5, 2.0),  # K < 1
+    ],
+)
 def test_off_grid_levels_raise(name, tau, d):
     model = make()
     z, _, _ = inputs(model.config, b=1, t=1)
@@ -92,8 +94,9 @@ def test_missing_action_labels_use_the_learned_embedding_only():
     plain = model(z, tau, d)
     missing_discrete = torch.full((2, 5, 2), -1, dtype=torch.long)
     missing_continuous = torch.full((2, 5, 2), float("nan"))
-    torch.testing.assert_close(model(z, tau, d, actions_discrete=missing_discrete,
-                                     actions_continuous=missing_continuous), plain)
+    torch.testing.assert_close(
+        model(z, tau, d, actions_discrete=missing_discrete, actions_continuous=missing_continuous), plain
+    )
     # One labelled component in frame 0 changes the output there.
     labelled = missing_discrete.clone()
     labelled[:, 0, 1] = 2
@@ -134,13 +137,17 @@ def test_image_rows_are_independent_across_time():
     image_rows = torch.tensor([True, False])
     out = model(z, tau, d, image_rows=image_rows)
     # Each frame of an image row equals that frame run on its own.
-    alone = torch.cat([model(z[:1, i:i + 1], tau[:1, i:i + 1], d[:1, i:i + 1]) for i in range(5)], 1)
+    alone = torch.cat([model(z[:1, i : i + 1], tau[:1, i : i + 1], d[:1, i : i + 1]) for i in range(5)], 1)
     torch.testing.assert_close(out[0], alone[0], atol=1e-5, rtol=1e-5)
     # The video row in the same batch still mixes time.
     video = model(z[1:], tau[1:], d[1:])
     torch.testing.assert_close(out[1:], video, atol=1e-5, rtol=1e-5)
-    assert (video[0, 1:] - torch.cat([model(z[1:, i:i + 1], tau[1:, i:i + 1], d[1:, i:i + 1])
-                                      for i in range(1, 5)], 1)[0]).abs().max() > 1e-4
+    assert (
+        video[0, 1:]
+        - torch.cat([model(z[1:, i : i + 1], tau[1:, i : i + 1], d[1:, i : i + 1]) for i in range(1, 5)], 1)[
+            0
+        ]
+    ).abs().max() > 1e-4
 
 
 def test_gradients_reach_every_parameter_and_checkpointing_matches():
@@ -154,8 +161,9 @@ def test_gradients_reach_every_parameter_and_checkpointing_matches():
     z, tau, d = inputs(cfg)
     acts = torch.randint(0, 3, (2, 5, 2))
     cont = torch.randn(2, 5, 2)
-    losses = [m(z, tau, d, actions_discrete=acts, actions_continuous=cont).square().mean()
-              for m in (plain, ckpt)]
+    losses = [
+        m(z, tau, d, actions_discrete=acts, actions_continuous=cont).square().mean() for m in (plain, ckpt)
+    ]
     for loss in losses:
         loss.backward()
     torch.testing.assert_close(losses[0], losses[1])
@@ -184,8 +192,9 @@ def test_bf16_autocast_keeps_norms_in_fp32():
         features = x[:, : norm.normalized_shape[0]]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             got = norm(features)
-        reference = torch.nn.functional.rms_norm(features.float(), norm.normalized_shape, norm.weight.float(),
-                                                 norm.eps).bfloat16()
+        reference = torch.nn.functional.rms_norm(
+            features.float(), norm.normalized_shape, norm.weight.float(), norm.eps
+        ).bfloat16()
         assert got.dtype == torch.bfloat16 and torch.equal(got, reference), norm
 
 

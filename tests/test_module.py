@@ -34,24 +34,46 @@ def cache(tmp_path_factory):
 
 
 def make_data(cache) -> DynamicsDataModule:
-    return DynamicsDataModule(cache_dir=str(cache), toy=ToyDatasetConfig(episodes=6, length=24), short_length=6,
-                              long_length=12, short_batch_size=4, long_batch_size=2, long_every=3,
-                              val_batch_size=4, val_batches=1, predict_length=6)
+    return DynamicsDataModule(
+        cache_dir=str(cache),
+        toy=ToyDatasetConfig(episodes=6, length=24),
+        short_length=6,
+        long_length=12,
+        short_batch_size=4,
+        long_batch_size=2,
+        long_every=3,
+        val_batch_size=4,
+        val_batches=1,
+        predict_length=6,
+    )
 
 
 def make_module(data: DynamicsDataModule, cls=DynamicsModule, **kwargs) -> DynamicsModule:
-    config = DynamicsConfig.debug(latent_tokens=data.latent_tokens, latent_dim=data.latent_dim,
-                                  num_discrete_actions=data.num_discrete_actions,
-                                  num_continuous_actions=data.num_continuous_actions)
+    config = DynamicsConfig.debug(
+        latent_tokens=data.latent_tokens,
+        latent_dim=data.latent_dim,
+        num_discrete_actions=data.num_discrete_actions,
+        num_continuous_actions=data.num_continuous_actions,
+    )
     kwargs = {"noise_seed": 0, "val_context_frames": 2, "val_rollout_horizon": 3, **kwargs}
     return cls(config, **kwargs)
 
 
 def make_trainer(tmp_path, **kwargs) -> pl.Trainer:
-    defaults = dict(accelerator="cpu", devices=1, max_steps=3, enable_progress_bar=False, enable_model_summary=False,
-                    use_distributed_sampler=False, log_every_n_steps=1, num_sanity_val_steps=0,
-                    check_val_every_n_epoch=None, val_check_interval=3, default_root_dir=str(tmp_path),
-                    logger=TensorBoardLogger(str(tmp_path), name="tb"))
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        max_steps=3,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=None,
+        val_check_interval=3,
+        default_root_dir=str(tmp_path),
+        logger=TensorBoardLogger(str(tmp_path), name="tb"),
+    )
     return pl.Trainer(**{**defaults, **kwargs})
 
 
@@ -69,12 +91,23 @@ def last_scalar(events: EventAccumulator, tag: str) -> float:
 def test_fit_logs_terms_rms_total_and_validation_to_tensorboard(tmp_path, cache):
     data = make_data(cache)
     module = make_module(data)
-    trainer = make_trainer(tmp_path, callbacks=[LatentThroughputMonitor(), RolloutImageLogger(max_sequences=2)])
+    trainer = make_trainer(
+        tmp_path, callbacks=[LatentThroughputMonitor(), RolloutImageLogger(max_sequences=2)]
+    )
     trainer.fit(module, data)
     events = read_events(trainer)
     scalars = set(events.Tags()["scalars"])
-    expected = {"train/loss", "train/loss_unnormalized", "train/lr", "train/grad_norm", "train/latent_tokens_per_s",
-                "val/loss", "val/bootstrap_loss", "val/rollout_es_copy_last", "val/rollout_es_context_mean"}
+    expected = {
+        "train/loss",
+        "train/loss_unnormalized",
+        "train/lr",
+        "train/grad_norm",
+        "train/latent_tokens_per_s",
+        "val/loss",
+        "val/bootstrap_loss",
+        "val/rollout_es_copy_last",
+        "val/rollout_es_context_mean",
+    }
     expected |= {"train/flow", "train/bootstrap", "train/shortcut", "train/shortcut_rms"}
     expected |= {f"val/flow_loss_tau{lo:.2f}_{lo + 0.25:.2f}" for lo in (0.0, 0.25, 0.5, 0.75)}
     for k in (1, 2, 4, 8):  # K in {1, 2, 4, K_max = 8}
@@ -84,15 +117,20 @@ def test_fit_logs_terms_rms_total_and_validation_to_tensorboard(tmp_path, cache)
     assert len(events.Scalars("train/loss")) == 3  # every step
     # The shortcut loss is flow + bootstrap (docs/design.md §3.6), normalised as one term by its running RMS.
     shortcut = last_scalar(events, "train/shortcut")
-    assert math.isclose(shortcut, last_scalar(events, "train/flow") + last_scalar(events, "train/bootstrap"),
-                        rel_tol=1e-5)
-    assert math.isclose(last_scalar(events, "train/loss"), shortcut / last_scalar(events, "train/shortcut_rms"),
-                        rel_tol=1e-4)
+    assert math.isclose(
+        shortcut, last_scalar(events, "train/flow") + last_scalar(events, "train/bootstrap"), rel_tol=1e-5
+    )
+    assert math.isclose(
+        last_scalar(events, "train/loss"), shortcut / last_scalar(events, "train/shortcut_rms"), rel_tol=1e-4
+    )
     # Two rollout pictures (ground truth + one row per K), decoded by the built-in dataset's decoder.
     assert {"val/rollout_0", "val/rollout_1"} <= set(events.Tags()["images"])
     image = events.Images("val/rollout_0")[-1]
     patch = data.decoder.codec.image_size
-    assert (image.height, image.width) == (5 * patch, 4 * patch)  # rows: truth + K=1,2,4,8; cols: last ctx + 3
+    assert (image.height, image.width) == (
+        5 * patch,
+        4 * patch,
+    )  # rows: truth + K=1,2,4,8; cols: last ctx + 3
 
 
 class FlowOnlyWithMeanPenalty(DynamicsModule):
@@ -120,8 +158,10 @@ def test_subclass_changes_noise_sampling_and_adds_a_loss_term(tmp_path, cache):
     assert module.noise_calls == 3 and module.seen_bootstrap is False
     assert all(e.value == 0.0 for e in events.Scalars("train/bootstrap"))  # no frame above d_min
     assert last_scalar(events, "train/mean_penalty_rms") > 0
-    normalized = sum(last_scalar(events, f"train/{t}") / last_scalar(events, f"train/{t}_rms")
-                     for t in ("shortcut", "mean_penalty"))
+    normalized = sum(
+        last_scalar(events, f"train/{t}") / last_scalar(events, f"train/{t}_rms")
+        for t in ("shortcut", "mean_penalty")
+    )
     assert math.isclose(last_scalar(events, "train/loss"), normalized, rel_tol=1e-4)
 
 
@@ -132,7 +172,10 @@ def test_flow_and_bootstrap_can_be_normalised_separately(tmp_path, cache):
     trainer = make_trainer(tmp_path, val_check_interval=None, limit_val_batches=0)
     trainer.fit(module, data)
     events = read_events(trainer)
-    total = sum(last_scalar(events, f"train/{t}") / last_scalar(events, f"train/{t}_rms") for t in ("flow", "bootstrap"))
+    total = sum(
+        last_scalar(events, f"train/{t}") / last_scalar(events, f"train/{t}_rms")
+        for t in ("flow", "bootstrap")
+    )
     assert math.isclose(last_scalar(events, "train/loss"), total, rel_tol=1e-4)
 
 
@@ -151,8 +194,10 @@ def test_rollout_shapes_determinism_and_action_coverage(cache):
     module = make_module(data).eval()
     batch = next(iter(data.val_dataloader()))
     context, actions = batch["latents"][:, :2], batch["actions_discrete"][:, :5]
-    runs = [module.rollout(context, 3, actions_discrete=actions, generator=torch.Generator().manual_seed(1))
-            for _ in range(2)]
+    runs = [
+        module.rollout(context, 3, actions_discrete=actions, generator=torch.Generator().manual_seed(1))
+        for _ in range(2)
+    ]
     assert runs[0].shape == (4, 3, data.latent_tokens, data.latent_dim)
     assert torch.equal(runs[0], runs[1])
     with pytest.raises(ValueError, match="cover"):
@@ -167,7 +212,8 @@ def test_image_rows_reach_the_network_at_the_configured_share(tmp_path, cache):
     calls = []
     module.model.register_forward_pre_hook(
         lambda m, args, kwargs: calls.append((torch.is_grad_enabled(), kwargs.get("image_rows"))),
-        with_kwargs=True)
+        with_kwargs=True,
+    )
     make_trainer(tmp_path, logger=False, max_steps=8, limit_val_batches=0).fit(module, data)
     assert all(rows is not None and rows.dtype == torch.bool for _, rows in calls)
     student = torch.cat([rows for grad, rows in calls if grad])  # one student pass per step, every row
@@ -183,7 +229,9 @@ def test_predict_writes_weights_only_loadable_files(tmp_path, cache):
     data = make_data(cache)
     module = make_module(data)
     writer = RolloutWriter(output_dir=str(tmp_path / "pred"), format="pt", pictures=False)
-    make_trainer(tmp_path, logger=False, callbacks=[writer]).predict(module, datamodule=data, return_predictions=False)
+    make_trainer(tmp_path, logger=False, callbacks=[writer]).predict(
+        module, datamodule=data, return_predictions=False
+    )
     files = sorted(p for p in (tmp_path / "pred").iterdir() if p.is_file())
     assert [f.name for f in files] == ["rollouts_rank0_batch000000.pt"]  # no temporary files left behind
     out = torch.load(files[0], weights_only=True)
@@ -196,8 +244,12 @@ def test_predict_writes_weights_only_loadable_files(tmp_path, cache):
     assert torch.equal(out["context"], batch["latents"][:, :2])
     assert torch.equal(out["ground_truth"], batch["latents"][:, 2:6])
     assert torch.equal(out["actions_discrete"], batch["actions_discrete"][:, :6])
-    expected = module.rollout(batch["latents"][:, :2], 4, actions_discrete=batch["actions_discrete"][:, :6],
-                              generator=module.evaluation_generator(0))
+    expected = module.rollout(
+        batch["latents"][:, :2],
+        4,
+        actions_discrete=batch["actions_discrete"][:, :6],
+        generator=module.evaluation_generator(0),
+    )
     assert torch.equal(out["rollout"], expected)
 
 
@@ -211,10 +263,16 @@ def test_optimizer_groups_and_warmup_cosine_schedule(tmp_path, cache):
     assert all(p.ndim >= 2 for p in decayed["params"])
     embeddings = {id(m.weight) for m in module.modules() if isinstance(m, torch.nn.Embedding)}
     assert embeddings and embeddings <= {id(p) for p in undecayed["params"]}
-    assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 2  # filled in from the Trainer's max_steps
+    assert (
+        trainer.lr_scheduler_configs[0].scheduler.total_steps == 2
+    )  # filled in from the Trainer's max_steps
 
-    scheduler = WarmupCosineLR(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), warmup_steps=10,
-                               total_steps=110, min_lr_ratio=0.1)
+    scheduler = WarmupCosineLR(
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0),
+        warmup_steps=10,
+        total_steps=110,
+        min_lr_ratio=0.1,
+    )
     assert scheduler.lr_factor(0) == pytest.approx(1 / 11) and scheduler.lr_factor(10) == pytest.approx(1.0)
     assert scheduler.lr_factor(60) == pytest.approx(0.55)  # half way down the cosine: (1 + 0.1) / 2
     assert scheduler.lr_factor(110) == pytest.approx(0.1) and scheduler.lr_factor(500) == pytest.approx(0.1)
@@ -266,7 +324,9 @@ def test_checkpoint_loads_weights_only_and_restores_the_model(tmp_path, cache):
     data = make_data(cache)
     module = make_module(data)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    make_trainer(tmp_path, logger=False, max_steps=2, limit_val_batches=0, callbacks=[checkpoint]).fit(module, data)
+    make_trainer(tmp_path, logger=False, max_steps=2, limit_val_batches=0, callbacks=[checkpoint]).fit(
+        module, data
+    )
     path = tmp_path / "ckpt" / "last.ckpt"
     state = torch.load(path, weights_only=True)
     assert isinstance(state["hyper_parameters"]["model"], dict)
@@ -302,10 +362,17 @@ def test_progress_bar_shows_the_unnormalised_loss_and_checkpoints_load_in_eval_m
 
     data = make_data(cache)
     module = make_module(data)
-    trainer = make_trainer(tmp_path, max_steps=2, logger=False, limit_val_batches=0,
-                           callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
+    trainer = make_trainer(
+        tmp_path,
+        max_steps=2,
+        logger=False,
+        limit_val_batches=0,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+    )
     trainer.fit(module, data)
     shown, raw = trainer.progress_bar_metrics["loss"], trainer.callback_metrics["train/loss_unnormalized"]
-    assert shown == pytest.approx(float(raw)) and shown != pytest.approx(float(trainer.callback_metrics["train/loss"]))
+    assert shown == pytest.approx(float(raw)) and shown != pytest.approx(
+        float(trainer.callback_metrics["train/loss"])
+    )
     loaded = DynamicsModule.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt", map_location="cpu")
     assert not loaded.training and not any(m.training for m in loaded.modules())

@@ -16,9 +16,13 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
     monkeypatch.setenv("QUICKSTART_STEPS", "10")
-    monkeypatch.setenv("DREAMER_DYNAMICS_CACHE", os.environ.get("DREAMER_DYNAMICS_CACHE", str(tmp_path / "cache")))
+    monkeypatch.setenv(
+        "DREAMER_DYNAMICS_CACHE", os.environ.get("DREAMER_DYNAMICS_CACHE", str(tmp_path / "cache"))
+    )
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")

@@ -162,9 +162,13 @@ def test_video_to_exported_model(tmp_path, monkeypatch):
     written = tmp_path / "predictions" / "rollouts_rank0_batch000000"
     rollout = np.load(f"{written}.rollout.npy")
     context = np.load(f"{written}.context.npy")
-    assert rollout.shape[1:] == (5, 16, 48) and context.shape[1] == 3  # predict windows: 3 context + 5 generated
+    assert (
+        rollout.shape[1:] == (5, 16, 48) and context.shape[1] == 3
+    )  # predict windows: 3 context + 5 generated
     for b in range(min(4, rollout.shape[0])):  # every generated frame, decoded by the dataset's codec
-        grid = np.asarray(Image.open(f"{written}.seq{b}.png")) / 255.0  # rows: rollout, truth; cols: 3 + 5 frames
+        grid = (
+            np.asarray(Image.open(f"{written}.seq{b}.png")) / 255.0
+        )  # rows: rollout, truth; cols: 3 + 5 frames
         assert grid.shape == (2 * 16, 8 * 16, 3)
         pictures = grid[:16].reshape(16, 8, 16, 3).transpose(1, 0, 2, 3)[3:]  # (5, 16, 16, 3): the rollout
         decoded = PatchCodec(16, 4).decode(rollout[b], clip=True)

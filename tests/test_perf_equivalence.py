@@ -47,8 +47,9 @@ def test_math_attention_values_and_gradients_equal_plain_formulation(softcap, hk
         allowed[1] = delta == 0
     grad_out = torch.randn(n, hq, lq, e, generator=g)
 
-    fast = attend(q, k, v, mask=None if allowed is None else AttentionMask(allowed), softcap=softcap,
-                  backend="math")
+    fast = attend(
+        q, k, v, mask=None if allowed is None else AttentionMask(allowed), softcap=softcap, backend="math"
+    )
     fast_grads = torch.autograd.grad(fast, (q, k, v), grad_out)
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
     plain = plain_attention(q64, k64, v64, allowed, softcap)
@@ -69,10 +70,13 @@ def test_no_grad_forward_is_bitwise_equal_to_the_autograd_forward(autocast):
     z = torch.randn(b, t, cfg.latent_tokens, cfg.latent_dim, generator=g)
     tau = torch.randint(0, cfg.k_max, (b, t), generator=g) / cfg.k_max
     d = torch.full((b, t), 1 / cfg.k_max)
-    cond = {"actions_discrete": torch.stack([torch.randint(0, n, (b, t), generator=g)
-                                             for n in cfg.num_discrete_actions], -1),
-            "actions_continuous": torch.randn(b, t, cfg.num_continuous_actions, generator=g),
-            "image_rows": torch.tensor([False, True, False])}
+    cond = {
+        "actions_discrete": torch.stack(
+            [torch.randint(0, n, (b, t), generator=g) for n in cfg.num_discrete_actions], -1
+        ),
+        "actions_continuous": torch.randn(b, t, cfg.num_continuous_actions, generator=g),
+        "image_rows": torch.tensor([False, True, False]),
+    }
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):  # bf16 branches, fp32 residual stream
         with_grad = model(z, tau, d, **cond)
         with torch.no_grad():

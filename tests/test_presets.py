@@ -18,8 +18,9 @@ def plain_argv(monkeypatch):
     monkeypatch.setattr("sys.argv", ["dreamer-dynamics"])
 
 
-MODEL_CONFIGS = [n for n in available_configs()
-                 if (load_config(n).get("model") or {}).get("model") is not None]
+MODEL_CONFIGS = [
+    n for n in available_configs() if (load_config(n).get("model") or {}).get("model") is not None
+]
 
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
@@ -39,16 +40,25 @@ def test_cli_config_and_python_preset_agree(name, capsys):
 def test_named_presets_are_the_packaged_configs():
     assert {"quickstart", "minecraft"} <= set(available_configs())
     quick = DynamicsConfig.quickstart()
-    assert (quick.time_every, quick.k_max) == tuple(load_config("quickstart")["model"]["model"][k]
-                                                    for k in ("time_every", "k_max"))
+    assert (quick.time_every, quick.k_max) == tuple(
+        load_config("quickstart")["model"]["model"][k] for k in ("time_every", "k_max")
+    )
     assert DynamicsConfig.minecraft().dim == load_config("minecraft")["model"]["model"]["dim"]
 
 
 def test_defaults_are_quickstart_sized():
     """``fit`` without a config builds the quickstart's network size (not a 6 M-parameter model)."""
     defaults, quick = DynamicsConfig(), DynamicsConfig.quickstart(latent_tokens=16, latent_dim=32)
-    sizes = ("dim", "depth", "heads", "kv_heads", "context_length", "num_registers", "action_tokens",
-             "mlp_ratio")
+    sizes = (
+        "dim",
+        "depth",
+        "heads",
+        "kv_heads",
+        "context_length",
+        "num_registers",
+        "action_tokens",
+        "mlp_ratio",
+    )
     assert {k: getattr(defaults, k) for k in sizes} == {k: getattr(quick, k) for k in sizes}
     count = sum(p.numel() for p in DynamicsTransformer(DynamicsConfig(latent_dim=48)).parameters())
     assert count < 500_000

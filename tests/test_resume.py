@@ -6,8 +6,8 @@ DDP: tests/test_resume_cli.py."""
 from __future__ import annotations
 
 import lightning.pytorch as pl
-import torch
 import pytest
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dreamer_dynamics.data import DynamicsDataModule
@@ -21,20 +21,45 @@ TOTAL_STEPS, STOP_AT = 8, 4
 
 def _run(tmp_path, cache, max_steps: int, ckpt_path=None, num_workers=0):
     pl.seed_everything(0, workers=True)
-    data = DynamicsDataModule(cache_dir=str(cache), toy=ToyDatasetConfig(episodes=6, length=24), short_length=6,
-                              long_length=12, short_batch_size=4, long_batch_size=2, long_every=3,
-                              val_batch_size=2, val_batches=1, num_workers=num_workers)
-    config = DynamicsConfig.debug(latent_tokens=data.latent_tokens, latent_dim=data.latent_dim,
-                                  num_discrete_actions=data.num_discrete_actions,
-                                  num_continuous_actions=data.num_continuous_actions)
+    data = DynamicsDataModule(
+        cache_dir=str(cache),
+        toy=ToyDatasetConfig(episodes=6, length=24),
+        short_length=6,
+        long_length=12,
+        short_batch_size=4,
+        long_batch_size=2,
+        long_every=3,
+        val_batch_size=2,
+        val_batches=1,
+        num_workers=num_workers,
+    )
+    config = DynamicsConfig.debug(
+        latent_tokens=data.latent_tokens,
+        latent_dim=data.latent_dim,
+        num_discrete_actions=data.num_discrete_actions,
+        num_continuous_actions=data.num_continuous_actions,
+    )
     module = DynamicsModule(config, val_context_frames=2, val_rollout_horizon=2, val_rollout_steps=[2])
     ema = EMA(decay=0.9)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=max_steps, val_check_interval=3, check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, gradient_clip_val=1.0, use_distributed_sampler=False, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
-        callbacks=[ema, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=STOP_AT,
-                                        save_top_k=-1)],
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        val_check_interval=3,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        use_distributed_sampler=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[
+            ema,
+            ModelCheckpoint(
+                dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=STOP_AT, save_top_k=-1
+            ),
+        ],
     )
     trainer.fit(module, data, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
     return module, ema
@@ -50,16 +75,18 @@ def test_resumed_run_is_bit_identical(tmp_path, num_workers):
     assert state["global_step"] == STOP_AT
     assert "dreamer_dynamics_rng" in state and "current_model_state" in state  # own RNG + EMA's live weights
     assert any(k.startswith("loss_normalizer.") for k in state["current_model_state"])
-    resumed, resumed_ema = _run(tmp_path / "resumed", cache, TOTAL_STEPS, ckpt_path=checkpoint,
-                                num_workers=num_workers)
+    resumed, resumed_ema = _run(
+        tmp_path / "resumed", cache, TOTAL_STEPS, ckpt_path=checkpoint, num_workers=num_workers
+    )
 
     assert resumed.trainer.global_step == straight.trainer.global_step == TOTAL_STEPS
     straight_state, resumed_state = straight.state_dict(), resumed.state_dict()
     assert straight_state.keys() == resumed_state.keys()
     for name, value in straight_state.items():
         assert torch.equal(value, resumed_state[name]), f"{name} differs after resume"
-    for (name, a), b in zip(straight_ema.averaged_model.state_dict().items(),
-                            resumed_ema.averaged_model.state_dict().values()):
+    for (name, a), b in zip(
+        straight_ema.averaged_model.state_dict().items(), resumed_ema.averaged_model.state_dict().values()
+    ):
         assert torch.equal(a, b), f"EMA {name} differs after resume"
     # A run that is not resumed from the checkpoint really is different (the test has teeth).
     fresh, _ = _run(tmp_path / "fresh", cache, TOTAL_STEPS - STOP_AT, num_workers=num_workers)

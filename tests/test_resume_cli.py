@@ -18,8 +18,11 @@ import torch
 from dreamer_dynamics.cli import DynamicsCLI
 from tests.test_ddp import REPO, console_script, subprocess_env
 
-CONFIGS = [REPO / "lightning_configs" / "quickstart.yaml", REPO / "tests" / "configs" / "tiny_scale.yaml",
-           REPO / "tests" / "configs" / "resume_exact.yaml"]
+CONFIGS = [
+    REPO / "lightning_configs" / "quickstart.yaml",
+    REPO / "tests" / "configs" / "tiny_scale.yaml",
+    REPO / "tests" / "configs" / "resume_exact.yaml",
+]
 DDP = REPO / "lightning_configs" / "ddp_cpu.yaml"
 EMA_START = 100  # resume_exact.yaml: update_starting_at_step
 
@@ -31,15 +34,22 @@ def configs(devices: int) -> list[str]:
 
 def fit(run_dir: Path, cache: Path, devices: int, max_steps: int, ckpt_path: Path | None = None) -> dict:
     """One ``dreamer-dynamics fit``; returns its final checkpoint (written when fit ends)."""
-    cmd = [console_script(), "fit", *configs(devices), f"--trainer.max_steps={max_steps}",
-           f"--trainer.default_root_dir={run_dir}", f"--trainer.callbacks.dirpath={run_dir / 'ckpt'}"]
+    cmd = [
+        console_script(),
+        "fit",
+        *configs(devices),
+        f"--trainer.max_steps={max_steps}",
+        f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.callbacks.dirpath={run_dir / 'ckpt'}",
+    ]
     if ckpt_path is not None:
         cmd.append(f"--ckpt_path={ckpt_path}")
     env = {**subprocess_env(), "DREAMER_DYNAMICS_CACHE": str(cache)}
     result = subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
-        pytest.fail(f"fit failed (exit {result.returncode}):\n{result.stdout[-2000:]}\n"
-                    f"{result.stderr[-5000:]}")
+        pytest.fail(
+            f"fit failed (exit {result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-5000:]}"
+        )
     return torch.load(run_dir / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
@@ -90,8 +100,14 @@ def test_extending_a_finished_run_is_exact(tmp_path, cache, devices, first, tota
     if devices == 2:
         assert not torch.equal(ranks[0]["noise_generator"], ranks[1]["noise_generator"])
 
-    for key in ("current_model_state", "state_dict", "averaging_state", "optimizer_states", "lr_schedulers",
-                "dreamer_dynamics_rng"):
+    for key in (
+        "current_model_state",
+        "state_dict",
+        "averaging_state",
+        "optimizer_states",
+        "lr_schedulers",
+        "dreamer_dynamics_rng",
+    ):
         assert_equal_tree(resumed.get(key), straight.get(key), key)
     # The data position (the batches are a function of the global step). Lightning's epoch counters may differ
     # by one after resuming from a checkpoint written at an epoch's last batch; nothing here depends on them.

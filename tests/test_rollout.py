@@ -3,9 +3,12 @@
 import pytest
 import torch
 
-from dreamer_dynamics.model import (DynamicsConfig, DynamicsTransformer, TimeKVCache, context_signal_level,
-                                    rollout)
-
+from dreamer_dynamics.model import (
+    DynamicsConfig,
+    TimeKVCache,
+    context_signal_level,
+    rollout,
+)
 from tests.conftest import make_debug_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -29,9 +32,18 @@ def test_cached_rollout_equals_full_recomputation(context_length, t_ctx, num_ste
     horizon = 12 - t_ctx
     runs = []
     for use_cache in (True, False):
-        runs.append(rollout(model, latents[:, :t_ctx], horizon, actions_discrete=discrete,
-                            actions_continuous=continuous, num_steps=num_steps, use_cache=use_cache,
-                            generator=torch.Generator().manual_seed(7)))
+        runs.append(
+            rollout(
+                model,
+                latents[:, :t_ctx],
+                horizon,
+                actions_discrete=discrete,
+                actions_continuous=continuous,
+                num_steps=num_steps,
+                use_cache=use_cache,
+                generator=torch.Generator().manual_seed(7),
+            )
+        )
     assert runs[0].shape == (2, horizon, model.config.latent_tokens, model.config.latent_dim)
     torch.testing.assert_close(runs[0], runs[1], atol=1e-5, rtol=1e-5)
 
@@ -50,8 +62,9 @@ def test_sampling_loop_feeds_the_documented_levels():
     calls = []
     model.register_forward_pre_hook(lambda m, args: calls.append((args[1].clone(), args[2].clone())))
     latents, _, _ = episode(model.config)
-    rollout(model, latents[:, :3], 2, num_steps=4, use_cache=False,
-            generator=torch.Generator().manual_seed(0))
+    rollout(
+        model, latents[:, :3], 2, num_steps=4, use_cache=False, generator=torch.Generator().manual_seed(0)
+    )
     tau_ctx, d_min = 7 / 8, 1 / 8  # debug config: k_max = 8, context_noise 0.1
     assert len(calls) == 2 * 4
     for i, (tau, d) in enumerate(calls):
@@ -84,8 +97,12 @@ def test_future_actions_steer_the_rollout():
     latents, discrete, _ = episode(model.config)
     other = discrete.clone()
     other[:, 5:, 0] = (other[:, 5:, 0] + 1) % model.config.num_discrete_actions[0]
-    a, b = (rollout(model, latents[:, :3], 4, actions_discrete=acts[:, :7],
-                    generator=torch.Generator().manual_seed(0)) for acts in (discrete, other))
+    a, b = (
+        rollout(
+            model, latents[:, :3], 4, actions_discrete=acts[:, :7], generator=torch.Generator().manual_seed(0)
+        )
+        for acts in (discrete, other)
+    )
     torch.testing.assert_close(a[:, :2], b[:, :2])  # frames 3, 4: actions unchanged so far
     assert (a[:, 2:] - b[:, 2:]).abs().max() > 1e-4
 
@@ -104,8 +121,17 @@ def test_each_generated_frame_is_conditioned_on_its_own_action(use_cache, kind):
         other[:, 5, 0] = (other[:, 5, 0] + 1) % model.config.num_discrete_actions[0]
     else:
         other[:, 5] += 3.0
-    a, b = (rollout(model, latents[:, :3], 4, use_cache=use_cache, generator=torch.Generator().manual_seed(0),
-                    **{f"actions_{kind}": acts}) for acts in (actions, other))  # frames 3, 4, 5, 6
+    a, b = (
+        rollout(
+            model,
+            latents[:, :3],
+            4,
+            use_cache=use_cache,
+            generator=torch.Generator().manual_seed(0),
+            **{f"actions_{kind}": acts},
+        )
+        for acts in (actions, other)
+    )  # frames 3, 4, 5, 6
     torch.testing.assert_close(a[:, :2], b[:, :2], atol=0, rtol=0)
     assert (a[:, 2] - b[:, 2]).abs().max() > 1e-4, "frame 5 does not see its own action"
 
@@ -145,16 +171,21 @@ def test_module_rollout_accepts_numpy_and_2d_discrete_actions_in_eval_no_grad():
 
     module = _module().train()
     modes = []
-    module.model.blocks[0].register_forward_pre_hook(lambda m, a: modes.append((m.training, torch.is_grad_enabled())))
+    module.model.blocks[0].register_forward_pre_hook(
+        lambda m, a: modes.append((m.training, torch.is_grad_enabled()))
+    )
     context = np.random.default_rng(0).standard_normal((2, 3, 8, 4)).astype(np.float32)
     actions = np.random.default_rng(1).integers(0, 3, (2, 5))  # [B, T]: one categorical component
     out = module.rollout(context, 2, actions_discrete=actions, generator=torch.Generator().manual_seed(0))
     assert isinstance(out, np.ndarray) and out.shape == (2, 2, 8, 4)
     assert modes and set(modes) == {(False, False)}  # every network call in eval mode, without autograd
     assert module.training  # the caller's mode is restored
-    reference = module.eval().rollout(torch.from_numpy(context), 2,
-                                      actions_discrete=torch.from_numpy(actions)[..., None],
-                                      generator=torch.Generator().manual_seed(0))
+    reference = module.eval().rollout(
+        torch.from_numpy(context),
+        2,
+        actions_discrete=torch.from_numpy(actions)[..., None],
+        generator=torch.Generator().manual_seed(0),
+    )
     assert not reference.requires_grad
     assert torch.equal(torch.from_numpy(out), reference)  # [B, T] == [B, T, 1], eval mode (no dropout etc.)
 

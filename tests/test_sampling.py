@@ -30,7 +30,9 @@ def test_signal_levels_on_their_step_grid_and_never_clean():
     for steps in (1, 4, 64):  # tau uniform over {0, ..., K-1}/K for each K
         sel = idx[k == steps].long()
         freq = torch.bincount(sel, minlength=steps).float() / sel.numel()
-        torch.testing.assert_close(freq, torch.full((steps,), 1 / steps), atol=4 / math.sqrt(sel.numel()), rtol=0)
+        torch.testing.assert_close(
+            freq, torch.full((steps,), 1 / steps), atol=4 / math.sqrt(sel.numel()), rtol=0
+        )
 
 
 def test_d_min_share_knob():

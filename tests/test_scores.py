@@ -37,7 +37,8 @@ def mean_es(samples: torch.Tensor, target: torch.Tensor) -> float:
 def test_true_distribution_scores_best_and_matches_closed_form():
     truth, target = gaussian_case(samples=8, scale=1.0)
     es_truth = mean_es(truth, target)
-    # Closed form: ES(N(mu, s^2 I), y) averages to c_d (sqrt(SIGMA^2 + s^2) - s / sqrt 2), c_d = E||N(0, I_d)||.
+    # Closed form: ES(N(mu, s^2 I), y) averages to c_d (sqrt(SIGMA^2 + s^2) - s / sqrt 2), c_d = E||N(0,
+    # I_d)||.
     assert es_truth == pytest.approx(mean_chi(DIM) * SIGMA * (math.sqrt(2.0) - 1 / math.sqrt(2.0)), rel=0.02)
     point = gaussian_mean().expand_as(truth)  # the distribution's own mean: a point forecast, no spread
     for name, other in {
@@ -80,7 +81,8 @@ def test_rollout_scores_sums_means_and_ratio_by_hand():
     hits = torch.tensor([[[True, False]], [[True, True]]])  # (S, B, H)
     metric.update(context, target, {4: samples}, {4: hits})
     out = metric.compute()
-    # frame 0: samples 1, -1 -> error 1, spread |1 - (-1)| / 2 = 1, ES 0; frame 1: -1, 3 -> error 2, spread 2, ES 0
+    # frame 0: samples 1, -1 -> error 1, spread |1 - (-1)| / 2 = 1, ES 0; frame 1: -1, 3 -> error 2, spread
+    # 2, ES 0
     assert out["es_k4"].item() == 0.0
     assert out["spread_k4"].item() == 1.5
     assert out["mean_mse_k4"].item() == 0.5  # sample means 0 and 1
@@ -109,8 +111,10 @@ def test_locator_finds_every_object_of_the_toy_world_exactly():
 def hidden_by_sprite(objects: np.ndarray, env: ToyEnv) -> list[bool]:
     c = env.config
     sprite = objects[0]
-    return [False] + [bool(np.all(ball < sprite + c.sprite_size) and np.all(sprite < ball + c.ball_size))
-                      for ball in objects[1:]]
+    return [False] + [
+        bool(np.all(ball < sprite + c.sprite_size) and np.all(sprite < ball + c.ball_size))
+        for ball in objects[1:]
+    ]
 
 
 def test_locator_tolerates_blur_and_noise_but_not_a_shift():
@@ -119,8 +123,9 @@ def test_locator_tolerates_blur_and_noise_but_not_a_shift():
     clean = torch.as_tensor(frames)  # (T, H, W, 3)
     g = torch.Generator().manual_seed(0)
     noisy = clean + 0.1 * torch.randn(clean.shape, generator=g)
-    mean3 = torch.nn.functional.avg_pool2d(noisy.permute(0, 3, 1, 2), 3, stride=1, padding=1,
-                                           count_include_pad=False).permute(0, 2, 3, 1)
+    mean3 = torch.nn.functional.avg_pool2d(
+        noisy.permute(0, 3, 1, 2), 3, stride=1, padding=1, count_include_pad=False
+    ).permute(0, 2, 3, 1)
     blurred = 0.6 * noisy + 0.4 * mean3  # a soft, noisy frame like an imperfect generated one
     truth = locate_objects(clean, env.config)
     offset = (locate_objects(blurred, env.config) - truth).abs().amax(-1)  # (T, objects)

@@ -50,8 +50,9 @@ def run_setup(tmp_path: Path, active: str) -> list[str]:
         env["VIRTUAL_ENV"] = str(env_bin.parent)
     elif active == "conda":
         env["CONDA_PREFIX"] = str(env_bin.parent)
-    result = subprocess.run(["bash", "scripts/setup.sh"], cwd=repo, env=env, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        ["bash", "scripts/setup.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert f"set up in {repo / '.venv'}" in result.stdout
     return log.read_text().splitlines()

@@ -30,7 +30,9 @@ def test_posterior_mean_flow_term_equals_posterior_variance():
     g = GaussianData(mu=-0.3, sigma=1.5)
     tau = torch.arange(K_MAX).unsqueeze(0) / K_MAX  # the d_min grid
     d = torch.full_like(tau, 1 / K_MAX)
-    z1 = g.mu + g.sigma * torch.randn(1, K_MAX, 200_000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    z1 = g.mu + g.sigma * torch.randn(
+        1, K_MAX, 200_000, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     out = shortcut_forcing_loss(g.posterior_mean, z1, tau, d, d_min=1 / K_MAX)
     assert not out.bootstrap.any()
     torch.testing.assert_close(out.per_frame[0], g.posterior_variance(tau[0]).double(), rtol=0.02, atol=1e-4)
@@ -99,7 +101,10 @@ def test_loss_is_ramp_weighted_count_mean_and_terms_sum_to_it():
     # Count-weighted: repeating every frame (a longer batch of the same content) keeps the mean.
     rep = shortcut_forcing_loss(
         lambda z, t, dd: torch.cat([z1, z1], 1) + torch.cat([err, err], 1),
-        torch.cat([z1, z1], 1), torch.cat([tau, tau], 1), torch.cat([d, d], 1), d_min=1 / 8,
+        torch.cat([z1, z1], 1),
+        torch.cat([tau, tau], 1),
+        torch.cat([d, d], 1),
+        d_min=1 / 8,
         z0=torch.zeros(B, 2 * T, 2, 5),
     )
     torch.testing.assert_close(rep.terms["flow"], out.terms["flow"])
@@ -123,7 +128,11 @@ def test_teacher_passes_only_on_bootstrap_rows_without_autograd():
     calls.clear()
     d[1, 2] = 1 / 2  # one bootstrap frame, in row 1
     out = shortcut_forcing_loss(denoiser, z1, tau, d, d_min=1 / 8, bias=bias)
-    assert [c["rows"] for c in calls] == [1, 1, 3]  # two teacher passes on the one bootstrap row, then the student
+    assert [c["rows"] for c in calls] == [
+        1,
+        1,
+        3,
+    ]  # two teacher passes on the one bootstrap row, then the student
     assert [c["grad"] for c in calls] == [False, False, True]
     first, second, student = calls
     assert torch.equal(first["bias"], bias[1:2])  # per-row conditioning sliced with the rows

@@ -47,8 +47,10 @@ def slurm_cluster():
     """A running one-node cluster; stopped again afterwards if this fixture started it."""
     result = subprocess.run(["bash", str(START_CLUSTER)], capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
-        pytest.fail(f"the SLURM cluster could not start (scripts/slurm/start_cluster.sh exit "
-                    f"{result.returncode}):\n{result.stdout}\n{result.stderr}")
+        pytest.fail(
+            f"the SLURM cluster could not start (scripts/slurm/start_cluster.sh exit "
+            f"{result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     started_here = "already up" not in result.stdout
     yield result.stdout.strip()
     if started_here:
@@ -85,16 +87,34 @@ def test_sigusr1_requeues_the_job_and_it_resumes_to_max_steps(slurm_cluster, tmp
     env = subprocess_env()
     env.update(RUN_DIR=str(run_dir), DREAMER_PYTHON_BIN=str(Path(sys.executable).parent))
     submit = subprocess.run(
-        ["sbatch", "--parsable", f"--output={log}", "--time=00:10:00", str(TEMPLATE),
-         "--config=tests/configs/tiny_scale.yaml", f"--trainer.max_steps={MAX_STEPS}",
-         "--trainer.val_check_interval=20", "--trainer.callbacks+=" + json.dumps(recorder)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        [
+            "sbatch",
+            "--parsable",
+            f"--output={log}",
+            "--time=00:10:00",
+            str(TEMPLATE),
+            "--config=tests/configs/tiny_scale.yaml",
+            f"--trainer.max_steps={MAX_STEPS}",
+            "--trainer.val_check_interval=20",
+            "--trainer.callbacks+=" + json.dumps(recorder),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert submit.returncode == 0, f"sbatch failed: {submit.stderr}"
     job_id = submit.stdout.strip().split(";")[0]
     try:
         # 1) mid-way through the first run, send the signal SLURM sends before the time limit
-        wait_for(lambda: len(read_steps(probe / "progress-run0.txt")) >= SIGNAL_AFTER_STEP, 240,
-                 f"step {SIGNAL_AFTER_STEP} of the first run", log, poll=0.1)
+        wait_for(
+            lambda: len(read_steps(probe / "progress-run0.txt")) >= SIGNAL_AFTER_STEP,
+            240,
+            f"step {SIGNAL_AFTER_STEP} of the first run",
+            log,
+            poll=0.1,
+        )
         # `scancel --signal` reaches the job steps (the srun-launched ranks, where the requeue handler lives),
         # not the batch shell, exactly like `#SBATCH --signal=SIGUSR1@90`.
         subprocess.run(["scancel", "--signal=USR1", job_id], check=True, timeout=30)
@@ -151,18 +171,34 @@ def fake_slurm_job(monkeypatch, tmp_path) -> None:
     """The variables srun sets for a 1-task job; scontrol is pointed at an empty config so that Lightning's
     ``scontrol requeue`` fails at once (a warning) instead of reaching a real cluster."""
     (tmp_path / "empty_slurm.conf").write_text("")
-    variables = dict(SLURM_NTASKS="1", SLURM_NTASKS_PER_NODE="1", SLURM_JOB_NAME="unit", SLURM_JOB_ID="0",
-                     SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_NODELIST="localhost",
-                     SLURM_CONF=str(tmp_path / "empty_slurm.conf"))
+    variables = dict(
+        SLURM_NTASKS="1",
+        SLURM_NTASKS_PER_NODE="1",
+        SLURM_JOB_NAME="unit",
+        SLURM_JOB_ID="0",
+        SLURM_PROCID="0",
+        SLURM_LOCALID="0",
+        SLURM_NODEID="0",
+        SLURM_NODELIST="localhost",
+        SLURM_CONF=str(tmp_path / "empty_slurm.conf"),
+    )
     for key, value in variables.items():
         monkeypatch.setenv(key, value)
 
 
 def boring_fit(tmp_path, *callbacks, max_steps: int = 6) -> pl.Trainer:
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, default_root_dir=tmp_path,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False,
-                         limit_val_batches=0, callbacks=list(callbacks))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=list(callbacks),
+    )
     trainer.fit(BoringModel())
     return trainer
 

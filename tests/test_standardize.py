@@ -31,8 +31,9 @@ def roots(tmp_path_factory):
     toy = LatentDataset(toy_root)
     out = {}
     for name, (scale, offset) in {"unit": (1.0, 0.0), "scaled": (SCALE, OFFSET)}.items():
-        with LatentDatasetWriter(base / name, latent_shape=toy.latent_shape, num_discrete_actions=(5,),
-                                 decoder=toy.meta.decoder) as writer:
+        with LatentDatasetWriter(
+            base / name, latent_shape=toy.latent_shape, num_discrete_actions=(5,), decoder=toy.meta.decoder
+        ) as writer:
             for i in range(len(toy)):
                 episode = toy[i]
                 latents = np.asarray(episode["latents"], np.float64) * scale + offset  # (T, N_b, D_b)
@@ -42,22 +43,45 @@ def roots(tmp_path_factory):
 
 
 def make_data(root, **kwargs) -> DynamicsDataModule:
-    return DynamicsDataModule(root, short_length=6, long_length=12, short_batch_size=4, long_batch_size=2,
-                              long_every=3, val_batch_size=4, val_batches=1, predict_length=6, **kwargs)
+    return DynamicsDataModule(
+        root,
+        short_length=6,
+        long_length=12,
+        short_batch_size=4,
+        long_batch_size=2,
+        long_every=3,
+        val_batch_size=4,
+        val_batches=1,
+        predict_length=6,
+        **kwargs,
+    )
 
 
 def make_module(data: DynamicsDataModule, **kwargs) -> DynamicsModule:
-    config = DynamicsConfig.debug(latent_tokens=data.latent_tokens, latent_dim=data.latent_dim,
-                                  num_discrete_actions=data.num_discrete_actions)
+    config = DynamicsConfig.debug(
+        latent_tokens=data.latent_tokens,
+        latent_dim=data.latent_dim,
+        num_discrete_actions=data.num_discrete_actions,
+    )
     kwargs = {"noise_seed": 0, "val_context_frames": 2, "val_rollout_horizon": 3, **kwargs}
     return DynamicsModule(config, **kwargs)
 
 
 def make_trainer(tmp_path, max_steps, callbacks=()) -> pl.Trainer:
-    return pl.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=max_steps, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                      limit_val_batches=0, default_root_dir=str(tmp_path), callbacks=list(callbacks),
-                      enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks))
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        default_root_dir=str(tmp_path),
+        callbacks=list(callbacks),
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+    )
 
 
 class LossHistory(pl.Callback):
@@ -187,10 +211,21 @@ def test_rollout_images_are_decoded_in_the_datasets_units(roots, tmp_path):
 
     data = make_data(roots["scaled"])
     logger = TensorBoardLogger(str(tmp_path), name="tb")
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=logger, enable_progress_bar=False,
-                         enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
-                         limit_val_batches=1, val_check_interval=1, check_val_every_n_epoch=None,
-                         enable_checkpointing=False, callbacks=[RolloutImageLogger(max_sequences=1)])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=1,
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        val_check_interval=1,
+        check_val_every_n_epoch=None,
+        enable_checkpointing=False,
+        callbacks=[RolloutImageLogger(max_sequences=1)],
+    )
     trainer.fit(make_module(data), data)
     logger.experiment.flush()
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})

@@ -82,7 +82,9 @@ def test_actions_npy_discrete_and_csv_continuous(tmp_path):
     assert np.isnan(acts[0]).all() and acts[1:, 0].tolist() == [0.5, 1.5, 2.5, 3.5, 4.5]
     # no header; a NaN in the first row is a missing label, not a header; T rows
     (tmp_path / "b.csv").write_text("nan,7\n" + "\n".join(f"{t}.5,{-t}" for t in range(5)) + "\n")
-    assert main(["from-video", str(tmp_path / "b"), str(a), "--actions", str(tmp_path / "b.csv"), *PATCH16]) == 0
+    assert (
+        main(["from-video", str(tmp_path / "b"), str(a), "--actions", str(tmp_path / "b.csv"), *PATCH16]) == 0
+    )
     acts = np.asarray(LatentDataset(tmp_path / "b")[0]["actions_continuous"])
     assert np.isnan(acts[0, 0]) and acts[:, 1].tolist() == [7, 0, -1, -2, -3, -4]
 

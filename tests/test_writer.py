@@ -141,8 +141,10 @@ def _assert_stats_match(record, episodes):
 def test_latent_stats_are_exact_across_appends_and_reopening(tmp_path):
     rng = np.random.default_rng(0)
     # per-channel offsets up to 800 x the spread: a float64 sum-of-squares variance would lose digits here
-    episodes = [(10 * np.arange(5) + rng.normal(0, 0.05, (int(rng.integers(1, 9)), 3, 5))).astype(np.float32)
-                for _ in range(6)]
+    episodes = [
+        (10 * np.arange(5) + rng.normal(0, 0.05, (int(rng.integers(1, 9)), 3, 5))).astype(np.float32)
+        for _ in range(6)
+    ]
     with LatentDatasetWriter(tmp_path, latent_shape=(3, 5)) as w:
         assert "latent_stats" not in json.loads((tmp_path / "metadata.json").read_text())  # empty: none yet
         for e in episodes[:3]:

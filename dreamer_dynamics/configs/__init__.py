@@ -55,7 +55,7 @@ def resolve_config_args(args: list[str]) -> list[str]:
             out.append(arg)
             expect = True
         elif arg.startswith("--config="):
-            out.append("--config=" + resolve_config_arg(arg[len("--config="):]))
+            out.append("--config=" + resolve_config_arg(arg[len("--config=") :]))
         else:
             out.append(arg)
     return out
@@ -75,5 +75,11 @@ def preset_model_fields(name: str) -> dict[str, Any]:
     return fields
 
 
-__all__ = ["CONFIG_DIR", "available_configs", "config_path", "load_config", "preset_model_fields",
-           "resolve_config_args"]
+__all__ = [
+    "CONFIG_DIR",
+    "available_configs",
+    "config_path",
+    "load_config",
+    "preset_model_fields",
+    "resolve_config_args",
+]

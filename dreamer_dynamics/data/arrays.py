@@ -14,8 +14,9 @@ Frames: uint8 (0..255) or float in [0, 1], [T, H, W, C] or [T, H, W] (grayscale)
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 

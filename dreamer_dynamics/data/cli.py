@@ -65,8 +65,10 @@ def _info(args: argparse.Namespace) -> None:
 def _describe_stats(stats: dict) -> str:
     """One line for D_b means and stds: their ranges."""
     mean, std = stats["mean"], stats["std"]
-    return (f"count {stats['count']}, mean in [{min(mean):.4g}, {max(mean):.4g}], "
-            f"std in [{min(std):.4g}, {max(std):.4g}]")
+    return (
+        f"count {stats['count']}, mean in [{min(mean):.4g}, {max(mean):.4g}], "
+        f"std in [{min(std):.4g}, {max(std):.4g}]"
+    )
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -80,16 +82,22 @@ def _validate(args: argparse.Namespace) -> None:
         print(f"error: {DatasetError(path, what)}", file=sys.stderr)
     if leftovers:
         path, what = leftovers[-1]
-        raise DatasetError(path, f"{what}; `dreamer-dynamics-data validate --repair {args.root}` removes the "
-                                 f"{len(leftovers)} leftover file(s)")
+        raise DatasetError(
+            path,
+            f"{what}; `dreamer-dynamics-data validate --repair {args.root}` removes the "
+            f"{len(leftovers)} leftover file(s)",
+        )
     recomputed = None if args.quick else LatentStatistics(ds.latent_shape[1])
     ds.validate(deep=not args.quick, stats=recomputed)  # one pass: values checked and statistics recomputed
     if len(ds) == 0:
         raise DatasetError(ds.root, "dataset has no episodes")
     metadata = ds.root / METADATA_FILE
     if ds.latent_stats is None:
-        print(f"warning: {metadata}: no latent_stats (training computes them on first use; "
-              f"`dreamer-dynamics-data stats {ds.root}` records them now)", file=sys.stderr)
+        print(
+            f"warning: {metadata}: no latent_stats (training computes them on first use; "
+            f"`dreamer-dynamics-data stats {ds.root}` records them now)",
+            file=sys.stderr,
+        )
     reason = stale_reason(ds, ds.latent_stats, recomputed)
     if reason is not None:
         raise DatasetError(metadata, f"{reason}; rerun `dreamer-dynamics-data stats {ds.root}`")
@@ -153,8 +161,14 @@ def _from_video(args: argparse.Namespace) -> None:
     from .video import video_sources
 
     sources = video_sources(args.videos, args.actions, args.image_size, args.continuous_actions)
-    written = write_episodes(args.out, sources, alignment=args.alignment, num_actions=args.num_actions,
-                             attributes={"source": "video"}, **_codec_options(args))
+    written = write_episodes(
+        args.out,
+        sources,
+        alignment=args.alignment,
+        num_actions=args.num_actions,
+        attributes={"source": "video"},
+        **_codec_options(args),
+    )
     _report(args.out, *written)
 
 
@@ -167,24 +181,48 @@ def _from_arrays(args: argparse.Namespace) -> None:
         sources = npz_sources(args.files, keys, args.image_size, args.channels_first)
     else:
         sources = hdf5_sources(args.files, keys, args.episodes, args.image_size, args.channels_first)
-    options = _codec_options(args) if keys.frames is not None or args.codec else {"codec": None,
-                                                                                 "codec_spec": None}
-    written = write_episodes(args.out, sources, alignment=args.alignment, num_actions=args.num_actions,
-                             attributes={"source": args.command[5:]}, **options)
+    options = (
+        _codec_options(args) if keys.frames is not None or args.codec else {"codec": None, "codec_spec": None}
+    )
+    written = write_episodes(
+        args.out,
+        sources,
+        alignment=args.alignment,
+        num_actions=args.num_actions,
+        attributes={"source": args.command[5:]},
+        **options,
+    )
     _report(args.out, *written)
 
 
 def _add_conversion_options(parser: argparse.ArgumentParser, image_size: int | None) -> None:
-    parser.add_argument("--codec", metavar="CLASS_PATH", help="codec class (default: the built-in patch "
-                        "codec, patch side image_size / 8)")
+    parser.add_argument(
+        "--codec",
+        metavar="CLASS_PATH",
+        help="codec class (default: the built-in patch codec, patch side image_size / 8)",
+    )
     parser.add_argument("--codec-args", metavar="JSON", default="{}", help="codec init arguments as JSON")
-    parser.add_argument("--image-size", type=int, default=image_size, help="crop to a square and resize "
-                        f"frames to N x N pixels (default: {image_size or 'keep square frames as they are'})")
-    parser.add_argument("--alignment", choices=("led-to", "taken-at"), default="led-to",
-                        help="led-to: actions[t] led from frame t-1 to t (the format); taken-at: actions[t] "
-                        "was taken at frame t (shifted by one on import)")
-    parser.add_argument("--num-actions", type=int, nargs="+", metavar="N",
-                        help="class count per discrete action component (default: largest id + 1)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=image_size,
+        help="crop to a square and resize "
+        f"frames to N x N pixels (default: {image_size or 'keep square frames as they are'})",
+    )
+    parser.add_argument(
+        "--alignment",
+        choices=("led-to", "taken-at"),
+        default="led-to",
+        help="led-to: actions[t] led from frame t-1 to t (the format); taken-at: actions[t] "
+        "was taken at frame t (shifted by one on import)",
+    )
+    parser.add_argument(
+        "--num-actions",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="class count per discrete action component (default: largest id + 1)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,10 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check every file (and every value unless --quick)")
     validate.add_argument("root")
     validate.add_argument("--quick", action="store_true", help="check headers and sizes only, not the values")
-    validate.add_argument("--repair", action="store_true",
-                          help="first remove leftovers of killed writers (temporary and uncommitted files)")
-    validate.add_argument("--force", action="store_true",
-                          help="with --repair: take over a lock held from another host (its writer is gone)")
+    validate.add_argument(
+        "--repair",
+        action="store_true",
+        help="first remove leftovers of killed writers (temporary and uncommitted files)",
+    )
+    validate.add_argument(
+        "--force",
+        action="store_true",
+        help="with --repair: take over a lock held from another host (its writer is gone)",
+    )
     validate.set_defaults(run=_validate)
     stats = commands.add_parser(
         "stats", help="compute the per-channel latent mean/std and record them in metadata.json"
@@ -222,15 +266,22 @@ def build_parser() -> argparse.ArgumentParser:
     crafter.set_defaults(run=_record_crafter)
     video = commands.add_parser("from-video", help="videos or frame folders -> dataset (video extra)")
     video.add_argument("out")
-    video.add_argument("videos", nargs="+", metavar="VIDEO", help="mp4/webm/gif/... files or folders of "
-                       "PNG/JPEG frames; one episode each")
+    video.add_argument(
+        "videos",
+        nargs="+",
+        metavar="VIDEO",
+        help="mp4/webm/gif/... files or folders of PNG/JPEG frames; one episode each",
+    )
     video.add_argument("--actions", nargs="+", metavar="FILE", help="one .npy/.csv action file per video")
-    video.add_argument("--continuous-actions", action="store_true", help="read integer action files as "
-                       "continuous values")
+    video.add_argument(
+        "--continuous-actions", action="store_true", help="read integer action files as continuous values"
+    )
     _add_conversion_options(video, 64)
     video.set_defaults(run=_from_video)
-    for name, what in (("from-npz", "one episode per .npz file"),
-                       ("from-hdf5", "HDF5 files (needs the video extra)")):
+    for name, what in (
+        ("from-npz", "one episode per .npz file"),
+        ("from-hdf5", "HDF5 files (needs the video extra)"),
+    ):
         arrays = commands.add_parser(name, help=f"arrays of frames or latents -> dataset ({what})")
         arrays.add_argument("out")
         arrays.add_argument("files", nargs="+", metavar="FILE")
@@ -240,8 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
         arrays.add_argument("--actions-continuous", metavar="KEY", help="key of float actions [T, m]")
         arrays.add_argument("--channels-first", action="store_true", help="frames are [T, C, H, W]")
         if name == "from-hdf5":
-            arrays.add_argument("--episodes", metavar="GROUP", help="every child group of GROUP is one "
-                                "episode (e.g. data: data/demo_0, data/demo_1, ...); default: one per file")
+            arrays.add_argument(
+                "--episodes",
+                metavar="GROUP",
+                help="every child group of GROUP is one "
+                "episode (e.g. data: data/demo_0, data/demo_1, ...); default: one per file",
+            )
         _add_conversion_options(arrays, None)
         arrays.set_defaults(run=_from_arrays)
     return parser

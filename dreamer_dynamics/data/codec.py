@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import warnings
-from typing import Any, Callable, Optional, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import numpy as np
 import torch

@@ -41,23 +41,30 @@ def load_context_file(
         arrays = {k: v[None] for k, v in arrays.items()}
         context = arrays["context"]
     if context.ndim != 4 or tuple(context.shape[2:]) != tuple(latent_shape):
-        raise DatasetError(path, f"context must be [B, T_ctx, {latent_shape[0]}, {latent_shape[1]}] like the "
-                                 f"checkpoint's data, got {list(context.shape)}")
+        raise DatasetError(
+            path,
+            f"context must be [B, T_ctx, {latent_shape[0]}, {latent_shape[1]}] like the "
+            f"checkpoint's data, got {list(context.shape)}",
+        )
     if not np.isfinite(context).all():
         raise DatasetError(path, "context latents contain NaN/inf")
     discrete = arrays.get("actions_discrete")
     if discrete is not None and discrete.ndim == 2:
         discrete = discrete[..., None]  # [B, T] = one categorical component
-    for name, value, width in (("actions_discrete", discrete, num_discrete),
-                               ("actions_continuous", arrays.get("actions_continuous"), num_continuous)):
+    for name, value, width in (
+        ("actions_discrete", discrete, num_discrete),
+        ("actions_continuous", arrays.get("actions_continuous"), num_continuous),
+    ):
         if value is None:
             continue
         if value.ndim != 3 or value.shape[0] != context.shape[0] or value.shape[2] != width:
             expected = f"[B={context.shape[0]}, T, {width}]"
             raise DatasetError(path, f"{name} must be {expected}, got {list(value.shape)}")
         if value.shape[1] < context.shape[1]:
-            raise DatasetError(path, f"{name} cover {value.shape[1]} frames, fewer than the "
-                                     f"{context.shape[1]} context frames")
+            raise DatasetError(
+                path,
+                f"{name} cover {value.shape[1]} frames, fewer than the {context.shape[1]} context frames",
+            )
         arrays[name] = value
     out = []
     for b in range(context.shape[0]):
@@ -66,7 +73,8 @@ def load_context_file(
             item["actions_discrete"] = torch.as_tensor(np.asarray(discrete[b], dtype=np.int64))
         if arrays.get("actions_continuous") is not None:
             item["actions_continuous"] = torch.as_tensor(
-                np.asarray(arrays["actions_continuous"][b], dtype=np.float32))
+                np.asarray(arrays["actions_continuous"][b], dtype=np.float32)
+            )
         out.append(item)
     return out
 

@@ -9,9 +9,10 @@ and commits each episode crash-safely through :class:`LatentDatasetWriter`. Ever
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 from tqdm.auto import tqdm

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -24,12 +25,12 @@ from torch.utils.data import DataLoader
 from dreamer_dynamics.compat import training_batch_progress
 from dreamer_dynamics.errors import ConfigError
 
+from .codec import decoder_for
 from .context_file import load_context_file
 from .dataset import LatentDataset, LatentWindowDataset, split_episodes
 from .default import ToyDatasetConfig, builtin_dataset_root, toy_object_locator
 from .fingerprint import dataset_fingerprint, fingerprint_changes
 from .format import DatasetError
-from .codec import decoder_for
 from .sampler import AlternatingLengthBatchSampler, Window
 from .stats import compute_latent_stats, stale_reason, standardization, write_latent_stats
 
@@ -139,7 +140,8 @@ class DynamicsDataModule(pl.LightningDataModule):
 
     @cached_property
     def decoder(self) -> Callable[[Any], Any] | None:
-        """latents [..., N_b, D_b] in the dataset's own units (``destandardize`` a batch first) -> images [..., H, W, C] in [0, 1] through the dataset's codec (codec.py);
+        """latents [..., N_b, D_b] in the dataset's own units (``destandardize`` a batch first) -> images
+        [..., H, W, C] in [0, 1] through the dataset's codec (codec.py);
         None if the dataset names no codec or its codec cannot be imported."""
         return decoder_for(self.dataset)
 
@@ -184,8 +186,10 @@ class DynamicsDataModule(pl.LightningDataModule):
         try:
             write_latent_stats(self.root, stats)
         except (DatasetError, OSError) as err:
-            rank_zero_warn(f"{self.root}: latent_stats computed but not recorded ({err}); they are "
-                           f"recomputed next time (`dreamer-dynamics-data stats {self.root}` records them)")
+            rank_zero_warn(
+                f"{self.root}: latent_stats computed but not recorded ({err}); they are "
+                f"recomputed next time (`dreamer-dynamics-data stats {self.root}` records them)"
+            )
         return stats.record()
 
     def _link_latent_stats(self) -> None:
@@ -266,8 +270,12 @@ class DynamicsDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         if self.hparams.predict_context is not None:
-            items = load_context_file(self.hparams.predict_context, self.dataset.latent_shape,
-                                      len(self.num_discrete_actions), self.num_continuous_actions)
+            items = load_context_file(
+                self.hparams.predict_context,
+                self.dataset.latent_shape,
+                len(self.num_discrete_actions),
+                self.num_continuous_actions,
+            )
             return DataLoader(items, batch_size=self.val_batch_size, shuffle=False)
         return self._fixed_loader(self.predict_length, self.hparams.predict_batches, "predict")
 
@@ -276,16 +284,23 @@ class DynamicsDataModule(pl.LightningDataModule):
         """{"sampler_step": training batches consumed, "done_in_epoch": of those in this epoch, "seed",
         "dataset_fingerprint"}."""
         step, done = self._consumed_batches()
-        return {"sampler_step": step, "done_in_epoch": done, "seed": self.hparams.seed,
-                "dataset_fingerprint": self.fingerprint}
+        return {
+            "sampler_step": step,
+            "done_in_epoch": done,
+            "seed": self.hparams.seed,
+            "dataset_fingerprint": self.fingerprint,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         recorded = state.get("dataset_fingerprint")
         if recorded:
             changes = fingerprint_changes(recorded, self.fingerprint)
             if changes:
-                warnings.warn(f"dataset {self.root} changed since the checkpoint ({'; '.join(changes)}); the "
-                              "split is per episode, so validation episodes stay held out", stacklevel=2)
+                warnings.warn(
+                    f"dataset {self.root} changed since the checkpoint ({'; '.join(changes)}); the "
+                    "split is per episode, so validation episodes stay held out",
+                    stacklevel=2,
+                )
         if int(state.get("seed", self.hparams.seed)) != self.hparams.seed:
             raise ConfigError(
                 f"checkpoint data seed {state['seed']} differs from data.seed={self.hparams.seed}; "

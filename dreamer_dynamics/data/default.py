@@ -110,7 +110,8 @@ def builtin_dataset_root(
 
 
 class ToyObjectLocator:
-    """Object positions of the built-in world: latents [..., N_b, D_b] (data units) -> long [..., 1 + balls, 2],
+    """Object positions of the built-in world: latents [..., N_b, D_b] (data units) -> long [..., 1 + balls,
+    2],
     decoded and matched by colour (``toy_env.locate_objects``). A class, not a closure: it pickles."""
 
     def __init__(self, decoder: Any, env: ToyEnvConfig) -> None:
@@ -126,5 +127,7 @@ def toy_object_locator(attributes: dict[str, Any], decoder: Any) -> ToyObjectLoc
     if attributes.get("source") != GENERATOR_VERSION or decoder is None:
         return None
     config = attributes.get("config") or {}
-    env = ToyEnvConfig(image_size=int(config.get("image_size", 16)), num_balls=int(config.get("num_balls", 2)))
+    env = ToyEnvConfig(
+        image_size=int(config.get("image_size", 16)), num_balls=int(config.get("num_balls", 2))
+    )
     return ToyObjectLocator(decoder, env)

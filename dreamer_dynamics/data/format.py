@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -103,7 +104,7 @@ class DatasetMetadata:
         }
 
     @classmethod
-    def from_json(cls, data: Any, path: Path) -> "DatasetMetadata":
+    def from_json(cls, data: Any, path: Path) -> DatasetMetadata:
         """Parse and check the metadata; `path` is only used in error messages."""
         if not isinstance(data, dict):
             raise DatasetError(path, "metadata must be a JSON object")

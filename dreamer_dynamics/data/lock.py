@@ -68,9 +68,14 @@ class WriterLock:
         self.token = uuid.uuid4().hex
         self._held = False
 
-    def acquire(self) -> "WriterLock":
-        record = {"host": self.host, "pid": os.getpid(), "token": self.token, "created": time.time(),
-                  "purpose": self.purpose}
+    def acquire(self) -> WriterLock:
+        record = {
+            "host": self.host,
+            "pid": os.getpid(),
+            "token": self.token,
+            "created": time.time(),
+            "purpose": self.purpose,
+        }
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -108,15 +113,19 @@ class WriterLock:
             if holder["host"] == self.host:
                 if _pid_running(int(holder["pid"])):
                     purpose = holder.get("purpose", "LatentDatasetWriter")
-                    raise DatasetError(self.root, f"another {purpose} has this dataset open ({who}, "
-                                                  f"since {since})")
+                    raise DatasetError(
+                        self.root, f"another {purpose} has this dataset open ({who}, since {since})"
+                    )
                 reason = f"its writer ({who}) is no longer running"
             elif self.force:
                 reason = f"forced: the writer {who} was declared gone"
             else:
-                raise DatasetError(self.root, f"locked by a writer on another host ({who}, since {since}); "
-                                              "this host cannot check whether it is alive. If it is gone, "
-                                              f"pass force=True (CLI: --force) or delete {self.path}")
+                raise DatasetError(
+                    self.root,
+                    f"locked by a writer on another host ({who}, since {since}); "
+                    "this host cannot check whether it is alive. If it is gone, "
+                    f"pass force=True (CLI: --force) or delete {self.path}",
+                )
         warnings.warn(f"{self.path}: reclaiming a stale writer lock ({reason})", stacklevel=3)
         # Move the judged file aside and check that it is the one judged: another process may have reclaimed
         # it and written a fresh lock in between, which must be put back, not deleted.
@@ -142,7 +151,7 @@ class WriterLock:
         if holder is not None and holder.get("token") == self.token:
             self.path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:

@@ -58,7 +58,7 @@ class PatchCodec:
         return {"type": "patch", "basis": "dct-ii", **asdict(self)}
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> "PatchCodec":
+    def from_spec(cls, spec: dict[str, Any]) -> PatchCodec:
         if spec.get("type") != "patch":
             raise ValueError(f"not a patch decoder spec: {spec}")
         return cls(

@@ -14,7 +14,8 @@ resumed run reproduces an uninterrupted one exactly:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch

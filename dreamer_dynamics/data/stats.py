@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from .format import METADATA_FILE, DatasetError, read_metadata, write_json_atomically
 from .lock import WriterLock
 
-
 STD_FLOOR = 1e-6  # std used for standardising = max(std, STD_FLOOR * largest channel std): constant channels
 CHUNK_ELEMENTS = 1 << 22  # float64 working set of one update (32 MiB): a huge episode is never copied whole
 
@@ -43,7 +42,7 @@ class LatentStatistics:
         return self.shifted_mean if self.shift is None else self.shift + self.shifted_mean
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> "LatentStatistics":
+    def from_record(cls, record: dict[str, Any]) -> LatentStatistics:
         """Continue from a ``latent_stats`` record {"mean", "std", "count"} (population std, ddof 0)."""
         stats = cls(len(record["mean"]))
         stats.count = int(record["count"])
@@ -64,7 +63,8 @@ class LatentStatistics:
             self._merge(chunk.shape[0], mean, np.square(chunk - mean).sum(0))
 
     def _merge(self, count: int, mean: np.ndarray, m2: np.ndarray) -> None:
-        # (count, shifted mean, M2) of new data; Chan, Golub, LeVeque (1979): exact combination of two partial (count, mean, M2) summaries.
+        # (count, shifted mean, M2) of new data; Chan, Golub, LeVeque (1979): exact combination of two
+        # partial (count, mean, M2) summaries.
         if count == 0:
             return
         total = self.count + count
@@ -101,20 +101,24 @@ def expected_count(dataset) -> int:
     return dataset.num_frames * dataset.latent_shape[0]
 
 
-def stale_reason(dataset, record: Optional[dict[str, Any]], recomputed: Optional[LatentStatistics] = None
-                 ) -> Optional[str]:
+def stale_reason(
+    dataset, record: Optional[dict[str, Any]], recomputed: Optional[LatentStatistics] = None
+) -> Optional[str]:
     """Why `record` does not describe `dataset` (None = it does): the count must equal frames x N_b and, when
     `recomputed` (from a full scan) is given, mean and std must agree with it."""
     if record is None:
         return None
     count = expected_count(dataset)
     if int(record["count"]) != count:
-        return (f"latent_stats are stale: count {record['count']}, but the episodes hold {count} "
-                "latent vectors")
+        return (
+            f"latent_stats are stale: count {record['count']}, but the episodes hold {count} latent vectors"
+        )
     if recomputed is not None:
         scale = max(float(recomputed.std.max()), float(np.abs(recomputed.mean).max()), 1e-30)
-        for name, stored, actual in (("mean", record["mean"], recomputed.mean),
-                                     ("std", record["std"], recomputed.std)):
+        for name, stored, actual in (
+            ("mean", record["mean"], recomputed.mean),
+            ("std", record["std"], recomputed.std),
+        ):
             error = float(np.abs(np.asarray(stored, np.float64) - actual).max())
             if error > 1e-6 * scale:
                 return f"latent_stats are stale: {name} differs from the episodes' by up to {error:.3g}"
@@ -145,8 +149,11 @@ def write_latent_stats(root: str | os.PathLike, stats: LatentStatistics) -> Path
         meta = read_metadata(root)
         count = sum(e.length for e in meta.episodes) * meta.latent_shape[0]
         if count != stats.count:
-            raise DatasetError(path, f"episodes changed while computing latent_stats ({stats.count} latent "
-                                     f"vectors counted, metadata lists {count})")
+            raise DatasetError(
+                path,
+                f"episodes changed while computing latent_stats ({stats.count} latent "
+                f"vectors counted, metadata lists {count})",
+            )
         meta.latent_stats = stats.record()
         try:
             write_json_atomically(path, meta.to_json())

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from dreamer_dynamics.atomic import TEMP_PREFIX, atomic_write
+from dreamer_dynamics.atomic import atomic_write
 
 from .format import (
     CONTINUOUS_DTYPE,
@@ -30,10 +31,9 @@ from .format import (
     read_metadata,
     write_json_atomically,
 )
-from .stats import LatentStatistics
-
 from .lock import WriterLock
 from .repair import remove_leftovers
+from .stats import LatentStatistics
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -43,9 +43,9 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-
-def _action_array(name: str, value: Any, components: int, length: int, where: Any, *, declared: str,
-                  missing_label: str) -> np.ndarray | None:
+def _action_array(
+    name: str, value: Any, components: int, length: int, where: Any, *, declared: str, missing_label: str
+) -> np.ndarray | None:
     """The [T, components] action array of one kind, checked against the dataset's declared spec (shared
     part of the discrete and continuous checks); None when the dataset declares no such actions."""
     if components == 0:
@@ -66,6 +66,7 @@ def _action_array(name: str, value: Any, components: int, length: int, where: An
             where, f"{name} must have shape [T={length}, {components}], got {list(array.shape)}"
         )
     return array
+
 
 def prepare_episode(
     meta: DatasetMetadata,
@@ -106,16 +107,30 @@ def prepare_episode(
         raise DatasetError(where, f"latents overflow the storage dtype {meta.latent_dtype}")
     arrays = {"latents": np.ascontiguousarray(stored)}
 
-    a = _action_array("actions_discrete", actions_discrete, len(meta.num_discrete_actions), length, where,
-                      declared="num_discrete_actions=()", missing_label="-1")
+    a = _action_array(
+        "actions_discrete",
+        actions_discrete,
+        len(meta.num_discrete_actions),
+        length,
+        where,
+        declared="num_discrete_actions=()",
+        missing_label="-1",
+    )
     if a is not None:
         if not np.issubdtype(a.dtype, np.integer):
             raise DatasetError(where, f"actions_discrete must be integers, got dtype {a.dtype}")
         check_action_ids(a, meta.num_discrete_actions, where)
         arrays["actions_discrete"] = np.ascontiguousarray(a, dtype=DISCRETE_DTYPE)
 
-    c = _action_array("actions_continuous", actions_continuous, meta.num_continuous_actions, length, where,
-                      declared="num_continuous_actions=0", missing_label="NaN")
+    c = _action_array(
+        "actions_continuous",
+        actions_continuous,
+        meta.num_continuous_actions,
+        length,
+        where,
+        declared="num_continuous_actions=0",
+        missing_label="NaN",
+    )
     if c is not None:
         if not np.issubdtype(c.dtype, np.floating):
             raise DatasetError(where, f"actions_continuous must be floating point, got dtype {c.dtype}")
@@ -229,7 +244,7 @@ class LatentDatasetWriter:
             self._closed = True
             self._lock.release()
 
-    def __enter__(self) -> "LatentDatasetWriter":
+    def __enter__(self) -> LatentDatasetWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -249,7 +264,8 @@ class LatentDatasetWriter:
             return LatentStatistics.from_record(record)
         warnings.warn(
             f"{self.root / METADATA_FILE}: appending to episodes without up-to-date latent_stats; they are "
-            f"left out (run `dreamer-dynamics-data stats {self.root}` afterwards)", stacklevel=3,
+            f"left out (run `dreamer-dynamics-data stats {self.root}` afterwards)",
+            stacklevel=3,
         )
         self.meta.latent_stats = None
         return None

@@ -62,13 +62,19 @@ class AttentionMask:
 
             per_row = dense.shape[0] > 1
             self._block_mask = create_block_mask(
-                mask_mod if per_row else shared_mask_mod, dense.shape[0] if per_row else None, None,
-                dense.shape[1], dense.shape[2], device=dense.device)
+                mask_mod if per_row else shared_mask_mod,
+                dense.shape[0] if per_row else None,
+                None,
+                dense.shape[1],
+                dense.shape[2],
+                device=dense.device,
+            )
         return self._block_mask
 
 
-def resolve_backend(requested: str, softcap: Optional[float], device: torch.device,
-                    query_len: int = 2) -> str:
+def resolve_backend(
+    requested: str, softcap: Optional[float], device: torch.device, query_len: int = 2
+) -> str:
     """Pick the kernel path; see the module docstring for why.
 
     With ``auto``, single-query calls (a rollout frame reading the KV cache) take the math path: they are
@@ -85,20 +91,28 @@ def resolve_backend(requested: str, softcap: Optional[float], device: torch.devi
     return requested
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _softcap_score_mod(softcap: float):
     def score_mod(score, b, h, q_idx, kv_idx):
         return softcap * torch.tanh(score / softcap)
+
     return score_mod
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_flex():
     return torch.compile(flex_attention)  # default dynamic: one recompile, then shape-generic
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: Optional[AttentionMask],
-           softcap: Optional[float], backend: str) -> torch.Tensor:
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: Optional[AttentionMask],
+    softcap: Optional[float],
+    backend: str,
+) -> torch.Tensor:
     """Multi-head attention. q: (N, Hq, Lq, E); k, v: (N, Hkv, Lk, E), Hq % Hkv == 0 -> (N, Hq, Lq, E).
 
     GQA convention (as in SDPA / FlexAttention ``enable_gqa``): query head i reads kv head i // (Hq / Hkv).
@@ -114,8 +128,14 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: Optional[
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=hq != hkv)
     if backend == "flex":
         fn = _compiled_flex() if q.is_cuda else flex_attention
-        return fn(q, k, v, score_mod=None if softcap is None else _softcap_score_mod(float(softcap)),
-                  block_mask=None if mask is None else mask.block_mask(), enable_gqa=hq != hkv)
+        return fn(
+            q,
+            k,
+            v,
+            score_mod=None if softcap is None else _softcap_score_mod(float(softcap)),
+            block_mask=None if mask is None else mask.block_mask(),
+            enable_gqa=hq != hkv,
+        )
     # math: the G = Hq/Hkv query heads of one kv head are stacked along the query axis ((N, Hkv, G*Lq, E)), so
     # every product is one plain batched GEMM against the Hkv keys/values: no (N, Hkv, G, Lk, E) broadcast
     # copy of k and v (a broadcast matmul materialises it), and the output comes back in (N, Hq, Lq, E) order.
@@ -123,9 +143,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: Optional[
     qg = q.reshape(n, hkv, groups * lq, e)  # (N, Hkv, G*Lq, E)
     logits = torch.matmul(qg, k.transpose(-1, -2)).float()  # (N, Hkv, G*Lq, Lk)
     if softcap is not None:  # c * tanh(s / (c sqrt(E))): the 1/sqrt(E) scale folded into the cap's 1/c
-        logits = torch.tanh(logits * (e ** -0.5 / softcap)) * softcap
+        logits = torch.tanh(logits * (e**-0.5 / softcap)) * softcap
     else:
-        logits = logits * e ** -0.5
+        logits = logits * e**-0.5
     logits = logits.view(n, hkv, groups, lq, -1)  # (N, Hkv, G, Lq, Lk)
     if mask is not None:
         logits = logits.masked_fill(~mask.dense[:, None, None], float("-inf"))  # (M, 1, 1, Lq, Lk) broadcast
@@ -152,9 +172,13 @@ class FactorizedAttention(nn.Module):
         self.k_norm = RMSNorm(config.head_dim, eps=config.norm_eps)
         self.out = nn.Linear(config.dim, config.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, mask: Optional[AttentionMask] = None,
-                past_kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-                ) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        freqs: torch.Tensor,
+        mask: Optional[AttentionMask] = None,
+        past_kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
         """x: (B, T, S, D); freqs: rope_tables() of this axis' new positions ((S or T, E/2, 2)).
 
         Time axis only: past_kv = cached (keys, values) of earlier frames, each (B, S*Hkv, L_past, E), already

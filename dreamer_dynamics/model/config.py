@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal, Optional, Tuple
+from typing import Literal, Optional
 
-from dreamer_dynamics.objective.sampling import is_power_of_two
 from dreamer_dynamics.errors import ConfigError
 from dreamer_dynamics.field_docs import document_fields
+from dreamer_dynamics.objective.sampling import is_power_of_two
 
 AttentionBackend = Literal["auto", "math", "sdpa", "flex"]
 
@@ -16,8 +16,10 @@ AttentionBackend = Literal["auto", "math", "sdpa", "flex"]
 def softcap_problem(backend: str, softcap: Optional[float]) -> Optional[str]:
     """Why ``backend`` cannot run with ``softcap`` (SDPA has no hook for logit soft-capping), or None."""
     if backend == "sdpa" and softcap is not None:
-        return (f"attention_backend='sdpa' cannot soft-cap logits (attention_softcap={softcap}): set "
-                "attention_softcap=None or use 'auto', 'flex' or 'math'")
+        return (
+            f"attention_backend='sdpa' cannot soft-cap logits (attention_softcap={softcap}): set "
+            "attention_softcap=None or use 'auto', 'flex' or 'math'"
+        )
     return None
 
 
@@ -34,7 +36,7 @@ class DynamicsConfig:
     latent_tokens: int = 16  # N_b: tokens per frame produced by the frozen tokenizer
     latent_dim: int = 32  # D_b: width of each tokenizer token
     pack_factor: int = 1  # p: consecutive tokenizer tokens packed into one spatial token (S_z = N_b / p)
-    num_discrete_actions: Tuple[int, ...] = ()  # class count of each categorical action component
+    num_discrete_actions: tuple[int, ...] = ()  # class count of each categorical action component
     num_continuous_actions: int = 0  # number of continuous action components
 
     # --- transformer sizes (our choice: the paper gives only the 1.6B total, docs/design.md §8, §10) ---
@@ -59,7 +61,9 @@ class DynamicsConfig:
     rope_base: float = 10_000.0  # RoPE frequency base for both the space and the time axis
     norm_eps: float = 1e-6  # epsilon of every RMSNorm
     init_std: float = 0.02  # std of the normal init of linear / embedding weights
-    zero_init_output: bool = False  # zero the output head: x1_hat starts at 0, the mean of standardised latents
+    zero_init_output: bool = (
+        False  # zero the output head: x1_hat starts at 0, the mean of standardised latents
+    )
     attention_backend: AttentionBackend = "auto"  # auto: flex on CUDA w/ soft-cap, sdpa w/o, else math
     check_inputs: bool = True  # validate shapes, tau/d grids and action ids (one host sync per forward)
 
@@ -72,8 +76,9 @@ class DynamicsConfig:
         self.num_discrete_actions = tuple(int(n) for n in self.num_discrete_actions)
         problems = []
         if self.latent_tokens % self.pack_factor:
-            problems.append(f"latent_tokens={self.latent_tokens} not divisible by "
-                            f"pack_factor={self.pack_factor}")
+            problems.append(
+                f"latent_tokens={self.latent_tokens} not divisible by pack_factor={self.pack_factor}"
+            )
         if self.dim % self.heads:
             problems.append(f"dim={self.dim} not divisible by heads={self.heads}")
         elif (self.dim // self.heads) % 2:
@@ -124,20 +129,34 @@ class DynamicsConfig:
         """Block `index` (0-based) is a time block when (index + 1) % time_every == 0 (paper Sec. 3.4)."""
         return (index + 1) % self.time_every == 0
 
-    def with_changes(self, **changes) -> "DynamicsConfig":
+    def with_changes(self, **changes) -> DynamicsConfig:
         return replace(self, **changes)
 
     # ------------------------------------------------------------------ presets
     @classmethod
-    def debug(cls, **overrides) -> "DynamicsConfig":
+    def debug(cls, **overrides) -> DynamicsConfig:
         """Tiny model for CPU unit tests (a forward takes milliseconds); exercises every feature."""
-        base = dict(latent_tokens=8, latent_dim=4, pack_factor=2, dim=32, depth=4, heads=4, kv_heads=2,
-                    time_every=2, context_length=6, num_registers=2, action_tokens=2, k_max=8,
-                    num_discrete_actions=(5, 3), num_continuous_actions=2, attention_softcap=5.0)
+        base = dict(
+            latent_tokens=8,
+            latent_dim=4,
+            pack_factor=2,
+            dim=32,
+            depth=4,
+            heads=4,
+            kv_heads=2,
+            time_every=2,
+            context_length=6,
+            num_registers=2,
+            action_tokens=2,
+            k_max=8,
+            num_discrete_actions=(5, 3),
+            num_continuous_actions=2,
+            attention_softcap=5.0,
+        )
         return cls(**{**base, **overrides})
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "DynamicsConfig":
+    def preset(cls, name: str, **overrides) -> DynamicsConfig:
         """The model of the packaged config ``name`` (``dreamer-dynamics fit --config NAME``): the dataclass
         defaults updated by the YAML's ``model.model`` section, then by ``overrides``. The YAML is the one
         source of every preset, so Python and the CLI build the same network (tested)."""
@@ -146,13 +165,13 @@ class DynamicsConfig:
         return cls(**{**preset_model_fields(name), **overrides})
 
     @classmethod
-    def quickstart(cls, **overrides) -> "DynamicsConfig":
+    def quickstart(cls, **overrides) -> DynamicsConfig:
         """CPU-trainable model for the built-in environment (minutes): ``preset("quickstart")``. The latent
         shape and actions are linked from the data at run time; the values here are the built-in data's."""
         return cls.preset("quickstart", **{"latent_tokens": 16, "latent_dim": 48, **overrides})
 
     @classmethod
-    def minecraft(cls, **overrides) -> "DynamicsConfig":
+    def minecraft(cls, **overrides) -> DynamicsConfig:
         """Paper scale (Sec. 3.4, docs/design.md §8): 512x16 latents packed to 256x32, C = 192, K_max = 64,
         ``preset("minecraft")``. Width/depth are our choice to land at the paper's ~1.6B parameters."""
         return cls.preset("minecraft", **{"latent_tokens": 512, "latent_dim": 16, **overrides})

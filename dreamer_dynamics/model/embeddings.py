@@ -19,9 +19,11 @@ def signal_level_index(tau: torch.Tensor, k_max: int) -> torch.Tensor:
     index = scaled.round()
     bad = ~((scaled - index).abs() <= _GRID_TOLERANCE) | (index < 0) | (index > k_max)
     if bool(bad.any()):
-        raise ValueError(f"DynamicsTransformer: tau must lie on the grid i/k_max (k_max={k_max}, "
-                         f"i in 0..{k_max}); "
-                         f"got off-grid values such as {tau[bad].flatten()[:4].tolist()}")
+        raise ValueError(
+            f"DynamicsTransformer: tau must lie on the grid i/k_max (k_max={k_max}, "
+            f"i in 0..{k_max}); "
+            f"got off-grid values such as {tau[bad].flatten()[:4].tolist()}"
+        )
     return index.long()
 
 
@@ -32,8 +34,10 @@ def step_size_index(d: torch.Tensor, k_max: int) -> torch.Tensor:
     index = log_k.round()
     bad = ~((d.double() * torch.exp2(index) - 1).abs() <= _GRID_TOLERANCE) | (index < 0) | (index > j_max)
     if bool(bad.any()):
-        raise ValueError(f"DynamicsTransformer: d must be 1/K with K a power of two <= k_max={k_max}; "
-                         f"got off-grid values such as {d[bad].flatten()[:4].tolist()}")
+        raise ValueError(
+            f"DynamicsTransformer: d must be 1/K with K a power of two <= k_max={k_max}; "
+            f"got off-grid values such as {d[bad].flatten()[:4].tolist()}"
+        )
     return index.long()
 
 
@@ -86,8 +90,13 @@ class ActionEmbedding(nn.Module):
         if self.num_continuous:
             self.continuous = nn.Linear(self.num_continuous, config.action_tokens * config.dim, bias=False)
 
-    def forward(self, batch: int, time: int, actions_discrete: Optional[torch.Tensor],
-                actions_continuous: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self,
+        batch: int,
+        time: int,
+        actions_discrete: Optional[torch.Tensor],
+        actions_continuous: Optional[torch.Tensor],
+    ) -> torch.Tensor:
         """-> (B, T, S_a, D)."""
         tokens = self.base.expand(batch, time, self.tokens, self.dim)
         if actions_discrete is not None:
@@ -95,8 +104,10 @@ class ActionEmbedding(nn.Module):
             if self.check_inputs:
                 bad = (actions_discrete < -1) | (actions_discrete >= self.sizes(actions_discrete.device))
                 if bool(bad.any()):
-                    raise ValueError("DynamicsTransformer: actions_discrete ids must be -1 (missing) or in "
-                                     f"[0, n) for n in num_discrete_actions={self.num_discrete}")
+                    raise ValueError(
+                        "DynamicsTransformer: actions_discrete ids must be -1 (missing) or in "
+                        f"[0, n) for n in num_discrete_actions={self.num_discrete}"
+                    )
             labelled = actions_discrete >= 0  # (B, T, n)
             ids = actions_discrete.clamp(min=0) + self.offsets(actions_discrete.device)  # (B, T, n)
             emb = self.discrete(ids)  # (B, T, n, S_a*D)
@@ -124,8 +135,12 @@ class ActionEmbedding(nn.Module):
 
     def _check(self, actions: torch.Tensor, name: str, batch: int, time: int, width: int) -> None:
         if width == 0:
-            raise ValueError(f"DynamicsTransformer: got {name} but the config declares no such actions "
-                             "(num_discrete_actions / num_continuous_actions)")
+            raise ValueError(
+                f"DynamicsTransformer: got {name} but the config declares no such actions "
+                "(num_discrete_actions / num_continuous_actions)"
+            )
         if tuple(actions.shape) != (batch, time, width):
-            raise ValueError(f"DynamicsTransformer: {name} must have shape (B, T, {width}) = "
-                             f"{(batch, time, width)}, got {tuple(actions.shape)}")
+            raise ValueError(
+                f"DynamicsTransformer: {name} must have shape (B, T, {width}) = "
+                f"{(batch, time, width)}, got {tuple(actions.shape)}"
+            )

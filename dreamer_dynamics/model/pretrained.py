@@ -46,7 +46,7 @@ def _stats_to_json(stats: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
 
 
 def save_pretrained(
-    model: "DynamicsTransformer",
+    model: DynamicsTransformer,
     directory: str | os.PathLike,
     *,
     latent_stats: Optional[dict[str, Any]] = None,
@@ -80,7 +80,7 @@ def save_pretrained(
 
 def load_pretrained(
     cls: type, directory: str | os.PathLike, *, device: str | torch.device = "cpu", **overrides: Any
-) -> "DynamicsTransformer":
+) -> DynamicsTransformer:
     """Build `cls` from an export directory; `overrides` change DynamicsConfig fields (e.g.
     ``attention_backend="flex"``). The model comes back in eval mode with ``latent_stats``, ``codec_spec`` and
     ``rollout_defaults`` attached."""
@@ -118,7 +118,7 @@ def load_pretrained(
 
 @torch.no_grad()
 def rollout_in_data_units(
-    model: "DynamicsTransformer",
+    model: DynamicsTransformer,
     context: torch.Tensor,
     horizon: int,
     *,

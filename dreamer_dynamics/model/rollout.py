@@ -32,9 +32,11 @@ class TimeKVCache:
         if self.max_frames == 0 or not new_kv:
             return
         if self.layers is not None:
-            new_kv = [(torch.cat((k0, k1), dim=2), torch.cat((v0, v1), dim=2))
-                      for (k0, v0), (k1, v1) in zip(self.layers, new_kv)]
-        self.layers = [(k[:, :, -self.max_frames:], v[:, :, -self.max_frames:]) for k, v in new_kv]
+            new_kv = [
+                (torch.cat((k0, k1), dim=2), torch.cat((v0, v1), dim=2))
+                for (k0, v0), (k1, v1) in zip(self.layers, new_kv)
+            ]
+        self.layers = [(k[:, :, -self.max_frames :], v[:, :, -self.max_frames :]) for k, v in new_kv]
 
 
 def context_signal_level(context_noise: float, k_max: int) -> float:
@@ -49,11 +51,18 @@ def context_signal_level(context_noise: float, k_max: int) -> float:
 
 
 @torch.no_grad()
-def rollout(model: DynamicsTransformer, context: torch.Tensor, horizon: int, *,
-            actions_discrete: Optional[torch.Tensor] = None,
-            actions_continuous: Optional[torch.Tensor] = None,
-            num_steps: int = 4, context_noise: float = 0.1, use_cache: bool = True,
-            generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def rollout(
+    model: DynamicsTransformer,
+    context: torch.Tensor,
+    horizon: int,
+    *,
+    actions_discrete: Optional[torch.Tensor] = None,
+    actions_continuous: Optional[torch.Tensor] = None,
+    num_steps: int = 4,
+    context_noise: float = 0.1,
+    use_cache: bool = True,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """Generate `horizon` frames after `context` (B, T_ctx, N_b, D_b) -> clean latents (B, horizon, N_b, D_b).
 
     actions_* cover T_ctx + horizon frames (actions[t] led from frame t-1 to frame t). Context frames are
@@ -65,21 +74,26 @@ def rollout(model: DynamicsTransformer, context: torch.Tensor, horizon: int, *,
     """
     cfg = model.config
     if context.dim() != 4 or tuple(context.shape[2:]) != (cfg.latent_tokens, cfg.latent_dim):
-        raise ValueError("rollout: context must have shape "
-                         f"(B, T_ctx, {cfg.latent_tokens}, {cfg.latent_dim}), "
-                         f"got {tuple(context.shape)}")
+        raise ValueError(
+            "rollout: context must have shape "
+            f"(B, T_ctx, {cfg.latent_tokens}, {cfg.latent_dim}), "
+            f"got {tuple(context.shape)}"
+        )
     if horizon < 0:
         raise ValueError(f"rollout: horizon must be >= 0, got {horizon}")
     if not is_power_of_two(num_steps) or num_steps > cfg.k_max:
-        raise ValueError(f"rollout: num_steps must be a power of two in [1, k_max={cfg.k_max}], "
-                         f"got {num_steps}")
+        raise ValueError(
+            f"rollout: num_steps must be a power of two in [1, k_max={cfg.k_max}], got {num_steps}"
+        )
     b, t_ctx = context.shape[:2]
     total = t_ctx + horizon
     for name, acts in (("actions_discrete", actions_discrete), ("actions_continuous", actions_continuous)):
         if acts is not None and tuple(acts.shape[:2]) != (b, total):
-            raise ValueError(f"rollout: {name} must cover T_ctx + horizon = {total} frames: "
-                             f"shape (B, {total}, n), "
-                             f"got {tuple(acts.shape)}")
+            raise ValueError(
+                f"rollout: {name} must cover T_ctx + horizon = {total} frames: "
+                f"shape (B, {total}, n), "
+                f"got {tuple(acts.shape)}"
+            )
 
     tau_ctx = context_signal_level(context_noise, cfg.k_max)
     d_min = cfg.d_min
@@ -88,39 +102,57 @@ def rollout(model: DynamicsTransformer, context: torch.Tensor, horizon: int, *,
         return torch.full((b, frames), level, dtype=torch.float32, device=context.device)
 
     def noise() -> torch.Tensor:
-        return torch.randn((b, 1) + tuple(context.shape[2:]), generator=generator, device=context.device,
-                           dtype=context.dtype)
+        return torch.randn(
+            (b, 1) + tuple(context.shape[2:]), generator=generator, device=context.device, dtype=context.dtype
+        )
 
     def actions_for(lo: int, hi: int) -> dict:
-        return {"actions_discrete": None if actions_discrete is None else actions_discrete[:, lo:hi],
-                "actions_continuous": None if actions_continuous is None else actions_continuous[:, lo:hi]}
+        return {
+            "actions_discrete": None if actions_discrete is None else actions_discrete[:, lo:hi],
+            "actions_continuous": None if actions_continuous is None else actions_continuous[:, lo:hi],
+        }
 
     ctx_noise = torch.randn(context.shape, generator=generator, device=context.device, dtype=context.dtype)
     history = corrupt(context, ctx_noise, labels(t_ctx, tau_ctx))  # (B, T_ctx, N_b, D_b)
     cache = TimeKVCache(cfg.context_length)
     if use_cache and t_ctx:
-        _, kv = model.forward_frames(history, labels(t_ctx, tau_ctx), labels(t_ctx, d_min),
-                                     **actions_for(0, t_ctx))
+        _, kv = model.forward_frames(
+            history, labels(t_ctx, tau_ctx), labels(t_ctx, d_min), **actions_for(0, t_ctx)
+        )
         cache.append(kv)
 
     frames = []
     for step in range(horizon):
         pos = t_ctx + step
         if use_cache:
+
             def denoiser(z, tau, d, _pos=pos):  # one frame; earlier frames come from the cache
-                return model.forward_frames(z, tau, d, past_kv=cache.layers, start=_pos,
-                                            **actions_for(_pos, _pos + 1))[0]
+                return model.forward_frames(
+                    z, tau, d, past_kv=cache.layers, start=_pos, **actions_for(_pos, _pos + 1)
+                )[0]
         else:
+
             def denoiser(z, tau, d, _pos=pos):  # recompute everything: the reference path
-                x1_hat = model(torch.cat((history, z), 1), torch.cat((labels(_pos, tau_ctx), tau), 1),
-                               torch.cat((labels(_pos, d_min), d), 1), **actions_for(0, _pos + 1))
+                x1_hat = model(
+                    torch.cat((history, z), 1),
+                    torch.cat((labels(_pos, tau_ctx), tau), 1),
+                    torch.cat((labels(_pos, d_min), d), 1),
+                    **actions_for(0, _pos + 1),
+                )
                 return x1_hat[:, -1:]
+
         frame = euler_sample(denoiser, noise(), num_steps)  # (B, 1, N_b, D_b), at tau = 1
         frames.append(frame)
         committed = corrupt(frame, noise(), labels(1, tau_ctx))
         if use_cache:
-            _, kv = model.forward_frames(committed, labels(1, tau_ctx), labels(1, d_min),
-                                         past_kv=cache.layers, start=pos, **actions_for(pos, pos + 1))
+            _, kv = model.forward_frames(
+                committed,
+                labels(1, tau_ctx),
+                labels(1, d_min),
+                past_kv=cache.layers,
+                start=pos,
+                **actions_for(pos, pos + 1),
+            )
             cache.append(kv)
         else:
             history = torch.cat((history, committed), 1)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import nn
@@ -27,8 +28,13 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.mlp = SwiGLU(config.dim, config.mlp_hidden)
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, mask: Optional[AttentionMask],
-                past_kv: Optional[KV] = None) -> tuple[torch.Tensor, Optional[KV]]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        freqs: torch.Tensor,
+        mask: Optional[AttentionMask],
+        past_kv: Optional[KV] = None,
+    ) -> tuple[torch.Tensor, Optional[KV]]:
         attn_out, new_kv = self.attn(self.attn_norm(x), freqs, mask, past_kv)
         x = residual_add(x, attn_out)
         return residual_add(x, self.mlp(self.mlp_norm(x))), new_kv
@@ -45,8 +51,9 @@ def residual_add(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
     return branch.add_(x)
 
 
-def time_attention_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, context_length: int,
-                        image_rows: Optional[torch.Tensor]) -> Optional[AttentionMask]:
+def time_attention_mask(
+    query_pos: torch.Tensor, key_pos: torch.Tensor, context_length: int, image_rows: Optional[torch.Tensor]
+) -> Optional[AttentionMask]:
     """Causal window over frames: frame t sees t-C+1..t; image rows see only their own frame.
 
     query_pos (Lq,), key_pos (Lk,) absolute frame indices; image_rows (B,) bool or None. None if all allowed.
@@ -100,24 +107,42 @@ class DynamicsTransformer(nn.Module):
         nn.init.normal_(self.registers, std=std)
         nn.init.normal_(self.actions.base, std=std)
 
-    def forward(self, z_tilde: torch.Tensor, tau: torch.Tensor, d: torch.Tensor, *,
-                actions_discrete: Optional[torch.Tensor] = None,
-                actions_continuous: Optional[torch.Tensor] = None,
-                image_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        z_tilde: torch.Tensor,
+        tau: torch.Tensor,
+        d: torch.Tensor,
+        *,
+        actions_discrete: Optional[torch.Tensor] = None,
+        actions_continuous: Optional[torch.Tensor] = None,
+        image_rows: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """z_tilde (B, T, N_b, D_b); tau, d float (B, T) on their grids; actions (B, T, n).
 
         Returns x1_hat (B, T, N_b, D_b), the clean-latent estimate (x-prediction).
         """
-        x1_hat, _ = self.forward_frames(z_tilde, tau, d, actions_discrete=actions_discrete,
-                                        actions_continuous=actions_continuous, image_rows=image_rows)
+        x1_hat, _ = self.forward_frames(
+            z_tilde,
+            tau,
+            d,
+            actions_discrete=actions_discrete,
+            actions_continuous=actions_continuous,
+            image_rows=image_rows,
+        )
         return x1_hat
 
-    def forward_frames(self, z_tilde: torch.Tensor, tau: torch.Tensor, d: torch.Tensor, *,
-                       actions_discrete: Optional[torch.Tensor] = None,
-                       actions_continuous: Optional[torch.Tensor] = None,
-                       image_rows: Optional[torch.Tensor] = None,
-                       past_kv: Optional[Sequence[KV]] = None, start: int = 0,
-                       ) -> tuple[torch.Tensor, list[KV]]:
+    def forward_frames(
+        self,
+        z_tilde: torch.Tensor,
+        tau: torch.Tensor,
+        d: torch.Tensor,
+        *,
+        actions_discrete: Optional[torch.Tensor] = None,
+        actions_continuous: Optional[torch.Tensor] = None,
+        image_rows: Optional[torch.Tensor] = None,
+        past_kv: Optional[Sequence[KV]] = None,
+        start: int = 0,
+    ) -> tuple[torch.Tensor, list[KV]]:
         """`forward` for frames start..start+T-1 after cached frames (KV-cached rollouts, docs/design.md §5).
 
         past_kv: one (keys, values) pair per time layer, each (B, S*Hkv, L_past, E), for the L_past frames
@@ -128,12 +153,15 @@ class DynamicsTransformer(nn.Module):
         s_z = cfg.spatial_tokens
         # Packing (docs/design.md §4): p consecutive tokenizer tokens -> one spatial token of width p*D_b.
         packed = z_tilde.reshape(b, t, s_z, cfg.pack_factor * cfg.latent_dim)
-        x = torch.cat((
-            self.latent_in(packed),  # (B, T, S_z, D)
-            self.registers.to(packed.dtype).expand(b, t, -1, -1),  # (B, T, S_r, D)
-            self.shortcut(tau, d),  # (B, T, 1, D)
-            self.actions(b, t, actions_discrete, actions_continuous),  # (B, T, S_a, D)
-        ), dim=2)  # (B, T, S, D)
+        x = torch.cat(
+            (
+                self.latent_in(packed),  # (B, T, S_z, D)
+                self.registers.to(packed.dtype).expand(b, t, -1, -1),  # (B, T, S_r, D)
+                self.shortcut(tau, d),  # (B, T, 1, D)
+                self.actions(b, t, actions_discrete, actions_continuous),  # (B, T, S_a, D)
+            ),
+            dim=2,
+        )  # (B, T, S, D)
 
         device = x.device
         past_len = 0 if past_kv is None else past_kv[0][0].shape[2]
@@ -164,44 +192,69 @@ class DynamicsTransformer(nn.Module):
         return out.reshape(b, t, cfg.latent_tokens, cfg.latent_dim), new_kv
 
     # ------------------------------------------------------------------ export / inference (pretrained.py)
-    def save_pretrained(self, directory, *, latent_stats: Optional[dict] = None, codec: Optional[dict] = None,
-                        rollout: Optional[dict] = None):
+    def save_pretrained(
+        self,
+        directory,
+        *,
+        latent_stats: Optional[dict] = None,
+        codec: Optional[dict] = None,
+        rollout: Optional[dict] = None,
+    ):
         """Write config.json + model.safetensors to `directory` (docs/model.md, "Export")."""
         from .pretrained import save_pretrained
 
         return save_pretrained(self, directory, latent_stats=latent_stats, codec=codec, rollout=rollout)
 
     @classmethod
-    def from_pretrained(cls, directory, *, device="cpu", **overrides) -> "DynamicsTransformer":
+    def from_pretrained(cls, directory, *, device="cpu", **overrides) -> DynamicsTransformer:
         """Load an export (eval mode) with its latent statistics, codec and rollout defaults; no Lightning."""
         from .pretrained import load_pretrained
 
         return load_pretrained(cls, directory, device=device, **overrides)
 
-    def rollout(self, context: torch.Tensor, horizon: int, *, actions_discrete: Optional[torch.Tensor] = None,
-                actions_continuous: Optional[torch.Tensor] = None, num_steps: Optional[int] = None,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def rollout(
+        self,
+        context: torch.Tensor,
+        horizon: int,
+        *,
+        actions_discrete: Optional[torch.Tensor] = None,
+        actions_continuous: Optional[torch.Tensor] = None,
+        num_steps: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
         """KV-cached rollout in the data's units (docs/design.md §5): context [B, T_ctx, N_b, D_b] ->
         generated clean latents [B, horizon, N_b, D_b]; actions cover T_ctx + horizon frames."""
         from .pretrained import rollout_in_data_units
 
-        return rollout_in_data_units(self, context, horizon, actions_discrete=actions_discrete,
-                                     actions_continuous=actions_continuous, num_steps=num_steps,
-                                     generator=generator)
+        return rollout_in_data_units(
+            self,
+            context,
+            horizon,
+            actions_discrete=actions_discrete,
+            actions_continuous=actions_continuous,
+            num_steps=num_steps,
+            generator=generator,
+        )
 
-    def _check_shapes(self, z_tilde: torch.Tensor, tau: torch.Tensor, d: torch.Tensor,
-                      image_rows: Optional[torch.Tensor]) -> tuple[int, int]:
+    def _check_shapes(
+        self, z_tilde: torch.Tensor, tau: torch.Tensor, d: torch.Tensor, image_rows: Optional[torch.Tensor]
+    ) -> tuple[int, int]:
         cfg = self.config
         if z_tilde.dim() != 4 or tuple(z_tilde.shape[2:]) != (cfg.latent_tokens, cfg.latent_dim):
-            raise ValueError("DynamicsTransformer: z_tilde must have shape "
-                             f"(B, T, latent_tokens={cfg.latent_tokens}, latent_dim={cfg.latent_dim}), "
-                             f"got {tuple(z_tilde.shape)}")
+            raise ValueError(
+                "DynamicsTransformer: z_tilde must have shape "
+                f"(B, T, latent_tokens={cfg.latent_tokens}, latent_dim={cfg.latent_dim}), "
+                f"got {tuple(z_tilde.shape)}"
+            )
         b, t = z_tilde.shape[:2]
         for name, value in (("tau", tau), ("d", d)):
             if tuple(value.shape) != (b, t):
-                raise ValueError(f"DynamicsTransformer: {name} must have shape (B, T) = {(b, t)}, "
-                                 f"got {tuple(value.shape)}")
+                raise ValueError(
+                    f"DynamicsTransformer: {name} must have shape (B, T) = {(b, t)}, got {tuple(value.shape)}"
+                )
         if image_rows is not None and (tuple(image_rows.shape) != (b,) or image_rows.dtype != torch.bool):
-            raise ValueError(f"DynamicsTransformer: image_rows must be a bool tensor of shape (B,) = ({b},), "
-                             f"got {image_rows.dtype} {tuple(image_rows.shape)}")
+            raise ValueError(
+                f"DynamicsTransformer: image_rows must be a bool tensor of shape (B,) = ({b},), "
+                f"got {image_rows.dtype} {tuple(image_rows.shape)}"
+            )
         return b, t

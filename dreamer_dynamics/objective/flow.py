@@ -6,7 +6,7 @@ them over the trailing latent dimensions of the tensors it is given.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

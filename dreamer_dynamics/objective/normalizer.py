@@ -3,7 +3,7 @@ estimate of its root-mean-square, so that heads of different scales can share on
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -21,7 +21,9 @@ class LossNormalizer(nn.Module):
     call (a collective is issued).
     """
 
-    def __init__(self, decay: float = 0.99, eps: float = 1e-8, enabled: bool = True, names: Sequence[str] = ()):
+    def __init__(
+        self, decay: float = 0.99, eps: float = 1e-8, enabled: bool = True, names: Sequence[str] = ()
+    ):
         super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must lie in [0, 1), got {decay}")
@@ -36,7 +38,7 @@ class LossNormalizer(nn.Module):
         return "mean_square_" + name.replace(".", "_").replace("/", "_")
 
     def names(self) -> list[str]:
-        return [k[len("mean_square_"):] for k, _ in self.named_buffers(recurse=False)]
+        return [k[len("mean_square_") :] for k, _ in self.named_buffers(recurse=False)]
 
     def rms(self, name: str) -> Tensor:
         """Current running RMS of ``name``."""
@@ -66,17 +68,23 @@ class LossNormalizer(nn.Module):
             return dict(terms)
         missing = [n for n in terms if not hasattr(self, self._key(n)) or self.rms(n).isnan()]
         if missing:
-            raise RuntimeError(f"no running RMS yet for loss terms {missing}: call once in training mode first")
+            raise RuntimeError(
+                f"no running RMS yet for loss terms {missing}: call once in training mode first"
+            )
         return {n: t / self.rms(n).clamp_min(self.eps).to(t.dtype) for n, t in terms.items()}
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors
+    ):
         # Buffers are created lazily per term; materialise the ones a checkpoint holds before loading.
         for key, value in state_dict.items():
-            if key.startswith(prefix + "mean_square_") and "." not in key[len(prefix):]:
-                name = key[len(prefix):]
+            if key.startswith(prefix + "mean_square_") and "." not in key[len(prefix) :]:
+                name = key[len(prefix) :]
                 if not hasattr(self, name):
                     self.register_buffer(name, torch.zeros_like(value))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors
+        )
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}, eps={self.eps}, enabled={self.enabled}, terms={self.names()}"

@@ -91,7 +91,12 @@ def shortcut_forcing_loss(
         # Teacher passes only on rows holding a bootstrap frame (docs/design.md §3.7), never building a graph;
         # they run before the student, so no autograd graph is alive meanwhile (measured faster, same result).
         target = bootstrap_velocity_target(
-            teacher or denoiser, z_tilde[rows], tau[rows], d[rows], bootstrap[rows], **_select_rows(cond, rows, batch)
+            teacher or denoiser,
+            z_tilde[rows],
+            tau[rows],
+            d[rows],
+            bootstrap[rows],
+            **_select_rows(cond, rows, batch),
         )
     x1_hat = denoiser(z_tilde, tau, d, **cond)  # (B, T, ...)
     per_frame = _frame_mse(x1_hat, z1)  # flow term at d_min: ||x1_hat - z1||^2

@@ -1,7 +1,8 @@
 """Lightning callbacks: latent-token throughput and decoded rollout images for every image-capable logger.
 
 Gradient-norm logging lives in ``DynamicsModule.on_before_optimizer_step`` (``parallelize.total_grad_norm``
-needs the strategy to reduce sharded FSDP gradients); EMA is ``training.ema.EMA`` (Lightning's ``EMAWeightAveraging``, safe at every stop);
+needs the strategy to reduce sharded FSDP gradients); EMA is ``training.ema.EMA`` (Lightning's
+``EMAWeightAveraging``, safe at every stop);
 progress bars are Lightning's ``TQDMProgressBar``.
 """
 
@@ -44,8 +45,9 @@ class LatentThroughputMonitor(pl.Callback):
             return
         if (batch_idx + 1) % self.log_every_n_steps == 0:
             rate = self._tokens / max(now - self._last_time, 1e-9)
-            pl_module.log("train/latent_tokens_per_s", rate, on_step=True, on_epoch=False,
-                          rank_zero_only=True)
+            pl_module.log(
+                "train/latent_tokens_per_s", rate, on_step=True, on_epoch=False, rank_zero_only=True
+            )
             self._last_time, self._tokens = now, 0
 
 

@@ -77,10 +77,15 @@ class EMA(EMAWeightAveraging):
         update_starting_at_epoch: Optional[int] = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(device=device, use_buffers=use_buffers, decay=decay,
-                         update_every_n_steps=update_every_n_steps,
-                         update_starting_at_step=update_starting_at_step,
-                         update_starting_at_epoch=update_starting_at_epoch, **kwargs)
+        super().__init__(
+            device=device,
+            use_buffers=use_buffers,
+            decay=decay,
+            update_every_n_steps=update_every_n_steps,
+            update_starting_at_step=update_starting_at_step,
+            update_starting_at_epoch=update_starting_at_epoch,
+            **kwargs,
+        )
         self._live_state: Optional[dict[str, Tensor]] = None  # live weights while the module holds the EMA
         self._swapped = False  # the module holds the average for a validation epoch
 

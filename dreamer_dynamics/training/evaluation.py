@@ -10,7 +10,8 @@ the dataset's own units: single-sample MSE rewards blur and is logged only as a 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -20,7 +21,8 @@ from dreamer_dynamics.training.metrics import ValidationMetrics
 
 
 class EvaluationMixin:
-    """``validation_step`` / ``test_step`` and the epoch-end logging of rollout scores, for ``DynamicsModule``."""
+    """``validation_step`` / ``test_step`` and the epoch-end logging of rollout scores, for
+    ``DynamicsModule``."""
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
         """Logs ``val/*``: loss, bootstrap loss, flow loss per tau bucket, rollout energy scores per K."""
@@ -36,12 +38,14 @@ class EvaluationMixin:
     def on_test_epoch_end(self) -> None:
         self.log_rollout_scores(self.test_metrics, "test")
 
-    def evaluation_step(self, batch: dict[str, Tensor], batch_idx: int, metrics: ValidationMetrics,
-                        prefix: str) -> dict[str, Any]:
+    def evaluation_step(
+        self, batch: dict[str, Tensor], batch_idx: int, metrics: ValidationMetrics, prefix: str
+    ) -> dict[str, Any]:
         """Update ``metrics`` from one batch; returns ``{"rollout_images": {...}}`` for the rollout batches.
 
         All noise comes from ``evaluation_generator(batch_idx)``: the figures are comparable across epochs and
-        evaluating never touches the training noise stream. Runs on the EMA weights where an averaging callback
+        evaluating never touches the training noise stream. Runs on the EMA weights where an averaging
+        callback
         swaps them in.
         """
         z1 = batch["latents"]  # (B, T, N_b, D_b)
@@ -52,15 +56,23 @@ class EvaluationMixin:
         # 1) The training objective itself (unnormalised, video rows only): total and bootstrap-frame loss.
         tau, d = self.sample_signal_and_step(batch, generator)
         z0 = self.sample_noise(batch, generator)
-        output = shortcut_forcing_loss(self.model, z1, tau, d, d_min=self.config.d_min, z0=z0,
-                                       teacher=self.teacher_model(), **cond)
+        output = shortcut_forcing_loss(
+            self.model, z1, tau, d, d_min=self.config.d_min, z0=z0, teacher=self.teacher_model(), **cond
+        )
         metrics.update_losses(output.loss, output.per_frame, output.bootstrap)
 
         # 2) Flow term (d = d_min) for every frame, tau uniform on the d_min grid, bucketed by tau.
         k_max = self.config.k_max
         flow_tau = torch.randint(0, k_max, (b, t), generator=generator, device=z1.device).float() / k_max
-        flow = shortcut_forcing_loss(self.model, z1, flow_tau, torch.full_like(flow_tau, self.config.d_min),
-                                     d_min=self.config.d_min, z0=z0, **cond)
+        flow = shortcut_forcing_loss(
+            self.model,
+            z1,
+            flow_tau,
+            torch.full_like(flow_tau, self.config.d_min),
+            d_min=self.config.d_min,
+            z0=z0,
+            **cond,
+        )
         metrics.update_flow_buckets(flow.per_frame, flow_tau)
         self.log_dict(metrics.as_dict(prefix), on_step=False, on_epoch=True, batch_size=b)
 
@@ -70,8 +82,13 @@ class EvaluationMixin:
         return {}
 
     @torch.no_grad()
-    def score_rollouts(self, batch: dict[str, Tensor], cond: dict[str, Tensor], generator: torch.Generator,
-                       metrics: ValidationMetrics) -> dict[str, Tensor]:
+    def score_rollouts(
+        self,
+        batch: dict[str, Tensor],
+        cond: dict[str, Tensor],
+        generator: torch.Generator,
+        metrics: ValidationMetrics,
+    ) -> dict[str, Tensor]:
         """S sampled rollouts per K of the first rows from ``val_context_frames`` frames, scored against the
         truth; returns the context, the truth and the first sample of each K (for pictures), model units."""
         rows, ctx = self.hparams.val_rollout_rows, self.hparams.val_context_frames
@@ -79,18 +96,28 @@ class EvaluationMixin:
         z1 = batch["latents"][:rows]
         horizon = min(z1.shape[1] - ctx, self.hparams.val_rollout_horizon)
         context, target = z1[:, :ctx], z1[:, ctx : ctx + horizon]  # (R, ctx, N, D), (R, H, N, D)
-        actions = {k: v[:rows, : ctx + horizon].repeat(samples, *([1] * (v.dim() - 1))) for k, v in cond.items()}
-        generated = {k: self.rollout_standardized(context.repeat(samples, 1, 1, 1), horizon, num_steps=k,
-                                           generator=generator, **actions).view(samples, *target.shape)
-                     for k in self.val_rollout_steps}  # K -> (S, R, H, N, D)
-        metrics.rollout.update(*self.score_units(context, target, generated), self.object_hits(generated, target))
+        actions = {
+            k: v[:rows, : ctx + horizon].repeat(samples, *([1] * (v.dim() - 1))) for k, v in cond.items()
+        }
+        generated = {
+            k: self.rollout_standardized(
+                context.repeat(samples, 1, 1, 1), horizon, num_steps=k, generator=generator, **actions
+            ).view(samples, *target.shape)
+            for k in self.val_rollout_steps
+        }  # K -> (S, R, H, N, D)
+        metrics.rollout.update(
+            *self.score_units(context, target, generated), self.object_hits(generated, target)
+        )
         return {"context": context, "target": target, **{f"k{k}": g[0] for k, g in generated.items()}}
 
     def score_units(self, context: Tensor, target: Tensor, generated: dict[int, Tensor]) -> tuple:
         """Rollouts are scored in the dataset's own units: the figures then do not depend on how training
         standardises the latents (the energy-score ratio to copy-last is unchanged by one global scale)."""
-        return (self.destandardize(context), self.destandardize(target),
-                {k: self.destandardize(g) for k, g in generated.items()})
+        return (
+            self.destandardize(context),
+            self.destandardize(target),
+            {k: self.destandardize(g) for k, g in generated.items()},
+        )
 
     def object_hits(self, generated: dict[int, Tensor], target: Tensor) -> Optional[dict[int, Tensor]]:
         """K -> bool [S, B, H]: every object of a generated frame within one pixel of its true position (data
@@ -114,8 +141,13 @@ class EvaluationMixin:
         """Log the epoch's rollout scores (synchronised across ranks by torchmetrics) and reset them."""
         if metrics.rollout.update_count:
             scores = metrics.rollout.compute()
-            self.log_dict({f"{prefix}/rollout_{name}" if not name.startswith("object") else f"{prefix}/{name}":
-                           value for name, value in scores.items()}, sync_dist=False)
+            self.log_dict(
+                {
+                    f"{prefix}/rollout_{name}" if not name.startswith("object") else f"{prefix}/{name}": value
+                    for name, value in scores.items()
+                },
+                sync_dist=False,
+            )
         metrics.rollout.reset()
 
 

@@ -32,8 +32,13 @@ class RunDirTensorBoardLogger(TensorBoardLogger):
         default_hp_metric: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(save_dir if save_dir is not None else ".", name=name, version=version,
-                         default_hp_metric=default_hp_metric, **kwargs)
+        super().__init__(
+            save_dir if save_dir is not None else ".",
+            name=name,
+            version=version,
+            default_hp_metric=default_hp_metric,
+            **kwargs,
+        )
 
 
 __all__ = ["RunDirTensorBoardLogger"]

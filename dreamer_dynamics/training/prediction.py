@@ -7,8 +7,9 @@ the ground truth where the window has one; columns: context frames then generate
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
 import numpy as np
@@ -112,8 +113,17 @@ class RolloutWriter(BasePredictionWriter):
             # GIF: each frame shows rollout (left) beside ground truth (right) where there is one
             side = np.concatenate(rows, axis=2)  # (T, H, R*W, 3)
             images = [Image.fromarray(np.repeat(np.repeat(f, 4, 0), 4, 1)) for f in side]  # 4x: visible sizes
-            _atomic_write(out / f"{name}.seq{b}.gif", lambda f, im=images: im[0].save(
-                f, format="GIF", save_all=True, append_images=im[1:], duration=self.gif_ms_per_frame, loop=0))
+            _atomic_write(
+                out / f"{name}.seq{b}.gif",
+                lambda f, im=images: im[0].save(
+                    f,
+                    format="GIF",
+                    save_all=True,
+                    append_images=im[1:],
+                    duration=self.gif_ms_per_frame,
+                    loop=0,
+                ),
+            )
 
 
 def _numpy(value: torch.Tensor) -> np.ndarray:

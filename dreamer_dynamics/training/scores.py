@@ -1,15 +1,15 @@
 """Proper scoring of sampled rollouts: the energy score, and the point-forecast baselines in the same units.
 
-A rollout is a sample from the model's predictive distribution over the future. Judging one sample by its squared
-error rewards blur: E||X - y||^2 = ||E[X] - y||^2 + tr Var X, so the blurry mean of the samples scores better than
-any sharp, correct sample. The energy score (Gneiting & Raftery 2007) is strictly proper: its expectation is
-minimised only by the true predictive distribution,
+A rollout is a sample from the model's predictive distribution over the future. Judging one sample by its
+squared error rewards blur: E||X - y||^2 = ||E[X] - y||^2 + tr Var X, so the blurry mean of the samples scores
+better than any sharp, correct sample. The energy score (Gneiting & Raftery 2007) is strictly proper: its
+expectation is minimised only by the true predictive distribution,
 
     ES(P, y) = E||X - y|| - 1/2 E||X - X'||,   X, X' ~ P independent,
 
-estimated per generated frame from S >= 2 samples (Euclidean norm over all of the frame's latents). For a point
-forecast x (one sample, no spread) it is ||x - y||, so copy-last and context-mean baselines are scored in the same
-units. A deterministic world that is learnt exactly scores 0.
+estimated per generated frame from S >= 2 samples (Euclidean norm over all of the frame's latents). For a
+point forecast x (one sample, no spread) it is ||x - y||, so copy-last and context-mean baselines are scored
+in the same units. A deterministic world that is learnt exactly scores 0.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def frame_distance(a: Tensor, b: Tensor, frame_dims: int = 2) -> Tensor:
 
 
 def energy_score(samples: Tensor, target: Tensor, frame_dims: int = 2) -> tuple[Tensor, Tensor]:
-    """Energy score of S samples per frame -> (error, spread), each shaped like ``target`` without its frame dims.
+    """Energy score of S samples per frame -> (error, spread), each shaped like ``target`` without its frame
+    dims.
 
     samples: [S, *batch, *frame]; target: [*batch, *frame]. error = mean_s ||X_s - y||; spread =
     1/2 mean_{s != s'} ||X_s - X_s'|| (the unbiased "fair" estimator over distinct pairs, so a sampler that is
@@ -35,9 +36,13 @@ def energy_score(samples: Tensor, target: Tensor, frame_dims: int = 2) -> tuple[
     if num < 2:
         raise ValueError(f"energy_score needs >= 2 samples per forecast, got {num}")
     if samples.shape[1:] != target.shape:
-        raise ValueError(f"energy_score: samples {tuple(samples.shape)} do not match target {tuple(target.shape)}")
+        raise ValueError(
+            f"energy_score: samples {tuple(samples.shape)} do not match target {tuple(target.shape)}"
+        )
     error = frame_distance(samples, target.unsqueeze(0), frame_dims).mean(0)
-    pairs = frame_distance(samples.unsqueeze(0), samples.unsqueeze(1), frame_dims)  # (S, S, *batch); diagonal 0
+    pairs = frame_distance(
+        samples.unsqueeze(0), samples.unsqueeze(1), frame_dims
+    )  # (S, S, *batch); diagonal 0
     spread = 0.5 * pairs.sum((0, 1)) / (num * (num - 1))
     return error, spread
 
@@ -45,10 +50,13 @@ def energy_score(samples: Tensor, target: Tensor, frame_dims: int = 2) -> tuple[
 class RolloutScores(Metric):
     """Sums over generated frames, synchronised across ranks (sum reduction), for each K in ``rollout_steps``.
 
-    Per K: ``es`` (energy score), ``error`` (E||X - y||), ``spread`` (1/2 E||X - X'||), ``mean_mse`` (MSE of the
+    Per K: ``es`` (energy score), ``error`` (E||X - y||), ``spread`` (1/2 E||X - X'||), ``mean_mse`` (MSE of
+    the
     sample mean, per latent element), ``mse`` (single-sample MSE, per latent element: a secondary figure that
-    rewards blur), and ``object_hits`` (frames whose objects all sit within one pixel of the truth, per sample;
-    built-in world only). Baselines: ``copy_last`` (repeat the last context frame) and ``context_mean`` (the mean
+    rewards blur), and ``object_hits`` (frames whose objects all sit within one pixel of the truth, per
+    sample;
+    built-in world only). Baselines: ``copy_last`` (repeat the last context frame) and ``context_mean`` (the
+    mean
     of the context frames), each scored ||x - y||. ``compute()`` returns means keyed by log name suffix, plus
     ``es_ratio_k{K}`` = ES / copy-last ES (below 1 beats copying; 0 is perfect).
     """
@@ -63,27 +71,46 @@ class RolloutScores(Metric):
         for name in ("copy_last", "context_mean", "baseline_frames"):
             self.add_state(name, default=zero.clone(), dist_reduce_fx="sum")
         for k in self.rollout_steps:
-            for name in ("es", "error", "spread", "mean_mse", "mse", "frames", "object_hits", "object_frames"):
+            for name in (
+                "es",
+                "error",
+                "spread",
+                "mean_mse",
+                "mse",
+                "frames",
+                "object_hits",
+                "object_frames",
+            ):
                 self.add_state(f"{name}_k{k}", default=zero.clone(), dist_reduce_fx="sum")
 
     def _add(self, name: str, value: Tensor) -> None:
         setattr(self, name, getattr(self, name) + value.detach().double().sum())
 
-    def update(self, context: Tensor, target: Tensor, samples: dict[int, Tensor],
-               object_hits: dict[int, Tensor] | None = None) -> None:
+    def update(
+        self,
+        context: Tensor,
+        target: Tensor,
+        samples: dict[int, Tensor],
+        object_hits: dict[int, Tensor] | None = None,
+    ) -> None:
         """One batch of rollouts. context [B, T_ctx, N_b, D_b]; target [B, H, N_b, D_b]; samples: K -> the
-        rollouts with K steps [S, B, H, N_b, D_b]; object_hits: K -> bool [S, B, H], every object of the generated
+        rollouts with K steps [S, B, H, N_b, D_b]; object_hits: K -> bool [S, B, H], every object of the
+        generated
         frame within one pixel of the truth (data with known objects only)."""
         frames = torch.tensor(float(target.shape[0] * target.shape[1]))
         self._add("copy_last", frame_distance(context[:, -1:].expand_as(target), target))
-        self._add("context_mean", frame_distance(context.float().mean(1, keepdim=True).expand_as(target), target))
+        self._add(
+            "context_mean", frame_distance(context.float().mean(1, keepdim=True).expand_as(target), target)
+        )
         self._add("baseline_frames", frames)
         for k, generated in samples.items():
             error, spread = energy_score(generated, target)  # (B, H) each
             self._add(f"es_k{k}", error - spread)
             self._add(f"error_k{k}", error)
             self._add(f"spread_k{k}", spread)
-            self._add(f"mean_mse_k{k}", (generated.float().mean(0) - target.float()).square().flatten(2).mean(-1))
+            self._add(
+                f"mean_mse_k{k}", (generated.float().mean(0) - target.float()).square().flatten(2).mean(-1)
+            )
             self._add(f"mse_k{k}", (generated[0].float() - target.float()).square().flatten(2).mean(-1))
             self._add(f"frames_k{k}", frames)
             hits = (object_hits or {}).get(k)

@@ -41,7 +41,8 @@ class SLURMRequeueAtStepEnd(pl.Callback):
     def __init__(self, check_every_n_steps: int = 1) -> None:
         if check_every_n_steps < 1:
             raise ValueError(
-                f"SLURMRequeueAtStepEnd: check_every_n_steps must be >= 1, got {check_every_n_steps}")
+                f"SLURMRequeueAtStepEnd: check_every_n_steps must be >= 1, got {check_every_n_steps}"
+            )
         self.check_every_n_steps = check_every_n_steps
         self._signum: Optional[int] = None  # the requeue signal while our handler is installed
         self._previous_handler: Any = None
@@ -54,8 +55,10 @@ class SLURMRequeueAtStepEnd(pl.Callback):
         if threading.current_thread() is not threading.main_thread() or environment.requeue_signal is None:
             return  # signal handlers can only be installed from the main thread
         if slurm_requeue_handler(trainer) is None:  # a Lightning without it
-            rank_zero_warn("SLURMRequeueAtStepEnd: this Lightning version has no SLURM requeue handler to defer; "
-                           "leaving the signal to Lightning")
+            rank_zero_warn(
+                "SLURMRequeueAtStepEnd: this Lightning version has no SLURM requeue handler to defer; "
+                "leaving the signal to Lightning"
+            )
             return
         self._signum = environment.requeue_signal
         self._received = False
@@ -64,8 +67,9 @@ class SLURMRequeueAtStepEnd(pl.Callback):
     def _record_signal(self, signum: int, frame: Any) -> None:
         self._received = True  # nothing else here: no I/O, no collectives (see the module docstring)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._signum is None or trainer.global_step % self.check_every_n_steps:
             return
         flag = torch.tensor(float(self._received), device=pl_module.device)
