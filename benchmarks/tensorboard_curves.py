@@ -1,4 +1,4 @@
-"""Curves read back from a run's TensorBoard event files (what a user sees in TensorBoard, nothing extra).
+"""Curves read back from a run's TensorBoard event files (what a user sees in TensorBoard, nothing extra)."""
 
 from __future__ import annotations
 
