@@ -24,13 +24,19 @@ from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 
 
 def _latent_stats(hparams: dict[str, Any], state: dict[str, torch.Tensor]) -> Optional[dict[str, Any]]:
-    """Statistics the module standardised with: its ``latent_mean`` / ``latent_std`` buffers from the exported
-    state (exactly what the checkpoint's own rollout uses), else its ``latent_stats`` hyperparameter."""
+    """The (mean, std) the module standardised with, exactly what the checkpoint's own rollout uses: its
+    ``latent_mean`` / ``latent_std`` buffers where the state holds them, else ``standardization`` of its
+    ``latent_stats`` hyperparameter (which applies the record's pooled or per-channel scale)."""
+    from dreamer_dynamics.data.stats import standardization
+
     stats = hparams.get("latent_stats")
+    count = {"count": stats["count"]} if isinstance(stats, dict) and "count" in stats else {}
     if "latent_mean" in state and "latent_std" in state:
-        count = {"count": stats["count"]} if isinstance(stats, dict) and "count" in stats else {}
         return {"mean": state["latent_mean"], "std": state["latent_std"], **count}
-    return stats
+    if stats is None:
+        return None
+    mean, std = standardization(stats)
+    return {"mean": mean.tolist(), "std": std.tolist(), **count}
 
 
 def _dataset_codec(checkpoint: dict[str, Any], data_root: Optional[str]) -> Optional[dict[str, Any]]:

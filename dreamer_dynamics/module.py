@@ -178,11 +178,11 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
 
     def standardize(self, z: Tensor) -> Tensor:
-        """Dataset units -> model units: (z - mean) / std per channel (the DataModule's batches are these)."""
+        """Dataset units -> model units: (z - mean) / std (the DataModule's batches are these; data/stats.py)."""
         return ((z.float() - self.latent_mean.float()) / self.latent_std.float()).to(z.dtype)
 
     def destandardize(self, z: Tensor) -> Tensor:
-        """Model units -> dataset units: z * std + mean per channel (e.g. before decoding to pictures)."""
+        """Model units -> dataset units: z * std + mean (e.g. before decoding to pictures)."""
         return (z.float() * self.latent_std.float() + self.latent_mean.float()).to(z.dtype)
 
     def use_latent_stats(self, stats: Optional[dict], *, source: str = "the DataModule") -> None:

@@ -216,17 +216,25 @@ def test_two_process_ddp_ranks_share_lengths_and_split_each_global_batch(cache, 
         assert not set(np.round(sums0, 6)) & set(np.round(sums1, 6))  # disjoint windows
 
 
-def test_batches_are_standardised_per_channel_with_the_recorded_stats(cache):
-    dm, raw = _module(cache), _module(cache, standardize=False)
-    assert raw.latent_stats is None and dm.latent_stats == dm.dataset.latent_stats  # written by the writer
-    mean = torch.tensor(dm.latent_stats["mean"], dtype=torch.float32)
-    std = torch.tensor(dm.latent_stats["std"], dtype=torch.float32)
+@pytest.mark.parametrize("scale", ["pooled", "channel"])
+def test_batches_are_standardised_with_the_recorded_stats(cache, scale):
+    dm, raw = _module(cache, standardize=scale), _module(cache, standardize=False)
+    assert raw.latent_stats is None and dm.latent_stats == {**dm.dataset.latent_stats, "scale": scale}
+    mean = torch.tensor(dm.latent_stats["mean"], dtype=torch.float64)
+    channel_std = torch.tensor(dm.latent_stats["std"], dtype=torch.float64)
+    # pooled: one std for every channel, the RMS of the channel stds; channel: each channel by its own
+    std = channel_std.square().mean().sqrt().expand_as(channel_std) if scale == "pooled" else channel_std
     for a, b in zip(dm.train_dataloader(), raw.train_dataloader()):  # the same windows, other units
-        torch.testing.assert_close(a["latents"], (b["latents"] - mean) / std)
+        expected = ((b["latents"].double() - mean) / std).float()
+        torch.testing.assert_close(a["latents"], expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(dm.destandardize(a["latents"]), b["latents"], atol=1e-5, rtol=1e-5)
         assert torch.equal(a["actions_discrete"], b["actions_discrete"])
     everything = torch.cat([b["latents"].flatten(0, 2) for b in dm.train_dataloader()])  # (vectors, D_b)
-    assert everything.mean(0).abs().max() < 0.5 and (everything.std(0) - 1).abs().max() < 0.5
+    assert everything.mean(0).abs().max() < 0.5
+    if scale == "channel":  # unit variance per channel
+        assert (everything.std(0) - 1).abs().max() < 0.5
+    else:  # unit mean square over all channels, quiet channels stay quiet
+        assert abs(everything.square().mean().item() - 1) < 0.2 and everything.std(0).min() < 0.5
 
 
 def test_missing_stats_are_computed_once_and_recorded(tmp_path):
@@ -239,9 +247,12 @@ def test_missing_stats_are_computed_once_and_recorded(tmp_path):
     meta = json.loads(path.read_text())
     written = meta.pop("latent_stats")
     path.write_text(json.dumps(meta))
-    dm = DynamicsDataModule(str(tmp_path), short_length=4, long_length=8, val_fraction=0.25)
+    dm = DynamicsDataModule(
+        str(tmp_path), short_length=4, long_length=8, val_fraction=0.25, standardize="channel"
+    )
     np.testing.assert_allclose(dm.latent_stats["mean"], written["mean"], rtol=1e-12)
     np.testing.assert_allclose(dm.latent_stats["std"], written["std"], rtol=1e-12, atol=1e-12)
-    assert json.loads(path.read_text())["latent_stats"] == dm.latent_stats  # recorded for the next run
+    recorded = json.loads(path.read_text())["latent_stats"]  # recorded for the next run
+    assert {**recorded, "scale": "channel"} == dm.latent_stats
     batch = next(iter(dm.train_dataloader()))["latents"]
     assert torch.isfinite(batch).all() and batch[..., 3].abs().max() == 0  # constant channel -> exactly 0

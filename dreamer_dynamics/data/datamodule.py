@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -32,7 +32,7 @@ from .default import ToyDatasetConfig, builtin_dataset_root, toy_object_locator
 from .fingerprint import dataset_fingerprint, fingerprint_changes
 from .format import DatasetError
 from .sampler import AlternatingLengthBatchSampler, Window
-from .stats import compute_latent_stats, stale_reason, standardization, write_latent_stats
+from .stats import SCALES, compute_latent_stats, stale_reason, standardization, write_latent_stats
 
 
 class DynamicsDataModule(pl.LightningDataModule):
@@ -62,8 +62,10 @@ class DynamicsDataModule(pl.LightningDataModule):
         toy: generator config of the built-in dataset (used only when root is None).
         cache_dir: cache of the built-in dataset; None = $DREAMER_DYNAMICS_CACHE or ~/.cache/dreamer_dynamics.
         pin_memory: pin host memory in the DataLoaders (GPU training).
-        standardize: emit latents standardised per channel, (z - mean) / std, with the dataset's
-            ``latent_stats`` (std floored at 1e-6 x the largest channel std). A dataset without statistics (or
+        standardize: emit standardised latents, (z - mean) / std with the dataset's ``latent_stats``: True or
+            "pooled" = each channel's own mean, one pooled std for all channels (the RMS of the channel stds;
+            data/stats.py ``standardization``); "channel" = each channel by its own std (floored at 1e-6 x
+            the largest). A dataset without statistics (or
             with stale ones) gets them computed once, streaming over the episodes, and recorded in its
             ``metadata.json`` (skipped with a warning where that file is read-only). ``latent_stats`` is then
             the record the model must use (the CLI links it into ``DynamicsModule``); False emits the
@@ -94,7 +96,7 @@ class DynamicsDataModule(pl.LightningDataModule):
         toy: ToyDatasetConfig | dict | None = None,
         cache_dir: str | None = None,
         pin_memory: bool = False,
-        standardize: bool = True,
+        standardize: bool | Literal["pooled", "channel"] = True,
     ):
         super().__init__()
         if isinstance(toy, dict):
@@ -115,7 +117,13 @@ class DynamicsDataModule(pl.LightningDataModule):
         names = [episode.name for episode in self.dataset.meta.episodes]
         self.train_episodes, self.val_episodes = split_episodes(names, val_fraction, seed)
         # the statistics batches are standardised with (None = batches in the dataset's own units)
-        self.latent_stats: dict[str, Any] | None = self._load_latent_stats() if standardize else None
+        scale = "pooled" if standardize is True else standardize
+        if scale not in (False, *SCALES):
+            raise ConfigError(
+                f"data.standardize must be true, false, 'pooled' or 'channel', got {standardize!r}"
+            )
+        record = self._load_latent_stats() if scale else None
+        self.latent_stats: dict[str, Any] | None = None if record is None else {**record, "scale": scale}
         self._window_dataset = LatentWindowDataset(self.dataset, self._standardization())
         self._files_checked = False
         self._train_sampler: AlternatingLengthBatchSampler | None = None
