@@ -178,7 +178,7 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
 
     def standardize(self, z: Tensor) -> Tensor:
-        """Dataset units -> model units, (z - mean) / std: what the DataModule's batches hold (data/stats.py)."""
+        """Dataset units -> model units, (z - mean) / std: what the DataModule's batches hold."""
         return ((z.float() - self.latent_mean.float()) / self.latent_std.float()).to(z.dtype)
 
     def destandardize(self, z: Tensor) -> Tensor:
