@@ -42,6 +42,7 @@ VARIANTS: dict[str, list[str]] = {
     "image_rows_0.3": ["--model.image_row_share=0.3"],  # the paper's share of rows trained as images
     "no_zero_init": ["--model.model.zero_init_output=false"],
     "lr_1e-3": ["--model.optimizer.init_args.lr=0.001"],
+    "channel_std": ["--data.standardize=channel"],  # each latent channel divided by its own std
     "not_standardized": ["--data.standardize=false"],
 }
 CURVE_KEYS = (
