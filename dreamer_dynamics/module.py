@@ -3,17 +3,16 @@
 Convention (docs/design.md §2): signal level tau = 0 is pure noise, tau = 1 is clean data.
 
 One training step (docs/design.md §3): draw per-frame (tau, d) and the image rows, compute the
-shortcut-forcing loss,
-divide every named term (``shortcut`` = flow + bootstrap, plus any extra terms) by its running RMS
-(``LossNormalizer``, paper Sec. 3) and sum. Every random draw goes
-through the module's own ``torch.Generator`` (stored in checkpoints), so a resumed run repeats an
-uninterrupted one bit for bit. Subclasses change one piece by overriding a hook:
+shortcut-forcing loss, divide every named term (``shortcut`` = flow + bootstrap, plus any extra terms) by its
+running RMS (``LossNormalizer``, paper Sec. 3) and sum. Every random draw goes through the module's own
+``torch.Generator`` (stored in checkpoints), so a resumed run repeats an uninterrupted one bit for bit.
+Subclasses change one piece by overriding a hook (the sampling hooks take an optional generator: evaluation
+passes its own):
 
 =========================================  ==========================================================
 hook                                       default
 =========================================  ==========================================================
-``sample_signal_and_step(batch)``          per-frame (tau, d), ``sample_signal_and_step`` (docs/design.md
-§3.1-2)
+``sample_signal_and_step(batch)``          per-frame (tau, d) by ``sample_signal_and_step`` (design §3.1-2)
 ``sample_image_rows(batch)``               ``image_row_share`` of the rows trained as images (§3.8)
 ``sample_noise(batch)``                    z0 ~ N(0, I) like the latents
 ``conditioning(batch)``                    the batch's ``actions_discrete`` / ``actions_continuous``
@@ -75,15 +74,14 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
         normalize_losses: divide each loss term by its running RMS (paper Sec. 3); False logs the RMS only.
         normalize_shortcut_terms_separately: False (default) normalises the shortcut-forcing loss as ONE term
             ``shortcut`` = flow + bootstrap, keeping the frame-count weighting of docs/design.md §3.6 between
-            them;
-            True divides ``flow`` and ``bootstrap`` by their own RMS. The bootstrap term starts ~100x smaller
-            than the flow term (teacher and student agree early), so separate normalisation multiplies its
-            gradient by ~100 relative to Eq. 8 and, on the quickstart, stopped the flow loss from falling.
+            them; True divides ``flow`` and ``bootstrap`` by their own RMS. The bootstrap term starts ~100x
+            smaller than the flow term (teacher and student agree early), so separate normalisation multiplies
+            its gradient by ~100 relative to Eq. 8 and, on the quickstart, stopped the flow loss from falling.
         loss_norm_decay: EMA decay of the running mean square of each term.
         ema_teacher: bootstrap targets from the EMA weights of an ``EMAWeightAveraging`` callback instead of
             the online weights (paper: online weights, docs/design.md §3.10).
         context_noise: noise amount of context frames in rollouts (tau_ctx = 1 - 0.1 on the grid,
-        docs/design.md §5).
+            docs/design.md §5).
         rollout_steps: default K of ``rollout`` / ``predict`` (paper: 4).
         val_rollout_steps: K values whose rollouts are scored; None = [1, 2, 4, k_max].
         val_rollout_samples: rollout samples per context for the energy score (>= 2; training/scores.py).
@@ -240,8 +238,7 @@ class DynamicsModule(EvaluationMixin, pl.LightningModule):
     def sample_image_rows(
         self, batch: dict[str, Tensor], generator: Optional[torch.Generator] = None
     ) -> Optional[Tensor]:
-        """Bool [B]: rows trained as independent images, without attention across time (docs/design.md
-        §3.8)."""
+        """Bool [B]: rows trained as images, without attention across time (docs/design.md §3.8)."""
         generator = generator or self.noise_generator
         b = batch["latents"].shape[0]
         u = torch.rand(b, generator=generator, device=generator.device)
