@@ -240,17 +240,18 @@ def test_predict_writes_weights_only_loadable_files(tmp_path, cache):
     assert out["context"].shape[1] == 2 and out["actions_discrete"].shape[1] == 6
     # Alignment: the windows themselves, split at the context length; the rollout continues that context under
     # those actions (same per-batch generator as predict_step).
+    # Batches are standardised; the files hold the dataset's own units.
     batch = next(iter(data.predict_dataloader()))
-    assert torch.equal(out["context"], batch["latents"][:, :2])
-    assert torch.equal(out["ground_truth"], batch["latents"][:, 2:6])
+    assert torch.equal(out["context"], module.destandardize(batch["latents"][:, :2]))
+    assert torch.equal(out["ground_truth"], module.destandardize(batch["latents"][:, 2:6]))
     assert torch.equal(out["actions_discrete"], batch["actions_discrete"][:, :6])
-    expected = module.rollout(
+    expected = module.rollout_standardized(
         batch["latents"][:, :2],
         4,
         actions_discrete=batch["actions_discrete"][:, :6],
         generator=module.evaluation_generator(0),
     )
-    assert torch.equal(out["rollout"], expected)
+    assert torch.equal(out["rollout"], module.destandardize(expected))
 
 
 def test_optimizer_groups_and_warmup_cosine_schedule(tmp_path, cache):

@@ -32,7 +32,7 @@ def roots(tmp_path_factory):
     out = {}
     for name, (scale, offset) in {"unit": (1.0, 0.0), "scaled": (SCALE, OFFSET)}.items():
         with LatentDatasetWriter(
-            base / name, latent_shape=toy.latent_shape, num_discrete_actions=(5,), decoder=toy.meta.decoder
+            base / name, latent_shape=toy.latent_shape, num_discrete_actions=(5,), codec=toy.meta.codec
         ) as writer:
             for i in range(len(toy)):
                 episode = toy[i]
@@ -115,7 +115,9 @@ def test_scaled_copy_trains_to_the_same_losses_and_rolls_out_in_its_own_units(ro
     episode = LatentDataset(roots["unit"])[0]
     context = torch.from_numpy(np.array(episode["latents"][None, :3]))  # (1, 3, N_b, D_b) built-in units
     actions = torch.from_numpy(np.array(episode["actions_discrete"][None, :7], np.int64))
-    kwargs = dict(actions_discrete=actions, num_steps=2)
+    kwargs = dict(
+        actions_discrete=actions, num_steps=2, unconditional=True
+    )  # no continuous actions in the data
     out_unit = unit.rollout(context, 4, generator=torch.Generator().manual_seed(5), **kwargs)
     scaled_context = context * SCALE + OFFSET
     out_scaled = scaled.rollout(scaled_context, 4, generator=torch.Generator().manual_seed(5), **kwargs)
@@ -137,10 +139,12 @@ def test_module_adopts_the_datamodules_stats_before_ema_copies_it(roots, tmp_pat
 
     make_trainer(tmp_path, 2, [ema, BeforeTheFirstUpdate()]).fit(module, data)
     assert torch.equal(seen["mean"], module.latent_mean)
-    assert module.hparams.latent_stats == data.latent_stats == LatentDataset(roots["scaled"]).latent_stats
+    recorded = {**LatentDataset(roots["scaled"]).latent_stats, "scale": "pooled"}  # + how they are applied
+    assert module.hparams.latent_stats == data.latent_stats == recorded
     stats = data.latent_stats
     np.testing.assert_allclose(module.latent_mean.numpy(), stats["mean"], rtol=1e-6)
-    np.testing.assert_allclose(module.latent_std.numpy(), stats["std"], rtol=1e-6)
+    pooled = np.sqrt(np.mean(np.square(stats["std"])))  # one pooled std for every channel (data/stats.py)
+    np.testing.assert_allclose(module.latent_std.numpy(), np.full(48, pooled), rtol=1e-6)
     averaged = ema._average_model.module  # its buffers are swapped in for validation: they must agree
     assert torch.equal(averaged.latent_mean, module.latent_mean)
     assert torch.equal(averaged.latent_std, module.latent_std)
@@ -175,7 +179,7 @@ def test_checkpoint_carries_the_stats_and_predict_writes_data_units(roots, tmp_p
     old = DynamicsModule.load_from_checkpoint(tmp_path / "old.ckpt", weights_only=True)
     assert torch.equal(old.latent_mean, torch.zeros(48)) and torch.equal(old.latent_std, torch.ones(48))
 
-    writer = RolloutWriter(output_dir=str(tmp_path / "pred"))
+    writer = RolloutWriter(output_dir=str(tmp_path / "pred"), format="pt", pictures=False)
     make_trainer(tmp_path, 1, [writer]).predict(loaded, datamodule=data, return_predictions=False)
     (file,) = (tmp_path / "pred").iterdir()
     out = torch.load(file, weights_only=True)
@@ -194,7 +198,7 @@ def test_cli_links_the_stats_into_the_model(roots, monkeypatch):
     cli = DynamicsCLI(args=args, run=False)
     assert cli.model.hparams.latent_stats == cli.datamodule.latent_stats
     stored = json.loads(open(f"{roots['scaled']}/metadata.json").read())["latent_stats"]
-    assert cli.datamodule.latent_stats == stored
+    assert cli.datamodule.latent_stats == {**stored, "scale": "pooled"}
     np.testing.assert_allclose(cli.model.latent_mean.numpy(), cli.datamodule.latent_stats["mean"], rtol=1e-6)
     cli = DynamicsCLI(args=[*args, "--data.standardize=false"], run=False)
     assert cli.model.hparams.latent_stats is None and cli.datamodule.latent_stats is None

@@ -26,6 +26,8 @@ from torch.torch_version import TorchVersion
 from .config import DynamicsConfig, softcap_problem
 from .layers import RMSNorm, apply_rope
 
+KV = tuple[torch.Tensor, torch.Tensor]  # keys and values of one time layer, each (B, S*Hkv, L, E)
+
 try:  # FlexAttention: torch >= 2.5
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 

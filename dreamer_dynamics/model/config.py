@@ -61,9 +61,7 @@ class DynamicsConfig:
     rope_base: float = 10_000.0  # RoPE frequency base for both the space and the time axis
     norm_eps: float = 1e-6  # epsilon of every RMSNorm
     init_std: float = 0.02  # std of the normal init of linear / embedding weights
-    zero_init_output: bool = (
-        False  # zero the output head: x1_hat starts at 0, the mean of standardised latents
-    )
+    zero_init_output: bool = False  # zero the output head: x1_hat starts at 0 (standardised data's mean)
     attention_backend: AttentionBackend = "auto"  # auto: flex on CUDA w/ soft-cap, sdpa w/o, else math
     check_inputs: bool = True  # validate shapes, tau/d grids and action ids (one host sync per forward)
 

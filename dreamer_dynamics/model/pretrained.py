@@ -20,15 +20,13 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import torch
+from torch import nn
 
 from .config import DynamicsConfig
 from .rollout import rollout as _rollout
-
-if TYPE_CHECKING:
-    from .transformer import DynamicsTransformer
 
 PRETRAINED_FORMAT = "dreamer-dynamics-pretrained/1"
 CONFIG_FILE = "config.json"
@@ -46,7 +44,7 @@ def _stats_to_json(stats: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
 
 
 def save_pretrained(
-    model: DynamicsTransformer,
+    model: nn.Module,
     directory: str | os.PathLike,
     *,
     latent_stats: Optional[dict[str, Any]] = None,
@@ -80,7 +78,7 @@ def save_pretrained(
 
 def load_pretrained(
     cls: type, directory: str | os.PathLike, *, device: str | torch.device = "cpu", **overrides: Any
-) -> DynamicsTransformer:
+) -> nn.Module:
     """Build `cls` from an export directory; `overrides` change DynamicsConfig fields (e.g.
     ``attention_backend="flex"``). The model comes back in eval mode with ``latent_stats``, ``codec_spec`` and
     ``rollout_defaults`` attached."""
@@ -118,7 +116,7 @@ def load_pretrained(
 
 @torch.no_grad()
 def rollout_in_data_units(
-    model: DynamicsTransformer,
+    model: nn.Module,
     context: torch.Tensor,
     horizon: int,
     *,

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch import nn
 
 from dreamer_dynamics.objective import corrupt, euler_sample, is_power_of_two
 
-from .transformer import KV, DynamicsTransformer
+from .attention import KV
 
 
 class TimeKVCache:
@@ -52,7 +53,7 @@ def context_signal_level(context_noise: float, k_max: int) -> float:
 
 @torch.no_grad()
 def rollout(
-    model: DynamicsTransformer,
+    model: nn.Module,
     context: torch.Tensor,
     horizon: int,
     *,

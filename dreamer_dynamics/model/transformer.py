@@ -9,12 +9,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .attention import AttentionMask, FactorizedAttention
+from .attention import KV, AttentionMask, FactorizedAttention
 from .config import DynamicsConfig
 from .embeddings import ActionEmbedding, ShortcutEmbedding
 from .layers import RMSNorm, SwiGLU, rope_tables
-
-KV = tuple[torch.Tensor, torch.Tensor]
 
 
 class Block(nn.Module):
