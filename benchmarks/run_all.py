@@ -1,8 +1,8 @@
 """Run every benchmark, print a summary table and write JSON under benchmarks/results/.
 
-    python -m benchmarks.run_all                     # CPU: ~20 minutes on 2 cores (quality ~8 of them)
+    python -m benchmarks.run_all                     # CPU: ~30 minutes on 2 cores (quality ~15 of them)
     python -m benchmarks.run_all --skip quality      # the speed figures only (~8 minutes)
-    python -m benchmarks.run_all --quality-steps 1000
+    python -m benchmarks.run_all --quality-steps 600
     python -m benchmarks.run_all --gpu               # on a CUDA machine: adds benchmarks/gpu.py
     python -m benchmarks.run_all --smoke             # every benchmark's smallest mode (seconds; tests)
 
@@ -42,7 +42,13 @@ def benchmark_argv(name: str, args: argparse.Namespace, output: Path) -> list:
         return (
             argv
             + ["--threads", str(args.quality_threads)]
-            + (["--smoke"] if args.smoke else ["--steps", str(args.quality_steps)])
+            + (
+                ["--smoke"]
+                if args.smoke
+                else ["--steps", str(args.quality_steps)]
+                if args.quality_steps
+                else []
+            )
         )
     if name == "gpu":
         return argv + (["--smoke"] if args.smoke else ["--nominal-tflops", str(args.nominal_tflops)])
@@ -135,7 +141,7 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--skip", nargs="*", default=[], choices=BENCHMARKS)
     parser.add_argument("--gpu", action="store_true", help="also run benchmarks/gpu.py (needs CUDA)")
-    parser.add_argument("--quality-steps", type=int, default=300)
+    parser.add_argument("--quality-steps", type=int, default=None, help="default: the quickstart's max_steps")
     parser.add_argument("--nominal-tflops", type=float, default=989.0, help="GPU dense bf16 peak (H100: 989)")
     parser.add_argument(
         "--smoke", action="store_true", help="every benchmark's smallest mode (gpu.py on CPU)"
