@@ -377,3 +377,31 @@ def test_progress_bar_shows_the_unnormalised_loss_and_checkpoints_load_in_eval_m
     )
     loaded = DynamicsModule.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt", map_location="cpu")
     assert not loaded.training and not any(m.training for m in loaded.modules())
+
+
+class RecordsItsSchedule(DynamicsModule):
+    """A subclass whose schedule puts every frame at tau = 1/2, d = d_min, and records who asked for it."""
+
+    def sample_signal_and_step(self, batch, generator=None):
+        self.schedule_calls = [*getattr(self, "schedule_calls", []), (self.training, generator is not None)]
+        b, t = batch["latents"].shape[:2]
+        return torch.full((b, t), 0.5, device=self.device), torch.full((b, t), self.d_min, device=self.device)
+
+    def sample_noise(self, batch, generator=None):
+        self.noise_calls = [*getattr(self, "noise_calls", []), (self.training, generator is not None)]
+        return super().sample_noise(batch, generator)
+
+
+def test_validation_draws_levels_and_noise_through_the_module_hooks(tmp_path, cache):
+    """Evaluation uses the subclass's schedule (with its own generator, so the training stream is untouched)."""
+    data = make_data(cache)
+    module = make_module(data, cls=RecordsItsSchedule, val_rollout_batches=0)
+    trainer = make_trainer(tmp_path, logger=False, enable_checkpointing=False)
+    state = module.noise_generator.get_state()
+    trainer.validate(module, datamodule=data, verbose=False)
+    assert module.schedule_calls and all(call == (False, True) for call in module.schedule_calls)
+    assert module.noise_calls and all(call == (False, True) for call in module.noise_calls)
+    assert torch.equal(module.noise_generator.get_state(), state)  # validating never advances training noise
+    # the schedule puts every frame at d_min: no bootstrap frame, so the objective is the flow term alone
+    metrics = trainer.callback_metrics
+    assert float(metrics["val/loss"]) > 0 and math.isnan(float(metrics.get("val/bootstrap_loss", math.nan)))
