@@ -393,7 +393,7 @@ class RecordsItsSchedule(DynamicsModule):
 
 
 def test_validation_draws_levels_and_noise_through_the_module_hooks(tmp_path, cache):
-    """Evaluation uses the subclass's schedule (with its own generator, so the training stream is untouched)."""
+    """A subclass whose schedule puts every frame at tau = 1/2, d = d_min, and records who called it."""
     data = make_data(cache)
     module = make_module(data, cls=RecordsItsSchedule, val_rollout_batches=0)
     trainer = make_trainer(tmp_path, logger=False, enable_checkpointing=False)
