@@ -35,7 +35,7 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "lightning_configs" / "qui
 # name -> CLI overrides of the quickstart config (the recipe is the config itself).
 VARIANTS: dict[str, list[str]] = {
     "recipe": [],
-    "more_flow": ["--model.d_min_share=0.9", "--model.bootstrap_warmup_steps=600"],  # flow-heavy schedule
+    "less_flow": ["--model.d_min_share=0.75", "--model.bootstrap_warmup_steps=200"],  # the earlier recipe
     "paper_sampling": [
         "--model.d_min_share=null"
     ],  # K uniform over the powers of two (1/5 of frames at d_min)
