@@ -59,7 +59,8 @@ def test_every_cited_design_section_exists():
 
 
 def test_no_file_cites_a_document_outside_the_repository():
-    pattern = re.compile(r"SPEC\.md|SPEC §|\bissue \d+|/work/", re.I)
+    brief = "SP" + "EC"  # spelled in pieces so that this file does not match its own search
+    pattern = re.compile(rf"{brief}\.md|{brief} §|\bissue \d+|/work/", re.I)
     offenders = [
         str(p.relative_to(REPO))
         for p in tracked_text_files()
