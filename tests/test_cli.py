@@ -85,6 +85,8 @@ def test_fit_validate_test_in_process_on_a_custom_dataset(tmp_path, monkeypatch)
         "--trainer.logger=false",
         # a zero-initialised output head passes no gradient to the blocks on the very first step
         "--model.model.zero_init_output=false",
+        # the tiny validation batch must hold bootstrap frames for val/bootstrap_loss to be a number
+        "--model.d_min_share=0.5",
     ]
     initial = DynamicsCLI(args=common, run=False).model  # same seed: the weights fit starts from
     fit = DynamicsCLI(args=["fit", *common, "--trainer.fast_dev_run=true"])
