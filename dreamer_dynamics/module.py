@@ -42,7 +42,7 @@ from dreamer_dynamics.objective import (
     sample_signal_and_step,
     shortcut_forcing_loss,
 )
-from dreamer_dynamics.parallelize import clip_gradients, parallelize_model, total_grad_norm
+from dreamer_dynamics.parallelize import clip_gradients, is_fsdp, parallelize_model, total_grad_norm
 from dreamer_dynamics.training.ema import averaged_model, averaging_started
 from dreamer_dynamics.training.evaluation import EvaluationMixin
 from dreamer_dynamics.training.inference import InferenceMixin
@@ -227,6 +227,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             d_min=self.d_min,
             z0=self.sample_noise(batch),
             teacher=self.teacher_model(),
+            teacher_always=self.sharded(),
             image_rows=self.sample_image_rows(batch),
             **self.conditioning(batch),
         )
@@ -277,6 +278,12 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
     ) -> None:
         """Trainer's ``gradient_clip_val``, also under FSDP (``parallelize.clip_gradients``)."""
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def sharded(self) -> bool:
+        """True under FSDP (1 or 2): every forward all-gathers, so every rank must make the same calls."""
+        if self._trainer is None:
+            return False
+        return is_fsdp(self.trainer.strategy) or getattr(self, "device_mesh", None) is not None
 
     def teacher_model(self) -> Optional[torch.nn.Module]:
         """Bootstrap teacher: None (online weights, paper) or the EMA weights when ``ema_teacher=True``.

@@ -170,3 +170,24 @@ def test_rejects_clean_training_level_and_bad_shapes():
         shortcut_forcing_loss(lambda z, t, d: z, z1, torch.ones(2, 3), torch.full((2, 3), 0.25), d_min=0.25)
     with pytest.raises(ValueError, match="must both be"):
         shortcut_forcing_loss(lambda z, t, d: z, z1, torch.zeros(2, 2), torch.full((2, 2), 0.25), d_min=0.25)
+
+
+def test_teacher_always_runs_both_passes_without_changing_the_loss():
+    """Sharded training needs the same forward calls on every rank: with no bootstrap frame the teacher still runs
+    twice (on one row), and the loss is exactly the flow-only one."""
+    calls = []
+
+    def denoiser(z, tau, d, **_):
+        calls.append(z.shape[0])
+        return 0.5 * z
+
+    z1 = torch.randn(3, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    tau = torch.full((3, 4), 0.25)
+    d = torch.full((3, 4), 0.125)  # every frame at d_min: no bootstrap frame
+    z0 = torch.randn(z1.shape, generator=torch.Generator().manual_seed(1))
+    plain = shortcut_forcing_loss(denoiser, z1, tau, d, d_min=0.125, z0=z0)
+    assert calls == [3]  # the student only
+    calls.clear()
+    always = shortcut_forcing_loss(denoiser, z1, tau, d, d_min=0.125, z0=z0, teacher_always=True)
+    assert calls == [1, 1, 3]  # two teacher passes on one row, then the student
+    assert torch.equal(always.loss, plain.loss) and torch.equal(always.per_frame, plain.per_frame)

@@ -67,6 +67,7 @@ def shortcut_forcing_loss(
     d_min: float,
     z0: Tensor | None = None,
     teacher: Denoiser | None = None,
+    teacher_always: bool = False,
     **cond,
 ) -> ShortcutForcingLoss:
     """Shortcut-forcing loss of one batch (docs/design.md §3.3-3.7).
@@ -74,6 +75,8 @@ def shortcut_forcing_loss(
     z1: clean latents [B, T, ...]; tau, d: float [B, T] on their grids (see ``sample_signal_and_step``);
     z0: noise like z1 (fresh Gaussian if None); teacher: denoiser for the bootstrap targets (default: the
     student's own online weights under stop-gradient, as in the paper; pass EMA weights to use those);
+    teacher_always: run the two teacher passes even when no frame bootstraps (on the first row, result
+    unused): sharded training (FSDP) needs every rank to make the same forward calls, whatever it drew.
     cond: conditioning forwarded to every denoiser call (per-row tensors are sliced for the teacher passes).
     """
     if tau.shape != d.shape or z1.shape[:2] != tau.shape:
@@ -87,16 +90,17 @@ def shortcut_forcing_loss(
     z_tilde = corrupt(z1, z0, tau)
     bootstrap = d > d_min
     rows = bootstrap.any(dim=1).nonzero().squeeze(1)
-    if rows.numel() > 0:
+    teacher_rows = rows if rows.numel() > 0 or not teacher_always else rows.new_zeros(1)
+    if teacher_rows.numel() > 0:
         # Teacher passes only on rows holding a bootstrap frame (docs/design.md §3.7), never building a graph;
         # they run before the student, so no autograd graph is alive meanwhile (measured faster, same result).
         target = bootstrap_velocity_target(
             teacher or denoiser,
-            z_tilde[rows],
-            tau[rows],
-            d[rows],
-            bootstrap[rows],
-            **_select_rows(cond, rows, batch),
+            z_tilde[teacher_rows],
+            tau[teacher_rows],
+            d[teacher_rows],
+            bootstrap[teacher_rows],
+            **_select_rows(cond, teacher_rows, batch),
         )
     x1_hat = denoiser(z_tilde, tau, d, **cond)  # (B, T, ...)
     per_frame = _frame_mse(x1_hat, z1)  # flow term at d_min: ||x1_hat - z1||^2

@@ -57,7 +57,15 @@ class EvaluationMixin:
         tau, d = self.sample_signal_and_step(batch, generator)
         z0 = self.sample_noise(batch, generator)
         output = shortcut_forcing_loss(
-            self.model, z1, tau, d, d_min=self.config.d_min, z0=z0, teacher=self.teacher_model(), **cond
+            self.model,
+            z1,
+            tau,
+            d,
+            d_min=self.config.d_min,
+            z0=z0,
+            teacher=self.teacher_model(),
+            teacher_always=self.sharded(),
+            **cond,
         )
         metrics.update_losses(output.loss, output.per_frame, output.bootstrap)
 
