@@ -173,8 +173,8 @@ def test_rejects_clean_training_level_and_bad_shapes():
 
 
 def test_teacher_always_runs_both_passes_without_changing_the_loss():
-    """Sharded training needs the same forward calls on every rank: with no bootstrap frame the teacher still runs
-    twice (on one row), and the loss is exactly the flow-only one."""
+    """Sharded training needs the same forward calls on every rank: with no bootstrap frame the teacher still
+    runs twice (on one row), and the loss is exactly the flow-only one."""
     calls = []
 
     def denoiser(z, tau, d, **_):
