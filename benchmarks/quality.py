@@ -29,7 +29,6 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, machine_info, pin_threads, run_benchmark
 from dreamer_dynamics.cli import DynamicsCLI
-from dreamer_dynamics.model import rollout
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.training.scores import RolloutScores
 
@@ -85,20 +84,10 @@ def evaluate(module: DynamicsModule, data, args: argparse.Namespace, flow_only: 
     for batch in data.val_dataloader():
         z1 = batch["latents"]
         context, target = z1[:, :ctx], z1[:, ctx:]
-        horizon = target.shape[1]
-        cond = {k: v.repeat(samples, *([1] * (v.dim() - 1))) for k, v in module.conditioning(batch).items()}
-        generated = {
-            k: rollout(
-                net,
-                context.repeat(samples, 1, 1, 1),
-                horizon,
-                num_steps=k,
-                context_noise=module.hparams.context_noise,
-                generator=generator,
-                **cond,
-            ).view(samples, *target.shape)
-            for k in steps
-        }  # K -> (S, B, H, N, D)
+        cond = module.conditioning(batch)
+        generated = module.sample_rollouts(
+            context, target.shape[1], cond, steps, samples, generator, model=net
+        )
         scores.update(*module.score_units(context, target, generated), module.object_hits(generated, target))
     return {name: float(value) for name, value in scores.compute().items()}
 

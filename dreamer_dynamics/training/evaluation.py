@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from dreamer_dynamics.model import rollout
 from dreamer_dynamics.objective import shortcut_forcing_loss
 from dreamer_dynamics.training.metrics import ValidationMetrics
 
@@ -104,19 +105,44 @@ class EvaluationMixin:
         z1 = batch["latents"][:rows]
         horizon = min(z1.shape[1] - ctx, self.hparams.val_rollout_horizon)
         context, target = z1[:, :ctx], z1[:, ctx : ctx + horizon]  # (R, ctx, N, D), (R, H, N, D)
-        actions = {
-            k: v[:rows, : ctx + horizon].repeat(samples, *([1] * (v.dim() - 1))) for k, v in cond.items()
-        }
-        generated = {
-            k: self.rollout_standardized(
-                context.repeat(samples, 1, 1, 1), horizon, num_steps=k, generator=generator, **actions
-            ).view(samples, *target.shape)
-            for k in self.val_rollout_steps
-        }  # K -> (S, R, H, N, D)
+        actions = {k: v[:rows] for k, v in cond.items()}
+        generated = self.sample_rollouts(
+            context, horizon, actions, self.val_rollout_steps, samples, generator
+        )
         metrics.rollout.update(
             *self.score_units(context, target, generated), self.object_hits(generated, target)
         )
         return {"context": context, "target": target, **{f"k{k}": g[0] for k, g in generated.items()}}
+
+    @torch.no_grad()
+    def sample_rollouts(
+        self,
+        context: Tensor,
+        horizon: int,
+        actions: dict[str, Tensor],
+        steps: list[int],
+        samples: int,
+        generator: torch.Generator,
+        model: Optional[torch.nn.Module] = None,
+    ) -> dict[int, Tensor]:
+        """``samples`` rollouts of every context [B, T_ctx, N_b, D_b] (model units) for each K in ``steps`` ->
+        K -> [S, B, horizon, N_b, D_b]; actions cover at least T_ctx + horizon frames; ``model``: the network
+        to roll out (default ``self.model``)."""
+        total = context.shape[1] + horizon
+        repeated = {k: v[:, :total].repeat(samples, *([1] * (v.dim() - 1))) for k, v in actions.items()}
+        contexts = context.repeat(samples, 1, 1, 1)  # (S*B, T_ctx, N_b, D_b), sample-major
+        return {
+            k: rollout(
+                model or self.model,
+                contexts,
+                horizon,
+                num_steps=k,
+                context_noise=self.hparams.context_noise,
+                generator=generator,
+                **repeated,
+            ).view(samples, context.shape[0], horizon, *context.shape[2:])
+            for k in steps
+        }
 
     def score_units(self, context: Tensor, target: Tensor, generated: dict[int, Tensor]) -> tuple:
         """Rollouts are scored in the dataset's own units: the figures then do not depend on how training
