@@ -35,6 +35,13 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "lightning_configs" / "qui
 # name -> CLI overrides of the quickstart config (the recipe is the config itself).
 VARIANTS: dict[str, list[str]] = {
     "recipe": [],
+    "width_64": [  # the model of the previous recipe: width 64, 4 heads
+        "--model.model.dim=64",
+        "--model.model.heads=4",
+    ],
+    "flat_positions": ["--data.token_grid=[16,1]"],  # space RoPE along the token index only, not (row, col)
+    "longer_bootstrap": ["--model.bootstrap_warmup_steps=1425"],  # the bootstrap term for the last 1/4
+    "decaying_lr": ["--model.scheduler.init_args.min_lr_ratio=0.1"],  # cosine down to 1/10 of the peak
     "less_flow": ["--model.d_min_share=0.75", "--model.bootstrap_warmup_steps=200"],  # the earlier recipe
     "paper_sampling": [
         "--model.d_min_share=null"
@@ -103,6 +110,8 @@ def run(args: argparse.Namespace) -> dict:
             "--data.long_batch_size=1",
             "--data.val_batches=1",
             "--model.model.dim=16",
+            "--model.model.heads=4",
+            "--model.model.kv_heads=2",
             "--model.model.depth=2",
             "--model.val_rollout_horizon=2",
             "--model.val_rollout_rows=2",
@@ -175,9 +184,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--variants", default="recipe,paper_sampling", help="comma-separated names (--list)")
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
     parser.add_argument(
-        "--steps", type=int, default=1200, help="optimiser steps per variant (quickstart: 1200)"
+        "--steps", type=int, default=1900, help="optimiser steps per variant (quickstart: 1900)"
     )
-    parser.add_argument("--val-every", type=int, default=200, help="steps between validations")
+    parser.add_argument("--val-every", type=int, default=475, help="steps between validations")
     parser.add_argument(
         "--rollout-batches", type=int, default=2, help="validation batches scored with rollouts"
     )

@@ -10,10 +10,14 @@ The flow-only model never saw a step size other than d_min, so it is sampled wit
 (what a diffusion-forcing model without shortcut conditioning does).
 
 Expectation (paper Fig. 8): the shortcut model at K = 4 is close to its K_max quality; the flow-only one is
-not.
+not. That gap needs an uncertain future: a perfect x-predictor of a deterministic world outputs the true next
+frame from pure noise, and then one Euler step is as good as many. With the actions given, the built-in world
+is deterministic; with them hidden (``--actions hidden``: both models train and roll out without actions,
+through the module's ``conditioning`` hook), the sprite follows the random policy and each frame has several
+possible successors, as the paper's Minecraft frames do. The default runs both worlds (four models).
 
-    # ~15 minutes on the 2-core machine (the quickstart's 1,200 steps)
-    python -m benchmarks.quality
+    python -m benchmarks.quality                 # four models; time: docs/benchmarks.md
+    python -m benchmarks.quality --actions given # the two action-conditioned models only
     python -m benchmarks.quality --smoke         # seconds: checks the logic only
 """
 
@@ -51,8 +55,16 @@ class StepLabel(torch.nn.Module):
         return self.model.forward_frames(z, tau, torch.full_like(d, self.d), **kwargs)
 
 
-def train(args: argparse.Namespace, overrides: list[str], root: Path) -> tuple[DynamicsModule, object, float]:
-    """Fit one model through the real CLI stack (config, data links, callbacks); returns it in eval mode."""
+def no_actions(batch: dict) -> dict:
+    """``conditioning`` of a model that never sees the actions: its world is stochastic (random policy)."""
+    return {}
+
+
+def train(
+    args: argparse.Namespace, overrides: list[str], root: Path, hide_actions: bool = False
+) -> tuple[DynamicsModule, object, float]:
+    """Fit one model through the real CLI stack (config, data links, callbacks); returns it in eval mode.
+    ``hide_actions``: train (and later roll out) without the actions, through the ``conditioning`` hook."""
     steps = [f"--trainer.max_steps={args.steps}"] if args.steps else []  # None: the config's max_steps
     cli_args = [
         f"--config={args.config}",
@@ -68,6 +80,8 @@ def train(args: argparse.Namespace, overrides: list[str], root: Path) -> tuple[D
         sys, "argv", sys.argv[:1]
     ):  # LightningCLI reads only `args`, not this script's flags
         cli = DynamicsCLI(args=cli_args, run=False)
+    if hide_actions:
+        cli.model.conditioning = no_actions
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return cli.model.eval(), cli.datamodule, time.perf_counter() - start
@@ -102,6 +116,8 @@ def run(args: argparse.Namespace) -> dict:
             "--data.long_batch_size=1",
             "--data.val_batch_size=2",
             "--model.model.dim=16",
+            "--model.model.heads=4",
+            "--model.model.kv_heads=2",
             "--model.model.depth=2",
             "--model.model.k_max=4",
             "--model.model.zero_init_output=false",
@@ -114,26 +130,31 @@ def run(args: argparse.Namespace) -> dict:
         "samples": args.samples,
         "config": str(args.config),
         "extra": args.extra,
+        "actions": args.actions,
         "models": {},
     }
     root = args.workdir
-    for name, overrides in (("shortcut", []), ("flow_only", FLOW_ONLY)):
-        module, data, seconds = train(args, overrides, root / name)
-        start = time.perf_counter()
-        scores = evaluate(module, data, args, flow_only=name == "flow_only")
-        report["steps"] = module.global_step
-        report["models"][name] = {
-            "overrides": overrides,
-            "train_seconds": seconds,
-            "eval_seconds": time.perf_counter() - start,
-            "k_max": module.config.k_max,
-            "scores": scores,
-        }
-        print(
-            f"{name}: {module.global_step} steps in {seconds:.0f} s; ES ratio "
-            + ", ".join(f"{k}: {v:.3f}" for k, v in scores.items() if k.startswith("es_ratio")),
-            flush=True,
-        )
+    worlds = {"given": [False], "hidden": [True], "both": [False, True]}[args.actions]
+    for hide in worlds:
+        for kind, overrides in (("shortcut", []), ("flow_only", FLOW_ONLY)):
+            name = kind + ("_no_actions" if hide else "")
+            module, data, seconds = train(args, overrides, root / name, hide_actions=hide)
+            start = time.perf_counter()
+            scores = evaluate(module, data, args, flow_only=kind == "flow_only")
+            report["steps"] = module.global_step
+            report["models"][name] = {
+                "overrides": overrides,
+                "actions_hidden": hide,
+                "train_seconds": seconds,
+                "eval_seconds": time.perf_counter() - start,
+                "k_max": module.config.k_max,
+                "scores": scores,
+            }
+            print(
+                f"{name}: {module.global_step} steps in {seconds:.0f} s; ES ratio "
+                + ", ".join(f"{k}: {v:.3f}" for k, v in scores.items() if k.startswith("es_ratio")),
+                flush=True,
+            )
     report["summary"] = summary(report)
     if args.plot:
         plot(report, args.plot)
@@ -158,7 +179,8 @@ def plot(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for name, model in report["models"].items():
         ks = sorted(int(k[len("es_ratio_k") :]) for k in model["scores"] if k.startswith("es_ratio_k"))
-        ax.plot(ks, [model["scores"][f"es_ratio_k{k}"] for k in ks], marker="o", label=name)
+        style = "--" if model.get("actions_hidden") else "-"
+        ax.plot(ks, [model["scores"][f"es_ratio_k{k}"] for k in ks], style, marker="o", label=name)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sampling steps K per frame")
     ax.set_ylabel("ES / ES(copy-last)")
@@ -200,6 +222,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--extra", nargs="*", default=[], help="more CLI overrides for both models")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation noise")
+    parser.add_argument(
+        "--actions",
+        choices=("given", "hidden", "both"),
+        default="both",
+        help="train and roll out with the actions (a deterministic world), without them (the random policy "
+        "makes the future uncertain), or both",
+    )
     parser.add_argument("--workdir", type=Path, default=RESULTS_DIR / "quality_runs")
     parser.add_argument("--plot", type=Path, default=RESULTS_DIR / "quality.png")
     parser.add_argument("--smoke", action="store_true")

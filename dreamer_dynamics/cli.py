@@ -58,7 +58,13 @@ from dreamer_dynamics.quiet import quiet_known_messages, quiet_weight_averaging_
 from dreamer_dynamics.training.progress import StepProgressBar
 
 # DataModule property -> DynamicsConfig field (model.model.<field>)
-LINKED_DATA_FIELDS = ("latent_tokens", "latent_dim", "num_discrete_actions", "num_continuous_actions")
+LINKED_DATA_FIELDS = (
+    "latent_tokens",
+    "latent_dim",
+    "num_discrete_actions",
+    "num_continuous_actions",
+    "token_grid",
+)
 USER_ERRORS = (DatasetError, ConfigError)  # printed as one line, exit 1
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # resolved by Lightning itself
 # DynamicsModule settings that change evaluation only, never the weights: with --ckpt_path, Lightning replaces

@@ -15,7 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import common, gpu, learning, quality, rollout_speed, run_all, scaling, train_step
+from benchmarks import (
+    common,
+    gpu,
+    learning,
+    quality,
+    rollout_errors,
+    rollout_speed,
+    run_all,
+    scaling,
+    train_step,
+)
 
 
 def read(path):
@@ -83,7 +93,9 @@ def test_scaling_and_rollout_smoke(tmp_path):
 def test_quality_and_gpu_smoke(tmp_path):
     quality.main(["--smoke", "--output", str(tmp_path / "q.json")])
     report = read(tmp_path / "q.json")
-    for model in ("shortcut", "flow_only"):
+    assert set(report["models"]) == {"shortcut", "flow_only", "shortcut_no_actions", "flow_only_no_actions"}
+    assert [m["actions_hidden"] for m in report["models"].values()] == [False, False, True, True]
+    for model in report["models"]:
         scores = report["models"][model]["scores"]  # smoke config: K_max = 4
         assert {f"es_ratio_k{k}" for k in (1, 2, 4)} | {"es_copy_last", "object_accuracy_k4"} <= set(scores)
         for k in (1, 2, 4):  # ratio = ES / copy-last ES, and ES = E||X - y|| - spread <= E||X - y||
@@ -120,6 +132,41 @@ def test_learning_curves_smoke(tmp_path):
     assert (tmp_path / "l.png").stat().st_size > 0
 
 
+def test_rollout_errors_of_a_checkpoint(tmp_path):
+    from dreamer_dynamics.cli import DynamicsCLI
+
+    args = [
+        f"--config={quality.QUICKSTART}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=0",
+        "--trainer.enable_progress_bar=false",
+        "--data.short_batch_size=2",
+        "--data.long_batch_size=1",
+        "--model.model.dim=16",
+        "--model.model.heads=4",
+        "--model.model.depth=2",
+    ]
+    cli = DynamicsCLI(args=args, run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.save_checkpoint(tmp_path / "model.ckpt")
+    report = rollout_errors.main(
+        [str(tmp_path / "model.ckpt"), "--contexts", "3", "--samples", "2", "--steps", "1", "2"]
+        + ["--threads", "1", "--output", str(tmp_path / "r.json")]
+    )
+    assert read(tmp_path / "r.json")["contexts"] == report["contexts"] == 3
+    for k in ("1", "2"):
+        r = read(tmp_path / "r.json")["k"][k]
+        assert len(r["accuracy_per_frame"]) == 8 and len(r["accuracy_per_object"]) == 3  # sprite + 2 balls
+        assert r["es_ratio"] > 0 and 0 <= r["spread_share"] <= 1
+        # every generated frame counts: the overall accuracy is the mean over frames
+        assert r["object_accuracy"] == pytest.approx(sum(r["accuracy_per_frame"]) / 8, abs=1e-6)
+        assert all(0 <= v <= 1 for v in r["accuracy_per_object"] + [r["one_step_accuracy"]])
+    for ball in ("ball_1", "ball_2"):  # one-step predictions: 3 contexts x 8 frames, every one counted
+        distances = report["ball_distances"][ball]
+        assert sum(distances["to_truth"]) == sum(distances["to_previous"]) == 24
+
+
 def test_run_all_smoke_writes_a_summary(tmp_path):
     run_all.main(["--smoke", "--results", str(tmp_path)])
     summary = read(tmp_path / "summary.json")
@@ -128,7 +175,8 @@ def test_run_all_smoke_writes_a_summary(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["run_all", "train_step", "rollout_speed", "scaling", "gpu", "quality", "learning"]
+    "name",
+    ["run_all", "train_step", "rollout_speed", "scaling", "gpu", "quality", "learning", "rollout_errors"],
 )
 def test_benchmarks_run_as_modules(name):
     """``python -m benchmarks.<name>`` from the repository root: a package, no ``sys.path`` edits."""

@@ -70,6 +70,11 @@ def test_data_root_alone_switches_latent_shape_and_action_spec(tmp_path):
     assert (config.latent_tokens, config.latent_dim) == (6, 10)
     assert config.num_discrete_actions == (3, 4) and config.num_continuous_actions == 2
     assert cli.model.model.latent_in.in_features == 10  # the network was built for the new data
+    assert config.token_grid is None  # no codec, no grid: 1-D positions over the token index
+    gridded = DynamicsCLI(
+        args=["--config", QUICKSTART, "--data.root", root, "--data.token_grid=[2,3]", *TINY], run=False
+    )
+    assert gridded.model.config.token_grid == (2, 3) and gridded.model.config.space_grid == (2, 3)
 
 
 def test_fit_validate_test_in_process_on_a_custom_dataset(tmp_path, monkeypatch):

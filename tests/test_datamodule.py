@@ -9,6 +9,7 @@ import torch
 
 from dreamer_dynamics.data import DatasetError, DynamicsDataModule, LatentDatasetWriter
 from dreamer_dynamics.data.default import ToyDatasetConfig
+from dreamer_dynamics.errors import ConfigError
 
 TOY = ToyDatasetConfig(episodes=10, length=40)
 
@@ -38,6 +39,10 @@ def test_builtin_spec_and_batch_layout(cache):
     dm = _module(cache)
     assert (dm.latent_tokens, dm.latent_dim) == (16, 48)
     assert dm.num_discrete_actions == (5,) and dm.num_continuous_actions == 0
+    assert dm.token_grid == (4, 4)  # the patch codec's grid, linked into the model's 2-D space positions
+    assert _module(cache, token_grid=(2, 8)).token_grid == (2, 8)
+    with pytest.raises(ConfigError, match="data.token_grid=.*16 latent tokens"):
+        _ = _module(cache, token_grid=(3, 5)).token_grid
     images = dm.decoder(torch.zeros(2, 16, 48))
     assert images.shape == (2, 16, 16, 3) and float(images.min()) >= 0 and float(images.max()) <= 1
     assert dm.val_episodes and sorted(dm.train_episodes + dm.val_episodes) == list(range(10))  # hash split

@@ -253,3 +253,45 @@ def test_compiled_blocks_match_eager():
     compiled.load_state_dict(eager.state_dict())
     z, tau, d = inputs(cfg)
     torch.testing.assert_close(compiled(z, tau, d), eager(z, tau, d), atol=1e-5, rtol=1e-5)
+
+
+def test_grid_rope_sees_row_and_column_offsets():
+    """2-D RoPE over a token grid: q.k depends only on the (row, col) offset, and a row wrap is not a step."""
+    from dreamer_dynamics.model import layers
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(16, 16, generator=g), torch.randn(16, 16, generator=g)
+    freqs = layers.grid_rope_tables((4, 4), 3, 16, 10_000.0, torch.device("cpu"))  # (16 + 3, 8, 2)
+    assert freqs.shape == (19, 8, 2)
+    rq, rk = (
+        layers.apply_rope(q[:1].expand(19, 16), freqs, 0),
+        layers.apply_rope(k[:1].expand(19, 16), freqs, 0),
+    )
+
+    def score(a, b):  # grid cells (row, col)
+        return (rq[a[0] * 4 + a[1]] * rk[b[0] * 4 + b[1]]).sum()
+
+    torch.testing.assert_close(score((0, 0), (1, 2)), score((2, 1), (3, 3)), atol=1e-5, rtol=1e-5)
+    # flattened, (0, 3) -> (1, 0) is the same step as (0, 0) -> (0, 1); on the grid it is not
+    assert (score((0, 3), (1, 0)) - score((0, 0), (0, 1))).abs() > 1e-3
+    flat = layers.rope_tables(torch.arange(16), 16, 10_000.0)
+    fq, fk = (
+        layers.apply_rope(q[:1].expand(16, 16), flat, 0),
+        layers.apply_rope(k[:1].expand(16, 16), flat, 0),
+    )
+    torch.testing.assert_close((fq[3] * fk[4]).sum(), (fq[0] * fk[1]).sum(), atol=1e-5, rtol=1e-5)
+
+
+def test_token_grid_packs_along_rows_and_is_validated():
+    cfg = DynamicsConfig.debug(token_grid=(2, 4))  # 8 tokens, pack_factor 2
+    assert cfg.space_grid == (2, 2)
+    model = DynamicsTransformer(cfg)
+    z, tau, d = inputs(cfg)
+    flat = DynamicsTransformer(cfg.with_changes(token_grid=None))
+    flat.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(z, tau, d), flat(z, tau, d))  # the positions reach the attention
+    for grid, message in (((3, 3), "rows \\* cols"), ((8, 1), "must divide")):
+        with pytest.raises(Exception, match=message):
+            DynamicsConfig.debug(token_grid=grid)
+    with pytest.raises(Exception, match="multiple of 4"):
+        DynamicsConfig.debug(token_grid=(2, 4), dim=24, heads=4, kv_heads=2)

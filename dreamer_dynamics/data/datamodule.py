@@ -70,6 +70,9 @@ class DynamicsDataModule(pl.LightningDataModule):
             ``metadata.json`` (skipped with a warning where that file is read-only). ``latent_stats`` is then
             the record the model must use (the CLI links it into ``DynamicsModule``); False emits the
             stored values and sets ``latent_stats`` to None.
+        token_grid: (rows, cols) layout of the N_b tokens, row-major, for 2-D rotary positions in the space
+            layers; None = the codec's ``token_grid`` attribute (the built-in patch codec has one: its patch
+            grid), else no grid (1-D positions over the token index). Linked into the model by the CLI.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class DynamicsDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         pin_memory: bool = False,
         standardize: bool | Literal["pooled", "channel"] = True,
+        token_grid: tuple[int, int] | None = None,
     ):
         super().__init__()
         if isinstance(toy, dict):
@@ -145,6 +149,22 @@ class DynamicsDataModule(pl.LightningDataModule):
     @property
     def num_continuous_actions(self) -> int:
         return self.dataset.num_continuous_actions
+
+    @property
+    def token_grid(self) -> tuple[int, int] | None:
+        """(rows, cols) of the N_b tokens: the ``token_grid`` argument, else the codec's, else None."""
+        grid = self.hparams.token_grid
+        if grid is None and self.decoder is not None:
+            grid = getattr(self.decoder.codec, "token_grid", None)
+        if grid is None:
+            return None
+        grid = tuple(int(n) for n in grid)
+        if len(grid) != 2 or grid[0] * grid[1] != self.latent_tokens:
+            raise ConfigError(
+                f"data.token_grid={grid} must be (rows, cols) with rows * cols = the dataset's "
+                f"{self.latent_tokens} latent tokens"
+            )
+        return grid
 
     @cached_property
     def decoder(self) -> Callable[[Any], Any] | None:

@@ -46,6 +46,11 @@ class PatchCodec:
         return self.image_size // self.patch
 
     @property
+    def token_grid(self) -> tuple[int, int]:
+        """(rows, cols) of the tokens, row-major: the model's space layers use 2-D positions over it."""
+        return self.grid, self.grid
+
+    @property
     def latent_tokens(self) -> int:
         return self.grid * self.grid
 

@@ -38,13 +38,14 @@ class DynamicsConfig:
     pack_factor: int = 1  # p: consecutive tokenizer tokens packed into one spatial token (S_z = N_b / p)
     num_discrete_actions: tuple[int, ...] = ()  # class count of each categorical action component
     num_continuous_actions: int = 0  # number of continuous action components
+    token_grid: Optional[tuple[int, int]] = None  # (rows, cols) of the N_b tokens, row-major: 2-D space RoPE
 
     # --- transformer sizes (our choice: the paper gives only the 1.6B total, docs/design.md §8, §10) ---
     # The defaults are the quickstart model (CPU-trainable in minutes); larger presets live in the packaged
     # YAML configs (dreamer_dynamics/configs/*.yaml, read by `DynamicsConfig.preset`).
-    dim: int = 64  # model width
+    dim: int = 96  # model width
     depth: int = 4  # number of blocks (space + time)
-    heads: int = 4  # query heads; head_dim = dim / heads
+    heads: int = 6  # query heads; head_dim = dim / heads
     kv_heads: int = 2  # key/value heads for grouped-query attention (heads % kv_heads == 0)
     mlp_ratio: float = 4.0  # SwiGLU hidden = 2/3 * mlp_ratio * dim (same FLOPs as a GELU MLP of this ratio)
     mlp_multiple_of: int = 64  # round the SwiGLU hidden width up to a multiple of this (kernel friendly)
@@ -81,6 +82,9 @@ class DynamicsConfig:
             problems.append(f"dim={self.dim} not divisible by heads={self.heads}")
         elif (self.dim // self.heads) % 2:
             problems.append(f"head_dim={self.dim // self.heads} must be even for RoPE")
+        if self.token_grid is not None:
+            self.token_grid = tuple(int(n) for n in self.token_grid)
+            problems += self._token_grid_problems()
         if self.heads % self.kv_heads:
             problems.append(f"heads={self.heads} not divisible by kv_heads={self.kv_heads}")
         if not is_power_of_two(self.k_max):
@@ -105,6 +109,28 @@ class DynamicsConfig:
     @property
     def spatial_tokens(self) -> int:  # S_z
         return self.latent_tokens // self.pack_factor
+
+    @property
+    def space_grid(self) -> Optional[tuple[int, int]]:
+        """(rows, cols) of the S_z packed spatial tokens: p consecutive tokens of a grid row pack into one."""
+        if self.token_grid is None:
+            return None
+        rows, cols = self.token_grid
+        return rows, cols // self.pack_factor
+
+    def _token_grid_problems(self) -> list[str]:
+        grid = self.token_grid
+        if len(grid) != 2 or grid[0] < 1 or grid[1] < 1 or grid[0] * grid[1] != self.latent_tokens:
+            return [
+                f"token_grid={grid} must be (rows, cols) with rows * cols = "
+                f"latent_tokens={self.latent_tokens}"
+            ]
+        problems = []
+        if grid[1] % self.pack_factor:
+            problems.append(f"pack_factor={self.pack_factor} must divide the token_grid columns {grid[1]}")
+        if self.dim % self.heads == 0 and (self.dim // self.heads) % 4:
+            problems.append(f"head_dim={self.dim // self.heads} must be a multiple of 4 for a token_grid")
+        return problems
 
     @property
     def tokens_per_frame(self) -> int:  # S = S_z + S_r + 1 shortcut token + S_a
@@ -166,7 +192,9 @@ class DynamicsConfig:
     def quickstart(cls, **overrides) -> DynamicsConfig:
         """CPU-trainable model for the built-in environment (minutes): ``preset("quickstart")``. The latent
         shape and actions are linked from the data at run time; the values here are the built-in data's."""
-        return cls.preset("quickstart", **{"latent_tokens": 16, "latent_dim": 48, **overrides})
+        return cls.preset(
+            "quickstart", **{"latent_tokens": 16, "latent_dim": 48, "token_grid": (4, 4), **overrides}
+        )
 
     @classmethod
     def minecraft(cls, **overrides) -> DynamicsConfig:

@@ -48,6 +48,24 @@ def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> torch.Te
     return torch.stack((angles.cos(), angles.sin()), dim=-1)
 
 
+def grid_rope_tables(
+    grid: tuple[int, int], extra: int, head_dim: int, base: float, device: torch.device
+) -> torch.Tensor:
+    """Axial 2-D rotary angles for a row-major (rows, cols) token grid followed by `extra` non-grid tokens:
+    (rows * cols + extra, head_dim / 2, 2). The first half of the rotary pairs turns with the row, the second
+    with the column, so attention sees the (row, col) offset between two tokens, not a distance along a
+    flattened index that puts vertical neighbours `cols` apart. Extra tokens (registers, shortcut, actions)
+    sit off the grid at (rows + j, cols + j)."""
+    rows, cols = grid
+    row = torch.cat(
+        (torch.arange(rows, device=device).repeat_interleave(cols), rows + torch.arange(extra, device=device))
+    )
+    col = torch.cat(
+        (torch.arange(cols, device=device).repeat(rows), cols + torch.arange(extra, device=device))
+    )
+    return torch.cat((rope_tables(row, head_dim // 2, base), rope_tables(col, head_dim // 2, base)), dim=1)
+
+
 def apply_rope(x: torch.Tensor, freqs: torch.Tensor, seq_dim: int) -> torch.Tensor:
     """Rotate pairs (x[2i], x[2i+1]) of the last dim by the angles of their position along `seq_dim`.
 

@@ -12,7 +12,7 @@ from torch import nn
 from .attention import KV, AttentionMask, FactorizedAttention
 from .config import DynamicsConfig
 from .embeddings import ActionEmbedding, ShortcutEmbedding
-from .layers import RMSNorm, SwiGLU, rope_tables
+from .layers import RMSNorm, SwiGLU, grid_rope_tables, rope_tables
 
 
 class Block(nn.Module):
@@ -167,8 +167,7 @@ class DynamicsTransformer(nn.Module):
             raise ValueError(f"forward_frames: {past_len} cached frames but start={start}")
         if past_len and image_rows is not None:
             raise ValueError("forward_frames: image_rows cannot be combined with cached frames")
-        space_pos = torch.arange(cfg.tokens_per_frame, device=device)
-        space_freqs = rope_tables(space_pos, cfg.head_dim, cfg.rope_base)
+        space_freqs = self.space_rope(device)
         query_pos = torch.arange(start, start + t, device=device)
         key_pos = torch.arange(start - past_len, start + t, device=device)
         time_freqs = rope_tables(query_pos, cfg.head_dim, cfg.rope_base)
@@ -188,6 +187,15 @@ class DynamicsTransformer(nn.Module):
                 new_kv.append(kv)
         out = self.latent_out(self.out_norm(x[:, :, :s_z]))  # (B, T, S_z, p*D_b)
         return out.reshape(b, t, cfg.latent_tokens, cfg.latent_dim), new_kv
+
+    def space_rope(self, device: torch.device) -> torch.Tensor:
+        """Rotary angles of the tokens of one frame (S, E/2, 2): 2-D over the spatial grid where the data
+        has one (``token_grid``), else 1-D over the token index."""
+        cfg = self.config
+        if cfg.space_grid is not None:
+            extra = cfg.tokens_per_frame - cfg.spatial_tokens
+            return grid_rope_tables(cfg.space_grid, extra, cfg.head_dim, cfg.rope_base, device)
+        return rope_tables(torch.arange(cfg.tokens_per_frame, device=device), cfg.head_dim, cfg.rope_base)
 
     # ------------------------------------------------------------------ export / inference (pretrained.py)
     def save_pretrained(

@@ -1,0 +1,126 @@
+"""Where a checkpoint's rollouts of the built-in world go wrong: accuracy per object and per generated frame.
+
+The validation figures (``val/rollout_es_ratio_k4``, ``val/object_accuracy_k4``) say how good rollouts are;
+this says why they are not better. For one checkpoint it rolls out ``--contexts`` held-out windows (4 context
+frames, 8 generated, ``--samples`` samples each, the generator seeded) and reports, for each K:
+
+* the ES ratio (energy score ÷ copy-last), the share of the error that is sample spread, and the object
+  accuracy overall, per generated frame (does it fall with the horizon: compounding errors) and per object
+  (the steered sprite, then each ball);
+* the one-step accuracy: each frame predicted from the true frames before it (no compounding);
+* for each ball, how far the one-step prediction lands from the truth and from the previous frame, in
+  pixels (Chebyshev): "1 from the previous frame, 2 from the truth" is a ball moved one pixel the wrong way
+  (its velocity misread); large distances are a ball lost.
+
+    python -m benchmarks.rollout_errors runs/quickstart/tensorboard/version_0/checkpoints/last.ckpt
+    python -m benchmarks.rollout_errors CKPT --contexts 64 --steps 1 4 16
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import pin_threads, run_benchmark
+from dreamer_dynamics.data import DynamicsDataModule
+from dreamer_dynamics.model import rollout
+from dreamer_dynamics.module import DynamicsModule
+from dreamer_dynamics.training.scores import energy_score
+
+CONTEXT, HORIZON = 4, 8
+
+
+def run(args: argparse.Namespace) -> dict:
+    pin_threads(args.threads)
+    module = DynamicsModule.load_from_checkpoint(args.checkpoint, weights_only=True)
+    data = DynamicsDataModule(
+        root=args.root, val_length=CONTEXT + HORIZON, val_batch_size=args.contexts, val_batches=1
+    )
+    locate = data.object_locator
+    if locate is None:
+        raise SystemExit(f"{data.root}: not the built-in world (no object locator)")
+    batch = next(iter(data.val_dataloader()))
+    z, actions = batch["latents"], {k: v for k, v in batch.items() if k.startswith("actions")}
+    context, target = z[:, :CONTEXT], z[:, CONTEXT:]
+    units = data.destandardize
+    truth = locate(units(target))  # (B, H, objects, 2)
+    copy_last = (units(target) - units(context[:, -1:])).flatten(2).norm(dim=-1).mean()
+    generator = torch.Generator().manual_seed(args.seed)
+
+    def roll(ctx: torch.Tensor, horizon: int, k: int, acts: dict) -> torch.Tensor:
+        return rollout(module.model, ctx, horizon, num_steps=k, generator=generator, **acts)
+
+    report = {"benchmark": "rollout_errors", "checkpoint": str(args.checkpoint), "contexts": len(z), "k": {}}
+    with torch.no_grad():
+        for k in args.steps:
+            samples = torch.stack([roll(context, HORIZON, k, actions) for _ in range(args.samples)])
+            error, spread = energy_score(units(samples), units(target))
+            hits = (locate(units(samples)) - truth).abs().amax(-1) <= 1  # (S, B, H, objects)
+            report["k"][k] = {
+                "es_ratio": float((error - spread).mean() / copy_last),
+                "spread_share": float(spread.mean() / error.mean()),
+                "object_accuracy": float(hits.all(-1).float().mean()),
+                "accuracy_per_frame": hits.all(-1).float().mean((0, 1)).tolist(),
+                "accuracy_per_object": hits.float().mean((0, 1, 2)).tolist(),
+            }
+        one_step = {}  # K -> positions [B, H, objects, 2] of frames predicted from the true frames before
+        for k in args.steps:
+            one_step[k] = torch.stack(
+                [
+                    locate(units(roll(z[:, :t], 1, k, {n: a[:, : t + 1] for n, a in actions.items()})))[:, 0]
+                    for t in range(CONTEXT, CONTEXT + HORIZON)
+                ],
+                1,
+            )
+            hits = (one_step[k] - truth).abs().amax(-1) <= 1  # (B, H, objects)
+            report["k"][k]["one_step_accuracy"] = float(hits.all(-1).float().mean())
+            report["k"][k]["one_step_per_object"] = hits.float().mean((0, 1)).tolist()
+        moved = one_step[max(args.steps)]
+        previous = locate(units(z[:, CONTEXT - 1 : -1]))
+        to_truth, to_previous = ((moved - p).abs().amax(-1).clamp(max=5) for p in (truth, previous))
+        report["ball_distances"] = {
+            f"ball_{i}": {
+                "to_truth": torch.bincount(to_truth[..., i].flatten(), minlength=6).tolist(),
+                "to_previous": torch.bincount(to_previous[..., i].flatten(), minlength=6).tolist(),
+            }
+            for i in range(1, truth.shape[-2])
+        }
+    return report
+
+
+def print_report(report: dict) -> None:
+    print(f"{report['checkpoint']}: {report['contexts']} held-out contexts")
+    for k, r in report["k"].items():
+        print(
+            f"K={k:<3} ES ratio {r['es_ratio']:.3f}  spread/error {r['spread_share']:.2f}  "
+            f"object acc {r['object_accuracy']:.1%}  one-step {r['one_step_accuracy']:.1%}"
+        )
+        print("      per frame  " + " ".join(f"{v:.2f}" for v in r["accuracy_per_frame"]))
+        print("      per object " + " ".join(f"{v:.2f}" for v in r["accuracy_per_object"]))
+    for ball, d in report["ball_distances"].items():
+        print(f"{ball} one-step distance 0..5+ px: to truth {d['to_truth']}  to previous {d['to_previous']}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--root", default=None, help="dataset root (default: the built-in world)")
+    parser.add_argument("--contexts", type=int, default=64, help="held-out windows")
+    parser.add_argument("--samples", type=int, default=4, help="rollout samples per context")
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 4, 16], help="K values")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    return run_benchmark("rollout_errors", parse_args, run, print_report, argv)
+
+
+if __name__ == "__main__":
+    main()
