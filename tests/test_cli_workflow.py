@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from dreamer_dynamics.cli import LINKED_DATA_FIELDS
 from dreamer_dynamics.data import LatentDatasetWriter
 from dreamer_dynamics.data.patch_codec import PatchCodec
 from dreamer_dynamics.model import DynamicsConfig
@@ -211,7 +212,7 @@ def test_one_optimizer_setting_and_every_config_field_documented(tmp_path):
     )  # LightningCLI's automatic optimizer would replace model.optimizer
     assert "--optimizer" in refused.stderr
     text = run("fit", "--help", cwd=tmp_path).stdout
-    linked = {"latent_tokens", "latent_dim", "num_discrete_actions", "num_continuous_actions"}
+    linked = set(LINKED_DATA_FIELDS)  # data description: set through --data.*, not --model.model.*
     for field in dataclasses.fields(DynamicsConfig):
         if field.name in linked:
             continue
