@@ -15,6 +15,7 @@ Kernel paths (all agree with a plain softmax attention, tests/test_attention.py)
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -37,6 +38,9 @@ except ImportError:  # pragma: no cover - old torch
     HAS_FLEX = False
 
 SDPA_HAS_GQA = TorchVersion(torch.__version__) >= (2, 5)
+# The compiled (Triton) FlexAttention kernel refuses heads narrower than this ("NYI: embedding dimension of
+# the query, key, and value must be at least 16"); eager FlexAttention on CPU has no such limit.
+FLEX_MIN_HEAD_DIM = 16
 
 
 @dataclass
@@ -75,21 +79,34 @@ class AttentionMask:
 
 
 def resolve_backend(
-    requested: str, softcap: Optional[float], device: torch.device, query_len: int = 2
+    requested: str,
+    softcap: Optional[float],
+    device: torch.device,
+    query_len: int = 2,
+    head_dim: int = FLEX_MIN_HEAD_DIM,
 ) -> str:
     """Pick the kernel path; see the module docstring for why.
 
     With ``auto``, single-query calls (a rollout frame reading the KV cache) take the math path: they are
-    memory-bound anyway, and a compiled FlexAttention would recompile for every cache length up to C.
+    memory-bound anyway, and a compiled FlexAttention would recompile for every cache length up to C. Heads
+    narrower than ``FLEX_MIN_HEAD_DIM`` take the math path on CUDA too (the compiled kernel refuses them).
     """
+    flex_compiles = device.type == "cuda"
     if requested == "auto":
         if softcap is None:
             return "sdpa"
-        return "flex" if (HAS_FLEX and device.type == "cuda" and query_len > 1) else "math"
+        flex_fits = not flex_compiles or head_dim >= FLEX_MIN_HEAD_DIM
+        return "flex" if (HAS_FLEX and flex_compiles and flex_fits and query_len > 1) else "math"
     if softcap_problem(requested, softcap):
         raise ValueError("DynamicsConfig: " + softcap_problem(requested, softcap))
     if requested == "flex" and not HAS_FLEX:
         raise ValueError("DynamicsConfig.attention_backend='flex' needs torch >= 2.5 (FlexAttention)")
+    if requested == "flex" and flex_compiles and head_dim < FLEX_MIN_HEAD_DIM:
+        raise ValueError(
+            f"DynamicsConfig.attention_backend='flex': the compiled FlexAttention kernel on CUDA needs "
+            f"head_dim = dim / heads >= {FLEX_MIN_HEAD_DIM}, got {head_dim}; "
+            "use 'auto' or 'math', or wider heads"
+        )
     return requested
 
 
@@ -99,6 +116,17 @@ def _softcap_score_mod(softcap: float):
         return softcap * torch.tanh(score / softcap)
 
     return score_mod
+
+
+def _constant_floats():
+    """Compile the soft-cap as a constant. Since torch 2.6 dynamo turns a Python float into a CPU scalar
+    tensor input when it recompiles for new shapes, and the CUDA FlexAttention lowering of torch 2.11 then
+    fails on reading it back ("LoweringException: unbacked_bindings"); training recompiles once its batch
+    shapes change (alternating lengths, teacher passes on a subset of rows)."""
+    config = torch._dynamo.config
+    if torch.compiler.is_compiling() or not hasattr(config, "specialize_float"):
+        return nullcontext()  # inside a compiled block the block's own compile decides
+    return config.patch(specialize_float=True)
 
 
 @functools.cache
@@ -120,7 +148,7 @@ def attend(
     GQA convention (as in SDPA / FlexAttention ``enable_gqa``): query head i reads kv head i // (Hq / Hkv).
     """
     n, hq, lq, e = q.shape
-    backend = resolve_backend(backend, softcap, q.device, lq)
+    backend = resolve_backend(backend, softcap, q.device, lq, e)
     hkv = k.shape[1]
     if backend == "sdpa":
         attn_mask = None if mask is None else mask.dense[:, None]  # (M, 1, Lq, Lk)
@@ -130,14 +158,15 @@ def attend(
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=hq != hkv)
     if backend == "flex":
         fn = _compiled_flex() if q.is_cuda else flex_attention
-        return fn(
-            q,
-            k,
-            v,
-            score_mod=None if softcap is None else _softcap_score_mod(float(softcap)),
-            block_mask=None if mask is None else mask.block_mask(),
-            enable_gqa=hq != hkv,
-        )
+        with _constant_floats():
+            return fn(
+                q,
+                k,
+                v,
+                score_mod=None if softcap is None else _softcap_score_mod(float(softcap)),
+                block_mask=None if mask is None else mask.block_mask(),
+                enable_gqa=hq != hkv,
+            )
     # math: the G = Hq/Hkv query heads of one kv head are stacked along the query axis ((N, Hkv, G*Lq, E)), so
     # every product is one plain batched GEMM against the Hkv keys/values: no (N, Hkv, G, Lk, E) broadcast
     # copy of k and v (a broadcast matmul materialises it), and the output comes back in (N, Hq, Lq, E) order.

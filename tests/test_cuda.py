@@ -1,0 +1,111 @@
+"""The CUDA paths (docs/design.md §4-5): compiled FlexAttention forward and backward, bf16 autocast training
+steps and KV-cached rollouts on a GPU agree with the fp32 reference paths. Skipped without a CUDA device."""
+
+import pytest
+import torch
+
+from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout
+from dreamer_dynamics.model.attention import HAS_FLEX, AttentionMask, attend
+from dreamer_dynamics.model.transformer import time_attention_mask
+from dreamer_dynamics.objective import sample_signal_and_step, shortcut_forcing_loss
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = torch.device("cuda")
+
+
+def qkv(n, hq, hkv, length, e, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(n, hq, length, e), (n, hkv, length, e), (n, hkv, length, e)]
+    return [(3 * torch.randn(s, generator=g)).to(CUDA).requires_grad_() for s in shapes]
+
+
+@pytest.mark.skipif(not HAS_FLEX, reason="FlexAttention needs torch >= 2.5")
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_compiled_flex_matches_math_forward_and_backward(softcap):
+    """The training path on a GPU: torch.compile'd FlexAttention with the soft-cap score_mod and the causal
+    window / image-row block mask, against the plain masked softmax, values and gradients."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    t, window = 16, 5
+    pos = torch.arange(t, device=CUDA)
+    dense = time_attention_mask(pos, pos, window, torch.tensor([True, False, False, True], device=CUDA))
+    results = {}
+    for backend in ("flex", "math"):
+        q, k, v = qkv(n=4, hq=8, hkv=2, length=t, e=32)
+        out = attend(q, k, v, mask=AttentionMask(dense), softcap=softcap, backend=backend)
+        out.square().sum().backward()
+        results[backend] = (out.detach(), q.grad, k.grad, v.grad)
+    for got, want in zip(results["flex"], results["math"]):  # the kernels sum in different orders
+        torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+
+
+def model_and_batch(backend, softcap=5.0):
+    torch.manual_seed(0)  # head_dim 16: the narrowest heads the compiled FlexAttention kernel takes
+    cfg = DynamicsConfig.debug(heads=2, kv_heads=1, attention_softcap=softcap, attention_backend=backend)
+    model = DynamicsTransformer(cfg).to(CUDA)
+    g = torch.Generator().manual_seed(1)
+    b, t = 4, 8  # t > context_length: the window mask is active
+    z1 = torch.randn(b, t, cfg.latent_tokens, cfg.latent_dim, generator=g).to(CUDA)
+    tau, d = sample_signal_and_step(b, t, cfg.k_max, generator=g)
+    z0 = torch.randn(z1.shape, generator=g).to(CUDA)
+    acts = torch.stack([torch.randint(0, n, (b, t), generator=g) for n in cfg.num_discrete_actions], -1)
+    cont = torch.randn(b, t, cfg.num_continuous_actions, generator=g)
+    cond = {"actions_discrete": acts.to(CUDA), "actions_continuous": cont.to(CUDA)}
+    return model, (z1, tau.to(CUDA), d.to(CUDA)), z0, cond
+
+
+def loss_and_grads(backend, dtype):
+    model, (z1, tau, d), z0, cond = model_and_batch(backend)
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        out = shortcut_forcing_loss(model, z1, tau, d, d_min=model.config.d_min, z0=z0, **cond)
+    out.loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return out.loss.detach(), grads
+
+
+def test_training_step_flex_matches_math_and_bf16_tracks_fp32():
+    """The whole shortcut-forcing step (student, bootstrap teacher passes, backward) on the GPU: flex and math
+    give the same loss and gradients in fp32; under bf16 autocast both stay within bf16 error of fp32."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    loss_math, grads_math = loss_and_grads("math", torch.float32)
+    loss_flex, grads_flex = loss_and_grads("flex" if HAS_FLEX else "math", torch.float32)
+    torch.testing.assert_close(loss_flex, loss_math, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(grads_flex, grads_math, atol=1e-4, rtol=1e-3)
+    for backend in ("math", "flex") if HAS_FLEX else ("math",):
+        loss_bf16, grads_bf16 = loss_and_grads(backend, torch.bfloat16)
+        assert torch.isfinite(grads_bf16).all()
+        assert abs(loss_bf16.item() - loss_math.item()) < 0.05 * loss_math.item()
+        cosine = torch.nn.functional.cosine_similarity(grads_bf16.float(), grads_math, dim=0)
+        assert cosine > 0.98, (backend, cosine.item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cached_rollout_on_gpu_equals_recomputation(dtype):
+    """KV-cached rollouts on the GPU (the single-query decode path) match full recomputation, in fp32 and in
+    bf16 weights (the inference setting of benchmarks/gpu.py). The debug model's 8-wide heads are narrower
+    than the compiled FlexAttention kernel takes: ``auto`` must route the recomputation to the math path."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    model = DynamicsTransformer(DynamicsConfig.debug(attention_softcap=5.0)).to(CUDA, dtype).eval()
+    cfg = model.config
+    g = torch.Generator().manual_seed(2)
+    context = torch.randn(2, 3, cfg.latent_tokens, cfg.latent_dim, generator=g).to(CUDA, dtype)
+    acts = torch.stack([torch.randint(0, n, (2, 12), generator=g) for n in cfg.num_discrete_actions], -1)
+    cont = torch.randn(2, 12, cfg.num_continuous_actions, generator=g)
+    runs = []
+    for use_cache in (True, False):
+        with torch.no_grad():
+            runs.append(
+                rollout(
+                    model,
+                    context,
+                    9,
+                    actions_discrete=acts.to(CUDA),
+                    actions_continuous=cont.to(CUDA, dtype),
+                    num_steps=4,
+                    use_cache=use_cache,
+                    generator=torch.Generator(CUDA).manual_seed(7),
+                ).float()
+            )
+    assert torch.isfinite(runs[0]).all()
+    tol = 1e-4 if dtype == torch.float32 else 0.1  # bf16: different kernel sums round differently
+    torch.testing.assert_close(runs[0], runs[1], atol=tol, rtol=tol)
