@@ -50,12 +50,15 @@ def run(args: argparse.Namespace) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
 
     def roll(ctx: torch.Tensor, horizon: int, k: int, acts: dict) -> torch.Tensor:
-        return rollout(module.model, ctx, horizon, num_steps=k, generator=generator, **acts)
+        noise = module.hparams.context_noise
+        return rollout(
+            module.model, ctx, horizon, num_steps=k, context_noise=noise, generator=generator, **acts
+        )
 
     report = {"benchmark": "rollout_errors", "checkpoint": str(args.checkpoint), "contexts": len(z), "k": {}}
     with torch.no_grad():
-        for k in args.steps:
-            samples = torch.stack([roll(context, HORIZON, k, actions) for _ in range(args.samples)])
+        sampled = module.sample_rollouts(context, HORIZON, actions, args.steps, args.samples, generator)
+        for k, samples in sampled.items():  # (S, B, H, N_b, D_b)
             error, spread = energy_score(units(samples), units(target))
             hits = (locate(units(samples)) - truth).abs().amax(-1) <= 1  # (S, B, H, objects)
             report["k"][k] = {

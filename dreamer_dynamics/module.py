@@ -24,7 +24,7 @@ hook                                       default
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import numpy as np
@@ -37,6 +37,7 @@ from torch import Tensor
 from dreamer_dynamics.errors import ConfigError
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 from dreamer_dynamics.objective import (
+    LOSS_WEIGHTINGS,
     LossNormalizer,
     ShortcutForcingLoss,
     sample_signal_and_step,
@@ -71,6 +72,9 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         d_min_share: share of frames at the finest step d_min; None = uniform over K (paper default, §3.1).
         bootstrap_warmup_steps: train the flow term only (every frame at d_min) for this many steps first: the
             bootstrap targets of a random network carry no information, and flow-only steps skip the teacher.
+        loss_weighting: per-frame weight of both loss terms over the signal level: ``ramp`` (paper Eq. 8,
+            w = 0.9 tau + 0.1) or ``uniform`` (w = 1: the noisiest frames, predicted from the frames before
+            them, count as much as clean ones; the quickstart's choice, docs/benchmarks.md).
         normalize_losses: divide each loss term by its running RMS (paper Sec. 3); False logs the RMS only.
         normalize_shortcut_terms_separately: False (default) normalises the shortcut-forcing loss as ONE term
             ``shortcut`` = flow + bootstrap, keeping the frame-count weighting of docs/design.md §3.6 between
@@ -110,6 +114,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         image_row_share: float = 0.3,
         d_min_share: Optional[float] = None,
         bootstrap_warmup_steps: int = 0,
+        loss_weighting: Literal["ramp", "uniform"] = "ramp",
         normalize_losses: bool = True,
         normalize_shortcut_terms_separately: bool = False,
         loss_norm_decay: float = 0.99,
@@ -136,6 +141,11 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             raise ConfigError(
                 f"DynamicsModule: val_rollout_samples must be >= 2 (energy score), got {val_rollout_samples}"
             )
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ConfigError(
+                f"DynamicsModule: loss_weighting must be one of {sorted(LOSS_WEIGHTINGS)}, "
+                f"got {loss_weighting!r}"
+            )
         if val_context_frames < 1:
             raise ConfigError(f"DynamicsModule: val_context_frames must be >= 1, got {val_context_frames}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -143,6 +153,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.d_min = model.d_min
+        self.loss_weight = LOSS_WEIGHTINGS[loss_weighting]  # w(tau), on training and validation losses
         self.model = DynamicsTransformer(model)
         # Data units <-> model units (docs/training.md). Not persistent: rebuilt from hparams.latent_stats, so
         # checkpoints without them load; top-level buffers come first in buffers(), before the normaliser's.
@@ -228,6 +239,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             z0=self.sample_noise(batch),
             teacher=self.teacher_model(),
             teacher_always=self.sharded(),
+            weight=self.loss_weight,
             image_rows=self.sample_image_rows(batch),
             **self.conditioning(batch),
         )

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from dreamer_dynamics.data import DynamicsDataModule
 from dreamer_dynamics.data.default import ToyDatasetConfig
+from dreamer_dynamics.errors import ConfigError
 from dreamer_dynamics.model import DynamicsConfig
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.objective import ShortcutForcingLoss
@@ -405,3 +406,32 @@ def test_validation_draws_levels_and_noise_through_the_module_hooks(tmp_path, ca
     # the schedule puts every frame at d_min: no bootstrap frame, so the objective is the flow term alone
     metrics = trainer.callback_metrics
     assert float(metrics["val/loss"]) > 0 and math.isnan(float(metrics.get("val/bootstrap_loss", math.nan)))
+
+
+class RecordsItsLoss(RecordsItsSchedule):
+    """Every frame at tau = 1/2 (flow frames); keeps the objective's output of each training step."""
+
+    def extra_loss_terms(self, batch, output):
+        self.outputs = [*getattr(self, "outputs", []), output]
+        return {}
+
+
+def test_loss_weighting_reaches_training_and_validation(tmp_path, cache):
+    """``loss_weighting`` picks w(tau) for the training and the validation objective: at tau = 1/2 the ramp
+    (Eq. 8) weighs a frame 0.55, the uniform weighting 1 — same weights, same noise, same per-frame losses."""
+    data = make_data(cache)
+    with pytest.raises(ConfigError, match="loss_weighting must be one of"):
+        make_module(data, loss_weighting="cosine")
+    val_loss = {}
+    for weighting in ("ramp", "uniform"):
+        torch.manual_seed(0)
+        module = make_module(data, cls=RecordsItsLoss, val_rollout_batches=0, loss_weighting=weighting)
+        trainer = make_trainer(tmp_path / weighting, logger=False, enable_checkpointing=False)
+        trainer.validate(module, datamodule=data, verbose=False)
+        val_loss[weighting] = float(trainer.callback_metrics["val/loss"])
+        trainer = make_trainer(tmp_path / weighting, logger=False, enable_checkpointing=False, max_steps=1)
+        trainer.fit(module, datamodule=data)
+        (out,) = module.outputs
+        weight = 0.55 if weighting == "ramp" else 1.0
+        torch.testing.assert_close(out.loss, weight * out.per_frame.mean())
+    assert val_loss["ramp"] == pytest.approx(0.55 * val_loss["uniform"], rel=1e-5)

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from dreamer_dynamics.objective import corrupt, ramp_weight, shortcut_forcing_loss, velocity
+from dreamer_dynamics.objective import (
+    LOSS_WEIGHTINGS,
+    corrupt,
+    ramp_weight,
+    shortcut_forcing_loss,
+    uniform_weight,
+    velocity,
+)
 from tests.analytic_gaussian import GaussianData
 
 K_MAX = 16
@@ -108,6 +115,12 @@ def test_loss_is_ramp_weighted_count_mean_and_terms_sum_to_it():
         z0=torch.zeros(B, 2 * T, 2, 5),
     )
     torch.testing.assert_close(rep.terms["flow"], out.terms["flow"])
+    # The uniform weighting: the same per-frame losses, each counted once whatever its signal level.
+    flat = shortcut_forcing_loss(lambda z, t, dd: z1 + err, z1, tau, d, d_min=1 / 8, weight=uniform_weight)
+    torch.testing.assert_close(flat.per_frame, out.per_frame)
+    torch.testing.assert_close(flat.loss, out.per_frame.mean())
+    torch.testing.assert_close(flat.terms["flow"], flow.sum() / (B * T))
+    assert LOSS_WEIGHTINGS == {"ramp": ramp_weight, "uniform": uniform_weight}
 
 
 def test_teacher_passes_only_on_bootstrap_rows_without_autograd():

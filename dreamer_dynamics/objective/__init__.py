@@ -3,7 +3,14 @@
 Paper convention throughout: signal level tau = 0 is pure noise, tau = 1 is clean data.
 """
 
-from dreamer_dynamics.objective.flow import corrupt, euler_sample, ramp_weight, velocity
+from dreamer_dynamics.objective.flow import (
+    LOSS_WEIGHTINGS,
+    corrupt,
+    euler_sample,
+    ramp_weight,
+    uniform_weight,
+    velocity,
+)
 from dreamer_dynamics.objective.normalizer import LossNormalizer
 from dreamer_dynamics.objective.sampling import is_power_of_two, sample_signal_and_step, step_level_probs
 from dreamer_dynamics.objective.shortcut import (
@@ -16,6 +23,8 @@ __all__ = [
     "corrupt",
     "velocity",
     "ramp_weight",
+    "uniform_weight",
+    "LOSS_WEIGHTINGS",
     "sample_signal_and_step",
     "step_level_probs",
     "is_power_of_two",

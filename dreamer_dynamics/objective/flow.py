@@ -47,6 +47,16 @@ def ramp_weight(tau: Tensor) -> Tensor:
     return 0.9 * tau + 0.1
 
 
+def uniform_weight(tau: Tensor) -> Tensor:
+    """w(tau) = 1: every signal level counts alike. The noisiest levels are where a frame must be predicted
+    from the frames before it (the dynamics); Eq. 8's ramp gives them a tenth of the weight of clean ones."""
+    return torch.ones_like(tau)
+
+
+# The per-frame loss weights by name (``DynamicsModule(loss_weighting=...)``).
+LOSS_WEIGHTINGS: dict[str, Callable[[Tensor], Tensor]] = {"ramp": ramp_weight, "uniform": uniform_weight}
+
+
 def euler_sample(denoiser: Denoiser, z0: Tensor, num_steps: int, **cond) -> Tensor:
     """Integrate from noise (tau = 0) to clean data (tau = 1) in ``num_steps`` Euler steps of d = 1/num_steps.
 

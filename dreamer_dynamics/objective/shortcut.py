@@ -5,6 +5,7 @@ Model-agnostic: the loss takes any ``denoiser(z_tilde, tau, d, **cond) -> x1_hat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -68,6 +69,7 @@ def shortcut_forcing_loss(
     z0: Tensor | None = None,
     teacher: Denoiser | None = None,
     teacher_always: bool = False,
+    weight: Callable[[Tensor], Tensor] = ramp_weight,
     **cond,
 ) -> ShortcutForcingLoss:
     """Shortcut-forcing loss of one batch (docs/design.md §3.3-3.7).
@@ -77,6 +79,7 @@ def shortcut_forcing_loss(
     student's own online weights under stop-gradient, as in the paper; pass EMA weights to use those);
     teacher_always: run the two teacher passes even when no frame bootstraps (on the first row, result
     unused): sharded training (FSDP) needs every rank to make the same forward calls, whatever it drew.
+    weight: per-frame loss weight w(tau) on both terms (default Eq. 8's ramp; ``flow.LOSS_WEIGHTINGS``).
     cond: conditioning forwarded to every denoiser call (per-row tensors are sliced for the teacher passes).
     """
     if tau.shape != d.shape or z1.shape[:2] != tau.shape:
@@ -112,7 +115,7 @@ def shortcut_forcing_loss(
         boot = torch.zeros_like(per_frame).index_copy(0, rows, boot_rows)
         per_frame = torch.where(bootstrap, boot, per_frame)
 
-    weighted = ramp_weight(tau) * per_frame  # ramp on both terms (Eq. 8)
+    weighted = weight(tau) * per_frame  # the same weight on both terms (Eq. 8: the ramp)
     count = weighted.numel()  # count-weighted: each batch is a mean over its frames
     terms = {
         "flow": weighted.masked_fill(bootstrap, 0).sum() / count,

@@ -66,6 +66,7 @@ class EvaluationMixin:
             z0=z0,
             teacher=self.teacher_model(),
             teacher_always=self.sharded(),
+            weight=self.loss_weight,
             **cond,
         )
         metrics.update_losses(output.loss, output.per_frame, output.bootstrap)
