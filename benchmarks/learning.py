@@ -40,7 +40,10 @@ VARIANTS: dict[str, list[str]] = {
         "--model.model.heads=4",
     ],
     "flat_positions": ["--data.token_grid=[16,1]"],  # space RoPE along the token index only, not (row, col)
-    "longer_bootstrap": ["--model.bootstrap_warmup_steps=1425"],  # the bootstrap term for the last 1/4
+    "longer_bootstrap": ["--model.bootstrap_warmup_steps=1275"],  # the bootstrap term for the last 1/4
+    "ramp_weighting": ["--model.loss_weighting=ramp"],  # the paper's Eq. 8 weight instead of the uniform one
+    "short_windows_12": ["--data.short_length=12", "--data.short_batch_size=16"],  # the previous windows
+    "lr_2e-3": ["--model.optimizer.init_args.lr=0.002"],
     "decaying_lr": ["--model.scheduler.init_args.min_lr_ratio=0.1"],  # cosine down to 1/10 of the peak
     "less_flow": ["--model.d_min_share=0.75", "--model.bootstrap_warmup_steps=200"],  # the earlier recipe
     "paper_sampling": [
@@ -184,9 +187,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--variants", default="recipe,paper_sampling", help="comma-separated names (--list)")
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
     parser.add_argument(
-        "--steps", type=int, default=1900, help="optimiser steps per variant (quickstart: 1900)"
+        "--steps", type=int, default=1700, help="optimiser steps per variant (quickstart: 1700)"
     )
-    parser.add_argument("--val-every", type=int, default=475, help="steps between validations")
+    parser.add_argument("--val-every", type=int, default=425, help="steps between validations")
     parser.add_argument(
         "--rollout-batches", type=int, default=2, help="validation batches scored with rollouts"
     )
