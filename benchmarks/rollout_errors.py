@@ -14,6 +14,7 @@ frames, 8 generated, ``--samples`` samples each, the generator seeded) and repor
 
     python -m benchmarks.rollout_errors runs/quickstart/tensorboard/version_0/checkpoints/last.ckpt
     python -m benchmarks.rollout_errors CKPT --contexts 64 --steps 1 4 16
+    python -m benchmarks.rollout_errors CKPT --fresh-episodes 64 --contexts 320 --steps 4   # ~1 minute
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 
 from benchmarks.common import pin_threads, run_benchmark
 from dreamer_dynamics.data import DynamicsDataModule
+from dreamer_dynamics.data.default import ToyDatasetConfig
 from dreamer_dynamics.model import rollout
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.training.scores import energy_score
@@ -35,16 +37,27 @@ CONTEXT, HORIZON = 4, 8
 def run(args: argparse.Namespace) -> dict:
     pin_threads(args.threads)
     module = DynamicsModule.load_from_checkpoint(args.checkpoint, weights_only=True)
+    fresh = {}  # --fresh-episodes: contexts from new episodes of another seed, all of them held out
+    if args.fresh_episodes:
+        fresh = dict(
+            toy=ToyDatasetConfig(episodes=args.fresh_episodes, seed=args.fresh_seed), val_fraction=0.0
+        )
     data = DynamicsDataModule(
-        root=args.root, val_length=CONTEXT + HORIZON, val_batch_size=args.contexts, val_batches=1
+        root=args.root,
+        val_length=CONTEXT + HORIZON,
+        val_batch_size=args.contexts,
+        val_batches=1,
+        standardize=False,  # dataset units; the checkpoint's own statistics make model units
+        **fresh,
     )
     locate = data.object_locator
     if locate is None:
         raise SystemExit(f"{data.root}: not the built-in world (no object locator)")
     batch = next(iter(data.val_dataloader()))
-    z, actions = batch["latents"], {k: v for k, v in batch.items() if k.startswith("actions")}
+    z = module.standardize(batch["latents"])
+    actions = {k: v for k, v in batch.items() if k.startswith("actions")}
     context, target = z[:, :CONTEXT], z[:, CONTEXT:]
-    units = data.destandardize
+    units = module.destandardize
     truth = locate(units(target))  # (B, H, objects, 2)
     copy_last = (units(target) - units(context[:, -1:])).flatten(2).norm(dim=-1).mean()
     generator = torch.Generator().manual_seed(args.seed)
@@ -115,6 +128,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--contexts", type=int, default=64, help="held-out windows")
     parser.add_argument("--samples", type=int, default=4, help="rollout samples per context")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 4, 16], help="K values")
+    parser.add_argument(
+        "--fresh-episodes",
+        type=int,
+        default=0,
+        help="score contexts from this many newly generated episodes (5 contexts each) instead of the "
+        "held-out split (~100 contexts)",
+    )
+    parser.add_argument("--fresh-seed", type=int, default=12345, help="seed of the fresh episodes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=None)

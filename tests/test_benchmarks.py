@@ -165,6 +165,12 @@ def test_rollout_errors_of_a_checkpoint(tmp_path):
     for ball in ("ball_1", "ball_2"):  # one-step predictions: 3 contexts x 8 frames, every one counted
         distances = report["ball_distances"][ball]
         assert sum(distances["to_truth"]) == sum(distances["to_previous"]) == 24
+    # Fresh episodes of another seed: one 64-frame episode holds 5 windows of 12 frames, so 50 asked -> 5.
+    fresh = rollout_errors.main(
+        [str(tmp_path / "model.ckpt"), "--fresh-episodes", "1", "--contexts", "50", "--samples", "2"]
+        + ["--steps", "1", "--threads", "1", "--output", str(tmp_path / "fresh.json")]
+    )
+    assert fresh["contexts"] == 5
 
 
 def test_run_all_smoke_writes_a_summary(tmp_path):
