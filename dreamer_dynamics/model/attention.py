@@ -15,7 +15,6 @@ Kernel paths (all agree with a plain softmax attention, tests/test_attention.py)
 from __future__ import annotations
 
 import functools
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -112,21 +111,15 @@ def resolve_backend(
 
 @functools.cache
 def _softcap_score_mod(softcap: float):
-    def score_mod(score, b, h, q_idx, kv_idx):
-        return softcap * torch.tanh(score / softcap)
+    """``score_mod`` of FlexAttention: c * tanh(score / c), with c written into the function's code.
 
-    return score_mod
-
-
-def _constant_floats():
-    """Compile the soft-cap as a constant. Since torch 2.6 dynamo turns a Python float into a CPU scalar
-    tensor input when it recompiles for new shapes, and the CUDA FlexAttention lowering of torch 2.11 then
-    fails on reading it back ("LoweringException: unbacked_bindings"); training recompiles once its batch
-    shapes change (alternating lengths, teacher passes on a subset of rows)."""
-    config = torch._dynamo.config
-    if torch.compiler.is_compiling() or not hasattr(config, "specialize_float"):
-        return nullcontext()  # inside a compiled block the block's own compile decides
-    return config.patch(specialize_float=True)
+    Not a closure over a float: when a batch shape changes and torch.compile recompiles with dynamic shapes,
+    dynamo turns a captured Python float into a CPU scalar input, which the CUDA FlexAttention lowering of
+    torch 2.11 fails to read ("LoweringException: unbacked_bindings"); a literal in the code stays a constant.
+    Training changes shapes all the time (alternating lengths, teacher passes on a subset of rows).
+    """
+    c = repr(float(softcap))
+    return eval(f"lambda score, b, h, q_idx, kv_idx: {c} * torch.tanh(score / {c})", {"torch": torch})
 
 
 @functools.cache
@@ -158,15 +151,14 @@ def attend(
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=hq != hkv)
     if backend == "flex":
         fn = _compiled_flex() if q.is_cuda else flex_attention
-        with _constant_floats():
-            return fn(
-                q,
-                k,
-                v,
-                score_mod=None if softcap is None else _softcap_score_mod(float(softcap)),
-                block_mask=None if mask is None else mask.block_mask(),
-                enable_gqa=hq != hkv,
-            )
+        return fn(
+            q,
+            k,
+            v,
+            score_mod=None if softcap is None else _softcap_score_mod(float(softcap)),
+            block_mask=None if mask is None else mask.block_mask(),
+            enable_gqa=hq != hkv,
+        )
     # math: the G = Hq/Hkv query heads of one kv head are stacked along the query axis ((N, Hkv, G*Lq, E)), so
     # every product is one plain batched GEMM against the Hkv keys/values: no (N, Hkv, G, Lk, E) broadcast
     # copy of k and v (a broadcast matmul materialises it), and the output comes back in (N, Hq, Lq, E) order.
