@@ -13,6 +13,15 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 CUDA = torch.device("cuda")
 
 
+@pytest.fixture(autouse=True)
+def exact_fp32_matmuls():
+    """fp32 comparisons need fp32 matmuls (TF32 rounds to 10 mantissa bits); restored after each test."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def qkv(n, hq, hkv, length, e, seed=0):
     g = torch.Generator().manual_seed(seed)
     shapes = [(n, hq, length, e), (n, hkv, length, e), (n, hkv, length, e)]
@@ -24,7 +33,6 @@ def qkv(n, hq, hkv, length, e, seed=0):
 def test_compiled_flex_matches_math_forward_and_backward(softcap):
     """The training path on a GPU: torch.compile'd FlexAttention with the soft-cap score_mod and the causal
     window / image-row block mask, against the plain masked softmax, values and gradients."""
-    torch.backends.cuda.matmul.allow_tf32 = False
     t, window = 16, 5
     pos = torch.arange(t, device=CUDA)
     dense = time_attention_mask(pos, pos, window, torch.tensor([True, False, False, True], device=CUDA))
@@ -65,7 +73,6 @@ def loss_and_grads(backend, dtype):
 def test_training_step_flex_matches_math_and_bf16_tracks_fp32():
     """The whole shortcut-forcing step (student, bootstrap teacher passes, backward) on the GPU: flex and math
     give the same loss and gradients in fp32; under bf16 autocast both stay within bf16 error of fp32."""
-    torch.backends.cuda.matmul.allow_tf32 = False
     loss_math, grads_math = loss_and_grads("math", torch.float32)
     loss_flex, grads_flex = loss_and_grads("flex" if HAS_FLEX else "math", torch.float32)
     torch.testing.assert_close(loss_flex, loss_math, atol=1e-4, rtol=1e-4)
@@ -83,7 +90,6 @@ def test_cached_rollout_on_gpu_equals_recomputation(dtype):
     """KV-cached rollouts on the GPU (the single-query decode path) match full recomputation, in fp32 and in
     bf16 weights (the inference setting of benchmarks/gpu.py). The debug model's 8-wide heads are narrower
     than the compiled FlexAttention kernel takes: ``auto`` must route the recomputation to the math path."""
-    torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     model = DynamicsTransformer(DynamicsConfig.debug(attention_softcap=5.0)).to(CUDA, dtype).eval()
     cfg = model.config
