@@ -44,7 +44,10 @@ VARIANTS: dict[str, list[str]] = {
     "ramp_weighting": ["--model.loss_weighting=ramp"],  # the paper's Eq. 8 weight instead of the uniform one
     "short_windows_12": ["--data.short_length=12", "--data.short_batch_size=16"],  # the previous windows
     "lr_2e-3": ["--model.optimizer.init_args.lr=0.002"],
-    "decaying_lr": ["--model.scheduler.init_args.min_lr_ratio=0.1"],  # cosine down to 1/10 of the peak
+    "adamw": ["--model.optimizer.class_path=torch.optim.AdamW"],  # AdamW for every parameter, no Muon
+    "muon_lr_0.01": ["--model.optimizer.init_args.muon_lr=0.01"],
+    "muon_lr_0.04": ["--model.optimizer.init_args.muon_lr=0.04"],
+    "constant_lr": ["--model.scheduler.init_args.min_lr_ratio=1.0"],  # no decay after the warmup
     "less_flow": ["--model.d_min_share=0.75", "--model.bootstrap_warmup_steps=200"],  # the earlier recipe
     "paper_sampling": [
         "--model.d_min_share=null"

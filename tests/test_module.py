@@ -260,9 +260,10 @@ def test_optimizer_groups_and_warmup_cosine_schedule(tmp_path, cache):
     module = make_module(data, scheduler=lambda opt: WarmupCosineLR(opt, warmup_steps=10, min_lr_ratio=0.1))
     trainer = make_trainer(tmp_path, max_steps=2, logger=False, limit_val_batches=0)
     trainer.fit(module, data)
-    decayed, undecayed = trainer.optimizers[0].param_groups
-    assert decayed["weight_decay"] == 0.01 and undecayed["weight_decay"] == 0.0
-    assert all(p.ndim >= 2 for p in decayed["params"])
+    hidden, decayed, undecayed = trainer.optimizers[0].param_groups  # the flag is ignored by AdamW
+    assert hidden["hidden_matrix"] and not decayed["hidden_matrix"] and not undecayed["hidden_matrix"]
+    assert hidden["weight_decay"] == decayed["weight_decay"] == 0.01 and undecayed["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in hidden["params"] + decayed["params"])
     embeddings = {id(m.weight) for m in module.modules() if isinstance(m, torch.nn.Embedding)}
     assert embeddings and embeddings <= {id(p) for p in undecayed["params"]}
     assert (

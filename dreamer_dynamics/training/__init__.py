@@ -5,6 +5,7 @@ from dreamer_dynamics.training.callbacks import LatentThroughputMonitor, Rollout
 from dreamer_dynamics.training.ema import EMA
 from dreamer_dynamics.training.loggers import RunDirTensorBoardLogger
 from dreamer_dynamics.training.metrics import ValidationMetrics
+from dreamer_dynamics.training.muon import MuonAdamW
 from dreamer_dynamics.training.optim import WarmupCosineLR, default_optimizer, parameter_groups
 from dreamer_dynamics.training.prediction import RolloutWriter
 from dreamer_dynamics.training.progress import StepProgressBar
@@ -13,6 +14,7 @@ from dreamer_dynamics.training.slurm import SLURMRequeueAtStepEnd
 __all__ = [
     "EMA",
     "LatentThroughputMonitor",
+    "MuonAdamW",
     "RolloutImageLogger",
     "RolloutWriter",
     "RunDirTensorBoardLogger",

@@ -13,6 +13,8 @@ Both are injectable from YAML through LightningCLI's ``OptimizerCallable`` / ``L
       scheduler:
         class_path: dreamer_dynamics.training.WarmupCosineLR
         init_args: {warmup_steps: 1000}
+
+``MuonAdamW`` (training/muon.py) is the other optimiser the package ships: Muon for the blocks' matrices.
 """
 
 from __future__ import annotations
@@ -24,30 +26,40 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from dreamer_dynamics.training.muon import HIDDEN_MATRIX
+
 DEFAULT_LR = 3e-4
 DEFAULT_BETAS = (0.9, 0.95)
 DEFAULT_WEIGHT_DECAY = 0.01
 
 
 def parameter_groups(module: nn.Module) -> list[dict]:
-    """Split parameters into a decayed group (matrices of linear layers) and an undecayed group.
+    """Split parameters into the blocks' hidden matrices, the other matrices, and an undecayed group.
 
     Norm gains, biases and embedding tables (1-D, or ``nn.Embedding`` weights) are not decayed: shrinking them
-    towards zero changes what they represent instead of regularising a linear map. The decayed group carries
-    no ``weight_decay`` key, so it uses whatever the configured optimiser was given.
+    towards zero changes what they represent instead of regularising a linear map. The two decayed groups
+    carry no ``weight_decay`` key, so they use whatever the configured optimiser was given. Every group
+    carries a ``hidden_matrix`` flag: True for the linear weights inside ``module.blocks`` (attention and MLP
+    matrices), which ``MuonAdamW`` hands to Muon; AdamW and other optimisers ignore the key.
     """
-    no_decay_ids = set()
+    hidden_ids, no_decay_ids = set(), set()
+    for block in getattr(module, "blocks", ()):
+        hidden_ids.update(id(sub.weight) for sub in block.modules() if isinstance(sub, nn.Linear))
     for sub in module.modules():
         if isinstance(sub, nn.Embedding):
             no_decay_ids.add(id(sub.weight))
-    decay, no_decay = [], []
+    hidden, decay, no_decay = [], [], []
     for param in module.parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or id(param) in no_decay_ids else decay).append(param)
+        if id(param) in hidden_ids:
+            hidden.append(param)
+        else:
+            (no_decay if param.ndim < 2 or id(param) in no_decay_ids else decay).append(param)
     return [
-        {"params": decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": hidden, HIDDEN_MATRIX: True},
+        {"params": decay, HIDDEN_MATRIX: False},
+        {"params": no_decay, "weight_decay": 0.0, HIDDEN_MATRIX: False},
     ]
 
 
