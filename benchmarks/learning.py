@@ -44,7 +44,11 @@ VARIANTS: dict[str, list[str]] = {
     "ramp_weighting": ["--model.loss_weighting=ramp"],  # the paper's Eq. 8 weight instead of the uniform one
     "short_windows_12": ["--data.short_length=12", "--data.short_batch_size=16"],  # the previous windows
     "lr_2e-3": ["--model.optimizer.init_args.lr=0.002"],
-    "adamw": ["--model.optimizer.class_path=torch.optim.AdamW"],  # AdamW for every parameter, no Muon
+    "adamw": [  # the previous recipe: AdamW for every parameter, constant rate after the warm-up
+        "--model.optimizer.class_path=torch.optim.AdamW",
+        "--model.scheduler.init_args.min_lr_ratio=1.0",
+    ],
+    "adamw_cosine": ["--model.optimizer.class_path=torch.optim.AdamW"],  # AdamW with the recipe's decay
     "muon_lr_0.01": ["--model.optimizer.init_args.muon_lr=0.01"],
     "muon_lr_0.04": ["--model.optimizer.init_args.muon_lr=0.04"],
     "constant_lr": ["--model.scheduler.init_args.min_lr_ratio=1.0"],  # no decay after the warmup
