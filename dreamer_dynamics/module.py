@@ -48,7 +48,12 @@ from dreamer_dynamics.training.ema import averaged_model, averaging_started
 from dreamer_dynamics.training.evaluation import EvaluationMixin
 from dreamer_dynamics.training.inference import InferenceMixin
 from dreamer_dynamics.training.metrics import ValidationMetrics
-from dreamer_dynamics.training.optim import WarmupCosineLR, default_optimizer, parameter_groups
+from dreamer_dynamics.training.optim import (
+    WarmupCosineLR,
+    default_optimizer,
+    parameter_groups,
+    upgrade_two_group_checkpoint,
+)
 from dreamer_dynamics.training.rng import (
     collect_global_rng_state,
     gather_from_ranks,
@@ -396,6 +401,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             checkpoint["hyper_parameters"] = {**hparams, "model": dataclasses.asdict(hparams["model"])}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        upgrade_two_group_checkpoint(checkpoint, self.model)  # earlier releases saved two parameter groups
         rng = checkpoint.get("dreamer_dynamics_rng")
         if not rng:
             return

@@ -1,5 +1,6 @@
-"""``MuonAdamW``: Muon updates exactly the blocks' matrices, AdamW everything else, as one checkpointable
-optimiser that learning-rate schedules scale as a whole."""
+"""``parameter_groups`` and ``MuonAdamW``: Muon updates exactly the blocks' matrices, AdamW everything else,
+as one checkpointable optimiser that learning-rate schedules scale as a whole; optimiser states of earlier
+releases (two groups) resume exactly."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 from dreamer_dynamics.training import MuonAdamW, WarmupCosineLR, parameter_groups
+from dreamer_dynamics.training.optim import upgrade_optimizer_state, upgrade_two_group_checkpoint
 
 needs_muon = pytest.mark.skipif(
     not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9"
@@ -148,3 +150,38 @@ def test_flattened_or_sharded_matrices_fall_back_to_adamw_with_the_reason():
     with pytest.warns(UserWarning, match="sharded or flattened"):
         optimizer = MuonAdamW(groups, lr=1e-3, muon_lr=0.02)
     assert [g["lr"] for g in optimizer.param_groups] == [1e-3, 1e-3, 1e-3]
+
+
+def test_a_checkpoint_with_the_two_groups_of_earlier_releases_resumes_exactly():
+    """Checkpoints written before the hidden-matrix group existed hold two optimiser groups (decayed,
+    undecayed) and per-group scheduler lists of two; after the upgrade, AdamW over today's three groups and
+    its schedule continue bit-identically (the order Lightning restores in: build both, load both)."""
+    model, twin = small_model(), small_model()
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    old_decay = [p for p in model.parameters() if p.ndim >= 2 and id(p) not in embeddings]
+    old_rest = [p for p in model.parameters() if p.ndim < 2 or id(p) in embeddings]
+    old = torch.optim.AdamW([{"params": old_decay}, {"params": old_rest, "weight_decay": 0.0}], lr=1e-2)
+    old_schedule = WarmupCosineLR(old, warmup_steps=1, total_steps=6)
+    for seed in (1, 2):
+        backward_once(model, seed)
+        old.step()
+        old_schedule.step()
+    twin.load_state_dict(model.state_dict())
+    checkpoint = {"optimizer_states": [old.state_dict()], "lr_schedulers": [old_schedule.state_dict()]}
+    checkpoint = copy.deepcopy(checkpoint)
+    with pytest.raises(ValueError, match="parameter group"):
+        torch.optim.AdamW(parameter_groups(twin), lr=1e-2).load_state_dict(checkpoint["optimizer_states"][0])
+    new = torch.optim.AdamW(parameter_groups(twin), lr=1e-2)
+    new_schedule = WarmupCosineLR(new, warmup_steps=1, total_steps=6)
+    upgrade_two_group_checkpoint(checkpoint, twin)
+    new.load_state_dict(checkpoint["optimizer_states"][0])
+    new_schedule.load_state_dict(checkpoint["lr_schedulers"][0])
+    for seed in (3, 4, 5):
+        for m, opt, schedule in ((model, old, old_schedule), (twin, new, new_schedule)):
+            backward_once(m, seed)
+            opt.step()
+            schedule.step()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(p, q), name
+    today = copy.deepcopy(new.state_dict())
+    assert upgrade_optimizer_state(today, twin) is today  # already three groups: left alone

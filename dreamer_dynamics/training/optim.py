@@ -63,6 +63,49 @@ def parameter_groups(module: nn.Module) -> list[dict]:
     ]
 
 
+def upgrade_optimizer_state(state: dict, module: nn.Module) -> dict:
+    """An optimiser state saved with the two groups of earlier releases (decayed, undecayed), rewritten for
+    ``parameter_groups``' three (hidden matrices, other matrices, undecayed), so those checkpoints resume.
+
+    Each parameter keeps its own state; both halves of the split group keep its options. Anything else
+    (already three groups, parameters saved by name as FSDP does, sizes that do not match ``module``) is
+    returned as it is, for torch to accept or refuse.
+    """
+    groups = state.get("param_groups", [])
+    if len(groups) != 2 or HIDDEN_MATRIX in groups[0]:
+        return state
+    hidden, decay, no_decay = (group["params"] for group in parameter_groups(module))
+    old_order = [p for p in module.parameters() if any(p is q for q in decay + hidden)]  # the old decayed
+    if [len(g["params"]) for g in groups] != [len(old_order), len(no_decay)]:
+        return state
+    if not all(isinstance(i, int) for g in groups for i in g["params"]):
+        return state
+    new_order = {id(p): index for index, p in enumerate(hidden + decay + no_decay)}
+    old_ids = groups[0]["params"] + groups[1]["params"]
+    renumber = {old: new_order[id(p)] for old, p in zip(old_ids, old_order + no_decay)}
+    split = [
+        {**groups[0], "params": [new_order[id(p)] for p in hidden], HIDDEN_MATRIX: True},
+        {**groups[0], "params": [new_order[id(p)] for p in decay], HIDDEN_MATRIX: False},
+        {**groups[1], "params": [renumber[i] for i in groups[1]["params"]], HIDDEN_MATRIX: False},
+    ]
+    return {**state, "state": {renumber[i]: v for i, v in state["state"].items()}, "param_groups": split}
+
+
+def upgrade_two_group_checkpoint(checkpoint: dict, module: nn.Module) -> None:
+    """In place: a Lightning checkpoint's optimiser states (``upgrade_optimizer_state``) and, where one was
+    rewritten, its schedulers' per-group lists (``base_lrs``, ``_last_lr``: the split group's entry twice)."""
+    states = checkpoint.get("optimizer_states", [])
+    upgraded = [upgrade_optimizer_state(state, module) for state in states]
+    if all(new is old for new, old in zip(upgraded, states)):
+        return
+    checkpoint["optimizer_states"] = upgraded
+    for scheduler in checkpoint.get("lr_schedulers", []):
+        for key in ("base_lrs", "_last_lr"):
+            values = scheduler.get(key)
+            if isinstance(values, list) and len(values) == 2:
+                scheduler[key] = [values[0], *values]
+
+
 def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
     """AdamW with the package defaults (used when no ``optimizer`` is configured)."""
     return torch.optim.AdamW(params, lr=DEFAULT_LR, betas=DEFAULT_BETAS, weight_decay=DEFAULT_WEIGHT_DECAY)
