@@ -4,7 +4,7 @@ Muon (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networ
 update of a weight matrix by the nearest semi-orthogonal matrix (a Newton-Schulz iteration), so every
 direction of the update moves at the same rate instead of a few dominant ones. It is meant for hidden
 matrices only: the input projection, the output head, embedding tables, norm gains and biases stay on AdamW.
-On the built-in world it learns the balls' motion faster than AdamW alone, for about 10 % more time per step
+On the built-in world it learns the balls' motion faster than AdamW alone, for 6-10 % more time per step
 (docs/benchmarks.md, "Learning the built-in world"). The paper names no optimiser; this is our choice
 (docs/design.md §10).
 
@@ -60,11 +60,10 @@ class MuonAdamW(torch.optim.Optimizer):
                 "dreamer_dynamics.training.parameter_groups(model) returns them; got plain parameters or "
                 "unflagged groups"
             )
-        self.muon_active = self._muon_problem(groups) is None
-        if not self.muon_active:
-            warnings.warn(
-                f"MuonAdamW: {self._muon_problem(groups)}; every parameter uses AdamW at lr", stacklevel=2
-            )
+        problem = self._muon_problem(groups)
+        self.muon_active = problem is None
+        if problem is not None:
+            warnings.warn(f"MuonAdamW: {problem}; every parameter uses AdamW at lr", stacklevel=2)
         for group in groups:
             if group[HIDDEN_MATRIX] and self.muon_active:
                 group.setdefault("lr", muon_lr)

@@ -75,18 +75,19 @@ def upgrade_optimizer_state(state: dict, module: nn.Module) -> dict:
     if len(groups) != 2 or HIDDEN_MATRIX in groups[0]:
         return state
     hidden, decay, no_decay = (group["params"] for group in parameter_groups(module))
-    old_order = [p for p in module.parameters() if any(p is q for q in decay + hidden)]  # the old decayed
-    if [len(g["params"]) for g in groups] != [len(old_order), len(no_decay)]:
+    matrices = {id(p) for p in hidden + decay}
+    old_decay = [p for p in module.parameters() if id(p) in matrices]  # the old group, in parameter order
+    if [len(g["params"]) for g in groups] != [len(old_decay), len(no_decay)]:
         return state
     if not all(isinstance(i, int) for g in groups for i in g["params"]):
         return state
-    new_order = {id(p): index for index, p in enumerate(hidden + decay + no_decay)}
+    new_index = {id(p): index for index, p in enumerate(hidden + decay + no_decay)}
     old_ids = groups[0]["params"] + groups[1]["params"]
-    renumber = {old: new_order[id(p)] for old, p in zip(old_ids, old_order + no_decay)}
+    renumber = {old: new_index[id(p)] for old, p in zip(old_ids, old_decay + no_decay)}
     split = [
-        {**groups[0], "params": [new_order[id(p)] for p in hidden], HIDDEN_MATRIX: True},
-        {**groups[0], "params": [new_order[id(p)] for p in decay], HIDDEN_MATRIX: False},
-        {**groups[1], "params": [renumber[i] for i in groups[1]["params"]], HIDDEN_MATRIX: False},
+        {**groups[0], "params": [new_index[id(p)] for p in hidden], HIDDEN_MATRIX: True},
+        {**groups[0], "params": [new_index[id(p)] for p in decay], HIDDEN_MATRIX: False},
+        {**groups[1], "params": [new_index[id(p)] for p in no_decay], HIDDEN_MATRIX: False},
     ]
     return {**state, "state": {renumber[i]: v for i, v in state["state"].items()}, "param_groups": split}
 
