@@ -35,6 +35,8 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "lightning_configs" / "qui
 # name -> CLI overrides of the quickstart config (the recipe is the config itself).
 VARIANTS: dict[str, list[str]] = {
     "recipe": [],
+    "no_context_prefix": ["--model.context_prefix_frames=0"],  # the previous recipe: every level drawn
+    "context_prefix_4": ["--model.context_prefix_frames=4"],
     "width_64": [  # the model of the previous recipe: width 64, 4 heads
         "--model.model.dim=64",
         "--model.model.heads=4",

@@ -35,13 +35,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from dreamer_dynamics.errors import ConfigError
-from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
+from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, context_signal_level
 from dreamer_dynamics.objective import (
     LOSS_WEIGHTINGS,
     LossNormalizer,
     ShortcutForcingLoss,
     sample_signal_and_step,
     shortcut_forcing_loss,
+    with_context_prefix,
 )
 from dreamer_dynamics.parallelize import clip_gradients, is_fsdp, parallelize_model, total_grad_norm
 from dreamer_dynamics.training.ema import averaged_model, averaging_started
@@ -120,6 +121,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         d_min_share: Optional[float] = None,
         bootstrap_warmup_steps: int = 0,
         loss_weighting: Literal["ramp", "uniform"] = "ramp",
+        context_prefix_frames: int = 0,
         normalize_losses: bool = True,
         normalize_shortcut_terms_separately: bool = False,
         loss_norm_decay: float = 0.99,
@@ -150,6 +152,10 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             raise ConfigError(
                 f"DynamicsModule: loss_weighting must be one of {sorted(LOSS_WEIGHTINGS)}, "
                 f"got {loss_weighting!r}"
+            )
+        if context_prefix_frames < 0:
+            raise ConfigError(
+                f"DynamicsModule: context_prefix_frames must be >= 0, got {context_prefix_frames}"
             )
         if val_context_frames < 1:
             raise ConfigError(f"DynamicsModule: val_context_frames must be >= 1, got {val_context_frames}")
@@ -187,7 +193,8 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
     def sample_signal_and_step(
         self, batch: dict[str, Tensor], generator: Optional[torch.Generator] = None
     ) -> tuple[Tensor, Tensor]:
-        """Per-frame signal level tau and step size d, float32 [B, T] (docs/design.md §3.1-3.2).
+        """Per-frame signal level tau and step size d, float32 [B, T] (docs/design.md §3.1-3.2); the first
+        ``context_prefix_frames`` of every row at the rollout context's labels.
 
         ``generator``: None = the training-noise generator; evaluation passes its own, so a subclass's
         schedule is evaluated exactly as it is trained."""
@@ -195,7 +202,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         share = self.hparams.d_min_share
         if generator is None and self.global_step < self.hparams.bootstrap_warmup_steps:
             share = 1.0  # training during the bootstrap warm-up: flow term only
-        return sample_signal_and_step(
+        tau, d = sample_signal_and_step(
             b,
             t,
             self.config.k_max,
@@ -203,6 +210,8 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             d_min_share=share,
             device=self.device,
         )
+        level = context_signal_level(self.hparams.context_noise, self.config.k_max)
+        return with_context_prefix(tau, d, self.hparams.context_prefix_frames, level, self.d_min)
 
     def sample_image_rows(
         self, batch: dict[str, Tensor], generator: Optional[torch.Generator] = None

@@ -436,3 +436,25 @@ def test_loss_weighting_reaches_training_and_validation(tmp_path, cache):
         weight = 0.55 if weighting == "ramp" else 1.0
         torch.testing.assert_close(out.loss, weight * out.per_frame.mean())
     assert val_loss["ramp"] == pytest.approx(0.55 * val_loss["uniform"], rel=1e-5)
+
+
+def test_context_prefix_frames_reach_training_and_validation(tmp_path, cache):
+    """``context_prefix_frames = 2``: in every student pass of training and of validation the first two frames
+    carry the rollout context's labels (tau_ctx = 7/8 for k_max = 8, d_min), the later ones drawn levels."""
+    data = make_data(cache)
+    with pytest.raises(ConfigError, match="context_prefix_frames must be >= 0"):
+        make_module(data, context_prefix_frames=-1)
+    # d_min everywhere: flow frames only, so every network call below is a student pass (no teacher)
+    module = make_module(data, context_prefix_frames=2, d_min_share=1.0, val_rollout_batches=0)
+    calls = []
+    module.model.register_forward_pre_hook(
+        lambda m, args: calls.append((torch.is_grad_enabled(), *args[1:3]))
+    )
+    trainer = make_trainer(tmp_path, logger=False, enable_checkpointing=False, max_steps=3)
+    trainer.fit(module, datamodule=data)
+    # 3 training steps, then validation: the objective, then the flow loss at every tau (bucketed, no prefix)
+    assert [grad for grad, _, _ in calls] == [True, True, True, False, False]
+    for _, tau, d in calls[:4]:
+        assert (tau[:, :2] == 0.875).all() and (d == 1 / 8).all()
+    later = torch.cat([tau[:, 2:].flatten() for _, tau, _ in calls[:4]])
+    assert (later != 0.875).float().mean() > 0.5  # drawn over {0, 1/8, ..., 7/8}

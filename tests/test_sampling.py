@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from dreamer_dynamics.objective import sample_signal_and_step, step_level_probs
+from dreamer_dynamics.model import context_signal_level
+from dreamer_dynamics.objective import sample_signal_and_step, step_level_probs, with_context_prefix
 
 
 def _draw(k_max=64, n=200_000, **kw):
@@ -66,3 +67,21 @@ def test_one_power_of_two_check_serves_k_max_and_step_counts():
     assert DynamicsConfig.debug(k_max=8).d_min == 0.125
     with pytest.raises(ValueError, match="power of two"):
         DynamicsConfig.debug(k_max=12)
+
+
+def test_context_prefix_labels_the_first_frames_as_rollout_context():
+    """The first n frames of every row get the labels a rollout's context frames carry (tau_ctx, d_min), the
+    rest keep their drawn levels; the inputs are not modified and n = 0 is the paper's schedule."""
+    tau, d = sample_signal_and_step(64, 6, 16, generator=torch.Generator().manual_seed(1), d_min_share=0.5)
+    before = tau.clone(), d.clone()
+    level = context_signal_level(0.1, 16)  # 14/16
+    new_tau, new_d = with_context_prefix(tau, d, 2, level, 1 / 16)
+    assert (new_tau[:, :2] == 0.875).all() and (new_d[:, :2] == 1 / 16).all()
+    assert torch.equal(new_tau[:, 2:], tau[:, 2:]) and torch.equal(new_d[:, 2:], d[:, 2:])
+    assert (tau[:, :2] != 0.875).any()  # they were drawn, and the originals are untouched
+    assert torch.equal(tau, before[0]) and torch.equal(d, before[1])
+    same = with_context_prefix(tau, d, 0, level, 1 / 16)
+    assert same[0] is tau and same[1] is d
+    for frames in (-1, 6):
+        with pytest.raises(ValueError, match="leave a frame to predict"):
+            with_context_prefix(tau, d, frames, level, 1 / 16)

@@ -12,7 +12,12 @@ from dreamer_dynamics.objective.flow import (
     velocity,
 )
 from dreamer_dynamics.objective.normalizer import LossNormalizer
-from dreamer_dynamics.objective.sampling import is_power_of_two, sample_signal_and_step, step_level_probs
+from dreamer_dynamics.objective.sampling import (
+    is_power_of_two,
+    sample_signal_and_step,
+    step_level_probs,
+    with_context_prefix,
+)
 from dreamer_dynamics.objective.shortcut import (
     ShortcutForcingLoss,
     bootstrap_velocity_target,
@@ -27,6 +32,7 @@ __all__ = [
     "LOSS_WEIGHTINGS",
     "sample_signal_and_step",
     "step_level_probs",
+    "with_context_prefix",
     "is_power_of_two",
     "shortcut_forcing_loss",
     "ShortcutForcingLoss",

@@ -58,3 +58,26 @@ def sample_signal_and_step(
     index = torch.floor(u * steps).clamp_max(steps - 1)  # uniform over {0, ..., K - 1}
     tau, d = index / steps, 1.0 / steps
     return tau.to(device), d.to(device)
+
+
+def with_context_prefix(
+    tau: Tensor, d: Tensor, frames: int, level: float, d_min: float
+) -> tuple[Tensor, Tensor]:
+    """(tau, d) [B, T] with the first ``frames`` frames of every row set to the rollout context's labels.
+
+    A rollout always starts from context frames at (tau_ctx, d_min) (docs/design.md §5), whereas diffusion
+    forcing draws every frame's level independently, so the first frames of a training row are mostly
+    noisy and have no history to be predicted from. ``frames`` > 0 makes them the context a rollout starts
+    from (docs/design.md §3.2); 0 returns the inputs unchanged (the paper's schedule).
+    """
+    if frames < 0 or frames >= tau.shape[1]:
+        raise ValueError(
+            f"context_prefix_frames={frames} must be >= 0 and leave a frame to predict in rows of "
+            f"{tau.shape[1]} frames"
+        )
+    if frames == 0:
+        return tau, d
+    tau, d = tau.clone(), d.clone()
+    tau[:, :frames] = level
+    d[:, :frames] = d_min
+    return tau, d
