@@ -33,6 +33,19 @@ def backward_once(model: DynamicsTransformer, seed: int) -> None:
     model(z, tau, d).square().mean().backward()
 
 
+def train_in_lockstep(runs, seeds) -> None:
+    """One backward + optimiser step + scheduler step per seed for each (model, optimizer, scheduler), then
+    the first two models' weights are bit-identical."""
+    for seed in seeds:
+        for model, optimizer, scheduler in runs:
+            backward_once(model, seed)
+            optimizer.step()
+            scheduler.step()
+    (first, *_), (second, *_) = runs
+    for (name, p), q in zip(first.named_parameters(), second.parameters()):
+        assert torch.equal(p, q), name
+
+
 def test_parameter_groups_flag_exactly_the_blocks_linear_weights():
     model = small_model()
     hidden, other, undecayed = parameter_groups(model)
@@ -112,13 +125,9 @@ def test_schedule_scales_both_rates_and_a_checkpoint_resumes_exactly():
     resumed_scheduler = WarmupCosineLR(resumed_optimizer, warmup_steps=3, total_steps=10, min_lr_ratio=0.1)
     resumed_optimizer.load_state_dict(saved_optimizer)  # Lightning's order: build both, then load both
     resumed_scheduler.load_state_dict(saved_scheduler)
-    for seed in (10, 11):
-        for m, opt, sched in ((model, optimizer, scheduler), (resumed, resumed_optimizer, resumed_scheduler)):
-            backward_once(m, seed)
-            opt.step()
-            sched.step()
-    for (name, p), q in zip(model.named_parameters(), resumed.parameters()):
-        assert torch.equal(p, q), name
+    train_in_lockstep(
+        [(model, optimizer, scheduler), (resumed, resumed_optimizer, resumed_scheduler)], (10, 11)
+    )
     # the inner optimisers follow the loaded groups: a rate set on the outer groups reaches them
     assert [g["lr"] for g in resumed_optimizer.param_groups] == [g["lr"] for g in optimizer.param_groups]
 
@@ -176,12 +185,6 @@ def test_a_checkpoint_with_the_two_groups_of_earlier_releases_resumes_exactly():
     upgrade_two_group_checkpoint(checkpoint, twin)
     new.load_state_dict(checkpoint["optimizer_states"][0])
     new_schedule.load_state_dict(checkpoint["lr_schedulers"][0])
-    for seed in (3, 4, 5):
-        for m, opt, schedule in ((model, old, old_schedule), (twin, new, new_schedule)):
-            backward_once(m, seed)
-            opt.step()
-            schedule.step()
-    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
-        assert torch.equal(p, q), name
+    train_in_lockstep([(model, old, old_schedule), (twin, new, new_schedule)], (3, 4, 5))
     today = copy.deepcopy(new.state_dict())
     assert upgrade_optimizer_state(today, twin) is today  # already three groups: left alone
