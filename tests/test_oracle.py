@@ -10,7 +10,7 @@ import torch
 from dreamer_dynamics.data import DynamicsDataModule
 from dreamer_dynamics.data.default import ToyDatasetConfig
 from dreamer_dynamics.data.toy_env import locate_objects
-from dreamer_dynamics.training.scores import energy_score
+from dreamer_dynamics.training.scores import RolloutScores, energy_score, oracle_scores
 from tests.test_toy_world import CHI2_999, chi_squared, next_velocity_probs
 
 SMALL = ToyDatasetConfig(episodes=8, length=24)
@@ -119,3 +119,48 @@ def test_oracle_exists_only_for_the_builtin_world(worlds, tmp_path):
     assert worlds["stochastic"].oracle.env.turn_probability == 0.5
     assert worlds["deterministic"].oracle.env.turn_probability == 0.0
     assert DynamicsDataModule(root=write_dataset(tmp_path / "own"), val_fraction=0.25).oracle is None
+
+
+def test_excess_by_hand():
+    metric = RolloutScores([4])
+    target = torch.zeros(1, 2, 1, 1)
+    context = torch.tensor([4.0, 2.0]).reshape(1, 2, 1, 1)  # copy-last ES 2
+    samples = torch.tensor([[1.0, 2.0], [1.0, 2.0]]).reshape(2, 1, 2, 1, 1)  # ES 1 and 2: mean 1.5
+    metric.update(
+        context,
+        target,
+        {4: samples},
+        oracle={"oracle_es": torch.tensor([[0.5, 1.5]]), "oracle_mean_es": torch.tensor([[1.0, 2.0]])},
+    )
+    out = metric.compute()
+    assert out["oracle_es"].item() == 1.0 and out["oracle_mean_es"].item() == 1.5
+    assert out["excess_k4"].item() == pytest.approx((1.5 - 1.0) / (2.0 - 1.0))
+    plain = RolloutScores([4])
+    plain.update(context, target, {4: samples})
+    assert "excess_k4" not in plain.compute() and "oracle_es" not in plain.compute()
+
+
+@pytest.mark.parametrize("world", ["deterministic", "stochastic"])
+def test_oracle_scores_floor_blur_and_excess(worlds, world):
+    """The oracle beats its own mean (a blur) where the future is uncertain; another draw of the oracle scored
+    as the model has an excess of about 0; on the deterministic world the floor is 0 and the excess is the ES
+    ratio."""
+    dm = worlds[world]
+    batch = next(iter(dm.val_dataloader()))
+    context = dm.destandardize(batch["latents"][:, :CTX])
+    target = dm.destandardize(batch["latents"][:, CTX:])  # (B, H, N_b, D_b), data units
+    figures = oracle_scores(dm.oracle, batch, CTX, target, samples=16)
+    assert figures["oracle_es"].shape == figures["oracle_mean_es"].shape == target.shape[:2]
+    model = dm.oracle.sample(
+        batch["episode"], batch["start"] + CTX, batch["actions_discrete"][:, CTX:], 16, 9
+    )
+    metric = RolloutScores([1])
+    metric.update(context, target, {1: model.transpose(0, 1)}, oracle=figures)
+    out = metric.compute()
+    if world == "deterministic":
+        assert out["oracle_es"].item() < 1e-4 and out["oracle_mean_es"].item() < 1e-4
+        assert out["excess_k1"].item() == pytest.approx(out["es_ratio_k1"].item(), abs=1e-4)
+    else:
+        assert out["oracle_es"].item() < 0.8 * out["oracle_mean_es"].item()
+        assert out["oracle_mean_es"].item() < out["es_copy_last"].item()
+        assert abs(out["excess_k1"].item()) < 0.05, out
