@@ -9,7 +9,6 @@ the stored future. Samples are encoded by the dataset's codec, so they are in th
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,8 +76,7 @@ class ToyOracle:
             start, _ = self.replay(int(e), int(f))
             futures = []
             for s in range(samples):
-                env = copy.deepcopy(start)
-                env.rng = np.random.default_rng([seed, self.seeds[e], int(f), s])
+                env = start.fork(np.random.default_rng([seed, self.seeds[e], int(f), s]))
                 futures.append([env.step(int(a)) for a in acts])
             rows.append(futures)
         size = self.env.image_size

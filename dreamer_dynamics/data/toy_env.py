@@ -13,6 +13,7 @@ still replayed exactly from (seed, actions); with 0 nothing is drawn and episode
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,6 +90,13 @@ class ToyEnv:
                 proposal = np.clip(self.balls[k] + self.velocities[k], 0, limit)
             self.balls[k] = proposal
         return self.render()
+
+    def fork(self, rng: np.random.Generator) -> ToyEnv:
+        """A copy in the same hidden state that draws its turns from ``rng`` (the oracle's fresh draws)."""
+        env = copy.copy(self)
+        env.sprite, env.balls, env.velocities = self.sprite.copy(), self.balls.copy(), self.velocities.copy()
+        env.rng = rng
+        return env
 
     def _hits_sprite(self, ball: np.ndarray) -> bool:
         c = self.config
