@@ -51,9 +51,47 @@ def test_cached_rollout_equals_full_recomputation(context_length, t_ctx, num_ste
 def test_context_signal_level_is_snapped_noise_amount():
     assert context_signal_level(0.1, 64) == round(0.9 * 64) / 64 == 58 / 64
     assert context_signal_level(0.1, 8) == 7 / 8
-    assert context_signal_level(0.0, 8) == 1.0
+    assert context_signal_level(0.0, 8) == 7 / 8  # never 1: the cleanest level training draws
+    assert context_signal_level(0.1, 4) == 3 / 4 and context_signal_level(0.1, 1) == 0.0
     with pytest.raises(ValueError, match="context_noise"):
         context_signal_level(1.5, 8)
+
+
+@pytest.mark.parametrize("k_max", [1, 2, 4, 16, 64])
+@pytest.mark.parametrize("context_noise", [0.0, 0.1])
+def test_rollout_context_labels_are_the_training_prefix_labels(k_max, context_noise):
+    """The labels a rollout gives its context frames (read where the real network embeds them) are those the
+    training context prefix gives its first frames, and below 1: tau = 1 is never a training level."""
+    from dreamer_dynamics.module import DynamicsModule
+
+    module = DynamicsModule(
+        DynamicsConfig.debug(k_max=k_max), context_prefix_frames=2, context_noise=context_noise
+    )
+    batch = {"latents": torch.zeros(4, 6, 8, 4)}
+    train_tau, train_d = module.sample_signal_and_step(batch, torch.Generator().manual_seed(0))
+    prefix = set(zip(train_tau[:, :2].flatten().tolist(), train_d[:, :2].flatten().tolist()))
+    assert len(prefix) == 1 and next(iter(prefix))[0] < 1
+
+    model = module.model.eval()
+    latents, _, _ = episode(model.config, t=5)
+    for use_cache in (True, False):
+        calls = []
+        hook = model.shortcut.register_forward_pre_hook(lambda m, args: calls.append(args))
+        rollout(
+            model,
+            latents[:, :3],
+            2,
+            num_steps=1,
+            context_noise=context_noise,
+            use_cache=use_cache,
+            generator=torch.Generator().manual_seed(0),
+        )
+        hook.remove()
+        # cached: the first call embeds the 3 context frames; uncached: every call holds them first
+        context_calls = calls[:1] if use_cache else calls
+        for tau, d in context_calls:
+            got = set(zip(tau[:, :3].flatten().tolist(), d[:, :3].flatten().tolist()))
+            assert got == prefix, (use_cache, got, prefix)
 
 
 def test_sampling_loop_feeds_the_documented_levels():

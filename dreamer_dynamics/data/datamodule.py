@@ -28,7 +28,7 @@ from dreamer_dynamics.errors import ConfigError
 from .codec import decoder_for
 from .context_file import load_context_file
 from .dataset import LatentDataset, LatentWindowDataset, split_episodes
-from .default import ToyDatasetConfig, builtin_dataset_root, toy_object_locator
+from .default import ToyDatasetConfig, builtin_dataset_root, toy_config, toy_object_locator
 from .fingerprint import dataset_fingerprint, fingerprint_changes
 from .format import DatasetError
 from .sampler import AlternatingLengthBatchSampler, Window
@@ -60,6 +60,8 @@ class DynamicsDataModule(pl.LightningDataModule):
         predict_context: a context file (.npy / .npz, data/context_file.py) that ``predict`` rolls out from
             instead of the held-out windows; the dataset at ``root`` still gives the latent shape and decoder.
         toy: generator config of the built-in dataset (used only when root is None).
+        world: the built-in world (used only when root is None): "deterministic" (the default) or
+            "stochastic", whose balls turn at random (``toy.turn_probability``, 0.5 unless set; docs/data.md).
         cache_dir: cache of the built-in dataset; None = $DREAMER_DYNAMICS_CACHE or ~/.cache/dreamer_dynamics.
         pin_memory: pin host memory in the DataLoaders (GPU training).
         standardize: emit standardised latents, (z - mean) / std with the dataset's ``latent_stats``: True or
@@ -97,6 +99,7 @@ class DynamicsDataModule(pl.LightningDataModule):
         predict_batches: int = 1,
         predict_context: str | None = None,
         toy: ToyDatasetConfig | dict | None = None,
+        world: str = "deterministic",
         cache_dir: str | None = None,
         pin_memory: bool = False,
         standardize: bool | Literal["pooled", "channel"] = True,
@@ -109,7 +112,7 @@ class DynamicsDataModule(pl.LightningDataModule):
         self.save_hyperparameters(ignore=["toy"])
         self.hparams["toy"] = asdict(toy) if toy is not None else None
         if root is None:  # generated once, then read from the cache; rank-safe (see default.py)
-            root = str(builtin_dataset_root(toy, cache_dir, progress=True))
+            root = str(builtin_dataset_root(toy_config(world, toy), cache_dir, progress=True))
         self.root = os.fspath(root)
         self.dataset = LatentDataset(
             self.root, check_files=False

@@ -41,14 +41,17 @@ class TimeKVCache:
 
 
 def context_signal_level(context_noise: float, k_max: int) -> float:
-    """tau_ctx = 1 - context_noise snapped to the d_min grid (0.1 -> round(0.9 * 64) / 64 for k_max = 64).
+    """tau_ctx = 1 - context_noise snapped to the d_min grid (0.1 -> round(0.9 * 64) / 64 for k_max = 64),
+    at most 1 - 1/k_max.
 
     The paper's "tau_ctx = 0.1" is a noise amount: a signal level of 0.1 would be almost pure noise
-    (docs/design.md §5).
+    (docs/design.md §5). Where it rounds to 1 (k_max * context_noise < 0.5) it becomes 1 - d_min, the cleanest
+    level training draws: tau = 1 is never trained (§3.2). Rollouts and the training context prefix both
+    take their level from here.
     """
     if not 0.0 <= context_noise <= 1.0:
         raise ValueError(f"rollout: context_noise must be in [0, 1], got {context_noise}")
-    return round((1.0 - context_noise) * k_max) / k_max
+    return min(round((1.0 - context_noise) * k_max), k_max - 1) / k_max
 
 
 @torch.no_grad()
