@@ -31,6 +31,7 @@ from .dataset import LatentDataset, LatentWindowDataset, split_episodes
 from .default import ToyDatasetConfig, builtin_dataset_root, toy_config, toy_object_locator
 from .fingerprint import dataset_fingerprint, fingerprint_changes
 from .format import DatasetError
+from .oracle import ToyOracle, toy_oracle
 from .sampler import AlternatingLengthBatchSampler, Window
 from .stats import SCALES, compute_latent_stats, stale_reason, standardization, write_latent_stats
 
@@ -181,6 +182,13 @@ class DynamicsDataModule(pl.LightningDataModule):
         """Built-in world only: latents [..., N_b, D_b] (data units) -> object positions [..., 1 + balls, 2]
         (the sprite, then each ball; ``toy_env.locate_objects``) for the object-accuracy metric; else None."""
         return toy_object_locator(self.dataset.meta.attributes, self.decoder)
+
+    @cached_property
+    def oracle(self) -> ToyOracle | None:
+        """Built-in world only: samples of the true future of a validation window (data/oracle.py), for the
+        oracle-referenced rollout metrics; else None. Evaluation batches carry what it needs ("episode",
+        "start")."""
+        return toy_oracle(self.dataset.meta, self.decoder)
 
     # ------------------------------------------------------------------ standardisation (docs/data.md)
     def standardize(self, latents: torch.Tensor) -> torch.Tensor:
@@ -429,7 +437,9 @@ class _TrainLoader(DataLoader):
 
 
 class _ListDataset:
-    """Positions 0..n-1 -> the given windows (for plain batch_size DataLoaders)."""
+    """Positions 0..n-1 -> the given windows (for plain batch_size DataLoaders), each with its "episode" index
+    and the absolute index of its first frame, "start" (int64 scalars; [B] in a batch), which locate it in
+    its episode (the built-in world's oracle replays the episode from them)."""
 
     def __init__(self, windows_dataset: LatentWindowDataset, windows: list[Window]):
         self.windows_dataset, self.windows = windows_dataset, windows
@@ -438,4 +448,6 @@ class _ListDataset:
         return len(self.windows)
 
     def __getitem__(self, i: int):
-        return self.windows_dataset[self.windows[i]]
+        episode, start, _ = self.windows[i]
+        item = self.windows_dataset[self.windows[i]]
+        return {**item, "episode": torch.tensor(int(episode)), "start": torch.tensor(int(start))}
