@@ -52,8 +52,8 @@ from dreamer_dynamics.training.metrics import ValidationMetrics
 from dreamer_dynamics.training.optim import (
     WarmupCosineLR,
     default_optimizer,
+    learning_rates,
     parameter_groups,
-    upgrade_two_group_checkpoint,
 )
 from dreamer_dynamics.training.rng import (
     collect_global_rng_state,
@@ -278,7 +278,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             logs[f"train/{name}"] = value.detach()
             logs[f"train/{name}_rms"] = self.loss_normalizer.rms(name)
         if self._trainer is not None and self.trainer.optimizers:
-            logs["train/lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+            logs.update(learning_rates(self.trainer.optimizers[0]))
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=z1.shape[0])
         # progress bar: the unnormalised loss (the normalised one is ~1 by design, docs/design.md §3.9)
         self.log(
@@ -410,7 +410,6 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             checkpoint["hyper_parameters"] = {**hparams, "model": dataclasses.asdict(hparams["model"])}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        upgrade_two_group_checkpoint(checkpoint, self.model)  # earlier releases saved two parameter groups
         rng = checkpoint.get("dreamer_dynamics_rng")
         if not rng:
             return
