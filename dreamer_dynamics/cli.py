@@ -25,7 +25,8 @@
   to the logger's version folder, ``RolloutWriter`` without ``output_dir`` writes ``<root>/predictions``.
 * One optimiser setting: ``model.optimizer`` / ``model.scheduler`` (LightningCLI's automatic ``--optimizer``
   and ``--lr_scheduler``, which would bypass the module's parameter groups and schedule, are disabled).
-* Dataset and configuration errors print one line and exit 1; ``DREAMER_DYNAMICS_TRACEBACK=1`` shows the full
+* Dataset and configuration errors, unknown keys (with the closest valid ones), bad values and Lightning's
+  own configuration errors print one line and exit 1; ``DREAMER_DYNAMICS_TRACEBACK=1`` shows the full
   traceback. Checkpoints are loaded with weights-only unpickling (``--weights_only true`` is the default).
 """
 
@@ -35,9 +36,10 @@ import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
@@ -52,7 +54,13 @@ from dreamer_dynamics.configs import resolve_config_args
 from dreamer_dynamics.data import DynamicsDataModule
 from dreamer_dynamics.data.fingerprint import dataset_fingerprint
 from dreamer_dynamics.data.format import METADATA_FILE, DatasetError
-from dreamer_dynamics.errors import TRACEBACK_ENV, ConfigError, show_traceback
+from dreamer_dynamics.errors import (
+    TRACEBACK_ENV,
+    ConfigError,
+    MissingExtraError,
+    argument_error_line,
+    show_traceback,
+)
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.quiet import quiet_known_messages, quiet_weight_averaging_warning
 from dreamer_dynamics.training.progress import StepProgressBar
@@ -65,7 +73,8 @@ LINKED_DATA_FIELDS = (
     "num_continuous_actions",
     "token_grid",
 )
-USER_ERRORS = (DatasetError, ConfigError)  # printed as one line, exit 1
+# printed as one line, exit 1
+USER_ERRORS = (DatasetError, ConfigError, MissingExtraError, MisconfigurationException)
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # resolved by Lightning itself
 # DynamicsModule settings that change evaluation only, never the weights: with --ckpt_path, Lightning replaces
 # the whole model config by the checkpoint's hyper-parameters; these keep the values of this command line.
@@ -107,6 +116,34 @@ class WeightsOnlyParser(LightningArgumentParser):
         if "weights_only" in added:
             self.set_defaults(weights_only=True)
         return added
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        """Where the parser would print its usage and exit: a ConfigError of one line instead (``main``
+        prints it), an unknown key with the closest valid keys."""
+        if not self.exit_on_error:  # jsonargparse's internal parsers: it catches and rephrases these
+            super().error(message, ex)
+        raise ConfigError(argument_error_line(message, parser_keys(self))) from ex
+
+
+def parser_keys(parser: Any) -> set[str]:
+    """Every key the parser and its subcommand parsers accept (``model.model.dim``, ``trainer.max_steps``)."""
+    keys = set()
+    for action in parser._actions:
+        if isinstance(getattr(action, "choices", None), dict):  # subcommands: name -> parser
+            for sub in action.choices.values():
+                keys |= parser_keys(sub)
+        elif action.option_strings and action.dest not in ("help", "config", "print_config"):
+            keys.add(action.dest)
+    return keys
+
+
+def check_trainer_limits(trainer: Any) -> None:
+    """``trainer.max_steps`` must allow a step: a positive count, or -1 (no limit)."""
+    steps = trainer.get("max_steps") if isinstance(trainer, Namespace) else None
+    if steps is not None and steps != -1 and steps < 1:
+        raise ConfigError(
+            f"trainer.max_steps {steps}: fit needs at least one step (a positive count, or -1 for no limit)"
+        )
 
 
 class DynamicsCLI(LightningCLI):
@@ -197,6 +234,8 @@ class DynamicsCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         for key, value in getattr(self, "_evaluation_settings", {}).items():
             config.model[key] = value  # the command line's, not the checkpoint's (see EVALUATION_SETTINGS)
+        if self.subcommand == "fit":
+            check_trainer_limits(config.get("trainer"))
         self.place_outputs(config, resume=self.subcommand == "fit")
 
     def place_outputs(self, config: Namespace, *, resume: bool) -> None:
@@ -246,11 +285,11 @@ def main(args: Optional[list[str]] = None) -> None:
 
         sys.exit(export_main(argv[1:]))
     quiet_known_messages()
-    if args is None:  # rewrite sys.argv itself: DDP launchers re-run it in the child processes
-        sys.argv[1:] = resolve_config_args(sys.argv[1:])
-    else:
-        args = resolve_config_args(list(args))
     try:
+        if args is None:  # rewrite sys.argv itself: DDP launchers re-run it in the child processes
+            sys.argv[1:] = resolve_config_args(sys.argv[1:])
+        else:
+            args = resolve_config_args(list(args))
         DynamicsCLI(args=args)
     except USER_ERRORS as err:
         if show_traceback():

@@ -10,8 +10,9 @@
     dreamer-dynamics-data from-npz OUT FILE [FILE ...] (--frames KEY | --latents KEY) [--actions-discrete KEY]
     dreamer-dynamics-data from-hdf5 OUT FILE [FILE ...] (--frames KEY | --latents KEY) [--episodes GROUP]
 
-Exit status 0 = fine, 1 = the dataset has a problem (printed as ``error: FILE: PROBLEM``). Missing latent
-statistics are a warning (``warning: FILE: ...``, exit status 0); stale ones are an error.
+Exit status 0 = fine, 1 = the dataset has a problem (printed as ``error: FILE: PROBLEM``) or an optional
+extra is missing (``error: ... pip install ...``); ``DREAMER_DYNAMICS_TRACEBACK=1`` shows the full traceback.
+Missing latent statistics are a warning (``warning: FILE: ...``, exit status 0); stale ones are an error.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+from dreamer_dynamics.errors import ConfigError, MissingExtraError, show_traceback
 
 from .dataset import LatentDataset
 from .default import ToyDatasetConfig, generate_toy_dataset
@@ -306,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except DatasetError as err:
+    except (DatasetError, ConfigError, MissingExtraError) as err:
+        if show_traceback():
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

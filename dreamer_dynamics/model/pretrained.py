@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .config import DynamicsConfig
+from .rollout import check_context_shape
 from .rollout import rollout as _rollout
 
 PRETRAINED_FORMAT = "dreamer-dynamics-pretrained/1"
@@ -129,6 +130,7 @@ def rollout_in_data_units(
     ``latent_stats`` (if any), the generated frames [B, horizon, N_b, D_b] are mapped back."""
     defaults = {**DEFAULT_ROLLOUT, **(getattr(model, "rollout_defaults", None) or {})}
     stats = getattr(model, "latent_stats", None)
+    check_context_shape(context, model.config)  # before standardising: the shapes, not a broadcast error
     if stats is not None:
         mean, std = (stats[k].to(context.device, context.dtype) for k in ("mean", "std"))  # (D_b,)
         context = (context - mean) / std

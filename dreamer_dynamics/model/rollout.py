@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -52,6 +52,17 @@ def context_signal_level(context_noise: float, k_max: int) -> float:
 
 
 @torch.no_grad()
+def check_context_shape(context: torch.Tensor, config: Any) -> None:
+    """A ValueError naming the expected and the given shape unless context is (B, T_ctx, N_b, D_b) of the
+    model's ``config``; called before anything is computed with it (also before standardising)."""
+    expected = (config.latent_tokens, config.latent_dim)
+    if context.dim() != 4 or tuple(context.shape[2:]) != expected:
+        raise ValueError(
+            f"rollout: context must have shape (B, T_ctx, {expected[0]}, {expected[1]}), "
+            f"got {tuple(context.shape)}"
+        )
+
+
 def rollout(
     model: nn.Module,
     context: torch.Tensor,
@@ -74,12 +85,7 @@ def rollout(
     frames (`use_cache=False` recomputes the whole sequence for every step: the reference, O(horizon^2)).
     """
     cfg = model.config
-    if context.dim() != 4 or tuple(context.shape[2:]) != (cfg.latent_tokens, cfg.latent_dim):
-        raise ValueError(
-            "rollout: context must have shape "
-            f"(B, T_ctx, {cfg.latent_tokens}, {cfg.latent_dim}), "
-            f"got {tuple(context.shape)}"
-        )
+    check_context_shape(context, cfg)
     if horizon < 0:
         raise ValueError(f"rollout: horizon must be >= 0, got {horizon}")
     if not is_power_of_two(num_steps) or num_steps > cfg.k_max:
