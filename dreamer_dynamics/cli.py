@@ -58,6 +58,7 @@ from dreamer_dynamics.errors import (
     TRACEBACK_ENV,
     ConfigError,
     MissingExtraError,
+    NonFiniteLossError,
     argument_error_line,
     show_traceback,
 )
@@ -74,7 +75,7 @@ LINKED_DATA_FIELDS = (
     "token_grid",
 )
 # printed as one line, exit 1
-USER_ERRORS = (DatasetError, ConfigError, MissingExtraError, MisconfigurationException)
+USER_ERRORS = (DatasetError, ConfigError, MissingExtraError, MisconfigurationException, NonFiniteLossError)
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # resolved by Lightning itself
 # DynamicsModule settings that change evaluation only, never the weights: with --ckpt_path, Lightning replaces
 # the whole model config by the checkpoint's hyper-parameters; these keep the values of this command line.

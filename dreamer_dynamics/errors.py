@@ -22,6 +22,10 @@ class ConfigError(ValueError):
     """A configuration value, or a checkpoint, that cannot work; the message says which and why."""
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training met a non-finite loss; the message names the step (docs/training.md, "Errors")."""
+
+
 class MissingExtraError(ImportError):
     """An optional dependency is not installed; the message gives the ``pip install`` command."""
 
@@ -68,6 +72,7 @@ def show_traceback() -> bool:
 __all__ = [
     "ConfigError",
     "MissingExtraError",
+    "NonFiniteLossError",
     "TRACEBACK_ENV",
     "argument_error_line",
     "did_you_mean",

@@ -92,6 +92,10 @@ def _validate(args: argparse.Namespace) -> None:
         )
     recomputed = None if args.quick else LatentStatistics(ds.latent_shape[1])
     ds.validate(deep=not args.quick, stats=recomputed)  # one pass: values checked and statistics recomputed
+    if args.quick and ds.latent_stats is None:  # finite recorded statistics vouch for the latents; else scan
+        found = ds.find_non_finite()
+        if found is not None:
+            raise DatasetError(found[0], f"latents contain NaN/inf at frame {found[1]}")
     if len(ds) == 0:
         raise DatasetError(ds.root, "dataset has no episodes")
     metadata = ds.root / METADATA_FILE
@@ -115,6 +119,7 @@ def _stats(args: argparse.Namespace) -> None:
     if len(ds) == 0:
         raise DatasetError(ds.root, "dataset has no episodes")
     stats = compute_latent_stats(ds, progress=True)
+    ds.check_finite_stats(stats.record())  # NaN/inf latents: their file and frame, nothing recorded
     path = write_latent_stats(ds.root, stats)
     print(f"wrote latent_stats to {path}: {_describe_stats(stats.record())}")
 
