@@ -66,6 +66,15 @@ from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.quiet import quiet_known_messages, quiet_weight_averaging_warning
 from dreamer_dynamics.training.progress import StepProgressBar
 
+DESCRIPTION = (
+    "Train and evaluate the dynamics model of a DreamerV4-style world model on latent datasets "
+    "(fit, validate, test, predict; --config quickstart runs the built-in world), and export a checkpoint "
+    "for inference without Lightning (export)."
+)
+EXPORT_USAGE = (
+    "dreamer-dynamics export CKPT DIR [--weights ema|online]: a checkpoint -> config.json + "
+    "model.safetensors for DynamicsTransformer.from_pretrained (dreamer-dynamics export --help)"
+)
 # DataModule property -> DynamicsConfig field (model.model.<field>)
 LINKED_DATA_FIELDS = (
     "latent_tokens",
@@ -161,7 +170,11 @@ class DynamicsCLI(LightningCLI):
         kwargs.setdefault("parser_class", WeightsOnlyParser)
         kwargs.setdefault("auto_configure_optimizers", False)  # one optimiser setting: model.optimizer
         parser_kwargs = kwargs.setdefault("parser_kwargs", {})
-        parser_kwargs.setdefault("epilog", f"Set {TRACEBACK_ENV}=1 for full tracebacks of one-line errors.")
+        parser_kwargs.setdefault("description", DESCRIPTION)
+        parser_kwargs.setdefault(
+            "epilog",
+            f"Also: {EXPORT_USAGE}. Set {TRACEBACK_ENV}=1 for full tracebacks of one-line errors.",
+        )
         super().__init__(model_class, datamodule_class, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

@@ -44,6 +44,13 @@ def _stats_to_json(stats: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
     return out
 
 
+def _umask_mode() -> int:
+    """The mode ``open()`` gives a new file: 0666 less the process umask (read by setting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_pretrained(
     model: nn.Module,
     directory: str | os.PathLike,
@@ -70,6 +77,7 @@ def save_pretrained(
     }
     tmp = directory / f".tmp-{WEIGHTS_FILE}-{os.getpid()}"
     save_file(state, str(tmp), metadata={"format": PRETRAINED_FORMAT})
+    os.chmod(tmp, _umask_mode())  # safetensors creates 0600; every other output follows the umask
     os.replace(tmp, directory / WEIGHTS_FILE)
     tmp = directory / f".tmp-{CONFIG_FILE}-{os.getpid()}"
     tmp.write_text(json.dumps(config, indent=1))
