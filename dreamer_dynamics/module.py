@@ -24,6 +24,7 @@ hook                                       default
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
@@ -34,7 +35,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from dreamer_dynamics.errors import ConfigError
+from dreamer_dynamics.errors import ConfigError, NonFiniteLossError
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, context_signal_level
 from dreamer_dynamics.objective import (
     LOSS_WEIGHTINGS,
@@ -52,8 +53,8 @@ from dreamer_dynamics.training.metrics import ValidationMetrics
 from dreamer_dynamics.training.optim import (
     WarmupCosineLR,
     default_optimizer,
+    learning_rates,
     parameter_groups,
-    upgrade_two_group_checkpoint,
 )
 from dreamer_dynamics.training.rng import (
     collect_global_rng_state,
@@ -266,6 +267,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         if clash:
             raise ValueError(f"extra_loss_terms returned names that already exist: {sorted(clash)}")
         terms.update(extra)
+        self.check_finite(terms)
         normalized = self.loss_normalizer(terms)
         loss = torch.stack(list(normalized.values())).sum()
 
@@ -278,7 +280,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             logs[f"train/{name}"] = value.detach()
             logs[f"train/{name}_rms"] = self.loss_normalizer.rms(name)
         if self._trainer is not None and self.trainer.optimizers:
-            logs["train/lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+            logs.update(learning_rates(self.trainer.optimizers[0]))
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=z1.shape[0])
         # progress bar: the unnormalised loss (the normalised one is ~1 by design, docs/design.md §3.9)
         self.log(
@@ -290,6 +292,22 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             batch_size=z1.shape[0],
         )
         return loss
+
+    def check_finite(self, terms: dict[str, Tensor]) -> None:
+        """Stop the run (NonFiniteLossError, one line naming the step) before a non-finite loss term reaches
+        the running RMS, the gradients or a checkpoint. Every rank takes the same decision (one all-reduce of
+        a flag), so none is left waiting in a collective the others abandoned."""
+        values = torch.stack([v.detach().float() for v in terms.values()])
+        finite = bool(torch.isfinite(values).all())
+        if self._trainer is not None:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            bad = [name for name, v in zip(terms, values.tolist()) if not math.isfinite(v)]
+            raise NonFiniteLossError(
+                f"training stopped at step {self.global_step + 1}: the loss is not finite "
+                f"({', '.join(bad) or 'on another rank'}); nothing of this step was applied or saved. "
+                "Check the data (`dreamer-dynamics-data validate ROOT`) or lower the learning rate"
+            )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Before clipping: the norm the clip threshold is compared with (reduced over FSDP shards).
@@ -410,7 +428,6 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             checkpoint["hyper_parameters"] = {**hparams, "model": dataclasses.asdict(hparams["model"])}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        upgrade_two_group_checkpoint(checkpoint, self.model)  # earlier releases saved two parameter groups
         rng = checkpoint.get("dreamer_dynamics_rng")
         if not rng:
             return

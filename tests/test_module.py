@@ -21,6 +21,7 @@ from dreamer_dynamics.objective import ShortcutForcingLoss
 from dreamer_dynamics.training import (
     EMA,
     LatentThroughputMonitor,
+    MuonAdamW,
     RolloutImageLogger,
     RolloutWriter,
     ValidationMetrics,
@@ -101,7 +102,7 @@ def test_fit_logs_terms_rms_total_and_validation_to_tensorboard(tmp_path, cache)
     expected = {
         "train/loss",
         "train/loss_unnormalized",
-        "train/lr",
+        "train/lr_adamw",
         "train/grad_norm",
         "train/latent_tokens_per_s",
         "val/loss",
@@ -122,6 +123,7 @@ def test_fit_logs_terms_rms_total_and_validation_to_tensorboard(tmp_path, cache)
     assert last_scalar(events, "val/rollout_excess_k1") == pytest.approx(
         last_scalar(events, "val/rollout_es_ratio_k1"), rel=1e-3
     )
+    assert "train/lr_muon" not in scalars  # AdamW only
     assert len(events.Scalars("train/loss")) == 3  # every step
     # The shortcut loss is flow + bootstrap (docs/design.md §3.6), normalised as one term by its running RMS.
     shortcut = last_scalar(events, "train/shortcut")
@@ -287,6 +289,19 @@ def test_optimizer_groups_and_warmup_cosine_schedule(tmp_path, cache):
     assert scheduler.lr_factor(60) == pytest.approx(0.55)  # half way down the cosine: (1 + 0.1) / 2
     assert scheduler.lr_factor(110) == pytest.approx(0.1) and scheduler.lr_factor(500) == pytest.approx(0.1)
     assert all(isinstance(v, (int, float, list, bool, type(None))) for v in scheduler.state_dict().values())
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
+def test_muon_and_adamw_rates_are_logged_apart(tmp_path, cache):
+    data = make_data(cache)
+    optimizer = lambda groups: MuonAdamW(groups, lr=1e-3, muon_lr=0.02)  # noqa: E731
+    scheduler = lambda opt: WarmupCosineLR(opt, warmup_steps=0)  # noqa: E731
+    module = make_module(data, optimizer=optimizer, scheduler=scheduler)
+    trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(module, data)
+    events = read_events(trainer)
+    assert last_scalar(events, "train/lr_muon") == pytest.approx(0.02)
+    assert last_scalar(events, "train/lr_adamw") == pytest.approx(1e-3)
 
 
 def count_calls(model: torch.nn.Module, calls: list) -> None:

@@ -213,7 +213,9 @@ class DynamicsDataModule(pl.LightningDataModule):
         return mean.astype(np.float32), std.astype(np.float32)
 
     def _load_latent_stats(self) -> dict[str, Any] | None:
-        """The dataset's record; computed once (and recorded in metadata.json) when missing or stale."""
+        """The dataset's record; computed once (and recorded in metadata.json) when missing or stale. Latents
+        that are not finite are refused here, before any training step (statistics over them are not finite;
+        a recorded record is finite by the format's rules)."""
         record = self.dataset.latent_stats
         reason = "no latent_stats" if record is None else stale_reason(self.dataset, record)
         if reason is None:
@@ -222,6 +224,7 @@ class DynamicsDataModule(pl.LightningDataModule):
             return None  # setup() reports the empty dataset
         rank_zero_info(f"{self.root}: {reason}; computing them once from the episodes")
         stats = compute_latent_stats(self.dataset)
+        self.dataset.check_finite_stats(stats.record())  # a NaN latent: its file and frame, nothing recorded
         try:
             write_latent_stats(self.root, stats)
         except (DatasetError, OSError) as err:

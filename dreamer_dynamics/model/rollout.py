@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -104,7 +106,7 @@ class RolloutStepper:
         use_cache: bool = True,
     ) -> None:
         cfg = model.config
-        check_context(cfg, context)
+        check_context_shape(context, cfg)
         b, t_ctx = context.shape[:2]
         actions = {"actions_discrete": actions_discrete, "actions_continuous": actions_continuous}
         for name, acts in actions.items():
@@ -206,11 +208,13 @@ class RolloutStepper:
         return torch.randn(self._frame_shape, generator=self.generator, device=like.device, dtype=like.dtype)
 
 
-def check_context(cfg, context: torch.Tensor) -> None:
-    """One clear line unless context is (B, T_ctx, latent_tokens, latent_dim)."""
-    if context.dim() != 4 or tuple(context.shape[2:]) != (cfg.latent_tokens, cfg.latent_dim):
+def check_context_shape(context: torch.Tensor, config: Any) -> None:
+    """A ValueError naming the expected and the given shape unless context is (B, T_ctx, N_b, D_b) of the
+    model's ``config``; called before anything is computed with it (also before standardising)."""
+    expected = (config.latent_tokens, config.latent_dim)
+    if context.dim() != 4 or tuple(context.shape[2:]) != expected:
         raise ValueError(
-            f"rollout: context must have shape (B, T_ctx, {cfg.latent_tokens}, {cfg.latent_dim}), "
+            f"rollout: context must have shape (B, T_ctx, {expected[0]}, {expected[1]}), "
             f"got {tuple(context.shape)}"
         )
 
@@ -233,7 +237,8 @@ def rollout(
     actions_* cover T_ctx + horizon frames (actions[t] led from frame t-1 to frame t). A loop over
     `RolloutStepper.step`; see there for the sampling conventions.
     """
-    check_context(model.config, context)
+    cfg = model.config
+    check_context_shape(context, cfg)
     if horizon < 0:
         raise ValueError(f"rollout: horizon must be >= 0, got {horizon}")
     b, t_ctx = context.shape[:2]

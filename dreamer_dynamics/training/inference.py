@@ -18,6 +18,7 @@ from torch import Tensor
 from dreamer_dynamics.data.stats import standardization
 from dreamer_dynamics.errors import ConfigError
 from dreamer_dynamics.model import rollout
+from dreamer_dynamics.model.rollout import check_context_shape
 
 
 class InferenceMixin:
@@ -98,6 +99,7 @@ class InferenceMixin:
         """
         as_numpy = isinstance(context, np.ndarray)
         context = torch.as_tensor(context, device=self.device, dtype=torch.float32)
+        check_context_shape(context, self.config)  # before standardising: the shapes, not a broadcast error
         if actions_discrete is not None:
             actions_discrete = torch.as_tensor(actions_discrete, device=self.device).long()
             if actions_discrete.dim() == 2:  # [B, T]: one categorical component
