@@ -40,6 +40,7 @@ from typing import Any, Optional
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from dreamer_dynamics.checkpoints import (
@@ -55,6 +56,7 @@ from dreamer_dynamics.data.format import METADATA_FILE, DatasetError
 from dreamer_dynamics.errors import TRACEBACK_ENV, ConfigError, show_traceback
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.quiet import quiet_known_messages, quiet_weight_averaging_warning
+from dreamer_dynamics.training.interrupt import AtomicCheckpointIO, StopOnSignal
 from dreamer_dynamics.training.progress import StepProgressBar
 
 # DataModule property -> DynamicsConfig field (model.model.<field>)
@@ -226,7 +228,14 @@ class DynamicsCLI(LightningCLI):
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
         if trainer.get("enable_progress_bar") is not False and not has_bar:
-            trainer["callbacks"] = [*callbacks, StepProgressBar()]
+            callbacks = [*callbacks, StepProgressBar()]
+        if not any(isinstance(c, StopOnSignal) for c in callbacks):
+            callbacks = [*callbacks, StopOnSignal()]  # SIGTERM / Ctrl-C: checkpoint, then stop
+        trainer["callbacks"] = callbacks
+        plugins = trainer.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            trainer["plugins"] = [*plugins, AtomicCheckpointIO()]  # never a half-written checkpoint
         return super().instantiate_trainer(**kwargs)
 
     def after_instantiate_classes(self) -> None:
