@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
@@ -48,6 +48,7 @@ from dreamer_dynamics.checkpoints import (
     find_last_checkpoint,
     log_version_of,
     read_checkpoint_info,
+    run_dir_of,
 )
 from dreamer_dynamics.configs import resolve_config_args
 from dreamer_dynamics.data import DynamicsDataModule
@@ -57,6 +58,7 @@ from dreamer_dynamics.errors import TRACEBACK_ENV, ConfigError, show_traceback
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.quiet import quiet_known_messages, quiet_weight_averaging_warning
 from dreamer_dynamics.training.interrupt import AtomicCheckpointIO, StopOnSignal
+from dreamer_dynamics.training.prediction import RolloutWriter
 from dreamer_dynamics.training.progress import StepProgressBar
 
 # DataModule property -> DynamicsConfig field (model.model.<field>)
@@ -199,7 +201,22 @@ class DynamicsCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         for key, value in getattr(self, "_evaluation_settings", {}).items():
             config.model[key] = value  # the command line's, not the checkpoint's (see EVALUATION_SETTINGS)
+        if self.subcommand in ("validate", "test", "predict"):
+            self.place_evaluation(config)
         self.place_outputs(config, resume=self.subcommand == "fit")
+
+    def place_evaluation(self, config: Namespace) -> None:
+        """Evaluating a checkpoint without ``default_root_dir`` writes beside the checkpoint's run;
+        ``predict`` keeps no logger (nothing to log) and no config copy: its output is the predictions."""
+        trainer = config.get("trainer")
+        ckpt = config.get("ckpt_path")
+        if not isinstance(trainer, Namespace):
+            return
+        if trainer.get("default_root_dir") is None and ckpt and Path(str(ckpt)).is_file():
+            trainer.default_root_dir = str(run_dir_of(ckpt))
+        if self.subcommand == "predict":
+            trainer.logger = False
+            self.save_config_callback = None
 
     def place_outputs(self, config: Namespace, *, resume: bool) -> None:
         """Loggers without ``save_dir`` log under ``default_root_dir``; a resumed ``fit`` whose checkpoint
@@ -229,6 +246,8 @@ class DynamicsCLI(LightningCLI):
         has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
         if trainer.get("enable_progress_bar") is not False and not has_bar:
             callbacks = [*callbacks, StepProgressBar()]
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in callbacks):
+            callbacks = [*callbacks, RolloutWriter()]  # .npy files and pictures, under default_root_dir
         if not any(isinstance(c, StopOnSignal) for c in callbacks):
             callbacks = [*callbacks, StopOnSignal()]  # SIGTERM / Ctrl-C: checkpoint, then stop
         trainer["callbacks"] = callbacks
