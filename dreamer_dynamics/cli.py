@@ -52,7 +52,7 @@ from dreamer_dynamics.checkpoints import (
 )
 from dreamer_dynamics.configs import resolve_config_args
 from dreamer_dynamics.data import DynamicsDataModule
-from dreamer_dynamics.data.fingerprint import dataset_fingerprint
+from dreamer_dynamics.data.fingerprint import dataset_fingerprint, is_other_dataset
 from dreamer_dynamics.data.format import METADATA_FILE, DatasetError
 from dreamer_dynamics.errors import TRACEBACK_ENV, ConfigError, show_traceback
 from dreamer_dynamics.module import DynamicsModule
@@ -69,6 +69,7 @@ LINKED_DATA_FIELDS = (
     "num_continuous_actions",
     "token_grid",
 )
+OTHER_DATASET_FLAG = "resume_other_dataset"  # fit: continue a checkpoint on another dataset
 USER_ERRORS = (DatasetError, ConfigError)  # printed as one line, exit 1
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # resolved by Lightning itself
 # DynamicsModule settings that change evaluation only, never the weights: with --ckpt_path, Lightning replaces
@@ -131,6 +132,12 @@ class DynamicsCLI(LightningCLI):
         super().__init__(model_class, datamodule_class, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            f"--{OTHER_DATASET_FLAG}",
+            type=bool,
+            default=False,
+            help="fit: resume a checkpoint on another dataset than the one it was trained on",
+        )
         for field in LINKED_DATA_FIELDS:
             parser.link_arguments(f"data.{field}", f"model.model.{field}", apply_on="instantiate")
         parser.link_arguments("data.latent_stats", "model.latent_stats", apply_on="instantiate")
@@ -139,6 +146,8 @@ class DynamicsCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        if subcommand:
+            self.run_dir_from_dataset(self.config[subcommand], sys.argv[1:] if args is None else args)
         if subcommand and self.config[subcommand].get("ckpt_path"):
             self.reconcile_checkpoint(subcommand, self.config[subcommand])
             model = self.config[subcommand].get("model")
@@ -148,6 +157,18 @@ class DynamicsCLI(LightningCLI):
                 for k in EVALUATION_SETTINGS
                 if isinstance(model, Namespace) and k in model and k in defaults and model[k] != defaults[k]
             }
+
+    @staticmethod
+    def run_dir_from_dataset(config: Namespace, args: Any) -> None:
+        """``--data.root PATH`` on the command line without ``--trainer.default_root_dir``: the run directory
+        is ``runs/<PATH's folder name>``, not the config's, so runs on different datasets stay apart (and
+        ``--ckpt_path last`` finds only this dataset's checkpoints)."""
+        given = [str(a).split("=", 1)[0] for a in args] if isinstance(args, (list, tuple)) else []
+        data, trainer = config.get("data"), config.get("trainer")
+        if "--data.root" not in given or "--trainer.default_root_dir" in given:
+            return
+        if isinstance(data, Namespace) and data.get("root") and isinstance(trainer, Namespace):
+            trainer.default_root_dir = str(Path("runs") / Path(str(data.root)).resolve().name)
 
     def reconcile_checkpoint(self, subcommand: str, config: Namespace) -> None:
         """Resolve ``last``; take the recorded dataset when no ``--data.root`` is given; refuse a dataset the
@@ -182,7 +203,15 @@ class DynamicsCLI(LightningCLI):
                 if key in data and key in defaults and key not in NOT_ADOPTED and data[key] == defaults[key]:
                     data[key] = value
         root = data.root if data.root is not None else self.builtin_root(data)
-        check_spec(ckpt, info["model"], root, dataset_fingerprint(root))
+        fingerprint = dataset_fingerprint(root)
+        check_spec(ckpt, info["model"], root, fingerprint)
+        if subcommand == "fit" and recorded and not config.get(OTHER_DATASET_FLAG):
+            if is_other_dataset(info["fingerprint"], fingerprint):
+                raise ConfigError(
+                    f"--ckpt_path {ckpt} was trained on {recorded}, not {fingerprint['root']}: resuming "
+                    f"would continue that run on other data (pass --{OTHER_DATASET_FLAG} true to do it "
+                    "anyway, or --trainer.default_root_dir DIR to start a run of its own)"
+                )
 
     @staticmethod
     def builtin_root(data: Namespace) -> str:

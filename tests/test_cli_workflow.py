@@ -326,3 +326,23 @@ def test_predict_and_validate_with_only_a_checkpoint_write_beside_its_run(traine
     run("validate", "--ckpt_path", str(ckpt), cwd=elsewhere)
     assert [p.name for p in elsewhere.iterdir() if p.name != "cache"] == []
     assert list(out.glob("lightning_logs/version_*/events.out.tfevents.*"))
+
+
+def test_runs_on_different_datasets_stay_apart(trained):
+    """``--data.root PATH`` alone puts the run in ``runs/<PATH's name>`` (not the config's runs/quickstart);
+    resuming a checkpoint on another dataset of the same shape is refused in one line naming the flag that
+    allows it."""
+    base, data, out, _ = trained
+    cwd = base / "apart"
+    cwd.mkdir()
+    other = write_dataset(base / "other", episodes=5, start=7)  # same shape, other episodes
+    common = ["--config", "quickstart", *TINY, "--trainer.max_steps=1"]
+    run("fit", *common, "--data.root", str(other), cwd=cwd)
+    assert list((cwd / "runs" / "other" / "tensorboard").glob("version_0/checkpoints/last.ckpt"))
+    assert not (cwd / "runs" / "quickstart").exists()
+
+    ckpt = str(out / "tensorboard" / "version_0" / "checkpoints" / "last.ckpt")
+    resume = ["fit", *common, "--data.root", str(other), "--ckpt_path", ckpt, "--trainer.max_steps=3"]
+    line = one_error_line(run(*resume, cwd=cwd, expect=1))
+    assert f"trained on {data}" in line and "--resume_other_dataset true" in line, line
+    run(*resume, "--resume_other_dataset=true", cwd=cwd)
