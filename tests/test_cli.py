@@ -160,8 +160,8 @@ def test_console_script_fit_then_predict_from_checkpoint(tmp_path):
     assert list((tmp_path / "runs" / "quickstart" / "tensorboard").glob("version_*/events.out.tfevents.*"))
     run_script("predict", *common, "--ckpt_path", str(checkpoint), cwd=tmp_path, env=env)
     predictions = (
-        tmp_path / "runs" / "quickstart" / "predictions"
-    )  # quickstart's RolloutWriter, default_root_dir
+        tmp_path / "runs" / "quickstart" / "predictions" / "version_0"
+    )  # quickstart's RolloutWriter, default_root_dir, this predict's own folder
     files = sorted(predictions.glob("*.rollout.npy"))
     assert files, "predict wrote no rollouts"
     rollout = np.load(files[0])

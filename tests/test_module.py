@@ -480,3 +480,26 @@ def test_context_prefix_frames_reach_training_and_validation(tmp_path, cache):
         assert (tau[:, :2] == 0.875).all() and (d == 1 / 8).all()
     later = torch.cat([tau[:, 2:].flatten() for _, tau, _ in calls[:4]])
     assert (later != 0.875).float().mean() > 0.5  # drawn over {0, 1/8, ..., 7/8}
+
+
+def test_bootstrap_warmup_trains_the_flow_term_alone_then_bootstrap_frames_appear(tmp_path, cache):
+    """``bootstrap_warmup_steps = 2``: in the student passes of steps 0 and 1 every frame is at d_min (flow
+    only, no teacher call); from step 2 on, drawn step sizes above d_min (bootstrap frames) appear."""
+    data = make_data(cache)
+    module = make_module(data, bootstrap_warmup_steps=2)
+    calls = []  # (global step, grad enabled, d) of every network call
+    module.model.register_forward_pre_hook(
+        lambda m, args: calls.append((module.global_step, torch.is_grad_enabled(), args[2].clone()))
+    )
+    trainer = make_trainer(
+        tmp_path, logger=False, enable_checkpointing=False, max_steps=4, limit_val_batches=0
+    )
+    trainer.fit(module, datamodule=data)
+    d_min = module.d_min
+    for step in (0, 1):
+        passes = [(grad, d) for s, grad, d in calls if s == step]
+        assert [grad for grad, _ in passes] == [True], "a warm-up step calls the teacher"
+        assert (passes[0][1] == d_min).all()
+    later = torch.cat([d.flatten() for s, grad, d in calls if s >= 2 and grad])
+    assert (later > d_min).float().mean() > 0.3  # uniform over K = 1..8: 7/8 of frames above d_min
+    assert any(not grad for s, grad, _ in calls if s >= 2)  # bootstrap frames ask the teacher

@@ -192,6 +192,28 @@ def test_sampling_loop_feeds_the_documented_levels():
         assert (tau[:, -1] == (i % 4) / 4).all() and (d[:, -1] == 0.25).all()
 
 
+def test_committed_frames_are_renoised_to_the_context_level():
+    """A generated frame enters the context as tau_ctx * frame + (1 - tau_ctx) * fresh noise (docs/design.md
+    §5), like the given context: the network never sees a clean committed frame, which training never shows
+    it. The input at a committed position, minus tau_ctx times the returned frame, is that noise: N(0, 1)
+    after dividing by 1 - tau_ctx, and uncorrelated with the frame."""
+    model = make()
+    latents, _, _ = episode(model.config, b=16)
+    inputs = []
+    model.register_forward_pre_hook(lambda m, args: inputs.append(args[0].clone()))
+    out = rollout(
+        model, latents[:, :3], 3, num_steps=1, use_cache=False, generator=torch.Generator().manual_seed(0)
+    )
+    tau_ctx = 7 / 8  # debug config: k_max = 8, context_noise 0.1
+    committed = inputs[-1][:, 3:5]  # the last call sees frames 3 and 4 as context
+    frames = out[:, :2]
+    assert not torch.allclose(committed, frames, atol=1e-3), "committed frames enter the context clean"
+    noise = (committed - tau_ctx * frames) / (1 - tau_ctx)
+    assert noise.mean().abs() < 0.05 and 0.9 < noise.std() < 1.1  # 1024 values: +-0.03 on the mean
+    correlation = torch.corrcoef(torch.stack((noise.flatten(), frames.flatten())))[0, 1]
+    assert correlation.abs() < 0.1
+
+
 def test_one_step_rollout_is_the_x_prediction_from_noise():
     """K = 1: the new frame is f(noise, tau=0, d=1) given the corrupted context (generator order: context
     noise, then the new frame's noise)."""

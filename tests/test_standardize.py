@@ -241,3 +241,23 @@ def test_rollout_images_are_decoded_in_the_datasets_units(roots, tmp_path):
     expected = data.decoder(raw).clamp(0, 1)  # (4, 16, 16, 3)
     expected = expected.permute(1, 0, 2, 3).flatten(1, 2).numpy()  # (16, 4*16, 3)
     np.testing.assert_allclose(image[:16], expected, atol=1.5 / 255)
+
+
+def test_rollout_energy_scores_are_in_the_datasets_units(roots, tmp_path):
+    """Validation scores rollouts, truth and the copy-last baseline in the dataset's units: on the scaled copy
+    (same batches after standardisation, same weights) every energy score is SCALE times the built-in one
+    and the ratio to copy-last is unchanged. A baseline scored in other units than the samples breaks both."""
+    scores = {}
+    for name, root in roots.items():
+        data = make_data(root)
+        torch.manual_seed(0)
+        module = make_module(data, val_rollout_steps=[1, 4])
+        trainer = make_trainer(tmp_path / name, 0)
+        trainer.limit_val_batches = 1
+        trainer.validate(module, data, verbose=False)
+        scores[name] = {k: float(v) for k, v in trainer.callback_metrics.items() if "rollout_es" in k}
+    unit, scaled = scores["unit"], scores["scaled"]
+    assert {"val/rollout_es_ratio_k4", "val/rollout_es_copy_last", "val/rollout_es_k4"} <= set(unit)
+    for key in unit:
+        expected = unit[key] if "ratio" in key else SCALE * unit[key]
+        assert scaled[key] == pytest.approx(expected, rel=1e-3), key
