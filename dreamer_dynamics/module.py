@@ -347,10 +347,8 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
 
     def __getstate__(self) -> dict[str, Any]:
         # Lightning's EMAWeightAveraging deep-copies the module; the jsonargparse optimiser/scheduler
-        # factories
-        # reference the CLI parser -> Trainer -> launcher (process handles), which cannot be copied and are
-        # not
-        # needed by an averaged copy.
+        # factories reference the CLI parser -> Trainer -> launcher (process handles), which cannot be copied
+        # and are not needed by an averaged copy.
         state = super().__getstate__()
         state["optimizer_factory"] = state["scheduler_factory"] = None
         return state
@@ -422,8 +420,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         self._noise_generator = None
         if len(ranks) != world:
             # Other world size: the saved streams cannot be assigned to ranks. Re-derive each rank's noise
-            # stream from (noise seed, rank, global step); deterministic, but not a continuation of the saved
-            # run.
+            # stream from (noise seed, rank, global step): deterministic, not a continuation of the saved run.
             step = int(checkpoint.get("global_step", 0))
             sequence = np.random.SeedSequence([self._noise_base_seed(), rank, step])
             seed = sequence.generate_state(1, np.uint64)[0]
@@ -439,8 +436,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         self._pending_generator_state = mine.get("noise_generator")
         # The global RNGs are restored just before the first resumed batch: Lightning draws a DataLoader seed
         # from the torch RNG whenever it starts a loader, and the resumed run starts one that the
-        # uninterrupted run did not. Restoring after that keeps even code that draws from the global RNG
-        # exact.
+        # uninterrupted run did not. Restoring after that keeps code that draws from the global RNG exact.
         self._pending_global_rng = mine
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

@@ -51,14 +51,12 @@ class RolloutScores(Metric):
     """Sums over generated frames, synchronised across ranks (sum reduction), for each K in ``rollout_steps``.
 
     Per K: ``es`` (energy score), ``error`` (E||X - y||), ``spread`` (1/2 E||X - X'||), ``mean_mse`` (MSE of
-    the
-    sample mean, per latent element), ``mse`` (single-sample MSE, per latent element: a secondary figure that
-    rewards blur), and ``object_hits`` (frames whose objects all sit within one pixel of the truth, per
-    sample;
-    built-in world only). Baselines: ``copy_last`` (repeat the last context frame) and ``context_mean`` (the
-    mean
-    of the context frames), each scored ||x - y||. ``compute()`` returns means keyed by log name suffix, plus
-    ``es_ratio_k{K}`` = ES / copy-last ES (below 1 beats copying; 0 is perfect).
+    the sample mean, per latent element), ``mse`` (single-sample MSE, per latent element: a secondary figure
+    that rewards blur), and ``object_hits`` (frames whose objects all sit within one pixel of the truth, per
+    sample; built-in world only). Baselines: ``copy_last`` (repeat the last context frame) and
+    ``context_mean`` (the mean of the context frames), each scored ||x - y||. ``compute()`` returns means
+    keyed by log name suffix, plus ``es_ratio_k{K}`` = ES / copy-last ES (below 1 beats copying; 0 is
+    perfect).
     """
 
     full_state_update = False
@@ -95,8 +93,7 @@ class RolloutScores(Metric):
     ) -> None:
         """One batch of rollouts. context [B, T_ctx, N_b, D_b]; target [B, H, N_b, D_b]; samples: K -> the
         rollouts with K steps [S, B, H, N_b, D_b]; object_hits: K -> bool [S, B, H], every object of the
-        generated
-        frame within one pixel of the truth (data with known objects only)."""
+        generated frame within one pixel of the truth (data with known objects only)."""
         frames = torch.tensor(float(target.shape[0] * target.shape[1]))
         self._add("copy_last", frame_distance(context[:, -1:].expand_as(target), target))
         self._add(
