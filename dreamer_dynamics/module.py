@@ -80,13 +80,16 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             bootstrap targets of a random network carry no information, and flow-only steps skip the teacher.
         loss_weighting: per-frame weight of both loss terms over the signal level: ``ramp`` (paper Eq. 8,
             w = 0.9 tau + 0.1) or ``uniform`` (w = 1: the noisiest frames, predicted from the frames before
-            them, count as much as clean ones; the quickstart's choice, docs/benchmarks.md).
+            them, count as much as clean ones; the quickstart's choice, docs/experiments.md).
+        context_prefix_frames: label the first n frames of every row as a rollout's context, (tau_ctx, d_min)
+            from ``context_noise``, instead of drawing their levels (docs/design.md §3.2); 0 = the paper's
+            schedule.
         normalize_losses: divide each loss term by its running RMS (paper Sec. 3); False logs the RMS only.
         normalize_shortcut_terms_separately: False (default) normalises the shortcut-forcing loss as ONE term
             ``shortcut`` = flow + bootstrap, keeping the frame-count weighting of docs/design.md §3.6 between
-            them; True divides ``flow`` and ``bootstrap`` by their own RMS. The bootstrap term starts ~100x
+            them; True divides ``flow`` and ``bootstrap`` by their own RMS. The bootstrap term starts far
             smaller than the flow term (teacher and student agree early), so separate normalisation multiplies
-            its gradient by ~100 relative to Eq. 8 and, on the quickstart, stopped the flow loss from falling.
+            its gradient by that ratio relative to Eq. 8.
         loss_norm_decay: EMA decay of the running mean square of each term.
         ema_teacher: bootstrap targets from the EMA weights of an ``EMAWeightAveraging`` callback instead of
             the online weights (paper: online weights, docs/design.md §3.10).
@@ -408,7 +411,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             checkpoint["hyper_parameters"] = {**hparams, "model": dataclasses.asdict(hparams["model"])}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        upgrade_two_group_checkpoint(checkpoint, self.model)  # earlier releases saved two parameter groups
+        upgrade_two_group_checkpoint(checkpoint, self.model)  # two-parameter-group checkpoints resume too
         rng = checkpoint.get("dreamer_dynamics_rng")
         if not rng:
             return

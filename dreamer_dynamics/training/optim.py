@@ -64,7 +64,7 @@ def parameter_groups(module: nn.Module) -> list[dict]:
 
 
 def upgrade_optimizer_state(state: dict, module: nn.Module) -> dict:
-    """An optimiser state saved with the two groups of earlier releases (decayed, undecayed), rewritten for
+    """An optimiser state saved with two parameter groups (decayed, undecayed), rewritten for
     ``parameter_groups``' three (hidden matrices, other matrices, undecayed), so those checkpoints resume.
 
     Each parameter keeps its own state; both halves of the split group keep its options. Anything else
