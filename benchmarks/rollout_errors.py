@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import pin_threads, run_benchmark
+from benchmarks.common import parse_benchmark_args, pin_threads, run_benchmark
 from dreamer_dynamics.data import DynamicsDataModule
 from dreamer_dynamics.data.default import ToyDatasetConfig
 from dreamer_dynamics.model import rollout
@@ -169,8 +169,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fresh-seed", type=int, default=12345, help="seed of the fresh episodes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=None)
-    return parser.parse_args(argv)
+    return parse_benchmark_args(parser, argv, smoke=False)
 
 
 def main(argv=None) -> dict:
