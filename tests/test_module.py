@@ -260,10 +260,10 @@ def test_optimizer_groups_and_warmup_cosine_schedule(tmp_path, cache):
 
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
 def test_muon_and_adamw_rates_are_logged_apart(tmp_path, cache):
-    data = make_data(cache)
+    data = tiny_datamodule(cache=cache)
     optimizer = lambda groups: MuonAdamW(groups, lr=1e-3, muon_lr=0.02)  # noqa: E731
     scheduler = lambda opt: WarmupCosineLR(opt, warmup_steps=0)  # noqa: E731
-    module = make_module(data, optimizer=optimizer, scheduler=scheduler)
+    module = tiny_module(data, optimizer=optimizer, scheduler=scheduler)
     trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(module, data)
     events = read_events(trainer)
@@ -452,8 +452,8 @@ def test_context_prefix_frames_reach_training_and_validation(tmp_path, cache):
 def test_bootstrap_warmup_trains_the_flow_term_alone_then_bootstrap_frames_appear(tmp_path, cache):
     """``bootstrap_warmup_steps = 2``: in the student passes of steps 0 and 1 every frame is at d_min (flow
     only, no teacher call); from step 2 on, drawn step sizes above d_min (bootstrap frames) appear."""
-    data = make_data(cache)
-    module = make_module(data, bootstrap_warmup_steps=2)
+    data = tiny_datamodule(cache=cache)
+    module = tiny_module(data, bootstrap_warmup_steps=2)
     calls = []  # (global step, grad enabled, d) of every network call
     module.model.register_forward_pre_hook(
         lambda m, args: calls.append((module.global_step, torch.is_grad_enabled(), args[2].clone()))

@@ -202,10 +202,10 @@ def test_rollout_energy_scores_are_in_the_datasets_units(roots, tmp_path):
     and the ratio to copy-last is unchanged. A baseline scored in other units than the samples breaks both."""
     scores = {}
     for name, root in roots.items():
-        data = make_data(root)
+        data = tiny_datamodule(root)
         torch.manual_seed(0)
-        module = make_module(data, val_rollout_steps=[1, 4])
-        trainer = make_trainer(tmp_path / name, 0)
+        module = tiny_module(data, val_rollout_steps=[1, 4])
+        trainer = quiet_trainer(tmp_path / name, 0)
         trainer.limit_val_batches = 1
         trainer.validate(module, data, verbose=False)
         scores[name] = {k: float(v) for k, v in trainer.callback_metrics.items() if "rollout_es" in k}
