@@ -17,8 +17,9 @@ from dreamer_dynamics.data import DynamicsDataModule, LatentDatasetWriter
 from dreamer_dynamics.data.cli import main as data_main
 from dreamer_dynamics.data.format import DatasetError
 from dreamer_dynamics.errors import NonFiniteLossError
+from tests.conftest import tiny_datamodule, tiny_module
 from tests.test_cli import QUICKSTART, TINY
-from tests.test_module import make_data, make_module, make_trainer
+from tests.test_module import make_trainer
 
 
 def dataset_with_a_nan(root, *, episode=2, frame=5, keep_stats=False):
@@ -85,8 +86,8 @@ def test_a_non_finite_loss_stops_the_run_at_its_step_and_writes_no_checkpoint_of
         def extra_loss_terms(self, batch, output):
             return {"probe": output.loss * (float("nan") if self.global_step == 2 else 1.0)}
 
-    data = make_data(cache)
-    module = make_module(data, cls=NanAtStepTwo)
+    data = tiny_datamodule(cache=cache)
+    module = tiny_module(data, cls=NanAtStepTwo)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
     trainer = make_trainer(tmp_path, max_steps=5, logger=False, limit_val_batches=0, callbacks=[checkpoints])
     with pytest.raises(NonFiniteLossError, match=r"step 3\b.*not finite") as error:
