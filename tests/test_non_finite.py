@@ -17,8 +17,7 @@ from dreamer_dynamics.data import DynamicsDataModule, LatentDatasetWriter
 from dreamer_dynamics.data.cli import main as data_main
 from dreamer_dynamics.data.format import DatasetError
 from dreamer_dynamics.errors import NonFiniteLossError
-from tests.conftest import tiny_datamodule, tiny_module
-from tests.test_cli import QUICKSTART, TINY
+from tests.conftest import QUICKSTART, TINY_CLI, tiny_datamodule, tiny_module
 from tests.test_module import make_trainer
 
 
@@ -52,7 +51,7 @@ def test_fit_refuses_it_in_one_line_before_any_step(tmp_path, capsys, monkeypatc
     monkeypatch.delenv("DREAMER_DYNAMICS_TRACEBACK", raising=False)
     path = dataset_with_a_nan(tmp_path / "d")
     runs = tmp_path / "runs"
-    args = ["fit", "--config", QUICKSTART, "--data.root", str(tmp_path / "d"), *TINY]
+    args = ["fit", "--config", QUICKSTART, "--data.root", str(tmp_path / "d"), *TINY_CLI]
     with pytest.raises(SystemExit) as stopped:
         main([*args, f"--trainer.default_root_dir={runs}"])
     assert stopped.value.code == 1
