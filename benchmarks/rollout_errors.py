@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import pin_threads, run_benchmark
+from benchmarks.common import parse_benchmark_args, pin_threads, run_benchmark
 from dreamer_dynamics.data import DynamicsDataModule
 from dreamer_dynamics.data.default import ToyDatasetConfig
 from dreamer_dynamics.model import rollout
@@ -41,7 +41,9 @@ CONTEXT, HORIZON = 4, 8
 
 def run(args: argparse.Namespace) -> dict:
     pin_threads(args.threads)
-    module = DynamicsModule.load_from_checkpoint(args.checkpoint, weights_only=True)
+    device = torch.device(args.device)
+    module = DynamicsModule.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=True)
+    module.eval().model.to(device)  # rollouts on `device`; units, decoding and scoring on the CPU
     fresh = {}  # --fresh-episodes: contexts from new episodes of another seed, all of them held out
     if args.fresh_episodes:
         fresh = dict(
@@ -66,13 +68,20 @@ def run(args: argparse.Namespace) -> dict:
     units = module.destandardize
     truth = locate(units(target))  # (B, H, objects, 2)
     copy_last = (units(target) - units(context[:, -1:])).flatten(2).norm(dim=-1).mean()
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator(device).manual_seed(args.seed)
 
     def roll(ctx: torch.Tensor, horizon: int, k: int, acts: dict) -> torch.Tensor:
         noise = module.hparams.context_noise
+        acts = {name: a.to(device) for name, a in acts.items()}
         return rollout(
-            module.model, ctx, horizon, num_steps=k, context_noise=noise, generator=generator, **acts
-        )
+            module.model,
+            ctx.to(device),
+            horizon,
+            num_steps=k,
+            context_noise=noise,
+            generator=generator,
+            **acts,
+        ).cpu()
 
     report = {"benchmark": "rollout_errors", "checkpoint": str(args.checkpoint), "contexts": len(z), "k": {}}
     oracle = None
@@ -81,8 +90,12 @@ def run(args: argparse.Namespace) -> dict:
         oracle = {name: float(value.mean()) for name, value in figures.items()}
         report["oracle"] = oracle
     with torch.no_grad():
-        sampled = module.sample_rollouts(context, HORIZON, actions, args.steps, args.samples, generator)
+        on_device = {name: a.to(device) for name, a in actions.items()}
+        sampled = module.sample_rollouts(
+            context.to(device), HORIZON, on_device, args.steps, args.samples, generator
+        )
         for k, samples in sampled.items():  # (S, B, H, N_b, D_b)
+            samples = samples.cpu()
             error, spread = energy_score(units(samples), units(target))
             hits = (locate(units(samples)) - truth).abs().amax(-1) <= 1  # (S, B, H, objects)
             report["k"][k] = {
@@ -169,8 +182,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fresh-seed", type=int, default=12345, help="seed of the fresh episodes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=None)
-    return parser.parse_args(argv)
+    parser.add_argument("--device", default="cpu", help="where the rollouts run (cuda: a GPU)")
+    return parse_benchmark_args(parser, argv, smoke=False)
 
 
 def main(argv=None) -> dict:

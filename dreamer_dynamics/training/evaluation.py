@@ -23,8 +23,7 @@ from dreamer_dynamics.training.scores import oracle_scores
 
 
 class EvaluationMixin:
-    """``validation_step`` / ``test_step`` and the epoch-end logging of rollout scores, for
-    ``DynamicsModule``."""
+    """``validation_step`` / ``test_step`` and the epoch-end rollout-score logging of ``DynamicsModule``."""
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
         """Logs ``val/*``: loss, bootstrap loss, flow loss per tau bucket, rollout energy scores per K."""
@@ -47,8 +46,7 @@ class EvaluationMixin:
 
         All noise comes from ``evaluation_generator(batch_idx)``: the figures are comparable across epochs and
         evaluating never touches the training noise stream. Runs on the EMA weights where an averaging
-        callback
-        swaps them in.
+        callback swaps them in.
         """
         z1 = batch["latents"]  # (B, T, N_b, D_b)
         b, t = z1.shape[:2]

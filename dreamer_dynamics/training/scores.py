@@ -90,16 +90,14 @@ class RolloutScores(Metric):
     """Sums over generated frames, synchronised across ranks (sum reduction), for each K in ``rollout_steps``.
 
     Per K: ``es`` (energy score), ``error`` (E||X - y||), ``spread`` (1/2 E||X - X'||), ``mean_mse`` (MSE of
-    the
-    sample mean, per latent element), ``mse`` (single-sample MSE, per latent element: a secondary figure that
-    rewards blur), and ``object_hits`` (frames whose objects all sit within one pixel of the truth, per
-    sample;
-    built-in world only). Baselines: ``copy_last`` (repeat the last context frame) and ``context_mean`` (the
-    mean
-    of the context frames), each scored ||x - y||. ``compute()`` returns means keyed by log name suffix, plus
-    ``es_ratio_k{K}`` = ES / copy-last ES (below 1 beats copying; 0 is perfect). With the oracle's figures
-    (``oracle_scores``): ``oracle_es``, ``oracle_mean_es`` and ``excess_k{K}`` = (ES - oracle ES) / (copy-last
-    ES - oracle ES) (0 = as good as the true distribution, 1 = no better than copying the last frame).
+    the sample mean, per latent element), ``mse`` (single-sample MSE, per latent element: a secondary figure
+    that rewards blur), and ``object_hits`` (frames whose objects all sit within one pixel of the truth, per
+    sample; built-in world only). Baselines: ``copy_last`` (repeat the last context frame) and
+    ``context_mean`` (the mean of the context frames), each scored ||x - y||. ``compute()`` returns means
+    keyed by log name suffix, plus ``es_ratio_k{K}`` = ES / copy-last ES (below 1 beats copying; 0 is
+    perfect). With the oracle's figures (``oracle_scores``): ``oracle_es``, ``oracle_mean_es`` and
+    ``excess_k{K}`` = (ES - oracle ES) / (copy-last ES - oracle ES) (0 = as good as the true distribution, 1 =
+    no better than copying the last frame).
     """
 
     full_state_update = False
