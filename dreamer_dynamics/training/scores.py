@@ -73,8 +73,8 @@ def oracle_scores(
     target: the true future [B, H, N_b, D_b] of the batch's first B rows in the dataset's own units (what
     ``score_units`` returns); samples: the model's samples per context (its ES is estimated from as many).
     Returns "oracle_es": the energy score of ``samples`` oracle samples, the floor of the model's; and
-    "oracle_mean_es": ||mean of ``mean_samples`` oracle samples - y||, the blur baseline (the best mean
-    forecast, scored as a point forecast like copy-last).
+    "oracle_mean_es": ||mean of ``mean_samples`` oracle samples - y||, the blur baseline (the average of the
+    possible futures, scored as a point forecast like copy-last).
     """
     rows, horizon = target.shape[:2]
     first = batch["start"][:rows] + context_frames
