@@ -40,8 +40,9 @@ from typing import Any, NoReturn, Optional
 
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from dreamer_dynamics.checkpoints import (
@@ -49,10 +50,11 @@ from dreamer_dynamics.checkpoints import (
     find_last_checkpoint,
     log_version_of,
     read_checkpoint_info,
+    run_dir_of,
 )
 from dreamer_dynamics.configs import resolve_config_args
 from dreamer_dynamics.data import DynamicsDataModule
-from dreamer_dynamics.data.fingerprint import dataset_fingerprint
+from dreamer_dynamics.data.fingerprint import dataset_fingerprint, is_other_dataset
 from dreamer_dynamics.data.format import METADATA_FILE, DatasetError
 from dreamer_dynamics.errors import (
     TRACEBACK_ENV,
@@ -64,6 +66,8 @@ from dreamer_dynamics.errors import (
 )
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.quiet import quiet_known_messages, quiet_weight_averaging_warning
+from dreamer_dynamics.training.interrupt import AtomicCheckpointIO, StopOnSignal
+from dreamer_dynamics.training.prediction import RolloutWriter
 from dreamer_dynamics.training.progress import StepProgressBar
 
 DESCRIPTION = (
@@ -83,6 +87,7 @@ LINKED_DATA_FIELDS = (
     "num_continuous_actions",
     "token_grid",
 )
+OTHER_DATASET_FLAG = "resume_other_dataset"  # fit: continue a checkpoint on another dataset
 # printed as one line, exit 1
 USER_ERRORS = (DatasetError, ConfigError, MissingExtraError, MisconfigurationException, NonFiniteLossError)
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # resolved by Lightning itself
@@ -102,7 +107,7 @@ EVALUATION_SETTINGS = (
 )
 
 # DataModule settings that describe this machine or this run's input, never adopted from a checkpoint
-NOT_ADOPTED = ("root", "toy", "cache_dir", "num_workers", "pin_memory", "predict_context")
+NOT_ADOPTED = ("root", "toy", "world", "cache_dir", "num_workers", "pin_memory", "predict_context")
 
 
 def signature_defaults(cls: type) -> dict[str, Any]:
@@ -179,6 +184,12 @@ class DynamicsCLI(LightningCLI):
         super().__init__(model_class, datamodule_class, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            f"--{OTHER_DATASET_FLAG}",
+            type=bool,
+            default=False,
+            help="fit: resume a checkpoint on another dataset than the one it was trained on",
+        )
         for field in LINKED_DATA_FIELDS:
             parser.link_arguments(f"data.{field}", f"model.model.{field}", apply_on="instantiate")
         parser.link_arguments("data.latent_stats", "model.latent_stats", apply_on="instantiate")
@@ -187,6 +198,8 @@ class DynamicsCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        if subcommand:
+            self.run_dir_from_dataset(self.config[subcommand], sys.argv[1:] if args is None else args)
         if subcommand and self.config[subcommand].get("ckpt_path"):
             self.reconcile_checkpoint(subcommand, self.config[subcommand])
             model = self.config[subcommand].get("model")
@@ -196,6 +209,18 @@ class DynamicsCLI(LightningCLI):
                 for k in EVALUATION_SETTINGS
                 if isinstance(model, Namespace) and k in model and k in defaults and model[k] != defaults[k]
             }
+
+    @staticmethod
+    def run_dir_from_dataset(config: Namespace, args: Any) -> None:
+        """``--data.root PATH`` on the command line without ``--trainer.default_root_dir``: the run directory
+        is ``runs/<PATH's folder name>``, not the config's, so runs on different datasets stay apart (and
+        ``--ckpt_path last`` finds only this dataset's checkpoints)."""
+        given = [str(a).split("=", 1)[0] for a in args] if isinstance(args, (list, tuple)) else []
+        data, trainer = config.get("data"), config.get("trainer")
+        if "--data.root" not in given or "--trainer.default_root_dir" in given:
+            return
+        if isinstance(data, Namespace) and data.get("root") and isinstance(trainer, Namespace):
+            trainer.default_root_dir = str(Path("runs") / Path(str(data.root)).resolve().name)
 
     def reconcile_checkpoint(self, subcommand: str, config: Namespace) -> None:
         """Resolve ``last``; take the recorded dataset when no ``--data.root`` is given; refuse a dataset the
@@ -230,15 +255,25 @@ class DynamicsCLI(LightningCLI):
                 if key in data and key in defaults and key not in NOT_ADOPTED and data[key] == defaults[key]:
                     data[key] = value
         root = data.root if data.root is not None else self.builtin_root(data)
-        check_spec(ckpt, info["model"], root, dataset_fingerprint(root))
+        fingerprint = dataset_fingerprint(root)
+        check_spec(ckpt, info["model"], root, fingerprint)
+        if subcommand == "fit" and recorded and not config.get(OTHER_DATASET_FLAG):
+            if is_other_dataset(info["fingerprint"], fingerprint):
+                raise ConfigError(
+                    f"--ckpt_path {ckpt} was trained on {recorded}, not {fingerprint['root']}: resuming "
+                    f"would continue that run on other data (pass --{OTHER_DATASET_FLAG} true to do it "
+                    "anyway, or --trainer.default_root_dir DIR to start a run of its own)"
+                )
 
     @staticmethod
     def builtin_root(data: Namespace) -> str:
         """Root of the built-in dataset this data config describes (generated and cached if needed)."""
-        from dreamer_dynamics.data.default import ToyDatasetConfig, builtin_dataset_root
+        from dreamer_dynamics.data.default import builtin_dataset_root, toy_config
 
         toy = data.get("toy")
-        toy = ToyDatasetConfig(**(toy.as_dict() if isinstance(toy, Namespace) else toy)) if toy else None
+        toy = toy_config(
+            data.get("world") or "deterministic", toy.as_dict() if isinstance(toy, Namespace) else toy
+        )
         return str(builtin_dataset_root(toy, data.get("cache_dir"), progress=True))
 
     @staticmethod
@@ -251,7 +286,22 @@ class DynamicsCLI(LightningCLI):
             config.model[key] = value  # the command line's, not the checkpoint's (see EVALUATION_SETTINGS)
         if self.subcommand == "fit":
             check_trainer_limits(config.get("trainer"))
+        if self.subcommand in ("validate", "test", "predict"):
+            self.place_evaluation(config)
         self.place_outputs(config, resume=self.subcommand == "fit")
+
+    def place_evaluation(self, config: Namespace) -> None:
+        """Evaluating a checkpoint without ``default_root_dir`` writes beside the checkpoint's run;
+        ``predict`` keeps no logger (nothing to log) and no config copy: its output is the predictions."""
+        trainer = config.get("trainer")
+        ckpt = config.get("ckpt_path")
+        if not isinstance(trainer, Namespace):
+            return
+        if trainer.get("default_root_dir") is None and ckpt and Path(str(ckpt)).is_file():
+            trainer.default_root_dir = str(run_dir_of(ckpt))
+        if self.subcommand == "predict":
+            trainer.logger = False
+            self.save_config_callback = None
 
     def place_outputs(self, config: Namespace, *, resume: bool) -> None:
         """Loggers without ``save_dir`` log under ``default_root_dir``; a resumed ``fit`` whose checkpoint
@@ -280,7 +330,16 @@ class DynamicsCLI(LightningCLI):
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
         if trainer.get("enable_progress_bar") is not False and not has_bar:
-            trainer["callbacks"] = [*callbacks, StepProgressBar()]
+            callbacks = [*callbacks, StepProgressBar()]
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in callbacks):
+            callbacks = [*callbacks, RolloutWriter()]  # .npy files and pictures, under default_root_dir
+        if not any(isinstance(c, StopOnSignal) for c in callbacks):
+            callbacks = [*callbacks, StopOnSignal()]  # SIGTERM / Ctrl-C: checkpoint, then stop
+        trainer["callbacks"] = callbacks
+        plugins = trainer.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            trainer["plugins"] = [*plugins, AtomicCheckpointIO()]  # never a half-written checkpoint
         return super().instantiate_trainer(**kwargs)
 
     def after_instantiate_classes(self) -> None:

@@ -81,13 +81,16 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             bootstrap targets of a random network carry no information, and flow-only steps skip the teacher.
         loss_weighting: per-frame weight of both loss terms over the signal level: ``ramp`` (paper Eq. 8,
             w = 0.9 tau + 0.1) or ``uniform`` (w = 1: the noisiest frames, predicted from the frames before
-            them, count as much as clean ones; the quickstart's choice, docs/benchmarks.md).
+            them, count as much as clean ones; the quickstart's choice, docs/experiments.md).
+        context_prefix_frames: label the first n frames of every row as a rollout's context, (tau_ctx, d_min)
+            from ``context_noise``, instead of drawing their levels (docs/design.md §3.2); 0 = the paper's
+            schedule.
         normalize_losses: divide each loss term by its running RMS (paper Sec. 3); False logs the RMS only.
         normalize_shortcut_terms_separately: False (default) normalises the shortcut-forcing loss as ONE term
             ``shortcut`` = flow + bootstrap, keeping the frame-count weighting of docs/design.md §3.6 between
-            them; True divides ``flow`` and ``bootstrap`` by their own RMS. The bootstrap term starts ~100x
+            them; True divides ``flow`` and ``bootstrap`` by their own RMS. The bootstrap term starts far
             smaller than the flow term (teacher and student agree early), so separate normalisation multiplies
-            its gradient by ~100 relative to Eq. 8 and, on the quickstart, stopped the flow loss from falling.
+            its gradient by that ratio relative to Eq. 8.
         loss_norm_decay: EMA decay of the running mean square of each term.
         ema_teacher: bootstrap targets from the EMA weights of an ``EMAWeightAveraging`` callback instead of
             the online weights (paper: online weights, docs/design.md §3.10).
@@ -365,10 +368,8 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
 
     def __getstate__(self) -> dict[str, Any]:
         # Lightning's EMAWeightAveraging deep-copies the module; the jsonargparse optimiser/scheduler
-        # factories
-        # reference the CLI parser -> Trainer -> launcher (process handles), which cannot be copied and are
-        # not
-        # needed by an averaged copy.
+        # factories reference the CLI parser -> Trainer -> launcher (process handles), which cannot be copied
+        # and are not needed by an averaged copy.
         state = super().__getstate__()
         state["optimizer_factory"] = state["scheduler_factory"] = None
         return state
@@ -439,8 +440,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         self._noise_generator = None
         if len(ranks) != world:
             # Other world size: the saved streams cannot be assigned to ranks. Re-derive each rank's noise
-            # stream from (noise seed, rank, global step); deterministic, but not a continuation of the saved
-            # run.
+            # stream from (noise seed, rank, global step): deterministic, not a continuation of the saved run.
             step = int(checkpoint.get("global_step", 0))
             sequence = np.random.SeedSequence([self._noise_base_seed(), rank, step])
             seed = sequence.generate_state(1, np.uint64)[0]
@@ -456,8 +456,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         self._pending_generator_state = mine.get("noise_generator")
         # The global RNGs are restored just before the first resumed batch: Lightning draws a DataLoader seed
         # from the torch RNG whenever it starts a loader, and the resumed run starts one that the
-        # uninterrupted run did not. Restoring after that keeps even code that draws from the global RNG
-        # exact.
+        # uninterrupted run did not. Restoring after that keeps code that draws from the global RNG exact.
         self._pending_global_rng = mine
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

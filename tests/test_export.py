@@ -18,15 +18,16 @@ from dreamer_dynamics.data import load_codec
 from dreamer_dynamics.export import main as export_main
 from dreamer_dynamics.model import DynamicsTransformer
 from dreamer_dynamics.training import EMA
-from tests.test_module import make_data, make_module, make_trainer
+from tests.conftest import tiny_datamodule, tiny_module
+from tests.test_module import make_trainer
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """Checkpoints after steps 1 and 3 of a run whose EMA first updates at (zero-based) step 2."""
     root = tmp_path_factory.mktemp("export")
-    data = make_data(root / "cache")
-    module = make_module(data)
+    data = tiny_datamodule(cache=root / "cache")
+    module = tiny_module(data)
     saver = ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=1, save_top_k=-1)
     ema = EMA(decay=0.5, update_starting_at_step=2)
     trainer = make_trainer(root, max_steps=3, logger=False, limit_val_batches=0, callbacks=[saver, ema])

@@ -17,8 +17,8 @@ from dreamer_dynamics.data import DynamicsDataModule, LatentDatasetWriter
 from dreamer_dynamics.data.cli import main as data_main
 from dreamer_dynamics.data.format import DatasetError
 from dreamer_dynamics.errors import NonFiniteLossError
-from tests.test_cli import QUICKSTART, TINY
-from tests.test_module import make_data, make_module, make_trainer
+from tests.conftest import QUICKSTART, TINY_CLI, tiny_datamodule, tiny_module
+from tests.test_module import make_trainer
 
 
 def dataset_with_a_nan(root, *, episode=2, frame=5, keep_stats=False):
@@ -51,7 +51,7 @@ def test_fit_refuses_it_in_one_line_before_any_step(tmp_path, capsys, monkeypatc
     monkeypatch.delenv("DREAMER_DYNAMICS_TRACEBACK", raising=False)
     path = dataset_with_a_nan(tmp_path / "d")
     runs = tmp_path / "runs"
-    args = ["fit", "--config", QUICKSTART, "--data.root", str(tmp_path / "d"), *TINY]
+    args = ["fit", "--config", QUICKSTART, "--data.root", str(tmp_path / "d"), *TINY_CLI]
     with pytest.raises(SystemExit) as stopped:
         main([*args, f"--trainer.default_root_dir={runs}"])
     assert stopped.value.code == 1
@@ -85,8 +85,8 @@ def test_a_non_finite_loss_stops_the_run_at_its_step_and_writes_no_checkpoint_of
         def extra_loss_terms(self, batch, output):
             return {"probe": output.loss * (float("nan") if self.global_step == 2 else 1.0)}
 
-    data = make_data(cache)
-    module = make_module(data, cls=NanAtStepTwo)
+    data = tiny_datamodule(cache=cache)
+    module = tiny_module(data, cls=NanAtStepTwo)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
     trainer = make_trainer(tmp_path, max_steps=5, logger=False, limit_val_batches=0, callbacks=[checkpoints])
     with pytest.raises(NonFiniteLossError, match=r"step 3\b.*not finite") as error:

@@ -81,8 +81,7 @@ def prepare_episode(
     Rules (docs/data.md): latents are real floating point [T, N_b, D_b], finite, cast to the storage dtype
     (float64 -> float32 is allowed; a float16 overflow is an error); discrete actions are integers
     [T, n_discrete] in [-1, classes) with -1 = missing label; continuous actions are floating
-    [T, n_continuous],
-    NaN = missing label, inf is an error; action arrays have the latents' length.
+    [T, n_continuous] with NaN = missing label and inf an error; action arrays have the latents' length.
     """
     latents = _to_numpy(latents)
     if latents.ndim != 3 or tuple(latents.shape[1:]) != tuple(meta.latent_shape):

@@ -4,9 +4,8 @@ Muon (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networ
 update of a weight matrix by the nearest semi-orthogonal matrix (a Newton-Schulz iteration), so every
 direction of the update moves at the same rate instead of a few dominant ones. It is meant for hidden
 matrices only: the input projection, the output head, embedding tables, norm gains and biases stay on AdamW.
-On the built-in world it learns the balls' motion faster than AdamW alone, for 6-10 % more time per step
-(docs/benchmarks.md, "Learning the built-in world"). The paper names no optimiser; this is our choice
-(docs/design.md §10).
+The quickstart uses it (its comparison with AdamW: docs/experiments.md). The paper names no optimiser; this is
+our choice (docs/design.md §10).
 
 One optimiser object, not two, so Lightning's automatic optimisation, gradient clipping, learning-rate
 schedulers (which scale every group's ``lr`` by one factor: Muon's and AdamW's rates keep their ratio) and
