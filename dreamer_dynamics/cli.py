@@ -148,7 +148,8 @@ def parser_keys(parser: Any) -> set[str]:
             for sub in action.choices.values():
                 keys |= parser_keys(sub)
         elif action.option_strings and action.dest not in ("help", "config", "print_config"):
-            keys.add(action.dest)
+            if not action.dest.endswith(".help"):  # --model.optimizer.help CLASS prints a class's options
+                keys.add(action.dest)
     return keys
 
 

@@ -10,6 +10,7 @@ import yaml
 
 from dreamer_dynamics.cli import LINKED_DATA_FIELDS, main
 from dreamer_dynamics.configs import available_configs, config_path, load_config, resolve_config_args
+from dreamer_dynamics.errors import ConfigError
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 
 
@@ -70,7 +71,11 @@ def test_config_names_resolve_and_paths_stay(tmp_path):
     resolved = resolve_config_args(args)
     assert resolved[2] == str(config_path("quickstart")) and resolved[4] == str(tmp_path / "mine.yaml")
     assert resolved[5] == "--config=" + str(config_path("gpu_fsdp"))
-    assert resolve_config_args(["--config", "nope"]) == ["--config", "nope"]  # the parser reports it
+    with pytest.raises(
+        ConfigError, match="--config quikstart: no such file or packaged config; did you mean"
+    ):
+        resolve_config_args(["--config", "quikstart"])  # a bare name: the packaged configs are listed
+    assert resolve_config_args(["--config", "no/such.yaml"]) == ["--config", "no/such.yaml"]  # the parser's
 
 
 def test_ckpt_path_last_picks_the_newest_checkpoint_or_starts_fit_fresh(tmp_path):
