@@ -25,7 +25,8 @@
   to the logger's version folder, ``RolloutWriter`` without ``output_dir`` writes ``<root>/predictions``.
 * One optimiser setting: ``model.optimizer`` / ``model.scheduler`` (LightningCLI's automatic ``--optimizer``
   and ``--lr_scheduler``, which would bypass the module's parameter groups and schedule, are disabled).
-* Dataset and configuration errors print one line and exit 1; ``DREAMER_DYNAMICS_TRACEBACK=1`` shows the full
+* Dataset and configuration errors, unknown keys (with the closest valid ones), bad values and Lightning's
+  own configuration errors print one line and exit 1; ``DREAMER_DYNAMICS_TRACEBACK=1`` shows the full
   traceback. Checkpoints are loaded with weights-only unpickling (``--weights_only true`` is the default).
 """
 
@@ -35,9 +36,10 @@ import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -54,13 +56,29 @@ from dreamer_dynamics.configs import resolve_config_args
 from dreamer_dynamics.data import DynamicsDataModule
 from dreamer_dynamics.data.fingerprint import dataset_fingerprint, is_other_dataset
 from dreamer_dynamics.data.format import METADATA_FILE, DatasetError
-from dreamer_dynamics.errors import TRACEBACK_ENV, ConfigError, show_traceback
+from dreamer_dynamics.errors import (
+    TRACEBACK_ENV,
+    ConfigError,
+    MissingExtraError,
+    NonFiniteLossError,
+    argument_error_line,
+    show_traceback,
+)
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.quiet import quiet_known_messages, quiet_weight_averaging_warning
 from dreamer_dynamics.training.interrupt import AtomicCheckpointIO, StopOnSignal
 from dreamer_dynamics.training.prediction import RolloutWriter
 from dreamer_dynamics.training.progress import FitSummary, OneLineModelSummary, StepProgressBar
 
+DESCRIPTION = (
+    "Train and evaluate the dynamics model of a DreamerV4-style world model on latent datasets "
+    "(fit, validate, test, predict; --config quickstart runs the built-in world), and export a checkpoint "
+    "for inference without Lightning (export)."
+)
+EXPORT_USAGE = (
+    "dreamer-dynamics export CKPT DIR [--weights ema|online]: a checkpoint -> config.json + "
+    "model.safetensors for DynamicsTransformer.from_pretrained (dreamer-dynamics export --help)"
+)
 # DataModule property -> DynamicsConfig field (model.model.<field>)
 LINKED_DATA_FIELDS = (
     "latent_tokens",
@@ -70,7 +88,8 @@ LINKED_DATA_FIELDS = (
     "token_grid",
 )
 OTHER_DATASET_FLAG = "resume_other_dataset"  # fit: continue a checkpoint on another dataset
-USER_ERRORS = (DatasetError, ConfigError)  # printed as one line, exit 1
+# printed as one line, exit 1
+USER_ERRORS = (DatasetError, ConfigError, MissingExtraError, MisconfigurationException, NonFiniteLossError)
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # resolved by Lightning itself
 # DynamicsModule settings that change evaluation only, never the weights: with --ckpt_path, Lightning replaces
 # the whole model config by the checkpoint's hyper-parameters; these keep the values of this command line.
@@ -88,7 +107,7 @@ EVALUATION_SETTINGS = (
 )
 
 # DataModule settings that describe this machine or this run's input, never adopted from a checkpoint
-NOT_ADOPTED = ("root", "toy", "cache_dir", "num_workers", "pin_memory", "predict_context")
+NOT_ADOPTED = ("root", "toy", "world", "cache_dir", "num_workers", "pin_memory", "predict_context")
 
 
 def signature_defaults(cls: type) -> dict[str, Any]:
@@ -113,6 +132,34 @@ class WeightsOnlyParser(LightningArgumentParser):
             self.set_defaults(weights_only=True)
         return added
 
+    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        """Where the parser would print its usage and exit: a ConfigError of one line instead (``main``
+        prints it), an unknown key with the closest valid keys."""
+        if not self.exit_on_error:  # jsonargparse's internal parsers: it catches and rephrases these
+            super().error(message, ex)
+        raise ConfigError(argument_error_line(message, parser_keys(self))) from ex
+
+
+def parser_keys(parser: Any) -> set[str]:
+    """Every key the parser and its subcommand parsers accept (``model.model.dim``, ``trainer.max_steps``)."""
+    keys = set()
+    for action in parser._actions:
+        if isinstance(getattr(action, "choices", None), dict):  # subcommands: name -> parser
+            for sub in action.choices.values():
+                keys |= parser_keys(sub)
+        elif action.option_strings and action.dest not in ("help", "config", "print_config"):
+            keys.add(action.dest)
+    return keys
+
+
+def check_trainer_limits(trainer: Any) -> None:
+    """``trainer.max_steps`` must allow a step: a positive count, or -1 (no limit)."""
+    steps = trainer.get("max_steps") if isinstance(trainer, Namespace) else None
+    if steps is not None and steps != -1 and steps < 1:
+        raise ConfigError(
+            f"trainer.max_steps {steps}: fit needs at least one step (a positive count, or -1 for no limit)"
+        )
+
 
 class DynamicsCLI(LightningCLI):
     """LightningCLI with the data -> model links, checkpoint/data reconciliation, outputs under
@@ -128,7 +175,11 @@ class DynamicsCLI(LightningCLI):
         kwargs.setdefault("parser_class", WeightsOnlyParser)
         kwargs.setdefault("auto_configure_optimizers", False)  # one optimiser setting: model.optimizer
         parser_kwargs = kwargs.setdefault("parser_kwargs", {})
-        parser_kwargs.setdefault("epilog", f"Set {TRACEBACK_ENV}=1 for full tracebacks of one-line errors.")
+        parser_kwargs.setdefault("description", DESCRIPTION)
+        parser_kwargs.setdefault(
+            "epilog",
+            f"Also: {EXPORT_USAGE}. Set {TRACEBACK_ENV}=1 for full tracebacks of one-line errors.",
+        )
         super().__init__(model_class, datamodule_class, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -216,10 +267,12 @@ class DynamicsCLI(LightningCLI):
     @staticmethod
     def builtin_root(data: Namespace) -> str:
         """Root of the built-in dataset this data config describes (generated and cached if needed)."""
-        from dreamer_dynamics.data.default import ToyDatasetConfig, builtin_dataset_root
+        from dreamer_dynamics.data.default import builtin_dataset_root, toy_config
 
         toy = data.get("toy")
-        toy = ToyDatasetConfig(**(toy.as_dict() if isinstance(toy, Namespace) else toy)) if toy else None
+        toy = toy_config(
+            data.get("world") or "deterministic", toy.as_dict() if isinstance(toy, Namespace) else toy
+        )
         return str(builtin_dataset_root(toy, data.get("cache_dir"), progress=True))
 
     @staticmethod
@@ -230,6 +283,8 @@ class DynamicsCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         for key, value in getattr(self, "_evaluation_settings", {}).items():
             config.model[key] = value  # the command line's, not the checkpoint's (see EVALUATION_SETTINGS)
+        if self.subcommand == "fit":
+            check_trainer_limits(config.get("trainer"))
         if self.subcommand in ("validate", "test", "predict"):
             self.place_evaluation(config)
         self.place_outputs(config, resume=self.subcommand == "fit")
@@ -309,11 +364,11 @@ def main(args: Optional[list[str]] = None) -> None:
 
         sys.exit(export_main(argv[1:]))
     quiet_known_messages()
-    if args is None:  # rewrite sys.argv itself: DDP launchers re-run it in the child processes
-        sys.argv[1:] = resolve_config_args(sys.argv[1:])
-    else:
-        args = resolve_config_args(list(args))
     try:
+        if args is None:  # rewrite sys.argv itself: DDP launchers re-run it in the child processes
+            sys.argv[1:] = resolve_config_args(sys.argv[1:])
+        else:
+            args = resolve_config_args(list(args))
         DynamicsCLI(args=args)
     except USER_ERRORS as err:
         if show_traceback():

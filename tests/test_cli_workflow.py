@@ -241,15 +241,10 @@ def test_predict_from_a_context_file_writes_npy_and_pictures(trained):
         actions_discrete=rng.integers(0, 3, (2, 5)),
     )  # [B, T]: one component, 3 context + 2 new frames
     pred_dir = base / "pred"
+    predict = ["predict", "--config", "quickstart", *TINY, "--ckpt_path", ckpt, "--data.predict_context"]
     # --model.predict_horizon wins over the checkpoint's value (evaluation-only settings: the command line's)
     run(
-        "predict",
-        "--config",
-        "quickstart",
-        *TINY,
-        "--ckpt_path",
-        ckpt,
-        "--data.predict_context",
+        *predict,
         str(context),
         "--model.predict_horizon=1",
         f"--trainer.default_root_dir={pred_dir}",
@@ -265,19 +260,7 @@ def test_predict_from_a_context_file_writes_npy_and_pictures(trained):
         assert gif.n_frames == 4  # 3 context + 1 generated frame
     missing = base / "no_actions.npy"
     np.save(missing, rng.random((1, 3, 4, 12)).astype(np.float32))
-    bad = run(
-        "predict",
-        "--config",
-        "quickstart",
-        *TINY,
-        "--ckpt_path",
-        ckpt,
-        "--data.predict_context",
-        str(missing),
-        f"--trainer.default_root_dir={base / 'pred2'}",
-        cwd=base,
-        expect=1,
-    )
+    bad = run(*predict, str(missing), f"--trainer.default_root_dir={base / 'pred2'}", cwd=base, expect=1)
     assert "action-conditioned" in one_error_line(bad)
 
 

@@ -2,8 +2,7 @@
 
 ``{"root", "latent_shape", "num_discrete_actions", "num_continuous_actions", "latent_stats", "num_episodes"}``
 in plain JSON types (weights-only loadable). The latent shape and action spec must match a checkpoint's
-network
-(``check_data_matches``); a changed episode count, statistics or root only warrant a warning
+network (``check_data_matches``); a changed episode count, statistics or root only warrant a warning
 (``fingerprint_changes``).
 """
 
