@@ -40,7 +40,7 @@ from typing import Any, NoReturn, Optional
 
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
@@ -68,7 +68,7 @@ from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.quiet import quiet_known_messages, quiet_weight_averaging_warning
 from dreamer_dynamics.training.interrupt import AtomicCheckpointIO, StopOnSignal
 from dreamer_dynamics.training.prediction import RolloutWriter
-from dreamer_dynamics.training.progress import StepProgressBar
+from dreamer_dynamics.training.progress import FitSummary, OneLineModelSummary, StepProgressBar
 
 DESCRIPTION = (
     "Train and evaluate the dynamics model of a DreamerV4-style world model on latent datasets "
@@ -333,6 +333,12 @@ class DynamicsCLI(LightningCLI):
             callbacks = [*callbacks, StepProgressBar()]
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in callbacks):
             callbacks = [*callbacks, RolloutWriter()]  # .npy files and pictures, under default_root_dir
+        if trainer.get("enable_model_summary") is not False and not any(
+            isinstance(c, ModelSummary) for c in callbacks
+        ):
+            callbacks = [*callbacks, OneLineModelSummary()]
+        if self.subcommand == "fit" and not any(isinstance(c, FitSummary) for c in callbacks):
+            callbacks = [*callbacks, FitSummary()]  # final figures, checkpoint, TensorBoard command
         if not any(isinstance(c, StopOnSignal) for c in callbacks):
             callbacks = [*callbacks, StopOnSignal()]  # SIGTERM / Ctrl-C: checkpoint, then stop
         trainer["callbacks"] = callbacks

@@ -49,6 +49,17 @@ def slurm_requeue_handler(trainer: Any) -> Optional[Callable[[int, Any], None]]:
     return getattr(connector, "_slurm_sigusr_handler_fn", None)
 
 
+def logging_step(trainer: Any) -> int:
+    """The step Lightning's logger connector gives metrics logged now (validation scalars included), so that
+    pictures logged beside them share their step.
+
+    Private: ``trainer.fit_loop.epoch_loop._batches_that_stepped``."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    if loop is None or not hasattr(loop, "_batches_that_stepped"):
+        raise _missing("Trainer.fit_loop.epoch_loop._batches_that_stepped")
+    return int(loop._batches_that_stepped)
+
+
 def averaged_model(callback: Any) -> Optional[Any]:
     """The ``AveragedModel`` of a ``WeightAveraging`` callback (e.g. ``EMAWeightAveraging``), None before the
     callback has built it (it does so in ``setup``).

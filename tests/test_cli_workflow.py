@@ -113,11 +113,18 @@ def test_outputs_follow_default_root_dir_and_output_is_quiet(trained):
     version = out / "tensorboard" / "version_0"
     assert list(version.glob("events.out.tfevents.*")) and (version / "checkpoints" / "last.ckpt").is_file()
     assert not (base / "runs").exists()  # the quickstart's runs/quickstart is only the default
-    for spurious in ("LeafSpec", "💡", "overrides the configure_model"):
-        assert spurious not in result.stderr + result.stdout, spurious
+    spurious = ("LeafSpec", "💡", "overrides the configure_model", "Seed set to", "FLOPs", "logging interval")
+    for message in spurious:
+        assert message not in result.stderr + result.stdout, message
     bar = result.stdout + result.stderr
     assert re.search(r"step: +100%.* 2/2 ", bar), bar[-1500:]  # global step against max_steps
     assert "loss=" in bar
+    updates = re.findall(r"step: +50%.* 1/2 ", bar)
+    assert len(updates) == 1, updates  # each update printed once (a log file shows every one)
+    # the closing summary: validation figures, the checkpoint, the TensorBoard command
+    assert re.search(r"validation: loss [0-9.]+, .*rollout_es_ratio_k1 [0-9.]+", result.stdout), result.stdout
+    assert f"checkpoint: {version / 'checkpoints' / 'last.ckpt'}" in result.stdout
+    assert f"TensorBoard: tensorboard --logdir {out}" in result.stdout
 
 
 def test_resume_last_continues_in_the_same_version_and_warns_on_changed_data(trained):
@@ -137,13 +144,14 @@ def test_resume_last_continues_in_the_same_version_and_warns_on_changed_data(tra
         f"--trainer.default_root_dir={run_dir}",
         "--ckpt_path",
         "last",
+        "--resume_other_dataset=true",  # a grown copy at another root: another dataset, as far as is known
         cwd=base,
     )
     versions = sorted(p.name for p in (run_dir / "tensorboard").iterdir())
     assert versions == ["version_0"], versions
     state = torch.load(run_dir / "tensorboard" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["global_step"] == 4
-    assert "changed since the checkpoint" in result.stderr and "6 -> 8 episodes" in result.stderr
+    assert result.stderr.count("changed since the checkpoint") == 1 and "6 -> 8 episodes" in result.stderr
 
 
 def test_checkpoint_brings_its_data_and_refuses_other_data(trained):
@@ -318,14 +326,14 @@ def test_runs_on_different_datasets_stay_apart(trained):
     base, data, out, _ = trained
     cwd = base / "apart"
     cwd.mkdir()
-    other = write_dataset(base / "other", episodes=5, start=7)  # same shape, other episodes
+    other = write_dataset(base / "same_shape", episodes=5, start=7)  # same shape, other episodes
     common = ["--config", "quickstart", *TINY, "--trainer.max_steps=1"]
     run("fit", *common, "--data.root", str(other), cwd=cwd)
-    assert list((cwd / "runs" / "other" / "tensorboard").glob("version_0/checkpoints/last.ckpt"))
+    assert list((cwd / "runs" / "same_shape" / "tensorboard").glob("version_0/checkpoints/last.ckpt"))
     assert not (cwd / "runs" / "quickstart").exists()
 
     ckpt = str(out / "tensorboard" / "version_0" / "checkpoints" / "last.ckpt")
     resume = ["fit", *common, "--data.root", str(other), "--ckpt_path", ckpt, "--trainer.max_steps=3"]
     line = one_error_line(run(*resume, cwd=cwd, expect=1))
-    assert f"trained on {data}" in line and "--resume_other_dataset true" in line, line
+    assert f"not {other}" in line and "--resume_other_dataset true" in line, line
     run(*resume, "--resume_other_dataset=true", cwd=cwd)

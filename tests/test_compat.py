@@ -25,6 +25,7 @@ def test_every_accessor_finds_its_attribute():
     progress = compat.training_batch_progress(trainer)
     assert progress.total.processed == 0 and progress.current.processed == 0
     assert compat.averaged_model(EMAWeightAveraging()) is None  # built in setup
+    assert compat.logging_step(trainer) == 0
 
 
 def test_a_missing_attribute_names_itself_and_the_version():
@@ -32,6 +33,8 @@ def test_a_missing_attribute_names_itself_and_the_version():
         compat.cluster_environment(object())
     with pytest.raises(compat.LightningCompatError, match="batch_progress"):
         compat.training_batch_progress(object())
+    with pytest.raises(compat.LightningCompatError, match="_batches_that_stepped"):
+        compat.logging_step(object())
     with pytest.raises(compat.LightningCompatError, match="_average_model"):
         compat.averaged_model(object())
     assert compat.slurm_requeue_handler(object()) is None  # optional: callers fall back to Lightning's own

@@ -25,6 +25,7 @@ import torch
 from tests.test_ddp import REPO
 from tests.test_resume_cli import assert_equal_tree
 
+pytestmark = pytest.mark.slow
 CONFIGS = ["quickstart", REPO / "tests/configs/tiny_scale.yaml", REPO / "tests/configs/resume_exact.yaml"]
 STEPS = 40
 COMPARED = ("current_model_state", "state_dict", "averaging_state", "optimizer_states", "lr_schedulers")

@@ -100,14 +100,13 @@ def test_fit_logs_terms_rms_total_and_validation_to_tensorboard(tmp_path, cache)
     assert math.isclose(
         last_scalar(events, "train/loss"), shortcut / last_scalar(events, "train/shortcut_rms"), rel_tol=1e-4
     )
-    # Two rollout pictures (ground truth + one row per K), decoded by the built-in dataset's decoder.
+    # One labelled picture per context and validation, at the step of the validation's scalars, decoded by the
+    # built-in dataset's decoder: rows context, truth, K = 1, 4, K_max = 8; a label column, then 3 frames.
     assert {"val/rollout_0", "val/rollout_1"} <= set(events.Tags()["images"])
-    image = events.Images("val/rollout_0")[-1]
+    images = events.Images("val/rollout_0")
+    assert [image.step for image in images] == [s.step for s in events.Scalars("val/loss")] == [2]
     patch = data.decoder.codec.image_size
-    assert (image.height, image.width) == (
-        5 * patch,
-        4 * patch,
-    )  # rows: truth + K=1,2,4,8; cols: last ctx + 3
+    assert (images[0].height, images[0].width) == (5 * max(patch, 12), 56 + 3 * patch)
 
 
 class FlowOnlyWithMeanPenalty(DynamicsModule):
@@ -470,3 +469,22 @@ def test_bootstrap_warmup_trains_the_flow_term_alone_then_bootstrap_frames_appea
     later = torch.cat([d.flatten() for s, grad, d in calls if s >= 2 and grad])
     assert (later > d_min).float().mean() > 0.3  # uniform over K = 1..8: 7/8 of frames above d_min
     assert any(not grad for s, grad, _ in calls if s >= 2)  # bootstrap frames ask the teacher
+
+
+def test_throughput_is_logged_when_every_epoch_is_one_batch(tmp_path, cache):
+    """``steps_per_epoch = 1``: every batch starts an epoch; the rate is still logged from the second step on
+    (measured across epoch boundaries, validation time left out)."""
+    data = tiny_datamodule(cache=cache, steps_per_epoch=1)
+    module = tiny_module(data, val_rollout_batches=0)
+    trainer = make_trainer(
+        tmp_path,
+        max_steps=4,
+        val_check_interval=None,
+        check_val_every_n_epoch=2,
+        enable_checkpointing=False,
+        callbacks=[LatentThroughputMonitor()],
+    )
+    trainer.fit(module, data)
+    assert trainer.current_epoch == 4  # one batch per epoch
+    rates = read_events(trainer).Scalars("train/latent_tokens_per_s")
+    assert [r.step for r in rates] == [1, 2, 3] and all(r.value > 0 for r in rates)

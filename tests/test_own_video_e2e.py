@@ -139,10 +139,11 @@ def test_video_to_exported_model(tmp_path, monkeypatch):
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 20
     events = list((tmp_path / "tensorboard").glob("version_*/events.out.tfevents.*"))
     assert events, "no TensorBoard events"
-    # Rollout pictures reach every image-capable logger, not TensorBoard only: rows = truth + K in {1, 2};
-    # columns = last context frame + 2 generated frames; 16 x 16 pixels each.
-    logged = sorted((tmp_path / "logged").glob("val_rollout_*_20_0.npy"))
-    assert len(logged) == 2 and np.load(logged[0]).shape == (3 * 16, 3 * 16, 3)
+    # Rollout pictures reach every image-capable logger, not TensorBoard only, at the validation scalars' step
+    # (19: Lightning logs step N's metrics at N - 1): rows = context, truth, K in {1, 2}; a 56-pixel label
+    # column, then 3 frames (3 context frames, 2 generated); 16 x 16 pixels each.
+    logged = sorted((tmp_path / "logged").glob("val_rollout_*_19_0.npy"))
+    assert len(logged) == 2 and np.load(logged[0]).shape == (4 * 16, 56 + 3 * 16, 3)
 
     main(["predict", *common, "--ckpt_path", str(checkpoint)])
     written = tmp_path / "predictions" / "rollouts_rank0_batch000000"

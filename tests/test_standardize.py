@@ -188,12 +188,14 @@ def test_rollout_images_are_decoded_in_the_datasets_units(roots, tmp_path):
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
     events.Reload()
     png = events.Images("val/rollout_0")[-1].encoded_image_string
-    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.float32) / 255  # (rows*16, 4*16, 3)
-    # first row: the last context frame and the ground-truth future, decoded from the stored values
-    raw = next(iter(tiny_datamodule(roots["scaled"], standardize=False).val_dataloader()))["latents"][0, 1:5]
-    expected = data.decoder(raw).clamp(0, 1)  # (4, 16, 16, 3)
-    expected = expected.permute(1, 0, 2, 3).flatten(1, 2).numpy()  # (16, 4*16, 3)
-    np.testing.assert_allclose(image[:16], expected, atol=1.5 / 255)
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.float32) / 255  # (rows*16, 56+3*16, 3)
+    # rows 1 and 2 (after a 56-pixel label column): the 2 context frames and the 3 true frames after them,
+    # decoded from the stored values
+    raw = next(iter(tiny_datamodule(roots["scaled"], standardize=False).val_dataloader()))["latents"][0, :5]
+    expected = data.decoder(raw).clamp(0, 1)  # (5, 16, 16, 3)
+    expected = expected.permute(1, 0, 2, 3).flatten(1, 2).numpy()  # (16, 5*16, 3)
+    np.testing.assert_allclose(image[:16, 56 : 56 + 2 * 16], expected[:, : 2 * 16], atol=1.5 / 255)
+    np.testing.assert_allclose(image[16:32, 56:], expected[:, 2 * 16 :], atol=1.5 / 255)
 
 
 def test_rollout_energy_scores_are_in_the_datasets_units(roots, tmp_path):

@@ -336,7 +336,9 @@ class DynamicsDataModule(pl.LightningDataModule):
         recorded = state.get("dataset_fingerprint")
         if recorded:
             changes = fingerprint_changes(recorded, self.fingerprint)
-            if changes:
+            # Lightning hands the state over twice (the DataModule's and the loaders'): warn once
+            if changes and changes != getattr(self, "_warned_changes", None):
+                self._warned_changes = changes
                 warnings.warn(
                     f"dataset {self.root} changed since the checkpoint ({'; '.join(changes)}); the "
                     "split is per episode, so validation episodes stay held out",

@@ -12,25 +12,38 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from dreamer_dynamics.compat import logging_step
 
 
 class LatentThroughputMonitor(pl.Callback):
     """Logs ``train/latent_tokens_per_s``: latent tokens (B x T x N_b, all ranks) per wall-clock second.
 
-    Measured between consecutive training-batch ends, so it includes data loading and the optimiser step: the
-    number a user planning a run needs. The first batch (compilation, warm-up) is skipped.
+    Measured between consecutive training-batch ends, across epoch boundaries, so it includes data loading and
+    the optimiser step: the number a user planning a run needs. Validation time is left out, and the first
+    batch of a run (compilation, warm-up) is skipped.
     """
 
     def __init__(self, log_every_n_steps: int = 1) -> None:
         self.log_every_n_steps = max(1, int(log_every_n_steps))
         self._last_time: float | None = None
         self._tokens = 0
+        self._validation_start: float | None = None
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_time, self._tokens = None, 0
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._last_time is not None and self._validation_start is not None:
+            self._last_time += time.perf_counter() - self._validation_start  # not training time
+        self._validation_start = None
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -43,7 +56,7 @@ class LatentThroughputMonitor(pl.Callback):
         if self._last_time is None:
             self._last_time, self._tokens = now, 0
             return
-        if (batch_idx + 1) % self.log_every_n_steps == 0:
+        if trainer.global_step % self.log_every_n_steps == 0:
             rate = self._tokens / max(now - self._last_time, 1e-9)
             pl_module.log(
                 "train/latent_tokens_per_s", rate, on_step=True, on_epoch=False, rank_zero_only=True
@@ -52,21 +65,28 @@ class LatentThroughputMonitor(pl.Callback):
 
 
 class RolloutImageLogger(pl.Callback):
-    """Writes decoded rollout frames beside the ground truth to every logger that takes images (``log_image``:
-    TensorBoard, Weights & Biases, MLflow, or any logger with a wandb-style ``log_image(key, images, step)``).
+    """Writes decoded rollouts beside the ground truth, once per validation, to every logger that takes images
+    (``log_image``: TensorBoard, Weights & Biases, MLflow, or any logger with a wandb-style
+    ``log_image(key, images, step)``), at the step of that validation's scalars.
 
     Uses ``trainer.datamodule.decoder`` (latents [..., N_b, D_b] -> images [..., H, W, 3] in [0, 1], from the
-    dataset's codec); does nothing for datasets without a codec. The module's ``validation_step``
-    returns ``{"rollout_images": {"context": ..., "target": ..., "k4": ...}}`` for its first batch, in model
-    units like the batches; they are mapped back to the dataset's units (``pl_module.destandardize``)
-    before decoding, since the decoder reads what the encoder wrote.
-    For each of the first ``max_sequences`` sequences one image is logged: rows = ground truth, then one row
-    per rollout step count K; columns = the last context frame followed by the generated horizon.
+    dataset's codec); does nothing for datasets without a codec. The module's ``validation_step`` returns
+    ``{"rollout_images": {"context": ..., "target": ..., "k4": ...}}`` for its rollout batches, in model units
+    like the batches; the first batch's are mapped back to the dataset's units (``pl_module.destandardize``)
+    before decoding, since the decoder reads what the encoder wrote. For each of the first ``max_sequences``
+    contexts one labelled grid ``val/rollout_{i}`` is logged: rows = the context frames, the truth, then the
+    rollouts with K = 1, 4 and k_max (those scored); columns = frames (at most ``max_frames``).
     """
+
+    ROW_KEYS = (1, 4)  # and the largest K scored (k_max by default)
 
     def __init__(self, max_sequences: int = 4, max_frames: int = 8) -> None:
         self.max_sequences = max_sequences
         self.max_frames = max_frames
+        self._pending: dict[str, torch.Tensor] | None = None
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pending = None
 
     @rank_zero_only
     def on_validation_batch_end(
@@ -78,36 +98,62 @@ class RolloutImageLogger(pl.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if trainer.sanity_checking or not isinstance(outputs, dict) or "rollout_images" not in outputs:
-            return
-        decoder = getattr(trainer.datamodule, "decoder", None) if trainer.datamodule is not None else None
-        loggers = [lg for lg in trainer.loggers if takes_images(lg)]
-        if decoder is None or not loggers:
+        if self._pending is not None or not isinstance(outputs, dict) or "rollout_images" not in outputs:
             return
         destandardize = getattr(pl_module, "destandardize", None)
         rollouts = outputs["rollout_images"]
         if destandardize is not None:
             rollouts = {key: destandardize(value) for key, value in rollouts.items()}
+        self._pending = {key: value[: self.max_sequences].detach().cpu() for key, value in rollouts.items()}
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        rollouts, self._pending = self._pending, None
+        if trainer.sanity_checking or rollouts is None:
+            return
+        decoder = getattr(trainer.datamodule, "decoder", None) if trainer.datamodule is not None else None
+        loggers = [lg for lg in trainer.loggers if takes_images(lg)]
+        if decoder is None or not loggers:
+            return
+        step = logging_step(trainer)
         for index, image in enumerate(self.make_grids(rollouts, decoder)):
             for logger in loggers:
-                log_image(logger, f"val/rollout_{index}", image, trainer.global_step)
+                log_image(logger, f"val/rollout_{index}", image, step)
 
     @torch.no_grad()
     def make_grids(self, rollouts: dict[str, torch.Tensor], decoder) -> list[torch.Tensor]:
-        """Decoded image grids [rows*H, cols*W, 3] in [0, 1], one per sequence."""
+        """Decoded, labelled image grids [rows*H, label + cols*W, 3] in [0, 1], one per sequence."""
         context, target = rollouts["context"], rollouts["target"]  # (B, T_ctx, N, D), (B, H, N, D)
-        keys = sorted((k for k in rollouts if k.startswith("k")), key=lambda k: int(k[1:]))
-        horizon = min(target.shape[1], self.max_frames)
-        last = context[:, -1:]
-        rows = [torch.cat([last, target[:, :horizon]], 1)]
-        rows += [torch.cat([last, rollouts[k][:, :horizon]], 1) for k in keys]
+        steps = sorted(int(k[1:]) for k in rollouts if k.startswith("k"))
+        shown = [k for k in steps if k in self.ROW_KEYS or k == steps[-1]]
+        rows = [("context", context), ("truth", target)] + [(f"K={k}", rollouts[f"k{k}"]) for k in shown]
+        width = min(max(r.shape[1] for _, r in rows), self.max_frames)
         grids = []
         for b in range(min(self.max_sequences, context.shape[0])):
-            frames = torch.stack([row[b] for row in rows])  # (rows, cols, N, D)
-            images = torch.as_tensor(decoder(frames.float().cpu())).float().clamp(0, 1)  # (R, cols, H, W, C)
-            grid = images.permute(0, 2, 1, 3, 4).flatten(2, 3).flatten(0, 1)  # (rows*H, cols*W, 3)
-            grids.append(grid)
+            strips = []
+            for label, frames in rows:
+                images = (
+                    torch.as_tensor(decoder(frames[b, :width].float())).float().clamp(0, 1)
+                )  # (T, H, W, C)
+                strip = images.permute(1, 0, 2, 3).flatten(1, 2)  # (H, T*W, C)
+                blank = strip.new_zeros(strip.shape[0], (width - images.shape[0]) * images.shape[2], 3)
+                strips.append(labelled(torch.cat([strip, blank], 1), label))
+            grids.append(torch.cat(strips, 0))  # (rows*H', label + cols*W, 3)
         return grids
+
+
+def labelled(strip: torch.Tensor, label: str, scale: int = 1) -> torch.Tensor:
+    """A row of frames [H, W, 3] in [0, 1], enlarged ``scale`` times, with ``label`` written to its left."""
+    from PIL import Image, ImageDraw
+
+    strip = strip.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    height = max(strip.shape[0], 12)
+    canvas = Image.new("RGB", (56, height), (255, 255, 255))
+    ImageDraw.Draw(canvas).text((2, (height - 10) // 2), label, fill=(0, 0, 0))
+    text = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0)  # (height, 56, 3)
+    if strip.shape[0] < height:
+        strip = torch.cat([strip, strip.new_ones(height - strip.shape[0], *strip.shape[1:])], 0)
+    return torch.cat([text, strip], 1)
 
 
 def takes_images(logger: Logger) -> bool:

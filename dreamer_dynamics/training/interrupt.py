@@ -79,7 +79,7 @@ class StopOnSignal(pl.Callback):
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and Path(callback.dirpath or "") == path.parent:
                 callback.last_model_path = str(path)  # its own last.ckpt: overwritten on resume, not "-v1"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # resumable: optimiser and loop states too
         rank_zero_info(f"stopped at step {trainer.global_step}: {path} (resume: --ckpt_path last)")
         self.restore_handlers()
         raise StoppedBySignal(signum)
