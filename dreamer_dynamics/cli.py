@@ -83,7 +83,7 @@ EVALUATION_SETTINGS = (
 )
 
 # DataModule settings that describe this machine or this run's input, never adopted from a checkpoint
-NOT_ADOPTED = ("root", "toy", "cache_dir", "num_workers", "pin_memory", "predict_context")
+NOT_ADOPTED = ("root", "toy", "world", "cache_dir", "num_workers", "pin_memory", "predict_context")
 
 
 def signature_defaults(cls: type) -> dict[str, Any]:
@@ -183,10 +183,12 @@ class DynamicsCLI(LightningCLI):
     @staticmethod
     def builtin_root(data: Namespace) -> str:
         """Root of the built-in dataset this data config describes (generated and cached if needed)."""
-        from dreamer_dynamics.data.default import ToyDatasetConfig, builtin_dataset_root
+        from dreamer_dynamics.data.default import builtin_dataset_root, toy_config
 
         toy = data.get("toy")
-        toy = ToyDatasetConfig(**(toy.as_dict() if isinstance(toy, Namespace) else toy)) if toy else None
+        toy = toy_config(
+            data.get("world") or "deterministic", toy.as_dict() if isinstance(toy, Namespace) else toy
+        )
         return str(builtin_dataset_root(toy, data.get("cache_dir"), progress=True))
 
     @staticmethod

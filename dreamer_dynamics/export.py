@@ -47,10 +47,10 @@ def _dataset_codec(checkpoint: dict[str, Any], data_root: Optional[str]) -> Opti
     data = checkpoint.get("datamodule_hyper_parameters") or {}
     root = data_root or data.get("root")
     if root is None and "toy" in data:  # the built-in dataset: its cache path, without generating it
-        from dreamer_dynamics.data.default import ToyDatasetConfig, default_cache_dir, toy_dataset_key
+        from dreamer_dynamics.data.default import default_cache_dir, toy_config, toy_dataset_key
 
         cache = Path(data["cache_dir"]) if data.get("cache_dir") else default_cache_dir()
-        root = cache / toy_dataset_key(ToyDatasetConfig(**(data.get("toy") or {})))
+        root = cache / toy_dataset_key(toy_config(data.get("world") or "deterministic", data.get("toy")))
     if root is None or not (Path(root) / METADATA_FILE).is_file():
         warnings.warn(
             f"export: training dataset {root} not found, so no codec is exported (pass --data-root)",

@@ -75,13 +75,20 @@ def test_fit_logs_terms_rms_total_and_validation_to_tensorboard(tmp_path, cache)
         "val/bootstrap_loss",
         "val/rollout_es_copy_last",
         "val/rollout_es_context_mean",
+        "val/oracle_es",  # the built-in world has an oracle
+        "val/oracle_mean_es",
     }
     expected |= {"train/flow", "train/bootstrap", "train/shortcut", "train/shortcut_rms"}
     expected |= {f"val/flow_loss_tau{lo:.2f}_{lo + 0.25:.2f}" for lo in (0.0, 0.25, 0.5, 0.75)}
     for k in (1, 2, 4, 8):  # K in {1, 2, 4, K_max = 8}
         expected |= {f"val/rollout_{name}_k{k}" for name in ("es", "es_ratio", "spread", "mean_mse", "mse")}
         expected.add(f"val/object_accuracy_k{k}")  # the built-in world defines its objects
+        expected.add(f"val/rollout_excess_k{k}")
     assert expected <= scalars, expected - scalars
+    assert last_scalar(events, "val/oracle_es") < 1e-4  # the deterministic world: the oracle is exact
+    assert last_scalar(events, "val/rollout_excess_k1") == pytest.approx(
+        last_scalar(events, "val/rollout_es_ratio_k1"), rel=1e-3
+    )
     assert len(events.Scalars("train/loss")) == 3  # every step
     # The shortcut loss is flow + bootstrap (docs/design.md §3.6), normalised as one term by its running RMS.
     shortcut = last_scalar(events, "train/shortcut")

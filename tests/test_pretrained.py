@@ -76,6 +76,7 @@ def test_inference_path_does_not_import_lightning(tmp_path):
     torch.save({"context": context, **actions}, tmp_path / "in.pt")
     script = (
         "import sys, torch\n"
+        f"torch.set_num_threads({torch.get_num_threads()})\n"  # the same reduction order as this process
         "from dreamer_dynamics.model import DynamicsTransformer\n"
         "m = DynamicsTransformer.from_pretrained(sys.argv[1])\n"
         "x = torch.load(sys.argv[2], weights_only=True)\n"

@@ -3,7 +3,8 @@
     dreamer-dynamics-data info ROOT [--json]
     dreamer-dynamics-data validate ROOT [--quick] [--repair [--force]]
     dreamer-dynamics-data stats ROOT
-    dreamer-dynamics-data make-toy ROOT [--episodes 200 --length 64 --seed 0]
+    dreamer-dynamics-data make-toy ROOT [--episodes 200 --length 64 --seed 0 --world deterministic
+                                         --turn-probability P]
     dreamer-dynamics-data record-crafter ROOT [--episodes 10 --length 256 --policy random --seed 0]
     dreamer-dynamics-data from-video OUT VIDEO [VIDEO ...] [--actions FILE [FILE ...]] [--codec CLASS_PATH]
                                      [--codec-args JSON] [--image-size 64]
@@ -20,8 +21,10 @@ import argparse
 import json
 import sys
 
+from dreamer_dynamics.errors import ConfigError
+
 from .dataset import LatentDataset
-from .default import ToyDatasetConfig, generate_toy_dataset
+from .default import WORLDS, ToyDatasetConfig, generate_toy_dataset, toy_config
 from .format import METADATA_FILE, DatasetError
 from .lock import WriterLock
 from .repair import find_leftovers, remove_leftovers
@@ -117,8 +120,10 @@ def _stats(args: argparse.Namespace) -> None:
 
 
 def _make_toy(args: argparse.Namespace) -> None:
-    config = ToyDatasetConfig(episodes=args.episodes, length=args.length, seed=args.seed)
-    generate_toy_dataset(args.root, config)
+    config = ToyDatasetConfig(
+        episodes=args.episodes, length=args.length, seed=args.seed, turn_probability=args.turn_probability
+    )
+    generate_toy_dataset(args.root, toy_config(args.world, config))
     print(f"wrote {config.episodes} toy episodes to {args.root}")
 
 
@@ -256,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--episodes", type=int, default=200)
     toy.add_argument("--length", type=int, default=64)
     toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--world", choices=sorted(WORLDS), default="deterministic", help="docs/data.md")
+    toy.add_argument(
+        "--turn-probability", type=float, default=None, help="stochastic world's strength (default 0.5)"
+    )
     toy.set_defaults(run=_make_toy)
     crafter = commands.add_parser("record-crafter", help="record Crafter episodes (needs the crafter extra)")
     crafter.add_argument("root")
@@ -306,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except DatasetError as err:
+    except (DatasetError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
