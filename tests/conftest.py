@@ -9,12 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dreamer_dynamics.data import DynamicsDataModule
 from dreamer_dynamics.data.default import ToyDatasetConfig
+from dreamer_dynamics.data.toy_env import ToyEnv, ToyEnvConfig
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 from dreamer_dynamics.module import DynamicsModule
 
@@ -78,6 +80,18 @@ def run_python(script: str, *args) -> subprocess.CompletedProcess:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def replayed_objects(config: ToyEnvConfig, seed: int, actions) -> list[np.ndarray]:
+    """(1 + balls, 2) positions of the sprite and balls at every frame of a built-in episode, replayed from
+    its seed and actions (``toy_env.rollout_episode``)."""
+    replay = ToyEnv(config)
+    replay.reset(seed)
+    objects = [np.concatenate([replay.sprite[None], replay.balls])]
+    for action in actions[1:]:
+        replay.step(int(action))
+        objects.append(np.concatenate([replay.sprite[None], replay.balls]))
+    return objects
 
 
 def tiny_datamodule(root: str | None = None, cache: Path | None = None, **overrides) -> DynamicsDataModule:

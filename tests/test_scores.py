@@ -9,6 +9,7 @@ import torch
 
 from dreamer_dynamics.data.toy_env import ToyEnv, locate_objects, rollout_episode
 from dreamer_dynamics.training.scores import RolloutScores, energy_score
+from tests.conftest import replayed_objects
 
 DIM = 16  # latents per "frame" (N_b x D_b = 4 x 4)
 FRAMES = 4000  # independent targets
@@ -96,12 +97,7 @@ def test_rollout_scores_sums_means_and_ratio_by_hand():
 def test_locator_finds_every_object_of_the_toy_world_exactly():
     env = ToyEnv()
     frames, actions = rollout_episode(env, seed=11, length=40)
-    replay = ToyEnv()
-    replay.reset(11)
-    expected = [np.concatenate([replay.sprite[None], replay.balls])]
-    for a in actions[1:]:
-        replay.step(int(a))
-        expected.append(np.concatenate([replay.sprite[None], replay.balls]))
+    expected = replayed_objects(env.config, 11, actions)
     found = locate_objects(torch.as_tensor(frames), env.config)  # (T, 3, 2)
     visible = ~torch.as_tensor([hidden_by_sprite(e, env) for e in expected])  # (T, 3): the sprite hides balls
     assert torch.equal(found[visible], torch.as_tensor(np.stack(expected))[visible])

@@ -15,6 +15,7 @@ from dreamer_dynamics.data import DynamicsDataModule, LatentDataset
 from dreamer_dynamics.data.default import ToyDatasetConfig, builtin_dataset_root, toy_config, toy_dataset_key
 from dreamer_dynamics.data.toy_env import ToyEnv, ToyEnvConfig, rollout_episode
 from dreamer_dynamics.errors import ConfigError
+from tests.conftest import replayed_objects
 
 DIAGONALS = list(itertools.product((-1, 1), repeat=2))
 CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27}  # 0.999 quantiles of the chi-squared law by degrees of freedom
@@ -169,12 +170,7 @@ def test_locator_finds_the_objects_of_the_stochastic_world():
 
     env = ToyEnv(ToyEnvConfig(turn_probability=0.5))
     frames, actions = rollout_episode(env, seed=11, length=40)
-    replay = ToyEnv(ToyEnvConfig(turn_probability=0.5))
-    replay.reset(11)
-    expected = [np.concatenate([replay.sprite[None], replay.balls])]
-    for a in actions[1:]:
-        replay.step(int(a))
-        expected.append(np.concatenate([replay.sprite[None], replay.balls]))
+    expected = replayed_objects(env.config, 11, actions)
     found = locate_objects(torch.as_tensor(frames), env.config)  # (T, 3, 2)
     visible = ~torch.as_tensor([hidden(e) for e in expected])
     assert torch.equal(found[visible], torch.as_tensor(np.stack(expected))[visible])
