@@ -17,6 +17,7 @@ import torch
 
 from benchmarks import (
     common,
+    device_run,
     gpu,
     learning,
     quality,
@@ -182,7 +183,17 @@ def test_run_all_smoke_writes_a_summary(tmp_path):
 
 @pytest.mark.parametrize(
     "name",
-    ["run_all", "train_step", "rollout_speed", "scaling", "gpu", "quality", "learning", "rollout_errors"],
+    [
+        "run_all",
+        "train_step",
+        "rollout_speed",
+        "scaling",
+        "gpu",
+        "quality",
+        "learning",
+        "rollout_errors",
+        "device_run",
+    ],
 )
 def test_benchmarks_run_as_modules(name):
     """``python -m benchmarks.<name>`` from the repository root: a package, no ``sys.path`` edits."""
@@ -196,3 +207,38 @@ def test_benchmarks_run_as_modules(name):
     )
     assert result.returncode == 0 and "usage" in result.stdout, result.stderr[-2000:]
     assert "sys.path" not in (repo / "benchmarks" / f"{name}.py").read_text()
+
+
+@pytest.mark.slow
+def test_device_run_smoke_runs_every_stage_and_writes_its_figures(tmp_path):
+    """The device run's plumbing on CPU: every stage in its own process, the JSON after each, the logs (about
+    30 s of CPU: six interpreters start, one of them the trainer's CLI)."""
+    report = device_run.main(["--smoke", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    assert read(tmp_path / "out" / "device_run.json") == json.loads(json.dumps(report, default=str))
+    assert list(report["stages"]) == list(device_run.STAGES) and report["not_run"] == []
+    assert all((tmp_path / "out" / f"{name}.log").exists() for name in device_run.STAGES)
+    tests, decode, mfu, quick = (report["stages"][name] for name in device_run.STAGES)
+    assert tests["returncode"] == 0 and tests["counts"]["skipped"] > 0 and tests["failures"] == []
+    assert decode["returncode"] == 0 and decode["cached_vs_uncached"]["equal"]
+    for variant in ("eager", "compiled"):  # compiled: dynamo traced the decode step as one graph
+        step = decode["steps"]["2"][variant]
+        assert step["error"] < 1e-4 and step["k4"]["ms_per_frame"] == pytest.approx(5 * step["step_ms"])
+    assert [(r["batch"], r["k"]) for r in decode["rollouts"]] == [(2, 1), (2, 2), (2, 4)]
+    assert mfu["returncode"] == 0 and mfu["batch_2"]["mfu_vs_measured_peak"] > 0
+    assert quick["attempts"][0]["returncode"] == 0 and quick["global_step"] == 4  # the smoke overlay's steps
+    fresh = quick["fresh_contexts"]
+    assert fresh["contexts"] == 5 and 0 <= fresh["k"]["1"]["object_accuracy"] <= 1
+
+
+def test_device_run_parses_pytest_and_stops_a_stage_at_its_cap(tmp_path):
+    text = "..s\nFAILED tests/test_cuda.py::test_a - boom\nERROR tests/t.py::b\n"
+    text += "1 failed, 2 passed, 1 skipped, 1 error in 3.2s"
+    assert device_run.pytest_counts(text) == {
+        "counts": {"failed": 1, "passed": 2, "skipped": 1, "errors": 1},
+        "failures": ["tests/test_cuda.py::test_a", "tests/t.py::b"],
+    }
+    # the whole process group goes at the cap: a child that outlives the shell would hold the pipe open
+    result = device_run.run_capped(["sh", "-c", "sleep 30 & sleep 30"], 1.0, tmp_path / "log")
+    assert result["timed_out"] and result["seconds"] < 10
+    report = device_run.main(["--smoke", "--budget", "0", "--out", str(tmp_path / "out")])
+    assert report["stages"] == {} and report["not_run"] == list(device_run.STAGES)
