@@ -115,3 +115,46 @@ def test_cached_rollout_on_gpu_equals_recomputation(dtype):
     assert torch.isfinite(runs[0]).all()
     tol = 1e-4 if dtype == torch.float32 else 0.1  # bf16: different kernel sums round differently
     torch.testing.assert_close(runs[0], runs[1], atol=tol, rtol=tol)
+
+
+def test_decode_step_replays_as_a_cuda_graph():
+    """The per-frame decode step (one new frame against a full KV cache, benchmarks/decode_speed.py) holds no
+    host sync, so it captures as one CUDA graph (the space attention through the compiled FlexAttention kernel
+    with it); replays with new inputs copied into the captured ones equal the eager step."""
+    torch.manual_seed(0)  # head_dim 16: space attention takes the compiled FlexAttention kernel
+    cfg = DynamicsConfig.debug(heads=2, kv_heads=1, attention_softcap=5.0, check_inputs=False)
+    model = DynamicsTransformer(cfg).to(CUDA).eval()
+    past, g = cfg.context_length - 1, torch.Generator().manual_seed(3)
+
+    def frames(t):  # latents, tau, d, discrete and continuous actions of t frames, batch 2
+        z = torch.randn(2, t, cfg.latent_tokens, cfg.latent_dim, generator=g)
+        tau = torch.randint(0, cfg.k_max, (2, t), generator=g) / cfg.k_max
+        d = torch.full((2, t), cfg.d_min)
+        acts = torch.stack([torch.randint(0, n, (2, t), generator=g) for n in cfg.num_discrete_actions], -1)
+        cont = torch.randn(2, t, cfg.num_continuous_actions, generator=g)
+        return [x.to(CUDA) for x in (z, tau, d, acts, cont)]
+
+    def step(z, tau, d, acts, cont, cache):
+        return model.forward_frames(
+            z, tau, d, actions_discrete=acts, actions_continuous=cont, past_kv=cache, start=past
+        )[0]
+
+    with torch.no_grad():
+        z, tau, d, acts, cont = frames(past)
+        _, cache = model.forward_frames(z, tau, d, actions_discrete=acts, actions_continuous=cont)
+        static = frames(1)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: compiles the kernel, fills the allocator's pools
+            for _ in range(3):
+                step(*static, cache)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = step(*static, cache)
+        for _ in range(2):
+            new = frames(1)
+            for buffer, value in zip(static, new):
+                buffer.copy_(value)
+            graph.replay()
+            torch.testing.assert_close(out, step(*new, cache), atol=1e-5, rtol=1e-5)
