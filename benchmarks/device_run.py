@@ -15,12 +15,14 @@ keeps what it measured), DIR/<stage>.log holds each stage's output, DIR/device_r
               checked against eager; cached against uncached rollouts; peak memory
   mfu         the 138M training step of benchmarks/gpu.py, compiled, against the bf16 matmul peak of this run
   quickstart  `dreamer-dynamics fit --config quickstart_gpu` for at most --train-seconds (what the budget
-              leaves), then object accuracy on 320 contexts of 64 fresh episodes (rollout_errors.py)
+              leaves), its schedule fitted to that time (fit_to_time.py), then object accuracy on 320
+              contexts of 64 fresh episodes (rollout_errors.py)
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -36,6 +38,7 @@ STAGES = ("tests", "rollout", "mfu", "quickstart")
 CAPS = {"tests": 100, "rollout": 120, "mfu": 70}  # seconds at most per stage; the quickstart takes the rest
 SCORING_SECONDS = 45  # kept after the quickstart's training: start-up, fresh episodes, 320-context scoring
 TEST_FILES = ["tests/test_cuda.py", "tests/test_attention.py", "tests/test_fsdp.py"]
+FIT_TO_TIME = "benchmarks.fit_to_time.FitToTime"  # the quickstart's schedule fitted to its training time
 
 
 class Clock:
@@ -223,6 +226,8 @@ def fit_command(args: argparse.Namespace, root: Path, train_seconds: float, comp
         f"--trainer.default_root_dir={root}",
         f"--trainer.max_time=00:00:{minutes:02d}:{seconds:02d}",  # DD:HH:MM:SS, from the training's start
         "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+="
+        + json.dumps({"class_path": FIT_TO_TIME, "init_args": {"seconds": train_seconds}}),
     ]
     return cmd + ([] if compile_blocks else ["--model.model.compile_blocks=false"])
 
@@ -237,7 +242,11 @@ def training_summary(root: Path) -> dict:
     if not checkpoints:
         return {"checkpoint": None}
     state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)
-    summary = {"checkpoint": str(checkpoints[-1]), "global_step": state["global_step"]}
+    summary = {
+        "checkpoint": str(checkpoints[-1]),
+        "global_step": state["global_step"],
+        "bootstrap_warmup_steps": state["hyper_parameters"].get("bootstrap_warmup_steps"),
+    }
     scalars = read_scalars(root)
     for tag in ("val/object_accuracy_k4", "val/rollout_es_ratio_k4", "train/latent_tokens_per_s"):
         if tag in scalars:
@@ -261,6 +270,8 @@ def stage_quickstart(args: argparse.Namespace, seconds: float, work: Path) -> di
         if attempt["returncode"] == 0 or attempt["timed_out"] or attempt["seconds"] > cap / 2:
             break  # trained (or failed late): no time for a second attempt
     result.update(training_summary(root))
+    fitted = re.findall(r"^FitToTime: schedule set to (\{.*\})$", log_path.read_text(), re.M)
+    result["fitted_schedule"] = ast.literal_eval(fitted[-1]) if fitted else None
     if result["checkpoint"] is None:
         return result
     score = work / "rollout_errors.json"

@@ -18,6 +18,7 @@ import torch
 from benchmarks import (
     common,
     device_run,
+    fit_to_time,
     gpu,
     learning,
     quality,
@@ -242,3 +243,40 @@ def test_device_run_parses_pytest_and_stops_a_stage_at_its_cap(tmp_path):
     assert result["timed_out"] and result["seconds"] < 10
     report = device_run.main(["--smoke", "--budget", "0", "--out", str(tmp_path / "out")])
     assert report["stages"] == {} and report["not_run"] == list(device_run.STAGES)
+
+
+def test_fitted_steps_fill_the_time_left():
+    # 100 steps done at 0.1 s each, 90 s left, the last 10 % of steps twice as long: 909 steps in all
+    total = fit_to_time.fitted_steps(100, 0.1, 90.0, 0.1, 2.0)
+    assert total == 909 and (0.9 * 909 - 100) * 0.1 + 0.1 * 909 * 0.2 == pytest.approx(90.0, abs=0.1)
+    assert fit_to_time.fitted_steps(100, 1.0, 10.0, 0.9, 2.0) == 105  # inside the bootstrap phase already
+
+
+def test_fit_to_time_rescales_the_schedule_of_a_run(tmp_path):
+    """A run of the tiny quickstart with room for 10,000 steps ends where FitToTime set its schedule, with
+    the cosine, the bootstrap warm-up and the validation interval at the config's shares."""
+    from dreamer_dynamics.cli import DynamicsCLI
+
+    args = [
+        f"--config={quality.QUICKSTART}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_steps=10000",
+        "--trainer.val_check_interval=5000",
+        "--trainer.limit_val_batches=0",
+        "--trainer.enable_progress_bar=false",
+        "--model.bootstrap_warmup_steps=9000",
+        "--data.short_batch_size=2",
+        "--data.long_batch_size=1",
+        "--model.model.dim=16",
+        "--model.model.heads=4",
+        "--model.model.depth=2",
+    ]
+    cli = DynamicsCLI(args=args, run=False)
+    callback = fit_to_time.FitToTime(seconds=4.0, probe_steps=6)
+    cli.trainer.callbacks.append(callback)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    total = callback.fitted["max_steps"]
+    assert 6 < total < 10000 and cli.trainer.global_step == total
+    assert cli.model.hparams.bootstrap_warmup_steps == round(0.9 * total)
+    assert cli.trainer.val_check_batch == round(0.5 * total)
+    assert cli.trainer.lr_scheduler_configs[0].scheduler.total_steps == total
