@@ -9,7 +9,7 @@ Every stage runs in its own process under a time cap, so a crash, a hang or a co
 leaves the others' figures. DIR/device_run.json is rewritten after every stage (a stage stopped at its cap
 keeps what it measured), DIR/<stage>.log holds each stage's output, DIR/device_run.log the run's own.
 
-  tests       pytest -q tests/test_cuda.py tests/test_attention.py tests/test_fsdp.py: counts and failures
+  tests       pytest -v tests/test_cuda.py tests/test_attention.py tests/test_fsdp.py: counts and failures
   rollout     DynamicsConfig.minecraft() in bf16 (benchmarks/decode_speed.py): rollouts at K = 1, 2, 4 x batch
               1, 8, 16; the per-frame decode step eager, as a CUDA graph and compiled (reduce-overhead), each
               checked against eager; cached against uncached rollouts; peak memory
@@ -87,16 +87,22 @@ def subprocess_env(smoke: bool) -> dict:
 
 
 def pytest_counts(text: str) -> dict:
-    """Counts of pytest's summary line ("3 passed, 1 skipped in 2.0s") and the ids of FAILED/ERROR lines."""
-    summary = [
-        line for line in text.splitlines() if re.search(r"\b(passed|failed|skipped|error|errors)\b", line)
-    ]
-    counts = {}
+    """Counts of pytest's summary line ("3 passed, 1 skipped in 2.0s"), or, where pytest was stopped before
+    it, of its per-test lines (-v); the ids of failed tests and errors."""
+    per_test = re.findall(r"^(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b", text, re.M)
+    summary = [line for line in text.splitlines() if re.fullmatch(r"=*\s*\d+ \w+.* in [\d.]+s\b.*", line)]
+    counts: dict = {}
     if summary:
         for number, word in re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)", summary[-1]):
             counts["errors" if word.startswith("error") else word] = int(number)
-    failures = re.findall(r"^(?:FAILED|ERROR) (\S+)", text, re.M)
-    return {"counts": counts, "failures": failures}
+    else:
+        names = {"ERROR": "errors", "XFAIL": "xfailed", "XPASS": "xpassed"}
+        for _, outcome in per_test:
+            key = names.get(outcome, outcome.lower())
+            counts[key] = counts.get(key, 0) + 1
+    failed = [name for name, outcome in per_test if outcome in ("FAILED", "ERROR")]
+    failed += re.findall(r"^(?:FAILED|ERROR) (\S+)", text, re.M)
+    return {"counts": counts, "complete": bool(summary), "failures": list(dict.fromkeys(failed))}
 
 
 def write_json(path: Path, report: dict) -> None:
@@ -110,7 +116,7 @@ def stage_tests(args: argparse.Namespace, seconds: float, work: Path) -> dict:
     """The CUDA test files under pytest (smoke: test_cuda.py alone, which skips everything on a CPU)."""
     files = TEST_FILES[:1] if args.smoke else TEST_FILES
     log_path = args.out / "tests.log"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files]
+    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", *files]  # -v: one line a test
     result = run_capped(cmd, seconds, log_path, subprocess_env(args.smoke))
     return {"files": files, **result, **pytest_counts(log_path.read_text())}
 

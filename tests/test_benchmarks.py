@@ -240,7 +240,16 @@ def test_device_run_parses_pytest_and_stops_a_stage_at_its_cap(tmp_path):
     text += "1 failed, 2 passed, 1 skipped, 1 error in 3.2s"
     assert device_run.pytest_counts(text) == {
         "counts": {"failed": 1, "passed": 2, "skipped": 1, "errors": 1},
+        "complete": True,
         "failures": ["tests/test_cuda.py::test_a", "tests/t.py::b"],
+    }
+    stopped = (
+        "tests/a.py::x PASSED [ 10%]\ntests/a.py::y[2] FAILED [ 20%]\ntests/b.py::z SKIPPED (no GPU) [ 30%]\n"
+    )
+    assert device_run.pytest_counts(stopped) == {  # stopped at the cap: no summary, the per-test lines
+        "counts": {"passed": 1, "failed": 1, "skipped": 1},
+        "complete": False,
+        "failures": ["tests/a.py::y[2]"],
     }
     # the whole process group goes at the cap: a child that outlives the shell would hold the pipe open
     result = device_run.run_capped(["sh", "-c", "sleep 30 & sleep 30"], 1.0, tmp_path / "log")
