@@ -10,6 +10,9 @@ Two kinds of figure, for `DynamicsConfig.minecraft()` in bf16 weights (`--smoke`
   compiled with ``torch.compile(mode="reduce-overhead")``. A generated frame costs K + 1 steps (K Euler steps
   and the commit of the frame to the cache), so ms/frame = (K + 1) x the step's ms.
 
+* frames decoded against the ``StaticKVCache`` ring (dreamer_dynamics/model/static_cache.py) at advancing
+  positions: K denoiser calls and the commit per frame, each replayed as a CUDA graph.
+
 Every faster variant of the step is checked against the eager step's output, and cached rollouts against
 recomputation (``use_cache=False``), as relative L2 errors.
 """
@@ -23,6 +26,7 @@ import torch
 
 from benchmarks.common import peak_memory, time_fn
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout
+from dreamer_dynamics.model.static_cache import StaticKVCache
 
 ACTIONS = 17  # one categorical action component (the Minecraft layout of benchmarks/gpu.py)
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 0.05}  # relative L2 error accepted as equal
@@ -154,6 +158,51 @@ def measure_step(
     return result
 
 
+def measure_ring(model: DynamicsTransformer, batch: int, ks: list, repeat: int) -> dict:
+    """Frames decoded against the ``StaticKVCache`` ring at advancing positions: per frame K denoiser calls
+    and the commit (its forward and the ring's write), each one CUDA graph (on CPU the plain calls, for the
+    plumbing); ms/frame and frames/s per K, the first denoiser call's error against the growing cache."""
+    device = model.latent_in.weight.device
+    layers = full_cache(model, batch)
+    z, tau, d, acts = step_inputs(model, batch)
+    want = decode_step(model, layers)(z, tau, d, acts)  # position C - 1 after the same C - 1 frames
+    ring = StaticKVCache(layers, model.config.context_length - 1)
+    del layers
+    level = torch.full_like(tau, 1.0 - 1.0 / 8)  # committed frames at tau_ctx (on the grid for k_max >= 8)
+    d_min = torch.full_like(d, model.config.d_min)
+
+    def denoise() -> torch.Tensor:
+        return model.forward_frames(
+            z, tau, d, past_kv=ring.layers, start=ring.position, actions_discrete=acts
+        )[0]
+
+    def commit() -> None:
+        kv = model.forward_frames(
+            z, level, d_min, past_kv=ring.layers, start=ring.position, actions_discrete=acts
+        )
+        ring.write(kv[1])
+
+    result: dict = {"batch": batch}
+    try:
+        with torch.no_grad():
+            if device.type == "cuda":
+                denoise = cuda_graph(denoise, ())
+                result["error"] = relative_error(denoise().clone(), want)  # before any commit moved the ring
+                commit = cuda_graph(commit, ())
+            else:
+                result["error"] = relative_error(denoise(), want)
+            for k in ks:
+                with peak_memory(device) as memory:
+                    timing = time_fn(
+                        lambda: [denoise() for _ in range(k)] + [commit()], repeat=repeat, device=device
+                    )
+                ms = 1000 * timing.best
+                result[f"k{k}"] = {"ms_per_frame": ms, "frames_per_s": 1000 * batch / ms, "memory": memory}
+    except Exception as error:  # noqa: BLE001 - reported; the stage goes on
+        result["failed"] = f"{type(error).__name__}: {error}"[:2000]
+    return result
+
+
 def measure_rollout(
     model: DynamicsTransformer, batch: int, k: int, horizon: int, context_frames: int
 ) -> dict:
@@ -228,12 +277,16 @@ def run_stage(smoke: bool, report: dict, save: Callable[[], None]) -> None:
         context_length=config.context_length,
         cached_vs_uncached=cached_equals_uncached(model),
         steps={},
+        ring={},
         rollouts=[],
     )
     save()
     plain = ("eager", "cuda_graph") if device.type == "cuda" else ("eager",)
     for batch in batches:
         report["steps"][str(batch)] = measure_step(model, batch, ks, plain, smoke, repeat)
+        save()
+    for batch in batches:
+        report["ring"][str(batch)] = measure_ring(model, batch, ks, repeat)
         save()
     for batch in batches:
         for k in ks:

@@ -12,7 +12,8 @@ keeps what it measured), DIR/<stage>.log holds each stage's output, DIR/device_r
   tests       pytest -v tests/test_cuda.py tests/test_attention.py tests/test_fsdp.py: counts and failures
   rollout     DynamicsConfig.minecraft() in bf16 (benchmarks/decode_speed.py): rollouts at K = 1, 2, 4 x batch
               1, 8, 16; the per-frame decode step eager, as a CUDA graph and compiled (reduce-overhead), each
-              checked against eager; cached against uncached rollouts; peak memory
+              checked against eager; frames decoded as CUDA graphs against the StaticKVCache ring; cached
+              against uncached rollouts; peak memory
   mfu         the 138M training step of benchmarks/gpu.py, compiled, against the bf16 matmul peak of this run
   quickstart  `dreamer-dynamics fit --config quickstart_gpu` for at most --train-seconds (what the budget
               leaves), its schedule fitted to that time (fit_to_time.py), then object accuracy on 320

@@ -228,6 +228,8 @@ def test_device_run_smoke_runs_every_stage_and_writes_its_figures(tmp_path):
     for variant in ("eager", "compiled"):  # compiled: dynamo traced the decode step as one graph
         step = decode["steps"]["2"][variant]
         assert step["error"] < 1e-4 and step["k4"]["ms_per_frame"] == pytest.approx(5 * step["step_ms"])
+    ring = decode["ring"]["2"]  # the StaticKVCache ring at advancing positions
+    assert ring["error"] < 1e-4 and all(ring[f"k{k}"]["frames_per_s"] > 0 for k in (1, 2, 4))
     assert [(r["batch"], r["k"]) for r in decode["rollouts"]] == [(2, 1), (2, 2), (2, 4)]
     assert mfu["returncode"] == 0 and mfu["batch_2"]["mfu_vs_measured_peak"] > 0
     assert quick["attempts"][0]["returncode"] == 0 and quick["global_step"] == 4  # the smoke overlay's steps
