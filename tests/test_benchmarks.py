@@ -17,6 +17,8 @@ import torch
 
 from benchmarks import (
     common,
+    device_run,
+    fit_to_time,
     gpu,
     learning,
     quality,
@@ -186,7 +188,17 @@ def test_run_all_smoke_writes_a_summary(tmp_path):
 
 @pytest.mark.parametrize(
     "name",
-    ["run_all", "train_step", "rollout_speed", "scaling", "gpu", "quality", "learning", "rollout_errors"],
+    [
+        "run_all",
+        "train_step",
+        "rollout_speed",
+        "scaling",
+        "gpu",
+        "quality",
+        "learning",
+        "rollout_errors",
+        "device_run",
+    ],
 )
 def test_benchmarks_run_as_modules(name):
     """``python -m benchmarks.<name>`` from the repository root: a package, no ``sys.path`` edits."""
@@ -200,3 +212,86 @@ def test_benchmarks_run_as_modules(name):
     )
     assert result.returncode == 0 and "usage" in result.stdout, result.stderr[-2000:]
     assert "sys.path" not in (repo / "benchmarks" / f"{name}.py").read_text()
+
+
+@pytest.mark.slow
+def test_device_run_smoke_runs_every_stage_and_writes_its_figures(tmp_path):
+    """The device run's plumbing on CPU: every stage in its own process, the JSON after each, the logs (about
+    30 s of CPU: six interpreters start, one of them the trainer's CLI)."""
+    report = device_run.main(["--smoke", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    assert read(tmp_path / "out" / "device_run.json") == json.loads(json.dumps(report, default=str))
+    assert list(report["stages"]) == list(device_run.STAGES) and report["not_run"] == []
+    assert all((tmp_path / "out" / f"{name}.log").exists() for name in device_run.STAGES)
+    tests, decode, mfu, quick = (report["stages"][name] for name in device_run.STAGES)
+    assert tests["returncode"] == 0 and tests["counts"]["skipped"] > 0 and tests["failures"] == []
+    assert decode["returncode"] == 0 and decode["cached_vs_uncached"]["equal"]
+    for variant in ("eager", "compiled"):  # compiled: dynamo traced the decode step as one graph
+        step = decode["steps"]["2"][variant]
+        assert step["error"] < 1e-4 and step["k4"]["ms_per_frame"] == pytest.approx(5 * step["step_ms"])
+    ring = decode["ring"]["2"]  # the StaticKVCache ring at advancing positions
+    assert ring["error"] < 1e-4 and all(ring[f"k{k}"]["frames_per_s"] > 0 for k in (1, 2, 4))
+    assert [(r["batch"], r["k"]) for r in decode["rollouts"]] == [(2, 1), (2, 2), (2, 4)]
+    assert mfu["returncode"] == 0 and mfu["batch_2"]["mfu_vs_measured_peak"] > 0
+    assert quick["attempts"][0]["returncode"] == 0 and quick["global_step"] == 4  # the smoke overlay's steps
+    fresh = quick["fresh_contexts"]
+    assert fresh["contexts"] == 5 and 0 <= fresh["k"]["1"]["object_accuracy"] <= 1
+
+
+def test_device_run_parses_pytest_and_stops_a_stage_at_its_cap(tmp_path):
+    text = "..s\nFAILED tests/test_cuda.py::test_a - boom\nERROR tests/t.py::b\n"
+    text += "1 failed, 2 passed, 1 skipped, 1 error in 3.2s"
+    assert device_run.pytest_counts(text) == {
+        "counts": {"failed": 1, "passed": 2, "skipped": 1, "errors": 1},
+        "complete": True,
+        "failures": ["tests/test_cuda.py::test_a", "tests/t.py::b"],
+    }
+    stopped = (
+        "tests/a.py::x PASSED [ 10%]\ntests/a.py::y[2] FAILED [ 20%]\ntests/b.py::z SKIPPED (no GPU) [ 30%]\n"
+    )
+    assert device_run.pytest_counts(stopped) == {  # stopped at the cap: no summary, the per-test lines
+        "counts": {"passed": 1, "failed": 1, "skipped": 1},
+        "complete": False,
+        "failures": ["tests/a.py::y[2]"],
+    }
+    # the whole process group goes at the cap: a child that outlives the shell would hold the pipe open
+    result = device_run.run_capped(["sh", "-c", "sleep 30 & sleep 30"], 1.0, tmp_path / "log")
+    assert result["timed_out"] and result["seconds"] < 10
+    report = device_run.main(["--smoke", "--budget", "0", "--out", str(tmp_path / "out")])
+    assert report["stages"] == {} and report["not_run"] == list(device_run.STAGES)
+
+
+def test_fitted_steps_fill_the_time_left():
+    # 100 steps done at 0.1 s each, 90 s left, the last 10 % of steps twice as long: 909 steps in all
+    total = fit_to_time.fitted_steps(100, 0.1, 90.0, 0.1, 2.0)
+    assert total == 909 and (0.9 * 909 - 100) * 0.1 + 0.1 * 909 * 0.2 == pytest.approx(90.0, abs=0.1)
+    assert fit_to_time.fitted_steps(100, 1.0, 10.0, 0.9, 2.0) == 105  # inside the bootstrap phase already
+
+
+def test_fit_to_time_rescales_the_schedule_of_a_run(tmp_path):
+    """A run of the tiny quickstart with room for 10,000 steps ends where FitToTime set its schedule, with
+    the cosine, the bootstrap warm-up and the validation interval at the config's shares."""
+    from dreamer_dynamics.cli import DynamicsCLI
+
+    args = [
+        f"--config={quality.QUICKSTART}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_steps=10000",
+        "--trainer.val_check_interval=5000",
+        "--trainer.limit_val_batches=0",
+        "--trainer.enable_progress_bar=false",
+        "--model.bootstrap_warmup_steps=9000",
+        "--data.short_batch_size=2",
+        "--data.long_batch_size=1",
+        "--model.model.dim=16",
+        "--model.model.heads=4",
+        "--model.model.depth=2",
+    ]
+    cli = DynamicsCLI(args=args, run=False)
+    callback = fit_to_time.FitToTime(seconds=4.0, probe_steps=6)
+    cli.trainer.callbacks.append(callback)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    total = callback.fitted["max_steps"]
+    assert 6 < total < 10000 and cli.trainer.global_step == total
+    assert cli.model.hparams.bootstrap_warmup_steps == round(0.9 * total)
+    assert cli.trainer.val_check_batch == round(0.5 * total)
+    assert cli.trainer.lr_scheduler_configs[0].scheduler.total_steps == total

@@ -4,8 +4,9 @@ steps and KV-cached rollouts on a GPU agree with the fp32 reference paths. Skipp
 import pytest
 import torch
 
-from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, rollout
+from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, TimeKVCache, rollout
 from dreamer_dynamics.model.attention import HAS_FLEX, AttentionMask, attend
+from dreamer_dynamics.model.static_cache import StaticKVCache
 from dreamer_dynamics.model.transformer import time_attention_mask
 from dreamer_dynamics.objective import sample_signal_and_step, shortcut_forcing_loss
 
@@ -115,3 +116,108 @@ def test_cached_rollout_on_gpu_equals_recomputation(dtype):
     assert torch.isfinite(runs[0]).all()
     tol = 1e-4 if dtype == torch.float32 else 0.1  # bf16: different kernel sums round differently
     torch.testing.assert_close(runs[0], runs[1], atol=tol, rtol=tol)
+
+
+def test_decode_step_replays_as_a_cuda_graph():
+    """The per-frame decode step (one new frame against a full KV cache, benchmarks/decode_speed.py) holds no
+    host sync, so it captures as one CUDA graph (the space attention through the compiled FlexAttention kernel
+    with it); replays with new inputs copied into the captured ones equal the eager step."""
+    torch.manual_seed(0)  # head_dim 16: space attention takes the compiled FlexAttention kernel
+    cfg = DynamicsConfig.debug(heads=2, kv_heads=1, attention_softcap=5.0, check_inputs=False)
+    model = DynamicsTransformer(cfg).to(CUDA).eval()
+    past, g = cfg.context_length - 1, torch.Generator().manual_seed(3)
+
+    def frames(t):  # latents, tau, d, discrete and continuous actions of t frames, batch 2
+        z = torch.randn(2, t, cfg.latent_tokens, cfg.latent_dim, generator=g)
+        tau = torch.randint(0, cfg.k_max, (2, t), generator=g) / cfg.k_max
+        d = torch.full((2, t), cfg.d_min)
+        acts = torch.stack([torch.randint(0, n, (2, t), generator=g) for n in cfg.num_discrete_actions], -1)
+        cont = torch.randn(2, t, cfg.num_continuous_actions, generator=g)
+        return [x.to(CUDA) for x in (z, tau, d, acts, cont)]
+
+    def step(z, tau, d, acts, cont, cache):
+        return model.forward_frames(
+            z, tau, d, actions_discrete=acts, actions_continuous=cont, past_kv=cache, start=past
+        )[0]
+
+    with torch.no_grad():
+        z, tau, d, acts, cont = frames(past)
+        _, cache = model.forward_frames(z, tau, d, actions_discrete=acts, actions_continuous=cont)
+        static = frames(1)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: compiles the kernel, fills the allocator's pools
+            for _ in range(3):
+                step(*static, cache)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = step(*static, cache)
+        for _ in range(2):
+            new = frames(1)
+            for buffer, value in zip(static, new):
+                buffer.copy_(value)
+            graph.replay()
+            torch.testing.assert_close(out, step(*new, cache), atol=1e-5, rtol=1e-5)
+
+
+def test_ring_cache_decode_replays_as_one_cuda_graph_at_every_position():
+    """One captured graph (a denoiser call, the commit of a frame, its write into the StaticKVCache ring, the
+    position's advance) replayed frame after frame gives what the growing TimeKVCache gives eagerly."""
+    torch.manual_seed(0)
+    cfg = DynamicsConfig.debug(heads=2, kv_heads=1, attention_softcap=5.0, check_inputs=False)
+    model = DynamicsTransformer(cfg).to(CUDA).eval()
+    g = torch.Generator().manual_seed(4)
+    context, total = cfg.context_length - 1, cfg.context_length + 6
+    z = torch.randn(2, total, cfg.latent_tokens, cfg.latent_dim, generator=g).to(CUDA)
+    noise = torch.randn(2, total, cfg.latent_tokens, cfg.latent_dim, generator=g).to(CUDA)
+    acts = torch.stack([torch.randint(0, n, (2, total), generator=g) for n in cfg.num_discrete_actions], -1)
+    acts = acts.to(CUDA)
+    level, d = torch.full((2, 1), 0.875, device=CUDA), torch.full((2, 1), cfg.d_min, device=CUDA)
+    with torch.no_grad():
+        lv, dv = level.expand(2, context), d.expand(2, context)
+        _, kv = model.forward_frames(z[:, :context], lv, dv, actions_discrete=acts[:, :context])
+        cache = TimeKVCache(cfg.context_length)
+        cache.append(kv)
+        ring = StaticKVCache([(k.clone(), v.clone()) for k, v in cache.layers], context)
+        static = [noise[:, context : context + 1].clone(), z[:, context : context + 1].clone()]
+        static.append(acts[:, context : context + 1].clone())
+
+        def step():  # denoise the noise frame, then commit the clean one
+            x1_hat = model.forward_frames(
+                static[0], level * 0, d, past_kv=ring.layers, start=ring.position, actions_discrete=static[2]
+            )[0]
+            _, new = model.forward_frames(
+                static[1], level, d, past_kv=ring.layers, start=ring.position, actions_discrete=static[2]
+            )
+            ring.write(new)
+            return x1_hat
+
+        def rewind():  # the ring as it was before any step, in the buffers the graph reads and writes
+            for (keys, values), (k0, v0) in zip(ring.layers, StaticKVCache(cache.layers, context).layers):
+                keys.copy_(k0)
+                values.copy_(v0)
+            ring.position.fill_(context)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: compiles the space attention kernel
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = step()
+        rewind()
+        for p in range(context, total):
+            frame = {"actions_discrete": acts[:, p : p + 1]}
+            for buffer, value in zip(static, (noise[:, p : p + 1], z[:, p : p + 1], acts[:, p : p + 1])):
+                buffer.copy_(value)
+            graph.replay()
+            want = model.forward_frames(
+                noise[:, p : p + 1], level * 0, d, past_kv=cache.layers, start=p, **frame
+            )
+            torch.testing.assert_close(out, want[0], atol=1e-5, rtol=1e-5)
+            cache.append(
+                model.forward_frames(z[:, p : p + 1], level, d, past_kv=cache.layers, start=p, **frame)[1]
+            )
+    assert int(ring.position) == total

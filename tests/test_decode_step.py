@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dreamer_dynamics.model import transformer
+from dreamer_dynamics.model import TimeKVCache, transformer
+from dreamer_dynamics.model.static_cache import StaticKVCache
 from tests.conftest import make_debug_model
 
 
@@ -64,3 +65,45 @@ def test_a_frame_beyond_the_window_still_gets_its_mask(monkeypatch):
         last, _ = model.forward_frames(z[:, 3:], tau[:, 3:], d[:, 3:], past_kv=cache, start=3)
     assert calls == [1]
     torch.testing.assert_close(last, full[:, 3:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("context", [5, 7])  # the ring starts at slot 0, and part-way round
+def test_a_static_ring_cache_decodes_as_the_growing_cache(context):
+    """Past a full cache, decode steps reading the fixed-shape ring (positions as a tensor, writes in place)
+    give the frames that the trimmed TimeKVCache gives, for more frames than the ring holds."""
+    model = make_debug_model(context_length=6, check_inputs=False)  # the ring holds C - 1 = 5 frames
+    cfg = model.config
+    g = torch.Generator().manual_seed(1)
+    total = context + 8
+    z = torch.randn(2, total, cfg.latent_tokens, cfg.latent_dim, generator=g)
+    noise = torch.randn(2, total, cfg.latent_tokens, cfg.latent_dim, generator=g)
+    levels, d = torch.full((2, 1), 0.875), torch.full((2, 1), cfg.d_min)
+    acts = torch.stack([torch.randint(0, n, (2, total), generator=g) for n in cfg.num_discrete_actions], -1)
+    with torch.no_grad():
+        _, kv = model.forward_frames(
+            z[:, :context],
+            levels.expand(2, context),
+            d.expand(2, context),
+            actions_discrete=acts[:, :context],
+        )
+        cache = TimeKVCache(cfg.context_length)
+        cache.append(kv)
+        ring = StaticKVCache(cache.layers, context)
+        for p in range(context, total):
+            frame = {"actions_discrete": acts[:, p : p + 1]}
+            want = model.forward_frames(
+                noise[:, p : p + 1], levels * 0, d, past_kv=cache.layers, start=p, **frame
+            )
+            got = model.forward_frames(
+                noise[:, p : p + 1], levels * 0, d, past_kv=ring.layers, start=ring.position, **frame
+            )
+            torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+            cache.append(
+                model.forward_frames(z[:, p : p + 1], levels, d, past_kv=cache.layers, start=p, **frame)[1]
+            )
+            ring.write(
+                model.forward_frames(
+                    z[:, p : p + 1], levels, d, past_kv=ring.layers, start=ring.position, **frame
+                )[1]
+            )
+    assert int(ring.position) == total and ring.layers[0][0].shape[2] == cfg.context_length - 1

@@ -139,12 +139,14 @@ class DynamicsTransformer(nn.Module):
         actions_continuous: Optional[torch.Tensor] = None,
         image_rows: Optional[torch.Tensor] = None,
         past_kv: Optional[Sequence[KV]] = None,
-        start: int = 0,
+        start: int | torch.Tensor = 0,
     ) -> tuple[torch.Tensor, list[KV]]:
         """`forward` for frames start..start+T-1 after cached frames (KV-cached rollouts, docs/design.md §5).
 
         past_kv: one (keys, values) pair per time layer, each (B, S*Hkv, L_past, E), for the L_past frames
-        just before `start` (L_past <= start). Returns (x1_hat, this call's (keys, values) per time layer).
+        just before `start` (L_past <= start), in any order (keys carry their positions in their rotation).
+        start: an int, or a 0-d integer tensor on the model's device (a CUDA graph of a decode step replays at
+        every position by updating it in place). Returns (x1_hat, this call's (keys, values) per time layer).
         """
         cfg = self.config
         b, t = self._check_shapes(z_tilde, tau, d, image_rows)
@@ -163,17 +165,17 @@ class DynamicsTransformer(nn.Module):
 
         device = x.device
         past_len = 0 if past_kv is None else past_kv[0][0].shape[2]
-        if past_len > start:
+        if isinstance(start, int) and past_len > start:
             raise ValueError(f"forward_frames: {past_len} cached frames but start={start}")
         if past_len and image_rows is not None:
             raise ValueError("forward_frames: image_rows cannot be combined with cached frames")
         space_freqs = self.space_rope(device)
-        query_pos = torch.arange(start, start + t, device=device)
-        key_pos = torch.arange(start - past_len, start + t, device=device)
+        query_pos = torch.arange(t, device=device) + start  # (T,)
         time_freqs = rope_tables(query_pos, cfg.head_dim, cfg.rope_base)
         if t == 1 and image_rows is None and past_len < cfg.context_length:
             time_mask = None  # one new frame sees every cached frame: no mask to build, and no host sync
         else:
+            key_pos = torch.arange(-past_len, t, device=device) + start  # (L_past + T,)
             dense = time_attention_mask(query_pos, key_pos, cfg.context_length, image_rows)
             time_mask = None if dense is None else AttentionMask(dense)
 
