@@ -73,6 +73,30 @@ from dreamer_dynamics.units import LatentUnits, latent_units_or_identity
 SHORTCUT_TERMS = ("flow", "bootstrap")  # named terms of ShortcutForcingLoss.terms (always logged raw)
 
 
+def check_settings(
+    image_row_share: float,
+    val_rollout_samples: int,
+    loss_weighting: str,
+    context_prefix_frames: int,
+    val_context_frames: int,
+) -> None:
+    """One ConfigError line for the first DynamicsModule setting out of its range."""
+    if not 0.0 <= image_row_share <= 1.0:
+        raise ConfigError(f"DynamicsModule: image_row_share must be in [0, 1], got {image_row_share}")
+    if val_rollout_samples < 2:
+        raise ConfigError(
+            f"DynamicsModule: val_rollout_samples must be >= 2 (energy score), got {val_rollout_samples}"
+        )
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ConfigError(
+            f"DynamicsModule: loss_weighting must be one of {sorted(LOSS_WEIGHTINGS)}, got {loss_weighting!r}"
+        )
+    if context_prefix_frames < 0:
+        raise ConfigError(f"DynamicsModule: context_prefix_frames must be >= 0, got {context_prefix_frames}")
+    if val_context_frames < 1:
+        raise ConfigError(f"DynamicsModule: val_context_frames must be >= 1, got {val_context_frames}")
+
+
 class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
     """Dynamics transformer + shortcut-forcing objective + loss normaliser (docs/design.md §7).
 
@@ -152,23 +176,9 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         super().__init__()
         if isinstance(model, dict):  # from a checkpoint's hyper_parameters (stored as a plain dict)
             model = DynamicsConfig(**model)
-        if not 0.0 <= image_row_share <= 1.0:
-            raise ConfigError(f"DynamicsModule: image_row_share must be in [0, 1], got {image_row_share}")
-        if val_rollout_samples < 2:
-            raise ConfigError(
-                f"DynamicsModule: val_rollout_samples must be >= 2 (energy score), got {val_rollout_samples}"
-            )
-        if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ConfigError(
-                f"DynamicsModule: loss_weighting must be one of {sorted(LOSS_WEIGHTINGS)}, "
-                f"got {loss_weighting!r}"
-            )
-        if context_prefix_frames < 0:
-            raise ConfigError(
-                f"DynamicsModule: context_prefix_frames must be >= 0, got {context_prefix_frames}"
-            )
-        if val_context_frames < 1:
-            raise ConfigError(f"DynamicsModule: val_context_frames must be >= 1, got {val_context_frames}")
+        check_settings(
+            image_row_share, val_rollout_samples, loss_weighting, context_prefix_frames, val_context_frames
+        )
         units = latent_units_or_identity(latent_units, model.latent_dim, "DynamicsModule: latent_units")
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "latent_units"])
         self.hparams["latent_units"] = units.to_dict()  # plain: checkpoints load with weights_only=True
