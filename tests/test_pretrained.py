@@ -4,6 +4,7 @@ along, rollouts in data units, no Lightning on the inference path."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dreamer_dynamics.errors import ConfigError
 from dreamer_dynamics.model import DynamicsTransformer, rollout
 from dreamer_dynamics.units import LatentUnits
 from tests.conftest import make_debug_model
@@ -128,3 +130,36 @@ def test_export_refuses_a_foreign_checkpoint(tmp_path, capsys):
     torch.save({"state_dict": {}}, tmp_path / "x.ckpt")
     assert main([str(tmp_path / "x.ckpt"), str(tmp_path / "out")]) == 1
     assert "not a DynamicsModule checkpoint" in capsys.readouterr().err
+
+
+def test_latent_units_are_checked_on_save_and_load(tmp_path):
+    model = make_debug_model()
+    record = {"mean": [0.0] * 4, "std": [1.0] * 4, "count": 10}  # statistics, not units: which std applies?
+    with pytest.raises(ConfigError, match='latent_units: must be an object with exactly the keys "mean"'):
+        model.save_pretrained(tmp_path, latent_units=record)
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    config = json.loads(path.read_text())
+    for units, message in (
+        ({"mean": [0.0] * 4, "std": [1.0, 0.0, 1.0, 1.0]}, r"config.json: latent_units.std: must be > 0"),
+        ({"mean": [0.0] * 3, "std": [1.0] * 3}, r"config.json: latent_units: 3 channels, .* latent_dim is 4"),
+    ):
+        path.write_text(json.dumps({**config, "latent_units": units}))
+        with pytest.raises(ConfigError, match=message):
+            DynamicsTransformer.from_pretrained(tmp_path)
+
+
+def test_latent_units_from_stats_and_their_plain_form():
+    record = {"mean": [1.0, -2.0, 0.5], "std": [3.0, 4.0, 0.0], "count": 7}
+    pooled = LatentUnits.from_stats(record)  # the RMS of the channel stds: sqrt((9 + 16 + 0) / 3)
+    assert pooled.mean == (1.0, -2.0, 0.5) and pooled.std == (math.sqrt(25 / 3),) * 3
+    channel = LatentUnits.from_stats(record, "channel")  # each its own, the constant channel floored
+    assert channel.std == (3.0, 4.0, 4e-6)
+    assert LatentUnits.from_stats({"mean": [2.0], "std": [0.0]}).std == (1.0,)  # all constant
+    assert LatentUnits.from_dict(json.loads(json.dumps(pooled.to_dict()))) == pooled  # exact round trip
+    z = torch.tensor([[4.0, 2.0, 0.5]], dtype=torch.bfloat16)
+    assert channel.standardize(z).dtype == torch.bfloat16
+    torch.testing.assert_close(channel.standardize(z.float()), torch.tensor([[1.0, 1.0, 0.0]]))
+    torch.testing.assert_close(channel.destandardize(channel.standardize(z.float())), z.float())
+    with pytest.raises(ConfigError, match="scale must be one of"):
+        LatentUnits.from_stats(record, "global")
