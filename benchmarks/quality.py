@@ -31,7 +31,7 @@ from unittest import mock
 
 import torch
 
-from benchmarks.common import RESULTS_DIR, machine_info, pin_threads, run_benchmark
+from benchmarks.common import RESULTS_DIR, machine_info, parse_benchmark_args, pin_threads, run_benchmark
 from dreamer_dynamics.cli import DynamicsCLI
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.training.scores import RolloutScores
@@ -231,9 +231,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--workdir", type=Path, default=RESULTS_DIR / "quality_runs")
     parser.add_argument("--plot", type=Path, default=RESULTS_DIR / "quality.png")
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--output", type=Path, default=None)
-    return parser.parse_args(argv)
+    return parse_benchmark_args(parser, argv)
 
 
 def main(argv=None) -> dict:

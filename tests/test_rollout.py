@@ -131,9 +131,47 @@ def test_stepper_refuses_bad_steps():
 def test_context_signal_level_is_snapped_noise_amount():
     assert context_signal_level(0.1, 64) == round(0.9 * 64) / 64 == 58 / 64
     assert context_signal_level(0.1, 8) == 7 / 8
-    assert context_signal_level(0.0, 8) == 1.0
+    assert context_signal_level(0.0, 8) == 7 / 8  # never 1: the cleanest level training draws
+    assert context_signal_level(0.1, 4) == 3 / 4 and context_signal_level(0.1, 1) == 0.0
     with pytest.raises(ValueError, match="context_noise"):
         context_signal_level(1.5, 8)
+
+
+@pytest.mark.parametrize("k_max", [1, 2, 4, 16, 64])
+@pytest.mark.parametrize("context_noise", [0.0, 0.1])
+def test_rollout_context_labels_are_the_training_prefix_labels(k_max, context_noise):
+    """The labels a rollout gives its context frames (read where the real network embeds them) are those the
+    training context prefix gives its first frames, and below 1: tau = 1 is never a training level."""
+    from dreamer_dynamics.module import DynamicsModule
+
+    module = DynamicsModule(
+        DynamicsConfig.debug(k_max=k_max), context_prefix_frames=2, context_noise=context_noise
+    )
+    batch = {"latents": torch.zeros(4, 6, 8, 4)}
+    train_tau, train_d = module.sample_signal_and_step(batch, torch.Generator().manual_seed(0))
+    prefix = set(zip(train_tau[:, :2].flatten().tolist(), train_d[:, :2].flatten().tolist()))
+    assert len(prefix) == 1 and next(iter(prefix))[0] < 1
+
+    model = module.model.eval()
+    latents, _, _ = episode(model.config, t=5)
+    for use_cache in (True, False):
+        calls = []
+        hook = model.shortcut.register_forward_pre_hook(lambda m, args: calls.append(args))
+        rollout(
+            model,
+            latents[:, :3],
+            2,
+            num_steps=1,
+            context_noise=context_noise,
+            use_cache=use_cache,
+            generator=torch.Generator().manual_seed(0),
+        )
+        hook.remove()
+        # cached: the first call embeds the 3 context frames; uncached: every call holds them first
+        context_calls = calls[:1] if use_cache else calls
+        for tau, d in context_calls:
+            got = set(zip(tau[:, :3].flatten().tolist(), d[:, :3].flatten().tolist()))
+            assert got == prefix, (use_cache, got, prefix)
 
 
 def test_sampling_loop_feeds_the_documented_levels():
@@ -152,6 +190,28 @@ def test_sampling_loop_feeds_the_documented_levels():
         assert frames == 3 + i // 4 + 1
         assert (tau[:, :-1] == tau_ctx).all() and (d[:, :-1] == d_min).all()
         assert (tau[:, -1] == (i % 4) / 4).all() and (d[:, -1] == 0.25).all()
+
+
+def test_committed_frames_are_renoised_to_the_context_level():
+    """A generated frame enters the context as tau_ctx * frame + (1 - tau_ctx) * fresh noise (docs/design.md
+    §5), like the given context: the network never sees a clean committed frame, which training never shows
+    it. The input at a committed position, minus tau_ctx times the returned frame, is that noise: N(0, 1)
+    after dividing by 1 - tau_ctx, and uncorrelated with the frame."""
+    model = make()
+    latents, _, _ = episode(model.config, b=16)
+    inputs = []
+    model.register_forward_pre_hook(lambda m, args: inputs.append(args[0].clone()))
+    out = rollout(
+        model, latents[:, :3], 3, num_steps=1, use_cache=False, generator=torch.Generator().manual_seed(0)
+    )
+    tau_ctx = 7 / 8  # debug config: k_max = 8, context_noise 0.1
+    committed = inputs[-1][:, 3:5]  # the last call sees frames 3 and 4 as context
+    frames = out[:, :2]
+    assert not torch.allclose(committed, frames, atol=1e-3), "committed frames enter the context clean"
+    noise = (committed - tau_ctx * frames) / (1 - tau_ctx)
+    assert noise.mean().abs() < 0.05 and 0.9 < noise.std() < 1.1  # 1024 values: +-0.03 on the mean
+    correlation = torch.corrcoef(torch.stack((noise.flatten(), frames.flatten())))[0, 1]
+    assert correlation.abs() < 0.1
 
 
 def test_one_step_rollout_is_the_x_prediction_from_noise():

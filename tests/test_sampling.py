@@ -82,7 +82,7 @@ def test_context_prefix_labels_the_first_frames_as_rollout_context():
     assert torch.equal(tau, before[0]) and torch.equal(d, before[1])
     same = with_context_prefix(tau, d, 0, level, 1 / 16)
     assert same[0] is tau and same[1] is d
-    coarse, _ = with_context_prefix(tau, d, 1, context_signal_level(0.1, 4), 1 / 4)  # tau_ctx rounds to 1
+    coarse, _ = with_context_prefix(tau, d, 1, context_signal_level(0.1, 4), 1 / 4)  # 0.9 would round to 1
     assert (coarse[:, 0] == 0.75).all()  # the cleanest training level: tau = 1 is never one
     for frames in (-1, 6):
         with pytest.raises(ValueError, match="leave a frame to predict"):

@@ -241,10 +241,10 @@ def test_module_export_and_pretrained_roll_out_identically(roots, tmp_path):
 
 
 def test_cli_links_the_units_into_the_model(roots, monkeypatch):
-    from tests.test_cli import QUICKSTART, TINY
+    from tests.conftest import QUICKSTART, TINY_CLI
 
     monkeypatch.setattr(sys, "argv", ["dreamer-dynamics"])
-    args = ["--config", QUICKSTART, "--data.root", roots["scaled"], *TINY]
+    args = ["--config", QUICKSTART, "--data.root", roots["scaled"], *TINY_CLI]
     cli = DynamicsCLI(args=args, run=False)
     stored = json.loads(open(f"{roots['scaled']}/metadata.json").read())["latent_stats"]
     assert cli.datamodule.latent_units == LatentUnits.from_stats(stored, "pooled")

@@ -3,15 +3,17 @@
     dreamer-dynamics-data info ROOT [--json]
     dreamer-dynamics-data validate ROOT [--quick] [--repair [--force]]
     dreamer-dynamics-data stats ROOT
-    dreamer-dynamics-data make-toy ROOT [--episodes 200 --length 64 --seed 0]
+    dreamer-dynamics-data make-toy ROOT [--episodes 200 --length 64 --seed 0 --world deterministic
+                                         --turn-probability P]
     dreamer-dynamics-data record-crafter ROOT [--episodes 10 --length 256 --policy random --seed 0]
     dreamer-dynamics-data from-video OUT VIDEO [VIDEO ...] [--actions FILE [FILE ...]] [--codec CLASS_PATH]
                                      [--codec-args JSON] [--image-size 64]
     dreamer-dynamics-data from-npz OUT FILE [FILE ...] (--frames KEY | --latents KEY) [--actions-discrete KEY]
     dreamer-dynamics-data from-hdf5 OUT FILE [FILE ...] (--frames KEY | --latents KEY) [--episodes GROUP]
 
-Exit status 0 = fine, 1 = the dataset has a problem (printed as ``error: FILE: PROBLEM``). Missing latent
-statistics are a warning (``warning: FILE: ...``, exit status 0); stale ones are an error.
+Exit status 0 = fine, 1 = the dataset has a problem (printed as ``error: FILE: PROBLEM``) or an optional
+extra is missing (``error: ... pip install ...``); ``DREAMER_DYNAMICS_TRACEBACK=1`` shows the full traceback.
+Missing latent statistics are a warning (``warning: FILE: ...``, exit status 0); stale ones are an error.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import argparse
 import json
 import sys
 
+from dreamer_dynamics.errors import ConfigError, MissingExtraError, show_traceback
+
 from .dataset import LatentDataset
-from .default import ToyDatasetConfig, generate_toy_dataset
+from .default import WORLDS, ToyDatasetConfig, generate_toy_dataset, toy_config
 from .format import METADATA_FILE, DatasetError
 from .lock import WriterLock
 from .repair import find_leftovers, remove_leftovers
@@ -89,6 +93,10 @@ def _validate(args: argparse.Namespace) -> None:
         )
     recomputed = None if args.quick else LatentStatistics(ds.latent_shape[1])
     ds.validate(deep=not args.quick, stats=recomputed)  # one pass: values checked and statistics recomputed
+    if args.quick and ds.latent_stats is None:  # finite recorded statistics vouch for the latents; else scan
+        found = ds.find_non_finite()
+        if found is not None:
+            raise DatasetError(found[0], f"latents contain NaN/inf at frame {found[1]}")
     if len(ds) == 0:
         raise DatasetError(ds.root, "dataset has no episodes")
     metadata = ds.root / METADATA_FILE
@@ -112,13 +120,16 @@ def _stats(args: argparse.Namespace) -> None:
     if len(ds) == 0:
         raise DatasetError(ds.root, "dataset has no episodes")
     stats = compute_latent_stats(ds, progress=True)
+    ds.check_finite_stats(stats.record())  # NaN/inf latents: their file and frame, nothing recorded
     path = write_latent_stats(ds.root, stats)
     print(f"wrote latent_stats to {path}: {_describe_stats(stats.record())}")
 
 
 def _make_toy(args: argparse.Namespace) -> None:
-    config = ToyDatasetConfig(episodes=args.episodes, length=args.length, seed=args.seed)
-    generate_toy_dataset(args.root, config)
+    config = ToyDatasetConfig(
+        episodes=args.episodes, length=args.length, seed=args.seed, turn_probability=args.turn_probability
+    )
+    generate_toy_dataset(args.root, toy_config(args.world, config))
     print(f"wrote {config.episodes} toy episodes to {args.root}")
 
 
@@ -256,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--episodes", type=int, default=200)
     toy.add_argument("--length", type=int, default=64)
     toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--world", choices=sorted(WORLDS), default="deterministic", help="docs/data.md")
+    toy.add_argument(
+        "--turn-probability", type=float, default=None, help="stochastic world's strength (default 0.5)"
+    )
     toy.set_defaults(run=_make_toy)
     crafter = commands.add_parser("record-crafter", help="record Crafter episodes (needs the crafter extra)")
     crafter.add_argument("root")
@@ -311,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except DatasetError as err:
+    except (DatasetError, ConfigError, MissingExtraError) as err:
+        if show_traceback():
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

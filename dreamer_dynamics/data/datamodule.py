@@ -29,9 +29,10 @@ from dreamer_dynamics.units import SCALES, LatentUnits
 from .codec import decoder_for
 from .context_file import load_context_file
 from .dataset import LatentDataset, LatentWindowDataset, split_episodes
-from .default import ToyDatasetConfig, builtin_dataset_root, toy_object_locator
+from .default import ToyDatasetConfig, builtin_dataset_root, toy_config, toy_object_locator
 from .fingerprint import dataset_fingerprint, fingerprint_changes
 from .format import DatasetError
+from .oracle import ToyOracle, toy_oracle
 from .sampler import AlternatingLengthBatchSampler, Window
 from .stats import compute_latent_stats, stale_reason, write_latent_stats
 
@@ -61,6 +62,8 @@ class DynamicsDataModule(pl.LightningDataModule):
         predict_context: a context file (.npy / .npz, data/context_file.py) that ``predict`` rolls out from
             instead of the held-out windows; the dataset at ``root`` still gives the latent shape and decoder.
         toy: generator config of the built-in dataset (used only when root is None).
+        world: the built-in world (used only when root is None): "deterministic" (the default) or
+            "stochastic", whose balls turn at random (``toy.turn_probability``, 0.5 unless set; docs/data.md).
         cache_dir: cache of the built-in dataset; None = $DREAMER_DYNAMICS_CACHE or ~/.cache/dreamer_dynamics.
         pin_memory: pin host memory in the DataLoaders (GPU training).
         standardize: emit standardised latents, (z - mean) / std with the dataset's ``latent_stats``: True or
@@ -98,6 +101,7 @@ class DynamicsDataModule(pl.LightningDataModule):
         predict_batches: int = 1,
         predict_context: str | None = None,
         toy: ToyDatasetConfig | dict | None = None,
+        world: str = "deterministic",
         cache_dir: str | None = None,
         pin_memory: bool = False,
         standardize: bool | Literal["pooled", "channel"] = True,
@@ -110,7 +114,7 @@ class DynamicsDataModule(pl.LightningDataModule):
         self.save_hyperparameters(ignore=["toy"])
         self.hparams["toy"] = asdict(toy) if toy is not None else None
         if root is None:  # generated once, then read from the cache; rank-safe (see default.py)
-            root = str(builtin_dataset_root(toy, cache_dir, progress=True))
+            root = str(builtin_dataset_root(toy_config(world, toy), cache_dir, progress=True))
         self.root = os.fspath(root)
         self.dataset = LatentDataset(
             self.root, check_files=False
@@ -182,6 +186,13 @@ class DynamicsDataModule(pl.LightningDataModule):
         (the sprite, then each ball; ``toy_env.locate_objects``) for the object-accuracy metric; else None."""
         return toy_object_locator(self.dataset.meta.attributes, self.decoder)
 
+    @cached_property
+    def oracle(self) -> ToyOracle | None:
+        """Built-in world only: samples of the true future of a validation window (data/oracle.py), for the
+        oracle-referenced rollout metrics; else None. Evaluation batches carry what it needs ("episode",
+        "start")."""
+        return toy_oracle(self.dataset.meta, self.decoder)
+
     # ------------------------------------------------------------------ standardisation (docs/data.md)
     def standardize(self, latents: torch.Tensor) -> torch.Tensor:
         """Dataset units -> batch units (``latent_units.standardize``; identity if ``standardize=False``)."""
@@ -192,7 +203,9 @@ class DynamicsDataModule(pl.LightningDataModule):
         return self.latent_units.destandardize(latents)
 
     def _load_latent_stats(self) -> dict[str, Any] | None:
-        """The dataset's record; computed once (and recorded in metadata.json) when missing or stale."""
+        """The dataset's record; computed once (and recorded in metadata.json) when missing or stale. Latents
+        that are not finite are refused here, before any training step (statistics over them are not finite;
+        a recorded record is finite by the format's rules)."""
         record = self.dataset.latent_stats
         reason = "no latent_stats" if record is None else stale_reason(self.dataset, record)
         if reason is None:
@@ -201,6 +214,7 @@ class DynamicsDataModule(pl.LightningDataModule):
             return None  # setup() reports the empty dataset
         rank_zero_info(f"{self.root}: {reason}; computing them once from the episodes")
         stats = compute_latent_stats(self.dataset)
+        self.dataset.check_finite_stats(stats.record())  # a NaN latent: its file and frame, nothing recorded
         try:
             write_latent_stats(self.root, stats)
         except (DatasetError, OSError) as err:
@@ -408,7 +422,9 @@ class _TrainLoader(DataLoader):
 
 
 class _ListDataset:
-    """Positions 0..n-1 -> the given windows (for plain batch_size DataLoaders)."""
+    """Positions 0..n-1 -> the given windows (for plain batch_size DataLoaders), each with its "episode" index
+    and the absolute index of its first frame, "start" (int64 scalars; [B] in a batch), which locate it in
+    its episode (the built-in world's oracle replays the episode from them)."""
 
     def __init__(self, windows_dataset: LatentWindowDataset, windows: list[Window]):
         self.windows_dataset, self.windows = windows_dataset, windows
@@ -417,4 +433,6 @@ class _ListDataset:
         return len(self.windows)
 
     def __getitem__(self, i: int):
-        return self.windows_dataset[self.windows[i]]
+        episode, start, _ = self.windows[i]
+        item = self.windows_dataset[self.windows[i]]
+        return {**item, "episode": torch.tensor(int(episode)), "start": torch.tensor(int(start))}

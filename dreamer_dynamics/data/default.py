@@ -13,13 +13,15 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from dreamer_dynamics.errors import ConfigError
 
 from .codec import codec_spec
 from .format import FORMAT_VERSION, METADATA_FILE
@@ -28,6 +30,7 @@ from .toy_env import ACTIONS, ToyEnv, ToyEnvConfig, locate_objects, rollout_epis
 from .writer import LatentDatasetWriter
 
 GENERATOR_VERSION = "toy-v1"  # bump when the environment or codec changes, so caches are rebuilt
+WORLDS = {"deterministic": 0.0, "stochastic": 0.5}  # ``data.world`` preset -> its turn_probability
 
 
 @dataclass
@@ -41,16 +44,41 @@ class ToyDatasetConfig:
     patch: int = 4  # patch side of the codec: 16x16 frames -> 16 tokens of 4*4*3 = 48 dims
     num_balls: int = 2  # autonomous objects in the toy world
     seed: int = 0  # episode e uses environment seed seed * 1_000_003 + e
+    turn_probability: float | None = None  # chance per step that a ball turns (toy_env); None: the world's
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("DREAMER_DYNAMICS_CACHE", Path.home() / ".cache" / "dreamer_dynamics"))
 
 
+def toy_config(world: str = "deterministic", toy: ToyDatasetConfig | dict | None = None) -> ToyDatasetConfig:
+    """The built-in dataset of ``data.world`` and ``data.toy``: the world's preset turn_probability unless
+    ``toy`` sets its own (a deterministic world takes none but 0)."""
+    if world not in WORLDS:
+        raise ConfigError(f"data.world must be one of {sorted(WORLDS)}, got {world!r}")
+    toy = ToyDatasetConfig(**toy) if isinstance(toy, dict) else toy or ToyDatasetConfig()
+    strength = toy.turn_probability
+    if strength is None:
+        return replace(toy, turn_probability=WORLDS[world])
+    if not 0.0 <= strength <= 1.0:
+        raise ConfigError(f"data.toy.turn_probability must be in [0, 1], got {strength}")
+    if world == "deterministic" and strength > 0:
+        raise ConfigError(
+            f"data.toy.turn_probability={strength} makes balls turn at random: set data.world=stochastic"
+        )
+    return replace(toy, turn_probability=float(strength))
+
+
+def world_name(turn_probability: float | None) -> str:
+    """ "stochastic" where balls turn at random, else "deterministic" (recorded in the dataset metadata)."""
+    return "stochastic" if turn_probability else "deterministic"
+
+
 def toy_dataset_key(config: ToyDatasetConfig) -> str:
-    text = json.dumps(
-        {"generator": GENERATOR_VERSION, "format": FORMAT_VERSION, **asdict(config)}, sort_keys=True
-    )
+    fields = asdict(config)
+    if not fields["turn_probability"]:  # the deterministic world keeps the key it always had
+        del fields["turn_probability"]
+    text = json.dumps({"generator": GENERATOR_VERSION, "format": FORMAT_VERSION, **fields}, sort_keys=True)
     return f"{GENERATOR_VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -59,7 +87,10 @@ def generate_toy_dataset(
 ) -> Path:
     """Write the toy dataset described by `config` to `root` (created or appended)."""
     config = config or ToyDatasetConfig()
-    env = ToyEnv(ToyEnvConfig(image_size=config.image_size, num_balls=config.num_balls))
+    strength = float(config.turn_probability or 0.0)
+    env = ToyEnv(
+        ToyEnvConfig(image_size=config.image_size, num_balls=config.num_balls, turn_probability=strength)
+    )
     seeds = [config.seed * 1_000_003 + e for e in range(config.episodes)]
     # fixed codec statistics from the first episodes, rounded so the spec is short and exact in JSON
     sample = np.stack([rollout_episode(env, seed, config.length)[0] for seed in seeds[:16]])
@@ -72,7 +103,13 @@ def generate_toy_dataset(
         num_discrete_actions=(len(ACTIONS),),
         codec=codec_spec(codec),
         commit_every=32,
-        attributes={"source": GENERATOR_VERSION, "actions": list(ACTIONS), "config": asdict(config)},
+        attributes={
+            "source": GENERATOR_VERSION,
+            "actions": list(ACTIONS),
+            "config": asdict(config),
+            "world": world_name(strength),
+            "turn_probability": strength,
+        },
     ) as writer:
         for seed in tqdm(seeds, desc="toy episodes", disable=not progress):  # streamed: memory stays flat
             frames, actions = rollout_episode(env, seed, config.length)  # (T, H, W, 3), (T,)
@@ -110,9 +147,10 @@ def builtin_dataset_root(
 
 
 class ToyObjectLocator:
-    """Object positions of the built-in world: latents [..., N_b, D_b] (data units) -> long [..., 1 + balls,
-    2],
-    decoded and matched by colour (``toy_env.locate_objects``). A class, not a closure: it pickles."""
+    """Object positions of the built-in world, decoded and matched by colour (``toy_env.locate_objects``).
+
+    latents [..., N_b, D_b] (data units) -> long [..., 1 + balls, 2]. A class, not a closure: it pickles.
+    """
 
     def __init__(self, decoder: Any, env: ToyEnvConfig) -> None:
         self.decoder, self.env = decoder, env

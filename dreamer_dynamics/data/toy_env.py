@@ -3,6 +3,12 @@
 The dynamics depend on the actions twice, so that an action-conditioned model beats copying the last frame:
 the sprite moves one pixel per step in the chosen direction, and a ball that would hit the sprite bounces off
 it. Everything is integer arithmetic seeded from one number, so episodes are reproducible bit for bit.
+
+With ``turn_probability`` > 0 the world is stochastic (docs/data.md): each step each ball turns with that
+probability, redrawing its velocity uniformly among the 4 diagonals (it may keep its own), before the walls
+and the sprite bounce it; a turning ball at a wall thus leaves in a random allowed direction. The draws come
+from the environment's own generator, seeded from the episode seed apart from the layout, so an episode is
+still replayed exactly from (seed, actions); with 0 nothing is drawn and episodes are the deterministic ones.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ class ToyEnvConfig:
     sprite_size: int = 3  # side of the controllable square
     num_balls: int = 2  # autonomous objects moving diagonally and bouncing off walls and the sprite
     ball_size: int = 2  # side of each ball
+    turn_probability: float = (
+        0.0  # chance per step that a ball redraws its diagonal velocity (0: deterministic)
+    )
 
 
 class ToyEnv:
@@ -44,15 +53,19 @@ class ToyEnv:
             raise ValueError(f"num_balls must be <= {len(_BALL_COLOURS)}")
         if c.image_size < 2 * max(c.sprite_size, c.ball_size) + 2:
             raise ValueError(f"image_size {c.image_size} too small for the sprites")
+        if not 0.0 <= c.turn_probability <= 1.0:
+            raise ValueError(f"turn_probability must be in [0, 1], got {c.turn_probability}")
         self.sprite = np.zeros(2, dtype=np.int64)  # (row, col) of the sprite's top-left corner
         self.balls = np.zeros((c.num_balls, 2), dtype=np.int64)  # (K, 2) top-left corners
         self.velocities = np.ones((c.num_balls, 2), dtype=np.int64)  # (K, 2) entries in {-1, +1}
+        self.rng = np.random.default_rng([0, 2])  # the turns' draws; reset seeds it from the episode seed
 
     def reset(self, seed: int) -> np.ndarray:
         c, rng = self.config, np.random.default_rng(seed)
         self.sprite = rng.integers(0, c.image_size - c.sprite_size + 1, size=2)
         self.balls = rng.integers(0, c.image_size - c.ball_size + 1, size=(c.num_balls, 2))
         self.velocities = rng.choice(np.array([-1, 1]), size=(c.num_balls, 2))
+        self.rng = np.random.default_rng([seed, 2])  # its own stream: the layout and actions use others
         return self.render()
 
     def step(self, action: int) -> np.ndarray:
@@ -64,6 +77,8 @@ class ToyEnv:
         self.sprite = np.clip(self.sprite + _MOVES[action], 0, c.image_size - c.sprite_size)
         limit = c.image_size - c.ball_size
         for k in range(c.num_balls):
+            if c.turn_probability > 0 and self.rng.random() < c.turn_probability:
+                self.velocities[k] = 2 * self.rng.integers(0, 2, size=2) - 1  # one of the 4 diagonals
             proposal = self.balls[k] + self.velocities[k]
             for axis in range(2):  # bounce off the walls
                 if not 0 <= proposal[axis] <= limit:
@@ -100,12 +115,19 @@ def sticky_random_actions(
     return actions
 
 
+def episode_actions(seed: int, length: int) -> np.ndarray:
+    """The actions [T] of episode `seed`'s first `length` frames; actions[0] = -1 (no cause). A prefix of a
+    longer episode's: the policy draws them one after the other."""
+    actions = np.full(length, -1, dtype=np.int64)
+    if length > 1:
+        actions[1:] = sticky_random_actions(length - 1, ToyEnv.num_actions, np.random.default_rng([seed, 1]))
+    return actions
+
+
 def rollout_episode(env: ToyEnv, seed: int, length: int) -> tuple[np.ndarray, np.ndarray]:
     """One episode of `length` frames [T, H, W, 3] and actions [T]; actions[0] = -1 (no cause)."""
-    rng = np.random.default_rng([seed, 1])
     frames = [env.reset(seed)]
-    actions = np.full(length, -1, dtype=np.int64)
-    actions[1:] = sticky_random_actions(length - 1, env.num_actions, rng) if length > 1 else []
+    actions = episode_actions(seed, length)
     for t in range(1, length):
         frames.append(env.step(int(actions[t])))
     return np.stack(frames), actions
@@ -118,14 +140,11 @@ def object_colours(config: ToyEnvConfig) -> tuple[np.ndarray, list[int]]:
 
 
 def locate_objects(frames: torch.Tensor, config: ToyEnvConfig, temperature: float = 0.02) -> torch.Tensor:
-    """Top-left (row, col) of the sprite and of each ball in frames [..., H, W, 3] -> long [..., 1 + balls,
-    2].
+    """Top-left (row, col) of the sprite and of each ball: frames [..., H, W, 3] -> long [..., 1 + balls, 2].
 
     Every pixel is softly assigned to the palette (background, sprite, balls) by colour, softmax of
-    -||pixel - colour||^2 / temperature; an object sits where the box of its side holds the most of its
-    colour.
-    Soft assignment keeps a blurred or noisy object findable near its centre of mass and never mistakes
-    another
+    -||pixel - colour||^2 / temperature; an object sits where the box of its side holds most of its colour.
+    Soft assignment keeps a blurred or noisy object findable near its centre of mass and never takes another
     object's pixels for it; on clean frames it recovers the true positions exactly unless an object is hidden
     (balls are drawn in order, the sprite last).
     """

@@ -36,6 +36,13 @@ WEIGHTS_FILE = "model.safetensors"
 DEFAULT_ROLLOUT = {"num_steps": DEFAULT_ROLLOUT_STEPS, "context_noise": DEFAULT_CONTEXT_NOISE}
 
 
+def _umask_mode() -> int:
+    """The mode ``open()`` gives a new file: 0666 less the process umask (read by setting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_pretrained(
     model: nn.Module,
     directory: str | os.PathLike,
@@ -67,6 +74,7 @@ def save_pretrained(
     }
     tmp = directory / f".tmp-{WEIGHTS_FILE}-{os.getpid()}"
     save_file(state, str(tmp), metadata={"format": PRETRAINED_FORMAT})
+    os.chmod(tmp, _umask_mode())  # safetensors creates 0600; every other output follows the umask
     os.replace(tmp, directory / WEIGHTS_FILE)
     tmp = directory / f".tmp-{CONFIG_FILE}-{os.getpid()}"
     tmp.write_text(json.dumps(config, indent=1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -45,14 +47,17 @@ class TimeKVCache:
 
 
 def context_signal_level(context_noise: float, k_max: int) -> float:
-    """tau_ctx = 1 - context_noise snapped to the d_min grid (0.1 -> round(0.9 * 64) / 64 for k_max = 64).
+    """tau_ctx = 1 - context_noise snapped to the d_min grid (0.1 -> round(0.9 * 64) / 64 for k_max = 64),
+    at most 1 - 1/k_max.
 
     The paper's "tau_ctx = 0.1" is a noise amount: a signal level of 0.1 would be almost pure noise
-    (docs/design.md §5).
+    (docs/design.md §5). Where it rounds to 1 (k_max * context_noise < 0.5) it becomes 1 - d_min, the cleanest
+    level training draws: tau = 1 is never trained (§3.2). Rollouts and the training context prefix both
+    take their level from here.
     """
     if not 0.0 <= context_noise <= 1.0:
         raise ValueError(f"rollout: context_noise must be in [0, 1], got {context_noise}")
-    return round((1.0 - context_noise) * k_max) / k_max
+    return min(round((1.0 - context_noise) * k_max), k_max - 1) / k_max
 
 
 Actions = dict[
@@ -102,7 +107,7 @@ class RolloutStepper:
         use_cache: bool = True,
     ) -> None:
         cfg = model.config
-        check_context(cfg, context)
+        check_context_shape(context, cfg)
         b, t_ctx = context.shape[:2]
         actions = {"actions_discrete": actions_discrete, "actions_continuous": actions_continuous}
         for name, acts in actions.items():
@@ -204,11 +209,13 @@ class RolloutStepper:
         return torch.randn(self._frame_shape, generator=self.generator, device=like.device, dtype=like.dtype)
 
 
-def check_context(cfg, context: torch.Tensor) -> None:
-    """One clear line unless context is (B, T_ctx, latent_tokens, latent_dim)."""
-    if context.dim() != 4 or tuple(context.shape[2:]) != (cfg.latent_tokens, cfg.latent_dim):
+def check_context_shape(context: torch.Tensor, config: Any) -> None:
+    """A ValueError naming the expected and the given shape unless context is (B, T_ctx, N_b, D_b) of the
+    model's ``config``; called before anything is computed with it (also before standardising)."""
+    expected = (config.latent_tokens, config.latent_dim)
+    if context.dim() != 4 or tuple(context.shape[2:]) != expected:
         raise ValueError(
-            f"rollout: context must have shape (B, T_ctx, {cfg.latent_tokens}, {cfg.latent_dim}), "
+            f"rollout: context must have shape (B, T_ctx, {expected[0]}, {expected[1]}), "
             f"got {tuple(context.shape)}"
         )
 
@@ -231,7 +238,8 @@ def rollout(
     actions_* cover T_ctx + horizon frames (actions[t] led from frame t-1 to frame t). A loop over
     `RolloutStepper.step`; see there for the sampling conventions.
     """
-    check_context(model.config, context)
+    cfg = model.config
+    check_context_shape(context, cfg)
     if horizon < 0:
         raise ValueError(f"rollout: horizon must be >= 0, got {horizon}")
     b, t_ctx = context.shape[:2]

@@ -16,7 +16,13 @@ from .attention import KV, AttentionMask, FactorizedAttention
 from .config import DynamicsConfig
 from .embeddings import ActionEmbedding, ShortcutEmbedding
 from .layers import RMSNorm, SwiGLU, grid_rope_tables, rope_tables
-from .rollout import DEFAULT_CONTEXT_NOISE, DEFAULT_ROLLOUT_STEPS, rollout, rollout_actions
+from .rollout import (
+    DEFAULT_CONTEXT_NOISE,
+    DEFAULT_ROLLOUT_STEPS,
+    check_context_shape,
+    rollout,
+    rollout_actions,
+)
 
 
 class Block(nn.Module):
@@ -176,8 +182,11 @@ class DynamicsTransformer(nn.Module):
         query_pos = torch.arange(start, start + t, device=device)
         key_pos = torch.arange(start - past_len, start + t, device=device)
         time_freqs = rope_tables(query_pos, cfg.head_dim, cfg.rope_base)
-        dense = time_attention_mask(query_pos, key_pos, cfg.context_length, image_rows)
-        time_mask = None if dense is None else AttentionMask(dense)
+        if t == 1 and image_rows is None and past_len < cfg.context_length:
+            time_mask = None  # one new frame sees every cached frame: no mask to build, and no host sync
+        else:
+            dense = time_attention_mask(query_pos, key_pos, cfg.context_length, image_rows)
+            time_mask = None if dense is None else AttentionMask(dense)
 
         new_kv: list[KV] = []
         time_index = 0
@@ -248,6 +257,7 @@ class DynamicsTransformer(nn.Module):
         as_numpy = isinstance(context, np.ndarray)
         device = self.latent_in.weight.device
         context = torch.as_tensor(context, device=device, dtype=torch.float32)
+        check_context_shape(context, self.config)  # before standardising: the shapes, not a broadcast error
         actions = rollout_actions(self.config, device, actions_discrete, actions_continuous, unconditional)
         was_training = self.training
         self.eval()

@@ -68,8 +68,8 @@ def with_context_prefix(
     A rollout always starts from context frames at (tau_ctx, d_min) (docs/design.md §5), whereas diffusion
     forcing draws every frame's level independently, so the first frames of a training row are mostly
     noisy and have no history to be predicted from. ``frames`` > 0 makes them the context a rollout starts
-    from (docs/design.md §3.2); 0 returns the inputs unchanged (the paper's schedule). A ``level`` of 1
-    (tau_ctx rounds to clean where k_max * context_noise < 0.5) becomes 1 - d_min, the cleanest one trained.
+    from (docs/design.md §3.2); 0 returns the inputs unchanged (the paper's schedule). ``level`` is the
+    rollouts' own, ``model.context_signal_level``, which is below 1 (tau = 1 is never trained).
     """
     if frames < 0 or frames >= tau.shape[1]:
         raise ValueError(
@@ -79,6 +79,6 @@ def with_context_prefix(
     if frames == 0:
         return tau, d
     tau, d = tau.clone(), d.clone()
-    tau[:, :frames] = min(level, 1.0 - d_min)
+    tau[:, :frames] = level
     d[:, :frames] = d_min
     return tau, d

@@ -30,8 +30,7 @@ class InferenceMixin:
     ) -> dict[str, Tensor]:
         """Roll out each window from its first ``val_context_frames`` frames (saved by ``RolloutWriter``, in
         the dataset's own units); a batch from a context file (``"context"``, ``--data.predict_context``)
-        rolls
-        out from all its frames."""
+        rolls out from all its frames."""
         if "context" in batch:
             return self._predict_from_context(batch, batch_idx)
         z1 = batch["latents"]  # (B, T, N_b, D_b)
