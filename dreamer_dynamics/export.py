@@ -4,10 +4,10 @@
 
 The export holds the EMA weights by default (the averaged weights ``EMAWeightAveraging`` stores as the
 checkpoint's ``state_dict``; the online weights are kept under ``current_model_state``) once the EMA has
-averaged at least once, else the online weights; the command says which it wrote, the latent
-statistics the model was trained with, and the dataset's codec, read from the dataset the checkpoint was
-trained on (``--data-root`` points elsewhere if it moved). The checkpoint is read with weights-only
-unpickling; Lightning is not imported.
+averaged at least once, else the online weights; the command says which it wrote. With them: the latent
+units the model was trained with (``hyper_parameters.latent_units``), its rollout defaults, and the dataset's
+codec, read from the dataset the checkpoint was trained on (``--data-root`` points elsewhere if it moved).
+The checkpoint is read with weights-only unpickling; Lightning is not imported.
 """
 
 from __future__ import annotations
@@ -21,23 +21,13 @@ from typing import Any, Optional
 
 import torch
 
-from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
-
-
-def _latent_stats(hparams: dict[str, Any], state: dict[str, torch.Tensor]) -> Optional[dict[str, Any]]:
-    """The (mean, std) the module standardised with, exactly what the checkpoint's own rollout uses: its
-    ``latent_mean`` / ``latent_std`` buffers where the state holds them, else ``standardization`` of its
-    ``latent_stats`` hyperparameter (which applies the record's pooled or per-channel scale)."""
-    from dreamer_dynamics.data.stats import standardization
-
-    stats = hparams.get("latent_stats")
-    count = {"count": stats["count"]} if isinstance(stats, dict) and "count" in stats else {}
-    if "latent_mean" in state and "latent_std" in state:
-        return {"mean": state["latent_mean"], "std": state["latent_std"], **count}
-    if stats is None:
-        return None
-    mean, std = standardization(stats)
-    return {"mean": mean.tolist(), "std": std.tolist(), **count}
+from dreamer_dynamics.model import (
+    DEFAULT_CONTEXT_NOISE,
+    DEFAULT_ROLLOUT_STEPS,
+    DynamicsConfig,
+    DynamicsTransformer,
+)
+from dreamer_dynamics.units import latent_units_or_identity
 
 
 def _dataset_codec(checkpoint: dict[str, Any], data_root: Optional[str]) -> Optional[dict[str, Any]]:
@@ -100,17 +90,15 @@ def export(
     config = DynamicsConfig(**config) if isinstance(config, dict) else config
     model = DynamicsTransformer(config)
     model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
-    rollout = {
-        "num_steps": int(hparams.get("rollout_steps", 4)),
-        "context_noise": float(hparams.get("context_noise", 0.1)),
+    # what DynamicsModule.__init__ attaches to its network from the same hyper-parameters
+    where = f"{checkpoint_path}: hyper_parameters.latent_units"
+    model.latent_units = latent_units_or_identity(hparams.get("latent_units"), config.latent_dim, where)
+    model.rollout_defaults = {
+        "num_steps": int(hparams.get("rollout_steps", DEFAULT_ROLLOUT_STEPS)),
+        "context_noise": float(hparams.get("context_noise", DEFAULT_CONTEXT_NOISE)),
     }
-    out = model.save_pretrained(
-        directory,
-        latent_stats=_latent_stats(hparams, state),
-        codec=_dataset_codec(checkpoint, data_root),
-        rollout=rollout,
-    )
-    return out, written
+    model.codec_spec = _dataset_codec(checkpoint, data_root)
+    return model.save_pretrained(directory), written
 
 
 def export_checkpoint(

@@ -103,14 +103,21 @@ def tiny_datamodule(root: str | None = None, cache: Path | None = None, **overri
 
 
 def tiny_module(data: DynamicsDataModule, cls=DynamicsModule, **kwargs) -> DynamicsModule:
-    """A ``cls`` with the debug network sized for ``data``: noise seed 0, 2 context frames, 3 generated."""
+    """A ``cls`` with the debug network sized for ``data`` and in its units (``data.latent_units``): noise
+    seed 0, 2 context frames, 3 generated."""
     config = DynamicsConfig.debug(
         latent_tokens=data.latent_tokens,
         latent_dim=data.latent_dim,
         num_discrete_actions=data.num_discrete_actions,
         num_continuous_actions=data.num_continuous_actions,
     )
-    kwargs = {"noise_seed": 0, "val_context_frames": 2, "val_rollout_horizon": 3, **kwargs}
+    kwargs = {
+        "noise_seed": 0,
+        "val_context_frames": 2,
+        "val_rollout_horizon": 3,
+        "latent_units": data.latent_units,
+        **kwargs,
+    }
     return cls(config, **kwargs)
 
 

@@ -16,6 +16,7 @@ from dreamer_dynamics.configs import available_configs
 from dreamer_dynamics.data.cli import main as data_main
 from dreamer_dynamics.model import DynamicsConfig
 from dreamer_dynamics.module import DynamicsModule
+from dreamer_dynamics.units import LatentUnits
 from tests.conftest import make_debug_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,16 +81,14 @@ def test_rollout_with_the_wrong_latent_width_names_both_shapes():
     model's entry points alike."""
     config = DynamicsConfig.debug(num_discrete_actions=(), num_continuous_actions=0)
     n, d = config.latent_tokens, config.latent_dim
-    stats = {"mean": [0.5] * d, "std": [2.0] * d, "count": 10}
-    module = DynamicsModule(config, latent_stats=stats)
+    module = DynamicsModule(config, latent_units=LatentUnits([0.5] * d, [2.0] * d))
     wrong = torch.zeros(1, 2, n, d + 1)
     expected = rf"\(B, T_ctx, {n}, {d}\).*\(1, 2, {n}, {d + 1}\)"
     with pytest.raises(ValueError, match=expected):
-        module.rollout(wrong, 2)
+        module.model.rollout(wrong, 2)
     with pytest.raises(ValueError, match=expected):
-        module.rollout(wrong.numpy(), 2)
-    exported = make_debug_model(num_discrete_actions=(), num_continuous_actions=0)
-    exported.latent_stats = {"mean": torch.zeros(d), "std": torch.ones(d)}
+        module.model.rollout(wrong.numpy(), 2)
+    exported = make_debug_model(num_discrete_actions=(), num_continuous_actions=0)  # identity units
     with pytest.raises(ValueError, match=expected):
         exported.rollout(wrong, 2)
 

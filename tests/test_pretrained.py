@@ -1,14 +1,17 @@
-"""``save_pretrained`` / ``from_pretrained``: config JSON + safetensors, latent statistics and codec carried
+"""``save_pretrained`` / ``from_pretrained``: config JSON + safetensors, latent units and codec carried
 along, rollouts in data units, no Lightning on the inference path."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
+from dreamer_dynamics.errors import ConfigError
 from dreamer_dynamics.model import DynamicsTransformer, rollout
+from dreamer_dynamics.units import LatentUnits
 from tests.conftest import make_debug_model, run_python
 
 CODEC = {"class_path": "dreamer_dynamics.data.patch_codec.PatchCodec", "init_args": {"image_size": 8}}
@@ -28,20 +31,21 @@ def inputs(model, t_ctx=3, horizon=3, seed=0):
 def test_round_trip_with_statistics_and_codec(tmp_path):
     model = make_debug_model()
     d = model.config.latent_dim
-    stats = {"mean": torch.linspace(4, 6, d), "std": torch.linspace(2, 4, d), "count": 100}
-    model.save_pretrained(tmp_path, latent_stats=stats, codec=CODEC, rollout={"num_steps": 2})
+    units = LatentUnits(torch.linspace(4, 6, d).tolist(), torch.linspace(2, 4, d).tolist())
+    model.save_pretrained(tmp_path, latent_units=units, codec=CODEC, rollout={"num_steps": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     loaded = DynamicsTransformer.from_pretrained(tmp_path)
     assert loaded.config == model.config and not loaded.training
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert loaded.codec_spec == CODEC and loaded.rollout_defaults == {"num_steps": 2, "context_noise": 0.1}
-    assert json.loads((tmp_path / "config.json").read_text())["latent_stats"]["count"] == 100
+    assert loaded.latent_units == units  # exactly: the floats round-trip through JSON
+    assert json.loads((tmp_path / "config.json").read_text())["latent_units"] == units.to_dict()
 
     context, actions = inputs(model)
     got = loaded.rollout(context, 3, generator=torch.Generator().manual_seed(1), **actions)
     # reference: standardise the context, roll out in model units (K = 2 from the export), map back
-    mean, std = stats["mean"], stats["std"]
+    mean, std = torch.tensor(units.mean), torch.tensor(units.std)
     ref = (
         rollout(
             model,
@@ -62,7 +66,7 @@ def test_without_statistics_equals_the_plain_rollout_bitwise(tmp_path):
     model = make_debug_model(seed=3)
     model.save_pretrained(tmp_path)
     loaded = DynamicsTransformer.from_pretrained(tmp_path, attention_backend="math")  # a config override
-    assert loaded.latent_stats is None and loaded.codec_spec is None
+    assert loaded.latent_units == LatentUnits.identity(4) and loaded.codec_spec is None
     context, actions = inputs(model, horizon=2)
     got = loaded.rollout(context, 2, generator=torch.Generator().manual_seed(4), **actions)
     ref = rollout(model, context, 2, generator=torch.Generator().manual_seed(4), **actions)
@@ -71,7 +75,7 @@ def test_without_statistics_equals_the_plain_rollout_bitwise(tmp_path):
 
 def test_inference_path_does_not_import_lightning(tmp_path):
     model = make_debug_model()
-    model.save_pretrained(tmp_path / "m", latent_stats={"mean": torch.zeros(4), "std": torch.ones(4) * 2})
+    model.save_pretrained(tmp_path / "m", latent_units=LatentUnits([0.0] * 4, [2.0] * 4))
     context, actions = inputs(model)
     torch.save({"context": context, **actions}, tmp_path / "in.pt")
     script = (
@@ -110,3 +114,36 @@ def test_export_refuses_a_foreign_checkpoint(tmp_path, capsys):
     torch.save({"state_dict": {}}, tmp_path / "x.ckpt")
     assert main([str(tmp_path / "x.ckpt"), str(tmp_path / "out")]) == 1
     assert "not a DynamicsModule checkpoint" in capsys.readouterr().err
+
+
+def test_latent_units_are_checked_on_save_and_load(tmp_path):
+    model = make_debug_model()
+    record = {"mean": [0.0] * 4, "std": [1.0] * 4, "count": 10}  # statistics, not units: which std applies?
+    with pytest.raises(ConfigError, match='latent_units: must be an object with exactly the keys "mean"'):
+        model.save_pretrained(tmp_path, latent_units=record)
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    config = json.loads(path.read_text())
+    for units, message in (
+        ({"mean": [0.0] * 4, "std": [1.0, 0.0, 1.0, 1.0]}, r"config.json: latent_units.std: must be > 0"),
+        ({"mean": [0.0] * 3, "std": [1.0] * 3}, r"config.json: latent_units: 3 channels, .* latent_dim is 4"),
+    ):
+        path.write_text(json.dumps({**config, "latent_units": units}))
+        with pytest.raises(ConfigError, match=message):
+            DynamicsTransformer.from_pretrained(tmp_path)
+
+
+def test_latent_units_from_stats_and_their_plain_form():
+    record = {"mean": [1.0, -2.0, 0.5], "std": [3.0, 4.0, 0.0], "count": 7}
+    pooled = LatentUnits.from_stats(record)  # the RMS of the channel stds: sqrt((9 + 16 + 0) / 3)
+    assert pooled.mean == (1.0, -2.0, 0.5) and pooled.std == (math.sqrt(25 / 3),) * 3
+    channel = LatentUnits.from_stats(record, "channel")  # each its own, the constant channel floored
+    assert channel.std == (3.0, 4.0, 4e-6)
+    assert LatentUnits.from_stats({"mean": [2.0], "std": [0.0]}).std == (1.0,)  # all constant
+    assert LatentUnits.from_dict(json.loads(json.dumps(pooled.to_dict()))) == pooled  # exact round trip
+    z = torch.tensor([[4.0, 2.0, 0.5]], dtype=torch.bfloat16)
+    assert channel.standardize(z).dtype == torch.bfloat16
+    torch.testing.assert_close(channel.standardize(z.float()), torch.tensor([[1.0, 1.0, 0.0]]))
+    torch.testing.assert_close(channel.destandardize(channel.standardize(z.float())), z.float())
+    with pytest.raises(ConfigError, match="scale must be one of"):
+        LatentUnits.from_stats(record, "global")

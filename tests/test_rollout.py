@@ -298,7 +298,7 @@ def test_bad_rollout_arguments_raise():
         rollout(model, latents[:, :3, :, :2], 2)
 
 
-# ---------------------------------------------------------------- DynamicsModule.rollout ergonomics
+# ------------------------------------------- DynamicsTransformer.rollout (data units) ergonomics
 def _module():
     from dreamer_dynamics.module import DynamicsModule
 
@@ -316,11 +316,13 @@ def test_module_rollout_accepts_numpy_and_2d_discrete_actions_in_eval_no_grad():
     )
     context = np.random.default_rng(0).standard_normal((2, 3, 8, 4)).astype(np.float32)
     actions = np.random.default_rng(1).integers(0, 3, (2, 5))  # [B, T]: one categorical component
-    out = module.rollout(context, 2, actions_discrete=actions, generator=torch.Generator().manual_seed(0))
+    out = module.model.rollout(
+        context, 2, actions_discrete=actions, generator=torch.Generator().manual_seed(0)
+    )
     assert isinstance(out, np.ndarray) and out.shape == (2, 2, 8, 4)
     assert modes and set(modes) == {(False, False)}  # every network call in eval mode, without autograd
-    assert module.training  # the caller's mode is restored
-    reference = module.eval().rollout(
+    assert module.training and module.model.training  # the caller's mode is restored
+    reference = module.eval().model.rollout(
         torch.from_numpy(context),
         2,
         actions_discrete=torch.from_numpy(actions)[..., None],
@@ -334,5 +336,5 @@ def test_module_rollout_refuses_missing_actions_unless_unconditional():
     module = _module()
     context = torch.randn(1, 2, 8, 4)
     with pytest.raises(ValueError, match="action-conditioned.*unconditional=True"):
-        module.rollout(context, 1)
-    assert module.rollout(context, 1, unconditional=True).shape == (1, 1, 8, 4)
+        module.model.rollout(context, 1)
+    assert module.model.rollout(context, 1, unconditional=True).shape == (1, 1, 8, 4)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dreamer_dynamics.errors import ConfigError
 from dreamer_dynamics.objective import corrupt, euler_sample, is_power_of_two
 
 from .attention import KV
@@ -266,3 +267,23 @@ def rollout(
     if not frames:
         return context.new_zeros((b, 0) + tuple(context.shape[2:]))
     return torch.stack(frames, 1)
+
+
+def rollout_actions(cfg, device: torch.device, discrete, continuous, unconditional: bool) -> Actions:
+    """Rollout actions from tensors or numpy arrays: discrete long (a [B, T] array is one component),
+    continuous float32, on `device`. An action-conditioned model needs them unless `unconditional`."""
+    if discrete is not None:
+        discrete = torch.as_tensor(discrete, device=device).long()
+        if discrete.dim() == 2:  # [B, T]: one categorical component
+            discrete = discrete.unsqueeze(-1)
+    if continuous is not None:
+        continuous = torch.as_tensor(continuous, device=device, dtype=torch.float32)
+    actions = {"actions_discrete": discrete, "actions_continuous": continuous}
+    needed = {"actions_discrete": cfg.num_discrete_actions, "actions_continuous": cfg.num_continuous_actions}
+    missing = [name for name, acts in actions.items() if needed[name] and acts is None]
+    if missing and not unconditional:
+        raise ConfigError(
+            f"rollout: the model is action-conditioned but {' and '.join(missing)} were not "
+            "given; pass them (covering T_ctx + horizon frames) or unconditional=True"
+        )
+    return actions
