@@ -8,6 +8,7 @@ over flow-only step, ...).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -47,6 +48,14 @@ MEDIUM = dict(
 def medium_config(**overrides) -> DynamicsConfig:
     """The benchmarks' reference model (``MEDIUM``) with ``overrides``."""
     return DynamicsConfig(**{**MEDIUM, **overrides})
+
+
+def step_config(smoke: bool, medium: Optional[dict] = None, **both) -> DynamicsConfig:
+    """The step benchmarks' network, one 5-way action: debug for ``smoke``, else ``medium_config`` at 16 x 32
+    latents with ``medium``; ``both`` goes to either."""
+    if smoke:
+        return DynamicsConfig.debug(num_continuous_actions=0, num_discrete_actions=(5,), **both)
+    return medium_config(latent_tokens=16, latent_dim=32, num_discrete_actions=(5,), **(medium or {}), **both)
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -266,6 +275,18 @@ def _jsonable(value):
 
 def config_dict(config: DynamicsConfig) -> dict:
     return dataclasses.asdict(config)
+
+
+def parse_benchmark_args(
+    parser: argparse.ArgumentParser, argv=None, smoke: bool = True
+) -> argparse.Namespace:
+    """Add the arguments every benchmark shares (``--output``, ``--smoke`` where asked) and parse ``argv``."""
+    if smoke:
+        parser.add_argument(
+            "--smoke", action="store_true", help="tiny config and sizes: checks the logic only"
+        )
+    parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/<name>.json)")
+    return parser.parse_args(argv)
 
 
 def run_benchmark(name: str, parse_args: Callable, run: Callable, print_report: Callable, argv=None) -> dict:

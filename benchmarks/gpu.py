@@ -13,7 +13,6 @@ forwards on the rows with a bootstrap frame) over (a) the dense bf16 matmul peak
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
@@ -22,6 +21,7 @@ from benchmarks.common import (
     forward_flops,
     machine_info,
     matmul_peak,
+    parse_benchmark_args,
     peak_memory,
     pin_threads,
     run_benchmark,
@@ -180,9 +180,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--nominal-tflops", type=float, default=None, help="vendor dense bf16 peak (H100: 989)"
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile every block")
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--output", type=Path, default=None)
-    return parser.parse_args(argv)
+    return parse_benchmark_args(parser, argv)
 
 
 def main(argv=None) -> dict:

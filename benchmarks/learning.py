@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, run_benchmark
+from benchmarks.common import RESULTS_DIR, parse_benchmark_args, run_benchmark
 from benchmarks.tensorboard_curves import read_scalars, training_seconds
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "lightning_configs" / "quickstart.yaml"
@@ -207,9 +207,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--parallel", type=int, default=1, help="variants trained at once")
     parser.add_argument("--plot", type=Path, default=RESULTS_DIR / "learning.png", help="PNG of the curves")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every variant")
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--output", type=Path, default=None)
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     if args.list:
         for name, overrides in VARIANTS.items():
             print(f"{name:>20}: {' '.join(overrides) or '(the quickstart config)'}")

@@ -37,7 +37,14 @@ from unittest import mock
 
 import torch
 
-from benchmarks.common import RESULTS_DIR, machine_info, pin_threads, run_benchmark, time_interleaved
+from benchmarks.common import (
+    RESULTS_DIR,
+    machine_info,
+    parse_benchmark_args,
+    pin_threads,
+    run_benchmark,
+    time_interleaved,
+)
 from dreamer_dynamics.cli import DynamicsCLI
 from dreamer_dynamics.data import DynamicsDataModule
 from dreamer_dynamics.data.default import ToyDatasetConfig
@@ -72,7 +79,9 @@ class StepLabel(torch.nn.Module):
         return self.model.forward_frames(z, tau, torch.full_like(d, self.d), **kwargs)
 
 
-def build(args: argparse.Namespace, overrides: list[str], root: Path, seed: int, steps: int | None) -> DynamicsCLI:
+def build(
+    args: argparse.Namespace, overrides: list[str], root: Path, seed: int, steps: int | None
+) -> DynamicsCLI:
     """The real CLI stack (config, data links, callbacks) for one model, not yet fitted."""
     cli_args = [
         f"--config={args.config}",
@@ -85,7 +94,9 @@ def build(args: argparse.Namespace, overrides: list[str], root: Path, seed: int,
         *args.extra,
         *overrides,
     ]
-    with mock.patch.object(sys, "argv", sys.argv[:1]):  # LightningCLI reads only `args`, not this script's flags
+    with mock.patch.object(
+        sys, "argv", sys.argv[:1]
+    ):  # LightningCLI reads only `args`, not this script's flags
         return DynamicsCLI(args=cli_args, run=False)
 
 
@@ -100,7 +111,9 @@ def step_cost_ratio(cli: DynamicsCLI, repeat: int) -> float:
     generator = torch.Generator().manual_seed(0)
 
     def step(flow_only: bool) -> None:
-        tau, d = module.sample_signal_and_step(batch, generator)  # a generator given: the schedule after warm-up
+        tau, d = module.sample_signal_and_step(
+            batch, generator
+        )  # a generator given: the schedule after warm-up
         if flow_only:
             d = torch.full_like(d, module.config.d_min)
         output = shortcut_forcing_loss(
@@ -205,7 +218,9 @@ def run(args: argparse.Namespace) -> dict:
     for seed in args.seeds:
         shortcut = build(args, [], args.workdir / f"shortcut_{seed}", seed, args.steps)
         if ratio is None:
-            ratio = step_cost_ratio(build(args, [], args.workdir / "calibration", seed, args.steps), args.repeat)
+            ratio = step_cost_ratio(
+                build(args, [], args.workdir / "calibration", seed, args.steps), args.repeat
+            )
             report["cost_ratio"] = ratio
         steps = shortcut.trainer.max_steps
         warmup = min(shortcut.model.hparams.bootstrap_warmup_steps, steps)
@@ -295,7 +310,14 @@ def plot(report: dict, path: Path) -> None:
                 s = model["scores"][horizon]
                 ks = sorted(int(k[len("excess_k") :]) for k in s if k.startswith("excess_k"))
                 label = name if seed == next(iter(report["seeds"])) else None
-                ax.plot(ks, [s[f"excess_k{k}"] for k in ks], marker="o", color=colours[name], alpha=0.7, label=label)
+                ax.plot(
+                    ks,
+                    [s[f"excess_k{k}"] for k in ks],
+                    marker="o",
+                    color=colours[name],
+                    alpha=0.7,
+                    label=label,
+                )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("sampling steps K per frame")
         ax.set_ylabel("excess over the oracle (1 = copy-last)")
@@ -338,9 +360,13 @@ def print_report(report: dict) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one model pair per seed")
-    parser.add_argument("--steps", type=int, default=None, help="shortcut training steps (default: the config's)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="shortcut training steps (default: the config's)"
+    )
     parser.add_argument("--world", choices=("stochastic", "deterministic"), default="stochastic")
     parser.add_argument("--samples", type=int, default=4, help="rollout samples per context (energy score)")
     parser.add_argument("--contexts", type=int, default=64, help="held-out contexts, one per new episode")
@@ -353,9 +379,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-data-seed", type=int, default=1, help="seed of the evaluation episodes")
     parser.add_argument("--workdir", type=Path, default=RESULTS_DIR / "quality_runs")
     parser.add_argument("--plot", type=Path, default=RESULTS_DIR / "quality.png")
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--output", type=Path, default=None)
-    return parser.parse_args(argv)
+    return parse_benchmark_args(parser, argv)
 
 
 def main(argv=None) -> dict:

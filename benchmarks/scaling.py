@@ -15,7 +15,6 @@ kernels, and windowed: the pairs inside C).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
@@ -23,30 +22,15 @@ from benchmarks.common import (
     config_dict,
     forward_flops,
     machine_info,
-    medium_config,
+    parse_benchmark_args,
     pin_threads,
     run_benchmark,
+    step_config,
     time_interleaved,
 )
-from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
+from dreamer_dynamics.model import DynamicsTransformer
 
-
-def scaling_config(smoke: bool, context_length: int) -> DynamicsConfig:
-    if smoke:
-        return DynamicsConfig.debug(
-            num_continuous_actions=0, num_discrete_actions=(5,), context_length=context_length
-        )
-    return medium_config(
-        latent_tokens=16,
-        latent_dim=32,
-        num_discrete_actions=(5,),
-        dim=128,
-        depth=4,
-        heads=2,
-        kv_heads=1,
-        time_every=2,
-        context_length=context_length,
-    )
+SCALING_MODEL = dict(dim=128, depth=4, heads=2, kv_heads=1, time_every=2)  # the medium run's network
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -54,7 +38,7 @@ def run(args: argparse.Namespace) -> dict:
     lengths = [4, 8, 16] if args.smoke else args.lengths
     frames_per_batch = max(lengths)
     window = 4 if args.smoke else args.context_length
-    windowed_cfg = scaling_config(args.smoke, window)
+    windowed_cfg = step_config(args.smoke, SCALING_MODEL, context_length=window)
     full_cfg = windowed_cfg.with_changes(context_length=frames_per_batch)
     torch.manual_seed(0)
     windowed = DynamicsTransformer(windowed_cfg).train()
@@ -143,9 +127,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=[16, 32, 64, 128, 256],
         help="sequence lengths T; the largest sets the frames per batch",
     )
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--output", type=Path, default=None)
-    return parser.parse_args(argv)
+    return parse_benchmark_args(parser, argv)
 
 
 def main(argv=None) -> dict:

@@ -27,8 +27,8 @@ def training_seconds(train_events: list[tuple[int, float, float]]) -> Callable[[
     """step -> wall-clock seconds spent training up to that step, validation pauses excluded.
 
     Training events come every ``log_every_n_steps``; a gap much longer than the typical one holds a
-    validation,
-    and counts as one typical gap. The time before the first event is extrapolated from the typical step time.
+    validation and counts as one typical gap. The time before the first event is extrapolated from the typical
+    step time.
     """
     steps = [s for s, _, _ in train_events]
     times = [t for _, t, _ in train_events]

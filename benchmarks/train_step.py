@@ -22,7 +22,6 @@ achieved FLOP/s >= 40 % of the fp32 matmul peak on CPU.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
@@ -31,33 +30,20 @@ from benchmarks.common import (
     forward_flops,
     machine_info,
     matmul_peak,
-    medium_config,
+    parse_benchmark_args,
     peak_memory,
     pin_threads,
     run_benchmark,
+    step_config,
     time_interleaved,
 )
-from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
+from dreamer_dynamics.model import DynamicsTransformer
 from dreamer_dynamics.objective import sample_signal_and_step, shortcut_forcing_loss
 from dreamer_dynamics.objective.flow import corrupt
 from dreamer_dynamics.objective.shortcut import bootstrap_velocity_target
 from dreamer_dynamics.parallelize import parallelize_model
 
 TARGETS = {"shortcut_over_flow": 1.7, "teacher_over_student": 0.7, "cpu_fraction_of_peak": 0.4}
-
-
-def benchmark_config(smoke: bool, compile_blocks: bool = False) -> DynamicsConfig:
-    if smoke:
-        return DynamicsConfig.debug(
-            num_continuous_actions=0, num_discrete_actions=(5,), compile_blocks=compile_blocks
-        )
-    return medium_config(
-        latent_tokens=16,
-        latent_dim=32,
-        num_discrete_actions=(5,),
-        context_length=64,
-        compile_blocks=compile_blocks,
-    )
 
 
 def measure_length(
@@ -184,7 +170,7 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     threads = pin_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    config = benchmark_config(args.smoke, args.compile)
+    config = step_config(args.smoke, {"context_length": 64}, compile_blocks=args.compile)
     torch.manual_seed(0)
     model = parallelize_model(DynamicsTransformer(config)).to(device).train()  # compile per block if asked
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
@@ -285,7 +271,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         "OpenMP threads stall on each other and swing the timings up to 3x",
     )
     parser.add_argument("--repeat", type=int, default=5, help="timed repeats per variant (best is reported)")
-    parser.add_argument("--smoke", action="store_true", help="tiny config and sizes: checks the logic only")
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -297,10 +282,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_false",
         help="skip the torch.profiler table of one shortcut step",
     )
-    parser.add_argument(
-        "--output", type=Path, default=None, help="JSON path (default results/train_step.json)"
-    )
-    return parser.parse_args(argv)
+    return parse_benchmark_args(parser, argv)
 
 
 def main(argv=None) -> dict:

@@ -40,6 +40,17 @@ def log_version_of(checkpoint: Path, save_dir: str | os.PathLike, name: str) -> 
     return int(match.group(1)) if match else None
 
 
+def run_dir_of(checkpoint: str | os.PathLike) -> Path:
+    """The run directory of a checkpoint: ``<run>`` for ``<run>/<logger>/version_N/checkpoints/x.ckpt``
+    and ``<run>/checkpoints/x.ckpt`` (Lightning's places), else the checkpoint's own folder."""
+    folder = Path(checkpoint).resolve().parent
+    if folder.name == "checkpoints":
+        folder = folder.parent
+    if re.fullmatch(r"version_\d+", folder.name):
+        folder = folder.parent.parent
+    return folder
+
+
 def read_checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
     """{"model": DynamicsConfig dict or None, "fingerprint": dataset fingerprint or None, "data": the
     DataModule's hyper-parameters or None}, read with weights-only unpickling (memory-mapped: no weights are
@@ -75,4 +86,4 @@ def check_spec(
         raise ConfigError(problem + " (pass the --data.root the checkpoint was trained on)")
 
 
-__all__ = ["check_spec", "find_last_checkpoint", "log_version_of", "read_checkpoint_info"]
+__all__ = ["check_spec", "find_last_checkpoint", "log_version_of", "read_checkpoint_info", "run_dir_of"]

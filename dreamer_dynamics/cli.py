@@ -25,7 +25,8 @@
   to the logger's version folder, ``RolloutWriter`` without ``output_dir`` writes ``<root>/predictions``.
 * One optimiser setting: ``model.optimizer`` / ``model.scheduler`` (LightningCLI's automatic ``--optimizer``
   and ``--lr_scheduler``, which would bypass the module's parameter groups and schedule, are disabled).
-* Dataset and configuration errors print one line and exit 1; ``DREAMER_DYNAMICS_TRACEBACK=1`` shows the full
+* Dataset and configuration errors, unknown keys (with the closest valid ones), bad values and Lightning's
+  own configuration errors print one line and exit 1; ``DREAMER_DYNAMICS_TRACEBACK=1`` shows the full
   traceback. Checkpoints are loaded with weights-only unpickling (``--weights_only true`` is the default).
 """
 
@@ -35,11 +36,13 @@ import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from dreamer_dynamics.checkpoints import (
@@ -47,16 +50,35 @@ from dreamer_dynamics.checkpoints import (
     find_last_checkpoint,
     log_version_of,
     read_checkpoint_info,
+    run_dir_of,
 )
 from dreamer_dynamics.configs import resolve_config_args
 from dreamer_dynamics.data import DynamicsDataModule
-from dreamer_dynamics.data.fingerprint import dataset_fingerprint
+from dreamer_dynamics.data.fingerprint import dataset_fingerprint, is_other_dataset
 from dreamer_dynamics.data.format import METADATA_FILE, DatasetError
-from dreamer_dynamics.errors import TRACEBACK_ENV, ConfigError, show_traceback
+from dreamer_dynamics.errors import (
+    TRACEBACK_ENV,
+    ConfigError,
+    MissingExtraError,
+    NonFiniteLossError,
+    argument_error_line,
+    show_traceback,
+)
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.quiet import quiet_known_messages, quiet_weight_averaging_warning
+from dreamer_dynamics.training.interrupt import AtomicCheckpointIO, StopOnSignal
+from dreamer_dynamics.training.prediction import RolloutWriter
 from dreamer_dynamics.training.progress import StepProgressBar
 
+DESCRIPTION = (
+    "Train and evaluate the dynamics model of a DreamerV4-style world model on latent datasets "
+    "(fit, validate, test, predict; --config quickstart runs the built-in world), and export a checkpoint "
+    "for inference without Lightning (export)."
+)
+EXPORT_USAGE = (
+    "dreamer-dynamics export CKPT DIR [--weights ema|online]: a checkpoint -> config.json + "
+    "model.safetensors for DynamicsTransformer.from_pretrained (dreamer-dynamics export --help)"
+)
 # DataModule property -> DynamicsConfig field (model.model.<field>)
 LINKED_DATA_FIELDS = (
     "latent_tokens",
@@ -65,7 +87,9 @@ LINKED_DATA_FIELDS = (
     "num_continuous_actions",
     "token_grid",
 )
-USER_ERRORS = (DatasetError, ConfigError)  # printed as one line, exit 1
+OTHER_DATASET_FLAG = "resume_other_dataset"  # fit: continue a checkpoint on another dataset
+# printed as one line, exit 1
+USER_ERRORS = (DatasetError, ConfigError, MissingExtraError, MisconfigurationException, NonFiniteLossError)
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # resolved by Lightning itself
 # DynamicsModule settings that change evaluation only, never the weights: with --ckpt_path, Lightning replaces
 # the whole model config by the checkpoint's hyper-parameters; these keep the values of this command line.
@@ -108,6 +132,34 @@ class WeightsOnlyParser(LightningArgumentParser):
             self.set_defaults(weights_only=True)
         return added
 
+    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        """Where the parser would print its usage and exit: a ConfigError of one line instead (``main``
+        prints it), an unknown key with the closest valid keys."""
+        if not self.exit_on_error:  # jsonargparse's internal parsers: it catches and rephrases these
+            super().error(message, ex)
+        raise ConfigError(argument_error_line(message, parser_keys(self))) from ex
+
+
+def parser_keys(parser: Any) -> set[str]:
+    """Every key the parser and its subcommand parsers accept (``model.model.dim``, ``trainer.max_steps``)."""
+    keys = set()
+    for action in parser._actions:
+        if isinstance(getattr(action, "choices", None), dict):  # subcommands: name -> parser
+            for sub in action.choices.values():
+                keys |= parser_keys(sub)
+        elif action.option_strings and action.dest not in ("help", "config", "print_config"):
+            keys.add(action.dest)
+    return keys
+
+
+def check_trainer_limits(trainer: Any) -> None:
+    """``trainer.max_steps`` must allow a step: a positive count, or -1 (no limit)."""
+    steps = trainer.get("max_steps") if isinstance(trainer, Namespace) else None
+    if steps is not None and steps != -1 and steps < 1:
+        raise ConfigError(
+            f"trainer.max_steps {steps}: fit needs at least one step (a positive count, or -1 for no limit)"
+        )
+
 
 class DynamicsCLI(LightningCLI):
     """LightningCLI with the data -> model links, checkpoint/data reconciliation, outputs under
@@ -123,10 +175,20 @@ class DynamicsCLI(LightningCLI):
         kwargs.setdefault("parser_class", WeightsOnlyParser)
         kwargs.setdefault("auto_configure_optimizers", False)  # one optimiser setting: model.optimizer
         parser_kwargs = kwargs.setdefault("parser_kwargs", {})
-        parser_kwargs.setdefault("epilog", f"Set {TRACEBACK_ENV}=1 for full tracebacks of one-line errors.")
+        parser_kwargs.setdefault("description", DESCRIPTION)
+        parser_kwargs.setdefault(
+            "epilog",
+            f"Also: {EXPORT_USAGE}. Set {TRACEBACK_ENV}=1 for full tracebacks of one-line errors.",
+        )
         super().__init__(model_class, datamodule_class, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            f"--{OTHER_DATASET_FLAG}",
+            type=bool,
+            default=False,
+            help="fit: resume a checkpoint on another dataset than the one it was trained on",
+        )
         for field in LINKED_DATA_FIELDS:
             parser.link_arguments(f"data.{field}", f"model.model.{field}", apply_on="instantiate")
         parser.link_arguments("data.latent_stats", "model.latent_stats", apply_on="instantiate")
@@ -135,6 +197,8 @@ class DynamicsCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        if subcommand:
+            self.run_dir_from_dataset(self.config[subcommand], sys.argv[1:] if args is None else args)
         if subcommand and self.config[subcommand].get("ckpt_path"):
             self.reconcile_checkpoint(subcommand, self.config[subcommand])
             model = self.config[subcommand].get("model")
@@ -144,6 +208,18 @@ class DynamicsCLI(LightningCLI):
                 for k in EVALUATION_SETTINGS
                 if isinstance(model, Namespace) and k in model and k in defaults and model[k] != defaults[k]
             }
+
+    @staticmethod
+    def run_dir_from_dataset(config: Namespace, args: Any) -> None:
+        """``--data.root PATH`` on the command line without ``--trainer.default_root_dir``: the run directory
+        is ``runs/<PATH's folder name>``, not the config's, so runs on different datasets stay apart (and
+        ``--ckpt_path last`` finds only this dataset's checkpoints)."""
+        given = [str(a).split("=", 1)[0] for a in args] if isinstance(args, (list, tuple)) else []
+        data, trainer = config.get("data"), config.get("trainer")
+        if "--data.root" not in given or "--trainer.default_root_dir" in given:
+            return
+        if isinstance(data, Namespace) and data.get("root") and isinstance(trainer, Namespace):
+            trainer.default_root_dir = str(Path("runs") / Path(str(data.root)).resolve().name)
 
     def reconcile_checkpoint(self, subcommand: str, config: Namespace) -> None:
         """Resolve ``last``; take the recorded dataset when no ``--data.root`` is given; refuse a dataset the
@@ -178,7 +254,15 @@ class DynamicsCLI(LightningCLI):
                 if key in data and key in defaults and key not in NOT_ADOPTED and data[key] == defaults[key]:
                     data[key] = value
         root = data.root if data.root is not None else self.builtin_root(data)
-        check_spec(ckpt, info["model"], root, dataset_fingerprint(root))
+        fingerprint = dataset_fingerprint(root)
+        check_spec(ckpt, info["model"], root, fingerprint)
+        if subcommand == "fit" and recorded and not config.get(OTHER_DATASET_FLAG):
+            if is_other_dataset(info["fingerprint"], fingerprint):
+                raise ConfigError(
+                    f"--ckpt_path {ckpt} was trained on {recorded}, not {fingerprint['root']}: resuming "
+                    f"would continue that run on other data (pass --{OTHER_DATASET_FLAG} true to do it "
+                    "anyway, or --trainer.default_root_dir DIR to start a run of its own)"
+                )
 
     @staticmethod
     def builtin_root(data: Namespace) -> str:
@@ -199,7 +283,24 @@ class DynamicsCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         for key, value in getattr(self, "_evaluation_settings", {}).items():
             config.model[key] = value  # the command line's, not the checkpoint's (see EVALUATION_SETTINGS)
+        if self.subcommand == "fit":
+            check_trainer_limits(config.get("trainer"))
+        if self.subcommand in ("validate", "test", "predict"):
+            self.place_evaluation(config)
         self.place_outputs(config, resume=self.subcommand == "fit")
+
+    def place_evaluation(self, config: Namespace) -> None:
+        """Evaluating a checkpoint without ``default_root_dir`` writes beside the checkpoint's run;
+        ``predict`` keeps no logger (nothing to log) and no config copy: its output is the predictions."""
+        trainer = config.get("trainer")
+        ckpt = config.get("ckpt_path")
+        if not isinstance(trainer, Namespace):
+            return
+        if trainer.get("default_root_dir") is None and ckpt and Path(str(ckpt)).is_file():
+            trainer.default_root_dir = str(run_dir_of(ckpt))
+        if self.subcommand == "predict":
+            trainer.logger = False
+            self.save_config_callback = None
 
     def place_outputs(self, config: Namespace, *, resume: bool) -> None:
         """Loggers without ``save_dir`` log under ``default_root_dir``; a resumed ``fit`` whose checkpoint
@@ -228,7 +329,16 @@ class DynamicsCLI(LightningCLI):
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
         if trainer.get("enable_progress_bar") is not False and not has_bar:
-            trainer["callbacks"] = [*callbacks, StepProgressBar()]
+            callbacks = [*callbacks, StepProgressBar()]
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in callbacks):
+            callbacks = [*callbacks, RolloutWriter()]  # .npy files and pictures, under default_root_dir
+        if not any(isinstance(c, StopOnSignal) for c in callbacks):
+            callbacks = [*callbacks, StopOnSignal()]  # SIGTERM / Ctrl-C: checkpoint, then stop
+        trainer["callbacks"] = callbacks
+        plugins = trainer.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            trainer["plugins"] = [*plugins, AtomicCheckpointIO()]  # never a half-written checkpoint
         return super().instantiate_trainer(**kwargs)
 
     def after_instantiate_classes(self) -> None:
@@ -248,11 +358,11 @@ def main(args: Optional[list[str]] = None) -> None:
 
         sys.exit(export_main(argv[1:]))
     quiet_known_messages()
-    if args is None:  # rewrite sys.argv itself: DDP launchers re-run it in the child processes
-        sys.argv[1:] = resolve_config_args(sys.argv[1:])
-    else:
-        args = resolve_config_args(list(args))
     try:
+        if args is None:  # rewrite sys.argv itself: DDP launchers re-run it in the child processes
+            sys.argv[1:] = resolve_config_args(sys.argv[1:])
+        else:
+            args = resolve_config_args(list(args))
         DynamicsCLI(args=args)
     except USER_ERRORS as err:
         if show_traceback():

@@ -3,7 +3,8 @@
     dreamer-dynamics export runs/quickstart/checkpoints/last.ckpt exported/ [--weights ema|online]
 
 The export holds the EMA weights by default (the averaged weights ``EMAWeightAveraging`` stores as the
-checkpoint's ``state_dict``; the online weights are kept under ``current_model_state``), the latent
+checkpoint's ``state_dict``; the online weights are kept under ``current_model_state``) once the EMA has
+averaged at least once, else the online weights; the command says which it wrote, the latent
 statistics the model was trained with, and the dataset's codec, read from the dataset the checkpoint was
 trained on (``--data-root`` points elsewhere if it moved). The checkpoint is read with weights-only
 unpickling; Lightning is not imported.
@@ -60,29 +61,41 @@ def _dataset_codec(checkpoint: dict[str, Any], data_root: Optional[str]) -> Opti
     return metadata_codec_spec(read_metadata(root))
 
 
-def export_checkpoint(
+def select_weights(
+    checkpoint: dict[str, Any], weights: str, where: Any
+) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, "EMA" or "online"): which weights ``--weights`` gets from this checkpoint. The EMA's
+    only once it averaged at least once (``averaging_state.n_averaged`` > 0); before that ``state_dict``
+    holds the online weights (training/ema.py), and a run without EMA has only those."""
+    state = checkpoint["state_dict"]
+    live = checkpoint.get("current_model_state")
+    averaged = (checkpoint.get("averaging_state") or {}).get("n_averaged")
+    started = live is not None and averaged is not None and int(averaged) > 0
+    if weights == "online":
+        return (live if live is not None else state), "online"
+    if live is None:
+        warnings.warn(
+            f"{where}: no EMA weights (trained without EMAWeightAveraging); exporting the online weights",
+            stacklevel=3,
+        )
+    return state, "EMA" if started else "online"
+
+
+def export(
     checkpoint_path: str | os.PathLike,
     directory: str | os.PathLike,
     *,
     weights: str = "ema",
     data_root: Optional[str] = None,
-) -> Path:
-    """Write the model of a ``DynamicsModule`` checkpoint as config JSON + safetensors to `directory`."""
+) -> tuple[Path, str]:
+    """``export_checkpoint``, also returning which weights were written ("EMA" or "online")."""
     if weights not in ("ema", "online"):
         raise ValueError(f"export: weights must be 'ema' or 'online', got {weights!r}")
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     hparams = checkpoint.get("hyper_parameters") or {}
     if "model" not in hparams or "state_dict" not in checkpoint:
         raise ValueError(f"{checkpoint_path}: not a DynamicsModule checkpoint (no hyper_parameters.model)")
-    state = checkpoint["state_dict"]  # the EMA weights when EMAWeightAveraging ran
-    if "current_model_state" not in checkpoint and weights == "ema":
-        warnings.warn(
-            f"{checkpoint_path}: no EMA weights (trained without EMAWeightAveraging); exporting the "
-            "online weights",
-            stacklevel=2,
-        )
-    if weights == "online":
-        state = checkpoint.get("current_model_state", state)
+    state, written = select_weights(checkpoint, weights, checkpoint_path)
     config = hparams["model"]
     config = DynamicsConfig(**config) if isinstance(config, dict) else config
     model = DynamicsTransformer(config)
@@ -91,12 +104,24 @@ def export_checkpoint(
         "num_steps": int(hparams.get("rollout_steps", 4)),
         "context_noise": float(hparams.get("context_noise", 0.1)),
     }
-    return model.save_pretrained(
+    out = model.save_pretrained(
         directory,
         latent_stats=_latent_stats(hparams, state),
         codec=_dataset_codec(checkpoint, data_root),
         rollout=rollout,
     )
+    return out, written
+
+
+def export_checkpoint(
+    checkpoint_path: str | os.PathLike,
+    directory: str | os.PathLike,
+    *,
+    weights: str = "ema",
+    data_root: Optional[str] = None,
+) -> Path:
+    """Write the model of a ``DynamicsModule`` checkpoint as config JSON + safetensors to `directory`."""
+    return export(checkpoint_path, directory, weights=weights, data_root=data_root)[0]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -107,11 +132,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--data-root", help="dataset whose codec to export (default: the checkpoint's)")
     args = parser.parse_args(argv)
     try:
-        out = export_checkpoint(
-            args.checkpoint, args.directory, weights=args.weights, data_root=args.data_root
-        )
+        out, written = export(args.checkpoint, args.directory, weights=args.weights, data_root=args.data_root)
     except (OSError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"exported {args.checkpoint} ({args.weights} weights) to {out}")
+    why = " (the EMA had not started averaging)" if args.weights == "ema" and written == "online" else ""
+    print(f"exported {args.checkpoint} ({written} weights{why}) to {out}")
     return 0

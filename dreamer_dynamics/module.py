@@ -24,6 +24,7 @@ hook                                       default
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
@@ -34,7 +35,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from dreamer_dynamics.errors import ConfigError
+from dreamer_dynamics.errors import ConfigError, NonFiniteLossError
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, context_signal_level
 from dreamer_dynamics.objective import (
     LOSS_WEIGHTINGS,
@@ -52,8 +53,8 @@ from dreamer_dynamics.training.metrics import ValidationMetrics
 from dreamer_dynamics.training.optim import (
     WarmupCosineLR,
     default_optimizer,
+    learning_rates,
     parameter_groups,
-    upgrade_two_group_checkpoint,
 )
 from dreamer_dynamics.training.rng import (
     collect_global_rng_state,
@@ -80,13 +81,16 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             bootstrap targets of a random network carry no information, and flow-only steps skip the teacher.
         loss_weighting: per-frame weight of both loss terms over the signal level: ``ramp`` (paper Eq. 8,
             w = 0.9 tau + 0.1) or ``uniform`` (w = 1: the noisiest frames, predicted from the frames before
-            them, count as much as clean ones; the quickstart's choice, docs/benchmarks.md).
+            them, count as much as clean ones; the quickstart's choice, docs/experiments.md).
+        context_prefix_frames: label the first n frames of every row as a rollout's context, (tau_ctx, d_min)
+            from ``context_noise``, instead of drawing their levels (docs/design.md §3.2); 0 = the paper's
+            schedule.
         normalize_losses: divide each loss term by its running RMS (paper Sec. 3); False logs the RMS only.
         normalize_shortcut_terms_separately: False (default) normalises the shortcut-forcing loss as ONE term
             ``shortcut`` = flow + bootstrap, keeping the frame-count weighting of docs/design.md §3.6 between
-            them; True divides ``flow`` and ``bootstrap`` by their own RMS. The bootstrap term starts ~100x
+            them; True divides ``flow`` and ``bootstrap`` by their own RMS. The bootstrap term starts far
             smaller than the flow term (teacher and student agree early), so separate normalisation multiplies
-            its gradient by ~100 relative to Eq. 8 and, on the quickstart, stopped the flow loss from falling.
+            its gradient by that ratio relative to Eq. 8.
         loss_norm_decay: EMA decay of the running mean square of each term.
         ema_teacher: bootstrap targets from the EMA weights of an ``EMAWeightAveraging`` callback instead of
             the online weights (paper: online weights, docs/design.md §3.10).
@@ -266,6 +270,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         if clash:
             raise ValueError(f"extra_loss_terms returned names that already exist: {sorted(clash)}")
         terms.update(extra)
+        self.check_finite(terms)
         normalized = self.loss_normalizer(terms)
         loss = torch.stack(list(normalized.values())).sum()
 
@@ -278,7 +283,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             logs[f"train/{name}"] = value.detach()
             logs[f"train/{name}_rms"] = self.loss_normalizer.rms(name)
         if self._trainer is not None and self.trainer.optimizers:
-            logs["train/lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+            logs.update(learning_rates(self.trainer.optimizers[0]))
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=z1.shape[0])
         # progress bar: the unnormalised loss (the normalised one is ~1 by design, docs/design.md §3.9)
         self.log(
@@ -290,6 +295,22 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             batch_size=z1.shape[0],
         )
         return loss
+
+    def check_finite(self, terms: dict[str, Tensor]) -> None:
+        """Stop the run (NonFiniteLossError, one line naming the step) before a non-finite loss term reaches
+        the running RMS, the gradients or a checkpoint. Every rank takes the same decision (one all-reduce of
+        a flag), so none is left waiting in a collective the others abandoned."""
+        values = torch.stack([v.detach().float() for v in terms.values()])
+        finite = bool(torch.isfinite(values).all())
+        if self._trainer is not None:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            bad = [name for name, v in zip(terms, values.tolist()) if not math.isfinite(v)]
+            raise NonFiniteLossError(
+                f"training stopped at step {self.global_step + 1}: the loss is not finite "
+                f"({', '.join(bad) or 'on another rank'}); nothing of this step was applied or saved. "
+                "Check the data (`dreamer-dynamics-data validate ROOT`) or lower the learning rate"
+            )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Before clipping: the norm the clip threshold is compared with (reduced over FSDP shards).
@@ -347,10 +368,8 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
 
     def __getstate__(self) -> dict[str, Any]:
         # Lightning's EMAWeightAveraging deep-copies the module; the jsonargparse optimiser/scheduler
-        # factories
-        # reference the CLI parser -> Trainer -> launcher (process handles), which cannot be copied and are
-        # not
-        # needed by an averaged copy.
+        # factories reference the CLI parser -> Trainer -> launcher (process handles), which cannot be copied
+        # and are not needed by an averaged copy.
         state = super().__getstate__()
         state["optimizer_factory"] = state["scheduler_factory"] = None
         return state
@@ -410,7 +429,6 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             checkpoint["hyper_parameters"] = {**hparams, "model": dataclasses.asdict(hparams["model"])}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        upgrade_two_group_checkpoint(checkpoint, self.model)  # earlier releases saved two parameter groups
         rng = checkpoint.get("dreamer_dynamics_rng")
         if not rng:
             return
@@ -422,8 +440,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         self._noise_generator = None
         if len(ranks) != world:
             # Other world size: the saved streams cannot be assigned to ranks. Re-derive each rank's noise
-            # stream from (noise seed, rank, global step); deterministic, but not a continuation of the saved
-            # run.
+            # stream from (noise seed, rank, global step): deterministic, not a continuation of the saved run.
             step = int(checkpoint.get("global_step", 0))
             sequence = np.random.SeedSequence([self._noise_base_seed(), rank, step])
             seed = sequence.generate_state(1, np.uint64)[0]
@@ -439,8 +456,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         self._pending_generator_state = mine.get("noise_generator")
         # The global RNGs are restored just before the first resumed batch: Lightning draws a DataLoader seed
         # from the torch RNG whenever it starts a loader, and the resumed run starts one that the
-        # uninterrupted run did not. Restoring after that keeps even code that draws from the global RNG
-        # exact.
+        # uninterrupted run did not. Restoring after that keeps code that draws from the global RNG exact.
         self._pending_global_rng = mine
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

@@ -1,9 +1,53 @@
-"""Fixtures and helpers shared by the test files."""
+"""Fixtures and helpers shared by the test files: a single-thread guard, the tiny network, and a tiny
+DataModule, module and Trainer for the training tests."""
 
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
+from dreamer_dynamics.data import DynamicsDataModule
+from dreamer_dynamics.data.default import ToyDatasetConfig
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
+from dreamer_dynamics.module import DynamicsModule
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "lightning_configs" / "quickstart.yaml")
+TINY_CLI = [  # command-line overrides that shrink the quickstart to a tiny network and tiny windows
+    "--model.model.dim=32",
+    "--model.model.depth=2",
+    "--model.model.heads=2",
+    "--model.model.kv_heads=1",
+    "--data.short_length=6",
+    "--data.long_length=8",
+    "--data.short_batch_size=2",
+    "--data.long_batch_size=1",
+    "--data.val_batch_size=2",
+    "--data.val_batches=1",
+    "--data.val_length=6",
+    "--data.predict_length=6",
+    "--data.test_length=6",
+    "--model.val_context_frames=2",
+    "--model.val_rollout_horizon=2",
+]
+TINY_TOY = ToyDatasetConfig(episodes=6, length=24)  # the built-in world, 6 episodes of 24 frames
+TINY_WINDOWS = dict(  # DataModule windows and batches of the training tests
+    short_length=6,
+    long_length=12,
+    short_batch_size=4,
+    long_batch_size=2,
+    long_every=3,
+    val_batch_size=4,
+    val_batches=1,
+    predict_length=6,
+)
 
 
 @pytest.fixture
@@ -15,7 +59,62 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """Cache folder of the built-in dataset, one per test file."""
+    return tmp_path_factory.mktemp("toy_cache")
+
+
 def make_debug_model(seed=0, **overrides) -> DynamicsTransformer:
     """The tiny ``DynamicsConfig.debug()`` network (with ``overrides``), seeded, in eval mode."""
     torch.manual_seed(seed)
     return DynamicsTransformer(DynamicsConfig.debug(**overrides)).eval()
+
+
+def run_python(script: str, *args) -> subprocess.CompletedProcess:
+    """Run ``python -c script *args`` in the repository root; fails with its stderr unless it exits 0."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def tiny_datamodule(root: str | None = None, cache: Path | None = None, **overrides) -> DynamicsDataModule:
+    """``TINY_WINDOWS`` over the dataset at ``root``, or over ``TINY_TOY`` cached in ``cache``."""
+    kwargs = {**TINY_WINDOWS, **overrides}
+    if root is None:
+        kwargs = {"cache_dir": str(cache), "toy": TINY_TOY, **kwargs}
+    return DynamicsDataModule(root, **kwargs)
+
+
+def tiny_module(data: DynamicsDataModule, cls=DynamicsModule, **kwargs) -> DynamicsModule:
+    """A ``cls`` with the debug network sized for ``data``: noise seed 0, 2 context frames, 3 generated."""
+    config = DynamicsConfig.debug(
+        latent_tokens=data.latent_tokens,
+        latent_dim=data.latent_dim,
+        num_discrete_actions=data.num_discrete_actions,
+        num_continuous_actions=data.num_continuous_actions,
+    )
+    kwargs = {"noise_seed": 0, "val_context_frames": 2, "val_rollout_horizon": 3, **kwargs}
+    return cls(config, **kwargs)
+
+
+def quiet_trainer(tmp_path, max_steps: int, callbacks: Sequence[pl.Callback] = (), **overrides) -> pl.Trainer:
+    """A one-CPU fp32 Trainer without logger, progress bar, summary or validation (``overrides`` change any);
+    it checkpoints only where a ``ModelCheckpoint`` is among ``callbacks``."""
+    kwargs = dict(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        default_root_dir=str(tmp_path),
+        callbacks=list(callbacks),
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+    )
+    return pl.Trainer(**{**kwargs, **overrides})

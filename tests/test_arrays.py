@@ -27,24 +27,8 @@ def test_npz_frames_and_actions(tmp_path):
         npz(tmp_path / "e1.npz", obs=frames[:5], act=acts[:5], vel=np.zeros((5, 2), np.float32)),
     ]
     out = str(tmp_path / "out")
-    assert (
-        main(
-            [
-                "from-npz",
-                out,
-                *files,
-                "--frames",
-                "obs",
-                "--actions-discrete",
-                "act",
-                "--actions-continuous",
-                "vel",
-                "--codec-args",
-                '{"patch": 4}',
-            ]
-        )
-        == 0
-    )
+    keys = ["--frames", "obs", "--actions-discrete", "act", "--actions-continuous", "vel"]
+    assert main(["from-npz", out, *files, *keys, "--codec-args", '{"patch": 4}']) == 0
     ds = LatentDataset(out)
     assert ds.episode_lengths.tolist() == [6, 5] and ds.latent_shape == (16, 48)
     assert ds.num_discrete_actions == (4,) and ds.num_continuous_actions == 2
@@ -52,22 +36,7 @@ def test_npz_frames_and_actions(tmp_path):
     codec = PatchCodec(**ds.meta.codec["init_args"])
     np.testing.assert_allclose(codec.decode(np.asarray(ds[0]["latents"])), frames / 255.0, atol=1e-5)
     assert np.asarray(ds[1]["actions_discrete"])[:, 0].tolist() == [0, 1, 2, 3, 0]
-    assert (
-        main(
-            [
-                "from-npz",
-                out,
-                *files,
-                "--frames",
-                "obs",
-                "--actions-discrete",
-                "act",
-                "--actions-continuous",
-                "vel",
-            ]
-        )
-        == 0
-    )  # resumed: both already there
+    assert main(["from-npz", out, *files, *keys]) == 0  # resumed: both already there
     assert len(LatentDataset(out)) == 2
 
 
@@ -78,37 +47,16 @@ def test_npz_latents_grayscale_and_channels_first(tmp_path):
     np.testing.assert_array_equal(ds[0]["latents"], latents)
     assert ds.meta.codec is None
     gray = (np.random.default_rng(1).random((4, 8, 8)) * 255).astype(np.uint8)
-    assert (
-        main(
-            [
-                "from-npz",
-                str(tmp_path / "g"),
-                npz(tmp_path / "g.npz", x=gray),
-                "--frames",
-                "x",
-                "--codec-args",
-                '{"patch": 4, "channels": 1}',
-            ]
-        )
-        == 0
-    )
+
+    def frames_from_npz(name: str, frames: np.ndarray, *flags: str) -> int:
+        source = npz(tmp_path / f"{name}.npz", x=frames)
+        return main(["from-npz", str(tmp_path / name), source, "--frames", "x", *flags])
+
+    assert frames_from_npz("g", gray, "--codec-args", '{"patch": 4, "channels": 1}') == 0
     assert LatentDataset(tmp_path / "g").latent_shape == (4, 16)
     chw = np.random.default_rng(2).random((3, 3, 16, 12)).astype(np.float32)  # [T, C, H, W], not square
     assert (
-        main(
-            [
-                "from-npz",
-                str(tmp_path / "c"),
-                npz(tmp_path / "c.npz", x=chw),
-                "--frames",
-                "x",
-                "--channels-first",
-                "--image-size",
-                "8",
-                "--codec-args",
-                '{"patch": 4}',
-            ]
-        )
+        frames_from_npz("c", chw, "--channels-first", "--image-size", "8", "--codec-args", '{"patch": 4}')
         == 0
     )
     ds = LatentDataset(tmp_path / "c")
@@ -126,7 +74,7 @@ def test_frames_of_another_size_than_the_codec_are_named(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"error: {files[1]}: the codec cannot encode frames 0.. of shape [10, 10, 3]")
-    assert len(LatentDataset(tmp_path / "o")) == 1  # the first file was committed; a rerun resumes after it
+    assert not (tmp_path / "o").exists()  # an error leaves nothing: the first file is not kept either
 
 
 def write_robomimic(path, lengths, size=8):

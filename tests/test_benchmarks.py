@@ -162,6 +162,8 @@ def test_rollout_errors_of_a_checkpoint(tmp_path):
         # every generated frame counts: the overall accuracy is the mean over frames
         assert r["object_accuracy"] == pytest.approx(sum(r["accuracy_per_frame"]) / 8, abs=1e-6)
         assert all(0 <= v <= 1 for v in r["accuracy_per_object"] + [r["one_step_accuracy"]])
+        assert r["excess"] == pytest.approx(r["es_ratio"], rel=1e-3)  # the deterministic oracle's ES is 0
+    assert report["oracle"]["oracle_es"] < 1e-4 and report["oracle"]["oracle_mean_es"] < 1e-4
     for ball in ("ball_1", "ball_2"):  # one-step predictions: 3 contexts x 8 frames, every one counted
         distances = report["ball_distances"][ball]
         assert sum(distances["to_truth"]) == sum(distances["to_previous"]) == 24
@@ -169,8 +171,10 @@ def test_rollout_errors_of_a_checkpoint(tmp_path):
     fresh = rollout_errors.main(
         [str(tmp_path / "model.ckpt"), "--fresh-episodes", "1", "--contexts", "50", "--samples", "2"]
         + ["--steps", "1", "--threads", "1", "--output", str(tmp_path / "fresh.json")]
+        + ["--world", "stochastic"]
     )
     assert fresh["contexts"] == 5
+    assert fresh["oracle"]["oracle_es"] > 0.1 and "excess" in fresh["k"][1]  # an uncertain future
 
 
 def test_run_all_smoke_writes_a_summary(tmp_path):

@@ -15,26 +15,7 @@ import yaml
 
 from dreamer_dynamics.cli import LINKED_DATA_FIELDS, DynamicsCLI, main
 from dreamer_dynamics.data import LatentDatasetWriter
-
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = str(REPO / "lightning_configs" / "quickstart.yaml")
-TINY = [
-    "--model.model.dim=32",
-    "--model.model.depth=2",
-    "--model.model.heads=2",
-    "--model.model.kv_heads=1",
-    "--data.short_length=6",
-    "--data.long_length=8",
-    "--data.short_batch_size=2",
-    "--data.long_batch_size=1",
-    "--data.val_batch_size=2",
-    "--data.val_batches=1",
-    "--data.val_length=6",
-    "--data.predict_length=6",
-    "--data.test_length=6",
-    "--model.val_context_frames=2",
-    "--model.val_rollout_horizon=2",
-]
+from tests.conftest import QUICKSTART, TINY_CLI
 
 
 @pytest.fixture(autouse=True)
@@ -65,14 +46,14 @@ def write_dataset(
 
 def test_data_root_alone_switches_latent_shape_and_action_spec(tmp_path):
     root = write_dataset(tmp_path / "data")
-    cli = DynamicsCLI(args=["--config", QUICKSTART, "--data.root", root, *TINY], run=False)
+    cli = DynamicsCLI(args=["--config", QUICKSTART, "--data.root", root, *TINY_CLI], run=False)
     config = cli.model.config
     assert (config.latent_tokens, config.latent_dim) == (6, 10)
     assert config.num_discrete_actions == (3, 4) and config.num_continuous_actions == 2
     assert cli.model.model.latent_in.in_features == 10  # the network was built for the new data
     assert config.token_grid is None  # no codec, no grid: 1-D positions over the token index
     gridded = DynamicsCLI(
-        args=["--config", QUICKSTART, "--data.root", root, "--data.token_grid=[2,3]", *TINY], run=False
+        args=["--config", QUICKSTART, "--data.root", root, "--data.token_grid=[2,3]", *TINY_CLI], run=False
     )
     assert gridded.model.config.token_grid == (2, 3) and gridded.model.config.space_grid == (2, 3)
 
@@ -85,7 +66,7 @@ def test_fit_validate_test_in_process_on_a_custom_dataset(tmp_path, monkeypatch)
         QUICKSTART,
         "--data.root",
         root,
-        *TINY,
+        *TINY_CLI,
         f"--trainer.default_root_dir={tmp_path}",
         "--trainer.logger=false",
         # a zero-initialised output head passes no gradient to the blocks on the very first step
@@ -139,7 +120,7 @@ def test_console_script_fit_then_predict_from_checkpoint(tmp_path):
     common = [
         "--config",
         QUICKSTART,
-        *TINY,
+        *TINY_CLI,
         "--data.toy.episodes=6",
         "--data.toy.length=24",
     ]  # small built-in data
@@ -160,8 +141,8 @@ def test_console_script_fit_then_predict_from_checkpoint(tmp_path):
     assert list((tmp_path / "runs" / "quickstart" / "tensorboard").glob("version_*/events.out.tfevents.*"))
     run_script("predict", *common, "--ckpt_path", str(checkpoint), cwd=tmp_path, env=env)
     predictions = (
-        tmp_path / "runs" / "quickstart" / "predictions"
-    )  # quickstart's RolloutWriter, default_root_dir
+        tmp_path / "runs" / "quickstart" / "predictions" / "version_0"
+    )  # quickstart's RolloutWriter, default_root_dir, this predict's own folder
     files = sorted(predictions.glob("*.rollout.npy"))
     assert files, "predict wrote no rollouts"
     rollout = np.load(files[0])

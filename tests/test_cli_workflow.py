@@ -233,43 +233,26 @@ def test_predict_from_a_context_file_writes_npy_and_pictures(trained):
         actions_discrete=rng.integers(0, 3, (2, 5)),
     )  # [B, T]: one component, 3 context + 2 new frames
     pred_dir = base / "pred"
+    predict = ["predict", "--config", "quickstart", *TINY, "--ckpt_path", ckpt, "--data.predict_context"]
     # --model.predict_horizon wins over the checkpoint's value (evaluation-only settings: the command line's)
     run(
-        "predict",
-        "--config",
-        "quickstart",
-        *TINY,
-        "--ckpt_path",
-        ckpt,
-        "--data.predict_context",
+        *predict,
         str(context),
         "--model.predict_horizon=1",
         f"--trainer.default_root_dir={pred_dir}",
         cwd=base,
     )
-    files = sorted(p.name for p in (pred_dir / "predictions").iterdir())
-    rollout = np.load(pred_dir / "predictions" / "rollouts_rank0_batch000000.rollout.npy")
+    files = sorted(p.name for p in (pred_dir / "predictions" / "version_0").iterdir())
+    rollout = np.load(pred_dir / "predictions" / "version_0" / "rollouts_rank0_batch000000.rollout.npy")
     assert rollout.shape == (2, 1, 4, 12) and np.isfinite(rollout).all()
     assert {"rollouts_rank0_batch000000.seq0.png", "rollouts_rank0_batch000000.seq1.gif"} <= set(files), files
     from PIL import Image
 
-    with Image.open(pred_dir / "predictions" / "rollouts_rank0_batch000000.seq0.gif") as gif:
+    with Image.open(pred_dir / "predictions" / "version_0" / "rollouts_rank0_batch000000.seq0.gif") as gif:
         assert gif.n_frames == 4  # 3 context + 1 generated frame
     missing = base / "no_actions.npy"
     np.save(missing, rng.random((1, 3, 4, 12)).astype(np.float32))
-    bad = run(
-        "predict",
-        "--config",
-        "quickstart",
-        *TINY,
-        "--ckpt_path",
-        ckpt,
-        "--data.predict_context",
-        str(missing),
-        f"--trainer.default_root_dir={base / 'pred2'}",
-        cwd=base,
-        expect=1,
-    )
+    bad = run(*predict, str(missing), f"--trainer.default_root_dir={base / 'pred2'}", cwd=base, expect=1)
     assert "action-conditioned" in one_error_line(bad)
 
 
@@ -301,3 +284,48 @@ def test_packaged_configs_are_the_repository_configs_and_ship_in_the_wheel(tmp_p
     names = set(zipfile.ZipFile(wheel).namelist())
     for link in (repo / "lightning_configs").glob("*.yaml"):
         assert f"dreamer_dynamics/configs/{link.name}" in names
+
+
+def test_predict_and_validate_with_only_a_checkpoint_write_beside_its_run(trained):
+    """``predict --ckpt_path CKPT`` alone (the README's command, no config): rollouts of the checkpoint's own
+    validation windows as .npy + PNG/GIF in ``<run>/predictions/version_N``, the folder printed, a second
+    predict in a new folder; ``validate --ckpt_path CKPT`` logs beside the run; nothing lands in the cwd."""
+    base, _, out, _ = trained
+    ckpt = out / "tensorboard" / "version_0" / "checkpoints" / "last.ckpt"
+    elsewhere = base / "elsewhere"
+    elsewhere.mkdir()
+    for version in (0, 1):
+        result = run("predict", "--ckpt_path", str(ckpt), cwd=elsewhere)
+        folder = out / "predictions" / f"version_{version}"
+        assert str(folder) in result.stdout + result.stderr
+        names = {p.name for p in folder.iterdir()}
+        assert {
+            "rollouts_rank0_batch000000.rollout.npy",
+            "rollouts_rank0_batch000000.ground_truth.npy",
+        } <= names
+        assert {"rollouts_rank0_batch000000.seq0.png", "rollouts_rank0_batch000000.seq0.gif"} <= names
+        rollout = np.load(folder / "rollouts_rank0_batch000000.rollout.npy")
+        assert rollout.shape[1:] == (2, 4, 12) and np.isfinite(rollout).all()  # 4-frame windows, 2 context
+    run("validate", "--ckpt_path", str(ckpt), cwd=elsewhere)
+    assert [p.name for p in elsewhere.iterdir() if p.name != "cache"] == []
+    assert list(out.glob("lightning_logs/version_*/events.out.tfevents.*"))
+
+
+def test_runs_on_different_datasets_stay_apart(trained):
+    """``--data.root PATH`` alone puts the run in ``runs/<PATH's name>`` (not the config's runs/quickstart);
+    resuming a checkpoint on another dataset of the same shape is refused in one line naming the flag that
+    allows it."""
+    base, data, out, _ = trained
+    cwd = base / "apart"
+    cwd.mkdir()
+    other = write_dataset(base / "other", episodes=5, start=7)  # same shape, other episodes
+    common = ["--config", "quickstart", *TINY, "--trainer.max_steps=1"]
+    run("fit", *common, "--data.root", str(other), cwd=cwd)
+    assert list((cwd / "runs" / "other" / "tensorboard").glob("version_0/checkpoints/last.ckpt"))
+    assert not (cwd / "runs" / "quickstart").exists()
+
+    ckpt = str(out / "tensorboard" / "version_0" / "checkpoints" / "last.ckpt")
+    resume = ["fit", *common, "--data.root", str(other), "--ckpt_path", ckpt, "--trainer.max_steps=3"]
+    line = one_error_line(run(*resume, cwd=cwd, expect=1))
+    assert f"trained on {data}" in line and "--resume_other_dataset true" in line, line
+    run(*resume, "--resume_other_dataset=true", cwd=cwd)

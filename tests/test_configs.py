@@ -114,3 +114,29 @@ def test_quickstart_config_runs_on_cpu_in_fp32_with_builtin_data():
     assert content["data"]["root"] is None  # built-in procedural environment
     callbacks = [c["class_path"] for c in content["trainer"]["callbacks"]]
     assert "dreamer_dynamics.training.EMA" in callbacks  # checkpoints resume from the live weights
+
+
+def test_gpu_quickstart_keeps_the_quickstart_objective_and_scales_its_schedule():
+    """The GPU quickstart trains the CPU quickstart's objective (every objective setting equal), bf16 and
+    compiled, a larger model on larger batches; the phases tied to max_steps keep the quickstart's shares."""
+    cpu, gpu = (
+        yaml.safe_load((CONFIGS / name).read_text()) for name in ("quickstart.yaml", "quickstart_gpu.yaml")
+    )
+    schedule_keys = {"model", "optimizer", "scheduler", "bootstrap_warmup_steps"}
+    assert {k: v for k, v in gpu["model"].items() if k not in schedule_keys} == {
+        k: v for k, v in cpu["model"].items() if k not in schedule_keys
+    }
+    assert gpu["model"]["optimizer"]["class_path"] == cpu["model"]["optimizer"]["class_path"]
+    assert gpu["trainer"]["precision"] == "bf16-mixed" and gpu["trainer"]["accelerator"] == "gpu"
+    model = gpu["model"]["model"]
+    assert model["compile_blocks"] is True and model["k_max"] in (16, 32)
+    assert model["dim"] > 96 and model["depth"] > 4 and model["dim"] // model["heads"] >= 16  # flex on CUDA
+    assert gpu["data"]["root"] is None and gpu["data"]["short_batch_size"] > cpu["data"]["short_batch_size"]
+
+    def shares(config):  # bootstrap phase and warm-up as shares of max_steps
+        steps = config["trainer"]["max_steps"]
+        warmup = config["model"]["scheduler"]["init_args"]["warmup_steps"]
+        return 1 - config["model"]["bootstrap_warmup_steps"] / steps, warmup / steps
+
+    for got, want in zip(shares(gpu), shares(cpu)):
+        assert got == pytest.approx(want, abs=0.01)

@@ -10,6 +10,7 @@ import torch
 from dreamer_dynamics.data import DatasetError, DynamicsDataModule, LatentDatasetWriter
 from dreamer_dynamics.data.default import ToyDatasetConfig
 from dreamer_dynamics.errors import ConfigError
+from tests.conftest import quiet_trainer
 
 TOY = ToyDatasetConfig(episodes=10, length=40)
 
@@ -113,26 +114,10 @@ class _Recorder(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _trainer(tmp_path, max_steps, callbacks=()):
-    return pl.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        limit_val_batches=0,
-        default_root_dir=str(tmp_path),
-        callbacks=list(callbacks),
-        enable_checkpointing=bool(callbacks),
-    )
-
-
 def test_resumed_fit_sees_exactly_the_uninterrupted_batches(cache, tmp_path):
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=9, save_top_k=-1)
     reference = _Recorder()  # 14 steps over epochs of 6: checkpoint after step 9, mid-epoch 1
-    _trainer(tmp_path, 14, [checkpoint]).fit(reference, datamodule=_module(cache))
+    quiet_trainer(tmp_path, 14, [checkpoint]).fit(reference, datamodule=_module(cache))
     assert len(reference.seen) == 14
     plain = _module(cache).train_dataloader()  # Lightning's epochs neither skip nor repeat sampler steps
     expected = [
@@ -142,7 +127,7 @@ def test_resumed_fit_sees_exactly_the_uninterrupted_batches(cache, tmp_path):
     path = next(tmp_path.glob("*step=9*.ckpt"))
     assert torch.load(path, weights_only=True)["DynamicsDataModule"]["sampler_step"] == 9
     resumed = _Recorder()
-    _trainer(tmp_path, 14).fit(resumed, datamodule=_module(cache), ckpt_path=path)
+    quiet_trainer(tmp_path, 14).fit(resumed, datamodule=_module(cache), ckpt_path=path)
     assert resumed.seen == reference.seen[9:]
     assert len({s for s, _ in reference.seen}) == 2  # both batch lengths were exercised
 

@@ -12,52 +12,20 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dreamer_dynamics.data import DynamicsDataModule
-from dreamer_dynamics.data.default import ToyDatasetConfig
 from dreamer_dynamics.errors import ConfigError
-from dreamer_dynamics.model import DynamicsConfig
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.objective import ShortcutForcingLoss
 from dreamer_dynamics.training import (
     EMA,
     LatentThroughputMonitor,
+    MuonAdamW,
     RolloutImageLogger,
     RolloutWriter,
     ValidationMetrics,
     WarmupCosineLR,
     total_grad_norm,
 )
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("toy_cache")
-
-
-def make_data(cache) -> DynamicsDataModule:
-    return DynamicsDataModule(
-        cache_dir=str(cache),
-        toy=ToyDatasetConfig(episodes=6, length=24),
-        short_length=6,
-        long_length=12,
-        short_batch_size=4,
-        long_batch_size=2,
-        long_every=3,
-        val_batch_size=4,
-        val_batches=1,
-        predict_length=6,
-    )
-
-
-def make_module(data: DynamicsDataModule, cls=DynamicsModule, **kwargs) -> DynamicsModule:
-    config = DynamicsConfig.debug(
-        latent_tokens=data.latent_tokens,
-        latent_dim=data.latent_dim,
-        num_discrete_actions=data.num_discrete_actions,
-        num_continuous_actions=data.num_continuous_actions,
-    )
-    kwargs = {"noise_seed": 0, "val_context_frames": 2, "val_rollout_horizon": 3, **kwargs}
-    return cls(config, **kwargs)
+from tests.conftest import tiny_datamodule, tiny_module
 
 
 def make_trainer(tmp_path, **kwargs) -> pl.Trainer:
@@ -90,8 +58,8 @@ def last_scalar(events: EventAccumulator, tag: str) -> float:
 
 
 def test_fit_logs_terms_rms_total_and_validation_to_tensorboard(tmp_path, cache):
-    data = make_data(cache)
-    module = make_module(data)
+    data = tiny_datamodule(cache=cache)
+    module = tiny_module(data)
     trainer = make_trainer(
         tmp_path, callbacks=[LatentThroughputMonitor(), RolloutImageLogger(max_sequences=2)]
     )
@@ -101,20 +69,28 @@ def test_fit_logs_terms_rms_total_and_validation_to_tensorboard(tmp_path, cache)
     expected = {
         "train/loss",
         "train/loss_unnormalized",
-        "train/lr",
+        "train/lr_adamw",
         "train/grad_norm",
         "train/latent_tokens_per_s",
         "val/loss",
         "val/bootstrap_loss",
         "val/rollout_es_copy_last",
         "val/rollout_es_context_mean",
+        "val/oracle_es",  # the built-in world has an oracle
+        "val/oracle_mean_es",
     }
     expected |= {"train/flow", "train/bootstrap", "train/shortcut", "train/shortcut_rms"}
     expected |= {f"val/flow_loss_tau{lo:.2f}_{lo + 0.25:.2f}" for lo in (0.0, 0.25, 0.5, 0.75)}
     for k in (1, 2, 4, 8):  # K in {1, 2, 4, K_max = 8}
         expected |= {f"val/rollout_{name}_k{k}" for name in ("es", "es_ratio", "spread", "mean_mse", "mse")}
         expected.add(f"val/object_accuracy_k{k}")  # the built-in world defines its objects
+        expected.add(f"val/rollout_excess_k{k}")
     assert expected <= scalars, expected - scalars
+    assert last_scalar(events, "val/oracle_es") < 1e-4  # the deterministic world: the oracle is exact
+    assert last_scalar(events, "val/rollout_excess_k1") == pytest.approx(
+        last_scalar(events, "val/rollout_es_ratio_k1"), rel=1e-3
+    )
+    assert "train/lr_muon" not in scalars  # AdamW only
     assert len(events.Scalars("train/loss")) == 3  # every step
     # The shortcut loss is flow + bootstrap (docs/design.md §3.6), normalised as one term by its running RMS.
     shortcut = last_scalar(events, "train/shortcut")
@@ -150,8 +126,8 @@ class FlowOnlyWithMeanPenalty(DynamicsModule):
 
 
 def test_subclass_changes_noise_sampling_and_adds_a_loss_term(tmp_path, cache):
-    data = make_data(cache)
-    module = make_module(data, cls=FlowOnlyWithMeanPenalty, image_row_share=0.0)
+    data = tiny_datamodule(cache=cache)
+    module = tiny_module(data, cls=FlowOnlyWithMeanPenalty, image_row_share=0.0)
     assert "mean_penalty" in module.loss_normalizer.names()  # RMS buffer exists before EMA/FSDP wrap
     trainer = make_trainer(tmp_path, val_check_interval=None, limit_val_batches=0)
     trainer.fit(module, data)
@@ -167,8 +143,8 @@ def test_subclass_changes_noise_sampling_and_adds_a_loss_term(tmp_path, cache):
 
 
 def test_flow_and_bootstrap_can_be_normalised_separately(tmp_path, cache):
-    data = make_data(cache)
-    module = make_module(data, normalize_shortcut_terms_separately=True)
+    data = tiny_datamodule(cache=cache)
+    module = tiny_module(data, normalize_shortcut_terms_separately=True)
     assert set(module.loss_normalizer.names()) == {"flow", "bootstrap"}
     trainer = make_trainer(tmp_path, val_check_interval=None, limit_val_batches=0)
     trainer.fit(module, data)
@@ -185,14 +161,14 @@ def test_extra_term_may_not_shadow_a_core_term(tmp_path, cache):
         def extra_loss_terms(self, batch, output):
             return {"flow": output.loss}
 
-    data = make_data(cache)
+    data = tiny_datamodule(cache=cache)
     with pytest.raises(ValueError, match="already exist.*flow"):
-        make_trainer(tmp_path, logger=False).fit(make_module(data, cls=Shadowing), data)
+        make_trainer(tmp_path, logger=False).fit(tiny_module(data, cls=Shadowing), data)
 
 
 def test_rollout_shapes_determinism_and_action_coverage(cache):
-    data = make_data(cache)
-    module = make_module(data).eval()
+    data = tiny_datamodule(cache=cache)
+    module = tiny_module(data).eval()
     batch = next(iter(data.val_dataloader()))
     context, actions = batch["latents"][:, :2], batch["actions_discrete"][:, :5]
     runs = [
@@ -208,8 +184,8 @@ def test_rollout_shapes_determinism_and_action_coverage(cache):
 def test_image_rows_reach_the_network_at_the_configured_share(tmp_path, cache):
     """docs/design.md §3.8: a share of the rows is trained as images; every student and teacher pass gets the
     rows' flags, the teacher passes the flags of the rows they run on."""
-    data = make_data(cache)
-    module = make_module(data, image_row_share=0.5)
+    data = tiny_datamodule(cache=cache)
+    module = tiny_module(data, image_row_share=0.5)
     calls = []
     module.model.register_forward_pre_hook(
         lambda m, args, kwargs: calls.append((torch.is_grad_enabled(), kwargs.get("image_rows"))),
@@ -220,15 +196,15 @@ def test_image_rows_reach_the_network_at_the_configured_share(tmp_path, cache):
     student = torch.cat([rows for grad, rows in calls if grad])  # one student pass per step, every row
     assert student.numel() == 8 * 4 - 2 * 2  # 8 steps of 4 rows, two of them long batches of 2 rows
     assert 0.2 < student.float().mean() < 0.8  # about half of the rows are images, the rest videos
-    none = make_module(data, image_row_share=0.0)
+    none = tiny_module(data, image_row_share=0.0)
     assert not none.sample_image_rows({"latents": torch.zeros(64, 6, 1, 1)}).any()
-    every = make_module(data, image_row_share=1.0)
+    every = tiny_module(data, image_row_share=1.0)
     assert every.sample_image_rows({"latents": torch.zeros(64, 6, 1, 1)}).all()
 
 
 def test_predict_writes_weights_only_loadable_files(tmp_path, cache):
-    data = make_data(cache)
-    module = make_module(data)
+    data = tiny_datamodule(cache=cache)
+    module = tiny_module(data)
     writer = RolloutWriter(output_dir=str(tmp_path / "pred"), format="pt", pictures=False)
     make_trainer(tmp_path, logger=False, callbacks=[writer]).predict(
         module, datamodule=data, return_predictions=False
@@ -256,8 +232,8 @@ def test_predict_writes_weights_only_loadable_files(tmp_path, cache):
 
 
 def test_optimizer_groups_and_warmup_cosine_schedule(tmp_path, cache):
-    data = make_data(cache)
-    module = make_module(data, scheduler=lambda opt: WarmupCosineLR(opt, warmup_steps=10, min_lr_ratio=0.1))
+    data = tiny_datamodule(cache=cache)
+    module = tiny_module(data, scheduler=lambda opt: WarmupCosineLR(opt, warmup_steps=10, min_lr_ratio=0.1))
     trainer = make_trainer(tmp_path, max_steps=2, logger=False, limit_val_batches=0)
     trainer.fit(module, data)
     hidden, decayed, undecayed = trainer.optimizers[0].param_groups  # the flag is ignored by AdamW
@@ -282,6 +258,19 @@ def test_optimizer_groups_and_warmup_cosine_schedule(tmp_path, cache):
     assert all(isinstance(v, (int, float, list, bool, type(None))) for v in scheduler.state_dict().values())
 
 
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
+def test_muon_and_adamw_rates_are_logged_apart(tmp_path, cache):
+    data = tiny_datamodule(cache=cache)
+    optimizer = lambda groups: MuonAdamW(groups, lr=1e-3, muon_lr=0.02)  # noqa: E731
+    scheduler = lambda opt: WarmupCosineLR(opt, warmup_steps=0)  # noqa: E731
+    module = tiny_module(data, optimizer=optimizer, scheduler=scheduler)
+    trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(module, data)
+    events = read_events(trainer)
+    assert last_scalar(events, "train/lr_muon") == pytest.approx(0.02)
+    assert last_scalar(events, "train/lr_adamw") == pytest.approx(1e-3)
+
+
 def count_calls(model: torch.nn.Module, calls: list) -> None:
     """A forward hook that appends to `calls` once per call (register after EMA's deep copy, which copies
     hooks)."""
@@ -292,10 +281,10 @@ def test_ema_teacher_gives_the_targets_once_averaging_started(tmp_path, cache):
     """Steps before the EMA's first update take bootstrap targets from the online network (the average still
     holds the initial weights); later steps call the EMA network for both teacher passes, and the student only
     runs on the online one."""
-    data = make_data(cache)
+    data = tiny_datamodule(cache=cache)
     with pytest.raises(RuntimeError, match="EMA callback"):
-        make_trainer(tmp_path, logger=False).fit(make_module(data, ema_teacher=True), data)
-    module = make_module(data, ema_teacher=True, image_row_share=0.0)
+        make_trainer(tmp_path, logger=False).fit(tiny_module(data, ema_teacher=True), data)
+    module = tiny_module(data, ema_teacher=True, image_row_share=0.0)
     ema = EMA(decay=0.5, update_starting_at_step=2)  # updates after steps 3 and 4 (zero-based index 2, 3)
     online_calls, ema_calls, per_step = [], [], []
 
@@ -324,8 +313,8 @@ def test_total_grad_norm_matches_the_concatenated_gradient():
 
 
 def test_checkpoint_loads_weights_only_and_restores_the_model(tmp_path, cache):
-    data = make_data(cache)
-    module = make_module(data)
+    data = tiny_datamodule(cache=cache)
+    module = tiny_module(data)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     make_trainer(tmp_path, logger=False, max_steps=2, limit_val_batches=0, callbacks=[checkpoint]).fit(
         module, data
@@ -363,8 +352,8 @@ def test_progress_bar_shows_the_unnormalised_loss_and_checkpoints_load_in_eval_m
     """The normalised loss is ~1 by design (running-RMS division), so the bar shows the raw one."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    data = make_data(cache)
-    module = make_module(data)
+    data = tiny_datamodule(cache=cache)
+    module = tiny_module(data)
     trainer = make_trainer(
         tmp_path,
         max_steps=2,
@@ -396,8 +385,8 @@ class RecordsItsSchedule(DynamicsModule):
 
 def test_validation_draws_levels_and_noise_through_the_module_hooks(tmp_path, cache):
     """A subclass whose schedule puts every frame at tau = 1/2, d = d_min, and records who called it."""
-    data = make_data(cache)
-    module = make_module(data, cls=RecordsItsSchedule, val_rollout_batches=0)
+    data = tiny_datamodule(cache=cache)
+    module = tiny_module(data, cls=RecordsItsSchedule, val_rollout_batches=0)
     trainer = make_trainer(tmp_path, logger=False, enable_checkpointing=False)
     state = module.noise_generator.get_state()
     trainer.validate(module, datamodule=data, verbose=False)
@@ -420,13 +409,13 @@ class RecordsItsLoss(RecordsItsSchedule):
 def test_loss_weighting_reaches_training_and_validation(tmp_path, cache):
     """``loss_weighting`` picks w(tau) for the training and the validation objective: at tau = 1/2 the ramp
     (Eq. 8) weighs a frame 0.55, the uniform weighting 1 — same weights, same noise, same per-frame losses."""
-    data = make_data(cache)
+    data = tiny_datamodule(cache=cache)
     with pytest.raises(ConfigError, match="loss_weighting must be one of"):
-        make_module(data, loss_weighting="cosine")
+        tiny_module(data, loss_weighting="cosine")
     val_loss = {}
     for weighting in ("ramp", "uniform"):
         torch.manual_seed(0)
-        module = make_module(data, cls=RecordsItsLoss, val_rollout_batches=0, loss_weighting=weighting)
+        module = tiny_module(data, cls=RecordsItsLoss, val_rollout_batches=0, loss_weighting=weighting)
         trainer = make_trainer(tmp_path / weighting, logger=False, enable_checkpointing=False)
         trainer.validate(module, datamodule=data, verbose=False)
         val_loss[weighting] = float(trainer.callback_metrics["val/loss"])
@@ -441,11 +430,11 @@ def test_loss_weighting_reaches_training_and_validation(tmp_path, cache):
 def test_context_prefix_frames_reach_training_and_validation(tmp_path, cache):
     """``context_prefix_frames = 2``: in every student pass of training and of validation the first two frames
     carry the rollout context's labels (tau_ctx = 7/8 for k_max = 8, d_min), the later ones drawn levels."""
-    data = make_data(cache)
+    data = tiny_datamodule(cache=cache)
     with pytest.raises(ConfigError, match="context_prefix_frames must be >= 0"):
-        make_module(data, context_prefix_frames=-1)
+        tiny_module(data, context_prefix_frames=-1)
     # d_min everywhere: flow frames only, so every network call below is a student pass (no teacher)
-    module = make_module(data, context_prefix_frames=2, d_min_share=1.0, val_rollout_batches=0)
+    module = tiny_module(data, context_prefix_frames=2, d_min_share=1.0, val_rollout_batches=0)
     calls = []
     module.model.register_forward_pre_hook(
         lambda m, args: calls.append((torch.is_grad_enabled(), *args[1:3]))
@@ -458,3 +447,26 @@ def test_context_prefix_frames_reach_training_and_validation(tmp_path, cache):
         assert (tau[:, :2] == 0.875).all() and (d == 1 / 8).all()
     later = torch.cat([tau[:, 2:].flatten() for _, tau, _ in calls[:4]])
     assert (later != 0.875).float().mean() > 0.5  # drawn over {0, 1/8, ..., 7/8}
+
+
+def test_bootstrap_warmup_trains_the_flow_term_alone_then_bootstrap_frames_appear(tmp_path, cache):
+    """``bootstrap_warmup_steps = 2``: in the student passes of steps 0 and 1 every frame is at d_min (flow
+    only, no teacher call); from step 2 on, drawn step sizes above d_min (bootstrap frames) appear."""
+    data = tiny_datamodule(cache=cache)
+    module = tiny_module(data, bootstrap_warmup_steps=2)
+    calls = []  # (global step, grad enabled, d) of every network call
+    module.model.register_forward_pre_hook(
+        lambda m, args: calls.append((module.global_step, torch.is_grad_enabled(), args[2].clone()))
+    )
+    trainer = make_trainer(
+        tmp_path, logger=False, enable_checkpointing=False, max_steps=4, limit_val_batches=0
+    )
+    trainer.fit(module, datamodule=data)
+    d_min = module.d_min
+    for step in (0, 1):
+        passes = [(grad, d) for s, grad, d in calls if s == step]
+        assert [grad for grad, _ in passes] == [True], "a warm-up step calls the teacher"
+        assert (passes[0][1] == d_min).all()
+    later = torch.cat([d.flatten() for s, grad, d in calls if s >= 2 and grad])
+    assert (later > d_min).float().mean() > 0.3  # uniform over K = 1..8: 7/8 of frames above d_min
+    assert any(not grad for s, grad, _ in calls if s >= 2)  # bootstrap frames ask the teacher

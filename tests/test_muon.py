@@ -1,6 +1,6 @@
 """``parameter_groups`` and ``MuonAdamW``: Muon updates exactly the blocks' matrices, AdamW everything else,
-as one checkpointable optimiser that learning-rate schedules scale as a whole; optimiser states of earlier
-releases (two groups) resume exactly."""
+as one checkpointable optimiser that learning-rate schedules scale as a whole; a Muon state is never resumed
+where Muon cannot run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 from dreamer_dynamics.training import MuonAdamW, WarmupCosineLR, parameter_groups
-from dreamer_dynamics.training.optim import upgrade_optimizer_state, upgrade_two_group_checkpoint
 
 needs_muon = pytest.mark.skipif(
     not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9"
@@ -161,30 +160,56 @@ def test_flattened_or_sharded_matrices_fall_back_to_adamw_with_the_reason():
     assert [g["lr"] for g in optimizer.param_groups] == [1e-3, 1e-3, 1e-3]
 
 
-def test_a_checkpoint_with_the_two_groups_of_earlier_releases_resumes_exactly():
-    """Checkpoints written before the hidden-matrix group existed hold two optimiser groups (decayed,
-    undecayed) and per-group scheduler lists of two; after the upgrade, AdamW over today's three groups and
-    its schedule continue bit-identically (the order Lightning restores in: build both, load both)."""
-    model, twin = small_model(), small_model()
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    old_decay = [p for p in model.parameters() if p.ndim >= 2 and id(p) not in embeddings]
-    old_rest = [p for p in model.parameters() if p.ndim < 2 or id(p) in embeddings]
-    old = torch.optim.AdamW([{"params": old_decay}, {"params": old_rest, "weight_decay": 0.0}], lr=1e-2)
-    old_schedule = WarmupCosineLR(old, warmup_steps=1, total_steps=6)
-    for seed in (1, 2):
-        backward_once(model, seed)
-        old.step()
-        old_schedule.step()
-    twin.load_state_dict(model.state_dict())
-    checkpoint = {"optimizer_states": [old.state_dict()], "lr_schedulers": [old_schedule.state_dict()]}
-    checkpoint = copy.deepcopy(checkpoint)
-    with pytest.raises(ValueError, match="parameter group"):
-        torch.optim.AdamW(parameter_groups(twin), lr=1e-2).load_state_dict(checkpoint["optimizer_states"][0])
-    new = torch.optim.AdamW(parameter_groups(twin), lr=1e-2)
-    new_schedule = WarmupCosineLR(new, warmup_steps=1, total_steps=6)
-    upgrade_two_group_checkpoint(checkpoint, twin)
-    new.load_state_dict(checkpoint["optimizer_states"][0])
-    new_schedule.load_state_dict(checkpoint["lr_schedulers"][0])
-    train_in_lockstep([(model, old, old_schedule), (twin, new, new_schedule)], (3, 4, 5))
-    today = copy.deepcopy(new.state_dict())
-    assert upgrade_optimizer_state(today, twin) is today  # already three groups: left alone
+def test_parameter_groups_by_name():
+    """Only linear maps are decayed; registers, the action base token, embedding tables, norm gains and
+    biases are not (shrinking them changes what they represent)."""
+    model = small_model()
+    names = {id(p): name for name, p in model.named_parameters()}
+    hidden, decayed, undecayed = (
+        {names[id(p)] for p in group["params"]} for group in parameter_groups(model)
+    )
+    assert hidden == {n for n in names.values() if n.startswith("blocks.") and n.endswith(".weight")} - {
+        n for n in names.values() if "norm" in n
+    }
+    assert decayed == {"latent_in.weight", "latent_out.weight", "shortcut.proj.weight"}
+    assert {
+        "registers",
+        "actions.base",
+        "shortcut.signal_table.weight",
+        "shortcut.step_table.weight",
+    } <= undecayed
+    assert {"latent_in.bias", "out_norm.weight"} <= undecayed
+
+
+@needs_muon
+def test_a_muon_state_is_refused_where_muon_cannot_run(monkeypatch):
+    """A state saved with Muon on the blocks' matrices (momentum buffers, Muon's rate) cannot continue as
+    AdamW: loading it says why in one line instead of failing on the first step or running AdamW at Muon's
+    rate."""
+    model = small_model()
+    optimizer = MuonAdamW(parameter_groups(model), lr=1e-3, muon_lr=0.02)
+    backward_once(model, 0)
+    optimizer.step()
+    saved = copy.deepcopy(optimizer.state_dict())
+    monkeypatch.delattr(torch.optim, "Muon")
+    with pytest.warns(UserWarning, match="no torch.optim.Muon"):
+        fallback = MuonAdamW(parameter_groups(model), lr=1e-3, muon_lr=0.02)
+    with pytest.raises(ValueError, match=r"saved with Muon.*no torch.optim.Muon") as error:
+        fallback.load_state_dict(saved)
+    assert "\n" not in str(error.value)
+
+
+@needs_muon
+def test_an_adamw_state_is_refused_where_muon_runs(monkeypatch):
+    """The other way round: an all-AdamW state (saved where Muon could not run) would put Muon at AdamW's
+    rate on the blocks' matrices."""
+    model = small_model()
+    with monkeypatch.context() as patch:
+        patch.delattr(torch.optim, "Muon")
+        with pytest.warns(UserWarning):
+            fallback = MuonAdamW(parameter_groups(model), lr=1e-3, muon_lr=0.02)
+    backward_once(model, 0)
+    fallback.step()
+    optimizer = MuonAdamW(parameter_groups(model), lr=1e-3, muon_lr=0.02)
+    with pytest.raises(ValueError, match="saved without Muon"):
+        optimizer.load_state_dict(copy.deepcopy(fallback.state_dict()))

@@ -5,7 +5,6 @@ process without Lightning) equals the checkpoint's."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,29 +15,16 @@ import yaml
 from PIL import Image
 
 from dreamer_dynamics.data import PatchCodec
+from tests.conftest import QUICKSTART, TINY_CLI, run_python
 from tests.video_fixtures import moving_square, write_gif, write_mp4
 
 pytest.importorskip("av")
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = str(REPO / "lightning_configs" / "quickstart.yaml")
-TINY = [
-    "--model.model.dim=32",
-    "--model.model.depth=2",
-    "--model.model.heads=2",
-    "--model.model.kv_heads=1",
+TINY = [  # the tiny CLI overrides with 3 context frames, 8-frame predictions and two K
+    *TINY_CLI,
     "--model.model.k_max=8",
-    "--data.short_length=6",
-    "--data.long_length=8",
-    "--data.short_batch_size=2",
-    "--data.long_batch_size=1",
-    "--data.val_batch_size=2",
-    "--data.val_batches=1",
-    "--data.val_length=6",
     "--data.predict_length=8",
-    "--data.test_length=6",
     "--model.val_context_frames=3",
-    "--model.val_rollout_horizon=2",
     "--model.val_rollout_steps=[1,2]",
 ]
 
@@ -187,18 +173,7 @@ def test_video_to_exported_model(tmp_path, monkeypatch):
     acts = torch.from_numpy(np.load(actions[1])[None, :8].astype(np.int64))  # (1, 8, 1)
     expected = module.rollout(context, 4, actions_discrete=acts, generator=torch.Generator().manual_seed(7))
     torch.save({"context": context, "actions": acts}, tmp_path / "inputs.pt")
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            ROLLOUT_WITHOUT_LIGHTNING,
-            str(tmp_path / "exported"),
-            str(tmp_path / "inputs.pt"),
-            str(tmp_path / "out.pt"),
-        ],
-        check=True,
-        cwd=REPO,
-    )
+    run_python(ROLLOUT_WITHOUT_LIGHTNING, tmp_path / "exported", tmp_path / "inputs.pt", tmp_path / "out.pt")
     got = torch.load(tmp_path / "out.pt", weights_only=True)
     assert got.shape == (1, 4, 16, 48)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)

@@ -4,17 +4,13 @@ along, rollouts in data units, no Lightning on the inference path."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from dreamer_dynamics.model import DynamicsTransformer, rollout
-from tests.conftest import make_debug_model
+from tests.conftest import make_debug_model, run_python
 
-REPO = Path(__file__).resolve().parents[1]
 CODEC = {"class_path": "dreamer_dynamics.data.patch_codec.PatchCodec", "init_args": {"image_size": 8}}
 
 
@@ -88,20 +84,7 @@ def test_inference_path_does_not_import_lightning(tmp_path):
         "torch.save(out, sys.argv[3])\n"
         "print(sorted(k for k in sys.modules if k.split('.')[0] in ('lightning', 'pytorch_lightning')))\n"
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            script,
-            str(tmp_path / "m"),
-            str(tmp_path / "in.pt"),
-            str(tmp_path / "out.pt"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=True,
-    )
+    result = run_python(script, tmp_path / "m", tmp_path / "in.pt", tmp_path / "out.pt")
     assert result.stdout.strip() == "[]"
     expected = DynamicsTransformer.from_pretrained(tmp_path / "m").rollout(
         context, 3, generator=torch.Generator().manual_seed(0), **actions

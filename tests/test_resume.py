@@ -10,56 +10,31 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from dreamer_dynamics.data import DynamicsDataModule
-from dreamer_dynamics.data.default import ToyDatasetConfig
-from dreamer_dynamics.model import DynamicsConfig
-from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.training import EMA
+from tests.conftest import quiet_trainer, tiny_datamodule, tiny_module
 
 TOTAL_STEPS, STOP_AT = 8, 4
 
 
 def _run(tmp_path, cache, max_steps: int, ckpt_path=None, num_workers=0):
     pl.seed_everything(0, workers=True)
-    data = DynamicsDataModule(
-        cache_dir=str(cache),
-        toy=ToyDatasetConfig(episodes=6, length=24),
-        short_length=6,
-        long_length=12,
-        short_batch_size=4,
-        long_batch_size=2,
-        long_every=3,
-        val_batch_size=2,
-        val_batches=1,
-        num_workers=num_workers,
-    )
-    config = DynamicsConfig.debug(
-        latent_tokens=data.latent_tokens,
-        latent_dim=data.latent_dim,
-        num_discrete_actions=data.num_discrete_actions,
-        num_continuous_actions=data.num_continuous_actions,
-    )
-    module = DynamicsModule(config, val_context_frames=2, val_rollout_horizon=2, val_rollout_steps=[2])
+    data = tiny_datamodule(cache=cache, val_batch_size=2, predict_length=None, num_workers=num_workers)
+    module = tiny_module(data, noise_seed=None, val_rollout_horizon=2, val_rollout_steps=[2])
     ema = EMA(decay=0.9)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max_steps,
-        val_check_interval=3,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        gradient_clip_val=1.0,
-        use_distributed_sampler=False,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-        callbacks=[
+    trainer = quiet_trainer(
+        tmp_path,
+        max_steps,
+        [
             ema,
             ModelCheckpoint(
                 dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=STOP_AT, save_top_k=-1
             ),
         ],
+        limit_val_batches=None,
+        val_check_interval=3,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
     )
     trainer.fit(module, data, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
     return module, ema

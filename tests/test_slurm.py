@@ -33,6 +33,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from dreamer_dynamics.training.slurm import SLURMRequeueAtStepEnd
+from tests.conftest import quiet_trainer
 from tests.test_ddp import REPO, subprocess_env
 
 START_CLUSTER = REPO / "scripts" / "slurm" / "start_cluster.sh"
@@ -187,17 +188,8 @@ def fake_slurm_job(monkeypatch, tmp_path) -> None:
 
 
 def boring_fit(tmp_path, *callbacks, max_steps: int = 6) -> pl.Trainer:
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max_steps,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=list(callbacks),
+    trainer = quiet_trainer(
+        tmp_path, max_steps, callbacks, use_distributed_sampler=True, enable_checkpointing=False
     )
     trainer.fit(BoringModel())
     return trainer

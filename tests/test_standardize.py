@@ -14,11 +14,11 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
 from dreamer_dynamics.cli import DynamicsCLI
-from dreamer_dynamics.data import DynamicsDataModule, LatentDataset, LatentDatasetWriter
+from dreamer_dynamics.data import LatentDataset, LatentDatasetWriter
 from dreamer_dynamics.data.default import ToyDatasetConfig, builtin_dataset_root
-from dreamer_dynamics.model import DynamicsConfig
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.training import RolloutWriter
+from tests.conftest import quiet_trainer, tiny_datamodule, tiny_module
 
 SCALE, OFFSET = 0.05, 3.0  # raw pixel patches: mean ~0.3, std ~0.13; here a harsher case
 
@@ -42,48 +42,6 @@ def roots(tmp_path_factory):
     return out
 
 
-def make_data(root, **kwargs) -> DynamicsDataModule:
-    return DynamicsDataModule(
-        root,
-        short_length=6,
-        long_length=12,
-        short_batch_size=4,
-        long_batch_size=2,
-        long_every=3,
-        val_batch_size=4,
-        val_batches=1,
-        predict_length=6,
-        **kwargs,
-    )
-
-
-def make_module(data: DynamicsDataModule, **kwargs) -> DynamicsModule:
-    config = DynamicsConfig.debug(
-        latent_tokens=data.latent_tokens,
-        latent_dim=data.latent_dim,
-        num_discrete_actions=data.num_discrete_actions,
-    )
-    kwargs = {"noise_seed": 0, "val_context_frames": 2, "val_rollout_horizon": 3, **kwargs}
-    return DynamicsModule(config, **kwargs)
-
-
-def make_trainer(tmp_path, max_steps, callbacks=()) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision="32-true",
-        max_steps=max_steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        limit_val_batches=0,
-        default_root_dir=str(tmp_path),
-        callbacks=list(callbacks),
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-    )
-
-
 class LossHistory(pl.Callback):
     def __init__(self):
         self.losses = []
@@ -94,10 +52,10 @@ class LossHistory(pl.Callback):
 
 def train(root, tmp_path, steps=20, **data_kwargs) -> tuple[DynamicsModule, list[float]]:
     pl.seed_everything(0)
-    data = make_data(root, **data_kwargs)
-    module = make_module(data)  # statistics handed over by the DataModule (a script that forgot them)
+    data = tiny_datamodule(root, **data_kwargs)
+    module = tiny_module(data)  # statistics handed over by the DataModule (a script that forgot them)
     history = LossHistory()
-    make_trainer(tmp_path, steps, [history]).fit(module, data)
+    quiet_trainer(tmp_path, steps, [history]).fit(module, data)
     return module.eval(), history.losses
 
 
@@ -127,8 +85,8 @@ def test_scaled_copy_trains_to_the_same_losses_and_rolls_out_in_its_own_units(ro
 
 
 def test_module_adopts_the_datamodules_stats_before_ema_copies_it(roots, tmp_path):
-    data = make_data(roots["scaled"])
-    module = make_module(data)
+    data = tiny_datamodule(roots["scaled"])
+    module = tiny_module(data)
     assert module.hparams.latent_stats is None and torch.equal(module.latent_std, torch.ones(48))
     ema = EMAWeightAveraging(decay=0.5)
     seen = {}
@@ -137,7 +95,7 @@ def test_module_adopts_the_datamodules_stats_before_ema_copies_it(roots, tmp_pat
         def on_train_start(self, trainer, pl_module):  # the copy validation would swap in at this point
             seen["mean"] = ema._average_model.module.latent_mean.clone()
 
-    make_trainer(tmp_path, 2, [ema, BeforeTheFirstUpdate()]).fit(module, data)
+    quiet_trainer(tmp_path, 2, [ema, BeforeTheFirstUpdate()]).fit(module, data)
     assert torch.equal(seen["mean"], module.latent_mean)
     recorded = {**LatentDataset(roots["scaled"]).latent_stats, "scale": "pooled"}  # + how they are applied
     assert module.hparams.latent_stats == data.latent_stats == recorded
@@ -149,20 +107,20 @@ def test_module_adopts_the_datamodules_stats_before_ema_copies_it(roots, tmp_pat
     assert torch.equal(averaged.latent_mean, module.latent_mean)
     assert torch.equal(averaged.latent_std, module.latent_std)
     # a module whose statistics disagree with the data's batches is refused with a clear message
-    other = make_module(data, latent_stats=LatentDataset(roots["unit"]).latent_stats)
+    other = tiny_module(data, latent_stats=LatentDataset(roots["unit"]).latent_stats)
     with pytest.raises(ValueError, match="latent_stats differ from the DataModule"):
-        make_trainer(tmp_path, 1).fit(other, data)
-    raw = make_data(roots["scaled"], standardize=False)
+        quiet_trainer(tmp_path, 1).fit(other, data)
+    raw = tiny_datamodule(roots["scaled"], standardize=False)
     assert raw.latent_stats is None
     with pytest.raises(ValueError, match="no standardisation"):
-        make_trainer(tmp_path, 1).fit(make_module(raw, latent_stats=stats), raw)
+        quiet_trainer(tmp_path, 1).fit(tiny_module(raw, latent_stats=stats), raw)
 
 
 def test_checkpoint_carries_the_stats_and_predict_writes_data_units(roots, tmp_path):
-    data = make_data(roots["scaled"])
-    module = make_module(data, latent_stats=data.latent_stats)
+    data = tiny_datamodule(roots["scaled"])
+    module = tiny_module(data, latent_stats=data.latent_stats)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    make_trainer(tmp_path, 1, [checkpoint]).fit(module, data)
+    quiet_trainer(tmp_path, 1, [checkpoint]).fit(module, data)
     path = tmp_path / "ckpt" / "last.ckpt"
     state = torch.load(path, weights_only=True)
     assert state["hyper_parameters"]["latent_stats"] == data.latent_stats
@@ -180,10 +138,10 @@ def test_checkpoint_carries_the_stats_and_predict_writes_data_units(roots, tmp_p
     assert torch.equal(old.latent_mean, torch.zeros(48)) and torch.equal(old.latent_std, torch.ones(48))
 
     writer = RolloutWriter(output_dir=str(tmp_path / "pred"), format="pt", pictures=False)
-    make_trainer(tmp_path, 1, [writer]).predict(loaded, datamodule=data, return_predictions=False)
+    quiet_trainer(tmp_path, 1, [writer]).predict(loaded, datamodule=data, return_predictions=False)
     (file,) = (tmp_path / "pred").iterdir()
     out = torch.load(file, weights_only=True)
-    raw_data = make_data(roots["scaled"], standardize=False)
+    raw_data = tiny_datamodule(roots["scaled"], standardize=False)
     raw = next(iter(raw_data.predict_dataloader()))["latents"]  # the stored values
     torch.testing.assert_close(out["context"], raw[:, :2], atol=1e-5, rtol=0)
     torch.testing.assert_close(out["ground_truth"], raw[:, 2:], atol=1e-5, rtol=0)
@@ -191,10 +149,10 @@ def test_checkpoint_carries_the_stats_and_predict_writes_data_units(roots, tmp_p
 
 
 def test_cli_links_the_stats_into_the_model(roots, monkeypatch):
-    from tests.test_cli import QUICKSTART, TINY
+    from tests.conftest import QUICKSTART, TINY_CLI
 
     monkeypatch.setattr(sys, "argv", ["dreamer-dynamics"])
-    args = ["--config", QUICKSTART, "--data.root", roots["scaled"], *TINY]
+    args = ["--config", QUICKSTART, "--data.root", roots["scaled"], *TINY_CLI]
     cli = DynamicsCLI(args=args, run=False)
     assert cli.model.hparams.latent_stats == cli.datamodule.latent_stats
     stored = json.loads(open(f"{roots['scaled']}/metadata.json").read())["latent_stats"]
@@ -213,31 +171,46 @@ def test_rollout_images_are_decoded_in_the_datasets_units(roots, tmp_path):
 
     from dreamer_dynamics.training import RolloutImageLogger
 
-    data = make_data(roots["scaled"])
+    data = tiny_datamodule(roots["scaled"])
     logger = TensorBoardLogger(str(tmp_path), name="tb")
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=1,
+    trainer = quiet_trainer(
+        tmp_path,
+        1,
+        [RolloutImageLogger(max_sequences=1)],
         logger=logger,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
         num_sanity_val_steps=0,
         limit_val_batches=1,
         val_check_interval=1,
         check_val_every_n_epoch=None,
-        enable_checkpointing=False,
-        callbacks=[RolloutImageLogger(max_sequences=1)],
     )
-    trainer.fit(make_module(data), data)
+    trainer.fit(tiny_module(data), data)
     logger.experiment.flush()
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
     events.Reload()
     png = events.Images("val/rollout_0")[-1].encoded_image_string
     image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.float32) / 255  # (rows*16, 4*16, 3)
     # first row: the last context frame and the ground-truth future, decoded from the stored values
-    raw = next(iter(make_data(roots["scaled"], standardize=False).val_dataloader()))["latents"][0, 1:5]
+    raw = next(iter(tiny_datamodule(roots["scaled"], standardize=False).val_dataloader()))["latents"][0, 1:5]
     expected = data.decoder(raw).clamp(0, 1)  # (4, 16, 16, 3)
     expected = expected.permute(1, 0, 2, 3).flatten(1, 2).numpy()  # (16, 4*16, 3)
     np.testing.assert_allclose(image[:16], expected, atol=1.5 / 255)
+
+
+def test_rollout_energy_scores_are_in_the_datasets_units(roots, tmp_path):
+    """Validation scores rollouts, truth and the copy-last baseline in the dataset's units: on the scaled copy
+    (same batches after standardisation, same weights) every energy score is SCALE times the built-in one
+    and the ratio to copy-last is unchanged. A baseline scored in other units than the samples breaks both."""
+    scores = {}
+    for name, root in roots.items():
+        data = tiny_datamodule(root)
+        torch.manual_seed(0)
+        module = tiny_module(data, val_rollout_steps=[1, 4])
+        trainer = quiet_trainer(tmp_path / name, 0)
+        trainer.limit_val_batches = 1
+        trainer.validate(module, data, verbose=False)
+        scores[name] = {k: float(v) for k, v in trainer.callback_metrics.items() if "rollout_es" in k}
+    unit, scaled = scores["unit"], scores["scaled"]
+    assert {"val/rollout_es_ratio_k4", "val/rollout_es_copy_last", "val/rollout_es_k4"} <= set(unit)
+    for key in unit:
+        expected = unit[key] if "ratio" in key else SCALE * unit[key]
+        assert scaled[key] == pytest.approx(expected, rel=1e-3), key

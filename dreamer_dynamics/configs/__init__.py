@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 import yaml
 
+from dreamer_dynamics.errors import ConfigError, did_you_mean
+
 CONFIG_DIR = Path(__file__).resolve().parent
 
 
@@ -34,13 +36,19 @@ def config_path(name: str) -> Path:
 
 
 def resolve_config_arg(value: str) -> str:
-    """``--config`` value -> a path: an existing file is kept, a bare packaged name becomes its path."""
-    if os.path.exists(value) or os.sep in value or "/" in value or value.lstrip().startswith("{"):
-        return value
+    """``--config`` value -> a path: an existing file is kept, a bare packaged name becomes its path; a bare
+    name that is neither is a ConfigError listing the packaged configs."""
+    if os.path.exists(value) or any(c in value for c in (os.sep, "/", ":", "{", "\n")):
+        return value  # a path (a missing one is reported by the parser) or an inline YAML/JSON config
     try:
         return str(config_path(value))
     except FileNotFoundError:
-        return value  # let the parser report the missing file as usual
+        names = available_configs()
+        stem = value[: -len(".yaml")] if value.endswith(".yaml") else value
+        raise ConfigError(
+            f"--config {value}: no such file or packaged config{did_you_mean(stem, names)} "
+            f"(packaged: {', '.join(names)})"
+        ) from None
 
 
 def resolve_config_args(args: list[str]) -> list[str]:

@@ -20,6 +20,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from dreamer_dynamics.errors import require_extra
+
 from .convert import Source, resize_frames, write_episodes
 from .format import DatasetError
 
@@ -167,12 +169,7 @@ def hdf5_sources(
     channels_first: bool = False,
 ) -> list[Source]:
     """Episodes of HDF5 files: each child group of `episodes` (in natural order), or the whole file."""
-    try:
-        import h5py
-    except ImportError as err:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
-            "reading HDF5 needs the optional extra: pip install 'dreamer_dynamics[video]'"
-        ) from err
+    h5py = require_extra("h5py", "video", "reading HDF5")
     from .video import _natural_key
 
     sources = []

@@ -11,8 +11,9 @@
     dreamer-dynamics-data from-npz OUT FILE [FILE ...] (--frames KEY | --latents KEY) [--actions-discrete KEY]
     dreamer-dynamics-data from-hdf5 OUT FILE [FILE ...] (--frames KEY | --latents KEY) [--episodes GROUP]
 
-Exit status 0 = fine, 1 = the dataset has a problem (printed as ``error: FILE: PROBLEM``). Missing latent
-statistics are a warning (``warning: FILE: ...``, exit status 0); stale ones are an error.
+Exit status 0 = fine, 1 = the dataset has a problem (printed as ``error: FILE: PROBLEM``) or an optional
+extra is missing (``error: ... pip install ...``); ``DREAMER_DYNAMICS_TRACEBACK=1`` shows the full traceback.
+Missing latent statistics are a warning (``warning: FILE: ...``, exit status 0); stale ones are an error.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import argparse
 import json
 import sys
 
-from dreamer_dynamics.errors import ConfigError
+from dreamer_dynamics.errors import ConfigError, MissingExtraError, show_traceback
 
 from .dataset import LatentDataset
 from .default import WORLDS, ToyDatasetConfig, generate_toy_dataset, toy_config
@@ -92,6 +93,10 @@ def _validate(args: argparse.Namespace) -> None:
         )
     recomputed = None if args.quick else LatentStatistics(ds.latent_shape[1])
     ds.validate(deep=not args.quick, stats=recomputed)  # one pass: values checked and statistics recomputed
+    if args.quick and ds.latent_stats is None:  # finite recorded statistics vouch for the latents; else scan
+        found = ds.find_non_finite()
+        if found is not None:
+            raise DatasetError(found[0], f"latents contain NaN/inf at frame {found[1]}")
     if len(ds) == 0:
         raise DatasetError(ds.root, "dataset has no episodes")
     metadata = ds.root / METADATA_FILE
@@ -115,6 +120,7 @@ def _stats(args: argparse.Namespace) -> None:
     if len(ds) == 0:
         raise DatasetError(ds.root, "dataset has no episodes")
     stats = compute_latent_stats(ds, progress=True)
+    ds.check_finite_stats(stats.record())  # NaN/inf latents: their file and frame, nothing recorded
     path = write_latent_stats(ds.root, stats)
     print(f"wrote latent_stats to {path}: {_describe_stats(stats.record())}")
 
@@ -315,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (DatasetError, ConfigError) as err:
+    except (DatasetError, ConfigError, MissingExtraError) as err:
+        if show_traceback():
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -116,6 +116,10 @@ def read_action_file(path: str | os.PathLike) -> np.ndarray:
         raise
     except Exception as err:
         raise DatasetError(path, f"cannot read actions: {err}") from None
+    if array.ndim not in (1, 2):
+        raise DatasetError(
+            path, f"actions must be [T, n] (one row of n components per frame), got shape {list(array.shape)}"
+        )
     return array[:, None] if array.ndim == 1 else array
 
 
@@ -155,6 +159,10 @@ def write_episodes(
     progress: bool = True,
 ) -> tuple[int, int]:
     """Convert every source not yet in the dataset at `out`; returns (written, skipped).
+
+    An error in any source leaves `out` as it was: an existing dataset byte-identical, a new one absent (so
+    the corrected rerun starts clean, with an action spec inferred from the corrected inputs). An interrupted
+    run (Ctrl-C) keeps the episodes it committed, and its rerun skips them.
 
     `codec_builder(frame_size)` makes the codec from the first episode's frames when `codec` is None."""
     if alignment not in ALIGNMENTS:
@@ -199,6 +207,10 @@ def write_episodes(
                 writer.add_episode(array, **kwargs, attributes={"source": source.key})
             except DatasetError as err:  # name the input, not the episode being written
                 raise DatasetError(source.label, err.problem) from None
+    except Exception:
+        if writer is not None:  # an error, not an interruption: leave the dataset as it was
+            writer.abort()
+        raise
     finally:
         bar.close()
         if writer is not None:
@@ -209,6 +221,14 @@ def write_episodes(
 def _action_spec(todo, actions, existing, num_actions) -> tuple[tuple[int, ...], int]:
     """(class counts per discrete component, continuous components): from the existing dataset, else
     `num_actions` / the largest id + 1 over all inputs. Every input must have the same components."""
+    for source in todo:
+        for kind, a in actions[source.key].items():
+            if a is not None and a.ndim != 2:
+                raise DatasetError(
+                    source.label,
+                    f"{kind} actions must be [T, n] (one row of n components per frame), got shape "
+                    f"{list(a.shape)}",
+                )
     if existing is not None:
         return existing.num_discrete_actions, existing.num_continuous_actions
     widths: dict[str, Optional[int]] = {}

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from dreamer_dynamics.errors import require_extra
+
 from .codec import codec_spec
 from .patch_codec import PatchCodec
 from .toy_env import sticky_random_actions
@@ -49,12 +51,7 @@ def record_crafter(
     root: str | os.PathLike, config: CrafterRecordingConfig | None = None, *, progress: bool = True
 ) -> Path:
     """Record `config.episodes` episodes into the dataset at `root` (created or appended)."""
-    try:
-        import crafter
-    except ImportError as err:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
-            "recording Crafter needs the optional extra: pip install 'dreamer_dynamics[crafter]'"
-        ) from err
+    crafter = require_extra("crafter", "crafter", "recording Crafter")
     config = config or CrafterRecordingConfig()
     codec = PatchCodec(config.size, config.patch, 3, mean=0.5, std=0.25)
     with LatentDatasetWriter(

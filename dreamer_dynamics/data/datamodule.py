@@ -31,6 +31,7 @@ from .dataset import LatentDataset, LatentWindowDataset, split_episodes
 from .default import ToyDatasetConfig, builtin_dataset_root, toy_config, toy_object_locator
 from .fingerprint import dataset_fingerprint, fingerprint_changes
 from .format import DatasetError
+from .oracle import ToyOracle, toy_oracle
 from .sampler import AlternatingLengthBatchSampler, Window
 from .stats import SCALES, compute_latent_stats, stale_reason, standardization, write_latent_stats
 
@@ -66,12 +67,11 @@ class DynamicsDataModule(pl.LightningDataModule):
         pin_memory: pin host memory in the DataLoaders (GPU training).
         standardize: emit standardised latents, (z - mean) / std with the dataset's ``latent_stats``: True or
             "pooled" = each channel's own mean, one pooled std for all channels (the RMS of the channel stds;
-            data/stats.py ``standardization``); "channel" = each channel by its own std (floored at 1e-6 x
-            the largest). A dataset without statistics (or
-            with stale ones) gets them computed once, streaming over the episodes, and recorded in its
-            ``metadata.json`` (skipped with a warning where that file is read-only). ``latent_stats`` is then
-            the record the model must use (the CLI links it into ``DynamicsModule``); False emits the
-            stored values and sets ``latent_stats`` to None.
+            data/stats.py ``standardization``); "channel" = each channel by its own std (floored at 1e-6 x the
+            largest). A dataset without statistics (or with stale ones) gets them computed once, streaming
+            over the episodes, and recorded in its ``metadata.json`` (skipped with a warning where that file
+            is read-only). ``latent_stats`` is then the record the model must use (the CLI links it into
+            ``DynamicsModule``); False emits the stored values and sets ``latent_stats`` to None.
         token_grid: (rows, cols) layout of the N_b tokens, row-major, for 2-D rotary positions in the space
             layers; None = the codec's ``token_grid`` attribute (the built-in patch codec has one: its patch
             grid), else no grid (1-D positions over the token index). Linked into the model by the CLI.
@@ -182,6 +182,13 @@ class DynamicsDataModule(pl.LightningDataModule):
         (the sprite, then each ball; ``toy_env.locate_objects``) for the object-accuracy metric; else None."""
         return toy_object_locator(self.dataset.meta.attributes, self.decoder)
 
+    @cached_property
+    def oracle(self) -> ToyOracle | None:
+        """Built-in world only: samples of the true future of a validation window (data/oracle.py), for the
+        oracle-referenced rollout metrics; else None. Evaluation batches carry what it needs ("episode",
+        "start")."""
+        return toy_oracle(self.dataset.meta, self.decoder)
+
     # ------------------------------------------------------------------ standardisation (docs/data.md)
     def standardize(self, latents: torch.Tensor) -> torch.Tensor:
         """Dataset units -> batch units, (z - mean) / std per channel (identity if ``standardize=False``)."""
@@ -205,7 +212,9 @@ class DynamicsDataModule(pl.LightningDataModule):
         return mean.astype(np.float32), std.astype(np.float32)
 
     def _load_latent_stats(self) -> dict[str, Any] | None:
-        """The dataset's record; computed once (and recorded in metadata.json) when missing or stale."""
+        """The dataset's record; computed once (and recorded in metadata.json) when missing or stale. Latents
+        that are not finite are refused here, before any training step (statistics over them are not finite;
+        a recorded record is finite by the format's rules)."""
         record = self.dataset.latent_stats
         reason = "no latent_stats" if record is None else stale_reason(self.dataset, record)
         if reason is None:
@@ -214,6 +223,7 @@ class DynamicsDataModule(pl.LightningDataModule):
             return None  # setup() reports the empty dataset
         rank_zero_info(f"{self.root}: {reason}; computing them once from the episodes")
         stats = compute_latent_stats(self.dataset)
+        self.dataset.check_finite_stats(stats.record())  # a NaN latent: its file and frame, nothing recorded
         try:
             write_latent_stats(self.root, stats)
         except (DatasetError, OSError) as err:
@@ -429,7 +439,9 @@ class _TrainLoader(DataLoader):
 
 
 class _ListDataset:
-    """Positions 0..n-1 -> the given windows (for plain batch_size DataLoaders)."""
+    """Positions 0..n-1 -> the given windows (for plain batch_size DataLoaders), each with its "episode" index
+    and the absolute index of its first frame, "start" (int64 scalars; [B] in a batch), which locate it in
+    its episode (the built-in world's oracle replays the episode from them)."""
 
     def __init__(self, windows_dataset: LatentWindowDataset, windows: list[Window]):
         self.windows_dataset, self.windows = windows_dataset, windows
@@ -438,4 +450,6 @@ class _ListDataset:
         return len(self.windows)
 
     def __getitem__(self, i: int):
-        return self.windows_dataset[self.windows[i]]
+        episode, start, _ = self.windows[i]
+        item = self.windows_dataset[self.windows[i]]
+        return {**item, "episode": torch.tensor(int(episode)), "start": torch.tensor(int(start))}

@@ -110,6 +110,27 @@ class LatentDataset:
                     self.meta.expected_dtype(key),
                 )
 
+    def find_non_finite(self) -> tuple[Path, int] | None:
+        """(latents file, first frame) of the first episode holding NaN/inf latents, or None (reads every
+        latent once, one episode at a time)."""
+        for index, record in enumerate(self.meta.episodes):
+            latents = self[index]["latents"]  # (T, N_b, D_b)
+            finite_frames = np.isfinite(latents).reshape(len(latents), -1).all(1)  # (T,)
+            self._maps.pop(index, None)  # do not keep every map open during a full scan
+            if not finite_frames.all():
+                return record.file(self.root, "latents"), int(np.argmin(finite_frames))
+        return None
+
+    def check_finite_stats(self, record: dict[str, Any] | None) -> None:
+        """Statistics over NaN/inf latents are not finite: a DatasetError naming the episode file and frame
+        that made them so (a scan, only then), or the statistics themselves if no latent is to blame."""
+        if record is None or all(np.isfinite(record[key]).all() for key in ("mean", "std")):
+            return
+        found = self.find_non_finite()
+        if found is not None:
+            raise DatasetError(found[0], f"latents contain NaN/inf at frame {found[1]}")
+        raise DatasetError(self.root, "latent_stats are not finite; rerun `dreamer-dynamics-data stats`")
+
     def validate(self, *, deep: bool = False, stats: Any = None) -> None:
         """Check every file; with `deep`, also scan values (NaN/inf latents, inf or out-of-range actions) and,
         if `stats` (a ``LatentStatistics``) is given, accumulate the latents into it in the same pass."""
@@ -121,7 +142,8 @@ class LatentDataset:
             for key, array in arrays.items():
                 path = record.file(self.root, key)
                 if key == "latents" and not np.isfinite(array).all():
-                    raise DatasetError(path, "latents contain NaN/inf")
+                    frame = int(np.argmin(np.isfinite(array).reshape(len(array), -1).all(1)))
+                    raise DatasetError(path, f"latents contain NaN/inf at frame {frame}")
                 if key == "latents" and stats is not None:
                     stats.update(array)
                 if key == "actions_continuous" and np.isinf(array).any():

@@ -147,9 +147,10 @@ def builtin_dataset_root(
 
 
 class ToyObjectLocator:
-    """Object positions of the built-in world: latents [..., N_b, D_b] (data units) -> long [..., 1 + balls,
-    2],
-    decoded and matched by colour (``toy_env.locate_objects``). A class, not a closure: it pickles."""
+    """Object positions of the built-in world, decoded and matched by colour (``toy_env.locate_objects``).
+
+    latents [..., N_b, D_b] (data units) -> long [..., 1 + balls, 2]. A class, not a closure: it pickles.
+    """
 
     def __init__(self, decoder: Any, env: ToyEnvConfig) -> None:
         self.decoder, self.env = decoder, env

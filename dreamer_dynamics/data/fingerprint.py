@@ -2,8 +2,7 @@
 
 ``{"root", "latent_shape", "num_discrete_actions", "num_continuous_actions", "latent_stats", "num_episodes"}``
 in plain JSON types (weights-only loadable). The latent shape and action spec must match a checkpoint's
-network
-(``check_data_matches``); a changed episode count, statistics or root only warrant a warning
+network (``check_data_matches``); a changed episode count, statistics or root only warrant a warning
 (``fingerprint_changes``).
 """
 
@@ -86,4 +85,21 @@ def fingerprint_changes(recorded: dict[str, Any], current: dict[str, Any]) -> li
     return changes
 
 
-__all__ = ["dataset_fingerprint", "describe_spec", "fingerprint_changes", "spec_mismatch", "spec_of"]
+def is_other_dataset(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Another dataset, not the recorded one grown or moved: another root, and other episodes or statistics
+    (a copy at another path is the same data; episodes appended at the same root are the same dataset)."""
+    moved = bool(recorded.get("root")) and recorded.get("root") != current.get("root")
+    same_content = recorded.get("num_episodes") == current.get("num_episodes") and recorded.get(
+        "latent_stats"
+    ) == current.get("latent_stats")
+    return moved and not same_content
+
+
+__all__ = [
+    "is_other_dataset",
+    "dataset_fingerprint",
+    "describe_spec",
+    "fingerprint_changes",
+    "spec_mismatch",
+    "spec_of",
+]

@@ -94,8 +94,7 @@ def standardization(record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     * "pooled": every channel is divided by the RMS of the channel stds, sqrt(mean_c std_c^2), after its own
       mean is removed. The data land at the scale of the unit noise the flow mixes them with, and the
       channels keep their relative spread (a tokenizer's quiet channels stay quiet, so the noise still
-      drowns fine detail before coarse structure). On the built-in world this learned faster than
-      per-channel scaling (docs/benchmarks.md).
+      drowns fine detail before coarse structure; the comparison with "channel": docs/experiments.md).
     * "channel": each channel by its own std, floored at STD_FLOOR x the largest (relative, so scaling the
       data scales the floor too).
 

@@ -140,14 +140,11 @@ def object_colours(config: ToyEnvConfig) -> tuple[np.ndarray, list[int]]:
 
 
 def locate_objects(frames: torch.Tensor, config: ToyEnvConfig, temperature: float = 0.02) -> torch.Tensor:
-    """Top-left (row, col) of the sprite and of each ball in frames [..., H, W, 3] -> long [..., 1 + balls,
-    2].
+    """Top-left (row, col) of the sprite and of each ball: frames [..., H, W, 3] -> long [..., 1 + balls, 2].
 
     Every pixel is softly assigned to the palette (background, sprite, balls) by colour, softmax of
-    -||pixel - colour||^2 / temperature; an object sits where the box of its side holds the most of its
-    colour.
-    Soft assignment keeps a blurred or noisy object findable near its centre of mass and never mistakes
-    another
+    -||pixel - colour||^2 / temperature; an object sits where the box of its side holds most of its colour.
+    Soft assignment keeps a blurred or noisy object findable near its centre of mass and never takes another
     object's pixels for it; on clean frames it recovers the true positions exactly unless an object is hidden
     (balls are drawn in order, the sprite last).
     """

@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from dreamer_dynamics.errors import require_extra
+
 from .convert import Source, read_action_file, resize_frames, write_episodes
 from .format import DatasetError
 
@@ -52,12 +54,7 @@ def read_frame_folder(folder: Path, image_size: Optional[int], bar: Any = None) 
 
 def read_video(path: Path, image_size: Optional[int], bar: Any = None) -> np.ndarray:
     """All frames of the first video stream -> float32 [T, S, S, 3] in [0, 1]."""
-    try:
-        import av
-    except ImportError as err:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
-            "reading video needs the optional extra: pip install 'dreamer_dynamics[video]'"
-        ) from err
+    av = require_extra("av", "video", "reading video")
     frames, index = [], 0
     try:
         container = av.open(str(path))
@@ -91,11 +88,14 @@ def video_sources(
             "--actions",
             f"{len(actions)} action files for {len(videos)} videos; give one per video, in the same order",
         )
-    sources = []
-    for i, video in enumerate(videos):
-        path = Path(video).resolve()
+    paths = [Path(video).resolve() for video in videos]
+    for video, path in zip(videos, paths):
         if not path.exists():
             raise DatasetError(video, "no such video file or frame folder")
+    if any(path.is_file() for path in paths):
+        require_extra("av", "video", "reading video")  # before anything is written
+    sources = []
+    for i, (video, path) in enumerate(zip(videos, paths)):
         action_file = actions[i] if actions else None
 
         def load(bar: Any, _path: Path = path) -> tuple[str, np.ndarray]:

@@ -3,7 +3,8 @@
 Commit protocol for one episode: every array is validated in memory first, then written to a temporary file
 in ``episodes/``, fsynced, and renamed to its final name; only then is ``metadata.json`` rewritten (temp
 file + os.replace). A process killed at any point leaves a dataset whose metadata lists exactly the episodes
-committed before, all complete. Leftover temporary files are removed by the next writer.
+committed before, all complete. Leftover temporary files are removed by the next writer. ``abort()`` undoes a
+writer that met an error: the dataset is left as it was before it opened (or absent, if it created it).
 """
 
 from __future__ import annotations
@@ -80,8 +81,7 @@ def prepare_episode(
     Rules (docs/data.md): latents are real floating point [T, N_b, D_b], finite, cast to the storage dtype
     (float64 -> float32 is allowed; a float16 overflow is an error); discrete actions are integers
     [T, n_discrete] in [-1, classes) with -1 = missing label; continuous actions are floating
-    [T, n_continuous],
-    NaN = missing label, inf is an error; action arrays have the latents' length.
+    [T, n_continuous] with NaN = missing label and inf an error; action arrays have the latents' length.
     """
     latents = _to_numpy(latents)
     if latents.ndim != 3 or tuple(latents.shape[1:]) != tuple(meta.latent_shape):
@@ -179,7 +179,10 @@ class LatentDatasetWriter:
             codec=codec,
         )
         spec.check_spec(None)
-        (self.root / EPISODES_DIR).mkdir(parents=True, exist_ok=True)
+        episodes_dir = self.root / EPISODES_DIR
+        # the folders this writer creates (outermost first), removed again by abort()
+        self._created_dirs = [p for p in (*reversed(episodes_dir.parents), episodes_dir) if not p.exists()]
+        episodes_dir.mkdir(parents=True, exist_ok=True)
         # one writer per root, also on NFS (lock.py); force=True takes over a lock held from another host
         self._lock = WriterLock(self.root, force=force).acquire()
         try:
@@ -192,6 +195,9 @@ class LatentDatasetWriter:
             self._lock.release()
             raise
         self._remove_temporaries()
+        metadata = self.root / METADATA_FILE
+        self._metadata_before = metadata.read_bytes() if metadata.exists() else None  # for abort()
+        self._files_before = set(os.listdir(episodes_dir))
         self._uncommitted = 0
         self._closed = False
         self._next_index = 1 + max((int(e.name) for e in self.meta.episodes if e.name.isdigit()), default=-1)
@@ -243,6 +249,31 @@ class LatentDatasetWriter:
         finally:
             self._closed = True
             self._lock.release()
+
+    def abort(self) -> None:
+        """Undo this writer and release the lock (idempotent; a no-op after ``close``): the episode files it
+        wrote are removed and ``metadata.json`` is restored byte for byte, or, for a dataset this writer
+        created, removed with the folders it made."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            episodes_dir = self.root / EPISODES_DIR
+            for name in set(os.listdir(episodes_dir)) - self._files_before:
+                (episodes_dir / name).unlink(missing_ok=True)
+            metadata = self.root / METADATA_FILE
+            if self._metadata_before is None:
+                metadata.unlink(missing_ok=True)
+            else:
+                with atomic_write(metadata) as f:
+                    f.write(self._metadata_before)
+        finally:
+            self._lock.release()
+        for folder in reversed(self._created_dirs):  # innermost first; a folder someone else filled stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     def __enter__(self) -> LatentDatasetWriter:
         return self

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .config import DynamicsConfig
+from .rollout import check_context_shape
 from .rollout import rollout as _rollout
 
 PRETRAINED_FORMAT = "dreamer-dynamics-pretrained/1"
@@ -41,6 +42,13 @@ def _stats_to_json(stats: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
     if "count" in stats:
         out["count"] = int(stats["count"])
     return out
+
+
+def _umask_mode() -> int:
+    """The mode ``open()`` gives a new file: 0666 less the process umask (read by setting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def save_pretrained(
@@ -69,6 +77,7 @@ def save_pretrained(
     }
     tmp = directory / f".tmp-{WEIGHTS_FILE}-{os.getpid()}"
     save_file(state, str(tmp), metadata={"format": PRETRAINED_FORMAT})
+    os.chmod(tmp, _umask_mode())  # safetensors creates 0600; every other output follows the umask
     os.replace(tmp, directory / WEIGHTS_FILE)
     tmp = directory / f".tmp-{CONFIG_FILE}-{os.getpid()}"
     tmp.write_text(json.dumps(config, indent=1))
@@ -129,6 +138,7 @@ def rollout_in_data_units(
     ``latent_stats`` (if any), the generated frames [B, horizon, N_b, D_b] are mapped back."""
     defaults = {**DEFAULT_ROLLOUT, **(getattr(model, "rollout_defaults", None) or {})}
     stats = getattr(model, "latent_stats", None)
+    check_context_shape(context, model.config)  # before standardising: the shapes, not a broadcast error
     if stats is not None:
         mean, std = (stats[k].to(context.device, context.dtype) for k in ("mean", "std"))  # (D_b,)
         context = (context - mean) / std

@@ -171,8 +171,11 @@ class DynamicsTransformer(nn.Module):
         query_pos = torch.arange(start, start + t, device=device)
         key_pos = torch.arange(start - past_len, start + t, device=device)
         time_freqs = rope_tables(query_pos, cfg.head_dim, cfg.rope_base)
-        dense = time_attention_mask(query_pos, key_pos, cfg.context_length, image_rows)
-        time_mask = None if dense is None else AttentionMask(dense)
+        if t == 1 and image_rows is None and past_len < cfg.context_length:
+            time_mask = None  # one new frame sees every cached frame: no mask to build, and no host sync
+        else:
+            dense = time_attention_mask(query_pos, key_pos, cfg.context_length, image_rows)
+            time_mask = None if dense is None else AttentionMask(dense)
 
         new_kv: list[KV] = []
         time_index = 0

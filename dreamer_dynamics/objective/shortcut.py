@@ -96,7 +96,7 @@ def shortcut_forcing_loss(
     teacher_rows = rows if rows.numel() > 0 or not teacher_always else rows.new_zeros(1)
     if teacher_rows.numel() > 0:
         # Teacher passes only on rows holding a bootstrap frame (docs/design.md §3.7), never building a graph;
-        # they run before the student, so no autograd graph is alive meanwhile (measured faster, same result).
+        # they run before the student, while no autograd graph is alive (faster; docs/experiments.md).
         target = bootstrap_velocity_target(
             teacher or denoiser,
             z_tilde[teacher_rows],

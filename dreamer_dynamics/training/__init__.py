@@ -3,6 +3,7 @@
 from dreamer_dynamics.parallelize import total_grad_norm  # lives with the scale plumbing; importable here too
 from dreamer_dynamics.training.callbacks import LatentThroughputMonitor, RolloutImageLogger
 from dreamer_dynamics.training.ema import EMA
+from dreamer_dynamics.training.interrupt import AtomicCheckpointIO, StopOnSignal
 from dreamer_dynamics.training.loggers import RunDirTensorBoardLogger
 from dreamer_dynamics.training.metrics import ValidationMetrics
 from dreamer_dynamics.training.muon import MuonAdamW
@@ -12,6 +13,8 @@ from dreamer_dynamics.training.progress import StepProgressBar
 from dreamer_dynamics.training.slurm import SLURMRequeueAtStepEnd
 
 __all__ = [
+    "AtomicCheckpointIO",
+    "StopOnSignal",
     "EMA",
     "LatentThroughputMonitor",
     "MuonAdamW",

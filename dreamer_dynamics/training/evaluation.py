@@ -19,11 +19,11 @@ from torch import Tensor
 from dreamer_dynamics.model import rollout
 from dreamer_dynamics.objective import shortcut_forcing_loss
 from dreamer_dynamics.training.metrics import ValidationMetrics
+from dreamer_dynamics.training.scores import oracle_scores
 
 
 class EvaluationMixin:
-    """``validation_step`` / ``test_step`` and the epoch-end logging of rollout scores, for
-    ``DynamicsModule``."""
+    """``validation_step`` / ``test_step`` and the epoch-end rollout-score logging of ``DynamicsModule``."""
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
         """Logs ``val/*``: loss, bootstrap loss, flow loss per tau bucket, rollout energy scores per K."""
@@ -46,8 +46,7 @@ class EvaluationMixin:
 
         All noise comes from ``evaluation_generator(batch_idx)``: the figures are comparable across epochs and
         evaluating never touches the training noise stream. Runs on the EMA weights where an averaging
-        callback
-        swaps them in.
+        callback swaps them in.
         """
         z1 = batch["latents"]  # (B, T, N_b, D_b)
         b, t = z1.shape[:2]
@@ -110,8 +109,9 @@ class EvaluationMixin:
         generated = self.sample_rollouts(
             context, horizon, actions, self.val_rollout_steps, samples, generator
         )
+        units = self.score_units(context, target, generated)
         metrics.rollout.update(
-            *self.score_units(context, target, generated), self.object_hits(generated, target)
+            *units, self.object_hits(generated, target), self.oracle_figures(batch, units[1], samples)
         )
         return {"context": context, "target": target, **{f"k{k}": g[0] for k, g in generated.items()}}
 
@@ -172,13 +172,25 @@ class EvaluationMixin:
             return None
         return lambda latents: locate(self.destandardize(latents))
 
+    def oracle_figures(self, batch: dict[str, Tensor], target: Tensor, samples: int) -> Optional[dict]:
+        """The oracle's figures (``scores.oracle_scores``) on the rollout rows, target [R, H, N_b, D_b] in the
+        dataset's units, for data with an oracle (``DynamicsDataModule.oracle``: the built-in world) whose
+        batches locate their windows; else None."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        oracle = getattr(datamodule, "oracle", None)
+        if oracle is None or "episode" not in batch or "actions_discrete" not in batch:
+            return None
+        return oracle_scores(oracle, batch, self.hparams.val_context_frames, target, samples)
+
     def log_rollout_scores(self, metrics: ValidationMetrics, prefix: str) -> None:
         """Log the epoch's rollout scores (synchronised across ranks by torchmetrics) and reset them."""
         if metrics.rollout.update_count:
             scores = metrics.rollout.compute()
             self.log_dict(
                 {
-                    f"{prefix}/rollout_{name}" if not name.startswith("object") else f"{prefix}/{name}": value
+                    f"{prefix}/{name}"
+                    if name.startswith(("object", "oracle"))
+                    else f"{prefix}/rollout_{name}": value
                     for name, value in scores.items()
                 },
                 sync_dist=False,

@@ -18,6 +18,7 @@ from torch import Tensor
 from dreamer_dynamics.data.stats import standardization
 from dreamer_dynamics.errors import ConfigError
 from dreamer_dynamics.model import rollout
+from dreamer_dynamics.model.rollout import check_context_shape
 
 
 class InferenceMixin:
@@ -98,6 +99,7 @@ class InferenceMixin:
         """
         as_numpy = isinstance(context, np.ndarray)
         context = torch.as_tensor(context, device=self.device, dtype=torch.float32)
+        check_context_shape(context, self.config)  # before standardising: the shapes, not a broadcast error
         if actions_discrete is not None:
             actions_discrete = torch.as_tensor(actions_discrete, device=self.device).long()
             if actions_discrete.dim() == 2:  # [B, T]: one categorical component
@@ -164,8 +166,7 @@ class InferenceMixin:
     ) -> dict[str, Tensor]:
         """Roll out each window from its first ``val_context_frames`` frames (saved by ``RolloutWriter``, in
         the dataset's own units); a batch from a context file (``"context"``, ``--data.predict_context``)
-        rolls
-        out from all its frames."""
+        rolls out from all its frames."""
         if "context" in batch:
             return self._predict_from_context(batch, batch_idx)
         z1 = batch["latents"]  # (B, T, N_b, D_b)

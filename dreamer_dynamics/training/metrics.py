@@ -1,14 +1,14 @@
 """Validation metrics as torchmetrics objects (synchronised across ranks by Lightning when logged).
 
 * ``val/flow_loss_tau{lo}_{hi}``: per-frame flow loss ||x1_hat - z1||^2 at the finest step d_min, bucketed by
-  the signal level tau of the frame (tau = 0 pure noise, tau = 1 clean; docs/design.md §2). Shows where along
-  the
-  path the model is weak; low tau (mostly noise) is expected to be hardest.
+  the signal level tau of the frame (tau = 0 pure noise, tau = 1 clean; docs/design.md §2): where along the
+  path the model is weak; low tau (mostly noise) is the hardest.
 * ``val/bootstrap_loss``: mean per-frame bootstrap loss (Eq. 7) over frames with d > d_min.
 * ``val/loss``: the ramp-weighted shortcut-forcing loss (docs/design.md §3.6), not normalised.
 * ``val/rollout_*``: K-step rollouts scored with the energy score over several samples (``scores.py``), next
-to
-  the copy-last and context-mean baselines; logged at epoch end by ``EvaluationMixin.log_rollout_scores``.
+  to the copy-last and context-mean baselines; logged at epoch end by ``EvaluationMixin.log_rollout_scores``.
+* ``val/oracle_es``, ``val/oracle_mean_es``, ``val/rollout_excess_k{K}``: the same frames against the built-in
+  world's oracle (``scores.oracle_scores``), where the data have one.
 """
 
 from __future__ import annotations

@@ -4,9 +4,8 @@ Muon (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networ
 update of a weight matrix by the nearest semi-orthogonal matrix (a Newton-Schulz iteration), so every
 direction of the update moves at the same rate instead of a few dominant ones. It is meant for hidden
 matrices only: the input projection, the output head, embedding tables, norm gains and biases stay on AdamW.
-On the built-in world it learns the balls' motion faster than AdamW alone, for 6-10 % more time per step
-(docs/benchmarks.md, "Learning the built-in world"). The paper names no optimiser; this is our choice
-(docs/design.md §10).
+The quickstart uses it (its comparison with AdamW: docs/experiments.md). The paper names no optimiser; this is
+our choice (docs/design.md §10).
 
 One optimiser object, not two, so Lightning's automatic optimisation, gradient clipping, learning-rate
 schedulers (which scale every group's ``lr`` by one factor: Muon's and AdamW's rates keep their ratio) and
@@ -27,7 +26,10 @@ from typing import Any, Optional
 
 import torch
 
+from dreamer_dynamics.errors import ConfigError
+
 HIDDEN_MATRIX = "hidden_matrix"  # the parameter-group flag set by training.optim.parameter_groups
+ON_MUON = "muon"  # the parameter-group flag MuonAdamW sets: True where Muon (not AdamW) updates the group
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -36,7 +38,9 @@ class MuonAdamW(torch.optim.Optimizer):
     Both inner optimisers work on this optimiser's own group dicts and share its ``state``, so
     ``param_groups``, ``state_dict()`` and ``load_state_dict()`` are the standard ones. Where Muon cannot run
     (torch < 2.9 has no ``torch.optim.Muon``; FSDP shards or flattens the matrices) every group uses AdamW at
-    ``lr``, with a warning that says why.
+    ``lr``, with a warning that says why. Each group records whether Muon updates it (``muon``), so a state
+    saved with Muon is refused where Muon cannot run (and the other way round) instead of continuing with the
+    other optimiser's state and rate.
     """
 
     def __init__(
@@ -60,12 +64,13 @@ class MuonAdamW(torch.optim.Optimizer):
                 "dreamer_dynamics.training.parameter_groups(model) returns them; got plain parameters or "
                 "unflagged groups"
             )
-        problem = self._muon_problem(groups)
-        self.muon_active = problem is None
-        if problem is not None:
-            warnings.warn(f"MuonAdamW: {problem}; every parameter uses AdamW at lr", stacklevel=2)
+        self.muon_problem = self._muon_problem(groups)
+        self.muon_active = self.muon_problem is None
+        if self.muon_problem is not None:
+            warnings.warn(f"MuonAdamW: {self.muon_problem}; every parameter uses AdamW at lr", stacklevel=2)
         for group in groups:
-            if group[HIDDEN_MATRIX] and self.muon_active:
+            group[ON_MUON] = bool(group[HIDDEN_MATRIX] and self.muon_active)
+            if group[ON_MUON]:
                 group.setdefault("lr", muon_lr)
                 group.setdefault("weight_decay", muon_weight_decay)
         super().__init__(groups, {"lr": lr, "weight_decay": weight_decay})
@@ -91,8 +96,8 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def _build_inner(self) -> None:
         """(Re)create the inner optimisers on this optimiser's current group dicts and shared state."""
-        hidden = [g for g in self.param_groups if g[HIDDEN_MATRIX] and self.muon_active]
-        rest = [g for g in self.param_groups if not (g[HIDDEN_MATRIX] and self.muon_active)]
+        hidden = [g for g in self.param_groups if g[ON_MUON]]
+        rest = [g for g in self.param_groups if not g[ON_MUON]]
         self._inner: list[torch.optim.Optimizer] = []
         if any(g["params"] for g in hidden):
             self._inner.append(torch.optim.Muon(hidden, **self._muon_options))
@@ -112,5 +117,17 @@ class MuonAdamW(torch.optim.Optimizer):
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = [bool(group.get(ON_MUON)) for group in state_dict["param_groups"]]
+        here = [group[ON_MUON] for group in self.param_groups]
+        if len(saved) == len(here) and saved != here:  # other group counts: torch's own error
+            if any(saved):
+                raise ConfigError(
+                    f"MuonAdamW: the optimiser state was saved with Muon on the blocks' matrices, but here "
+                    f"{self.muon_problem}; resume where Muon runs (torch >= 2.9, not FSDP)"
+                )
+            raise ConfigError(
+                "MuonAdamW: the optimiser state was saved without Muon (every group on AdamW, torch < 2.9 or "
+                "FSDP), but Muon runs here; resume where it was saved"
+            )
         super().load_state_dict(state_dict)  # replaces the group dicts and the state: relink the inner ones
         self._build_inner()

@@ -1,8 +1,8 @@
 """Optimiser and learning-rate schedule defaults.
 
 The paper does not give an optimiser (our choice, docs/design.md §10); we use the transformer-standard recipe:
-AdamW(lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01) with decay only on matrices (not on norms, biases or
-embedding tables), a linear warmup and a cosine decay to ``min_lr_ratio`` of the peak.
+AdamW(lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01) with decay only on linear maps (not on norms, biases,
+embedding tables or learned tokens), a linear warmup and a cosine decay to ``min_lr_ratio`` of the peak.
 
 Both are injectable from YAML through LightningCLI's ``OptimizerCallable`` / ``LRSchedulerCallable``::
 
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from dreamer_dynamics.training.muon import HIDDEN_MATRIX
+from dreamer_dynamics.training.muon import HIDDEN_MATRIX, ON_MUON
 
 DEFAULT_LR = 3e-4
 DEFAULT_BETAS = (0.9, 0.95)
@@ -34,20 +34,21 @@ DEFAULT_WEIGHT_DECAY = 0.01
 
 
 def parameter_groups(module: nn.Module) -> list[dict]:
-    """Split parameters into the blocks' hidden matrices, the other matrices, and an undecayed group.
+    """Split parameters into the blocks' hidden matrices, the other linear maps, and an undecayed group.
 
-    Norm gains, biases and embedding tables (1-D, or ``nn.Embedding`` weights) are not decayed: shrinking them
-    towards zero changes what they represent instead of regularising a linear map. The two decayed groups
-    carry no ``weight_decay`` key, so they use whatever the configured optimiser was given. Every group
-    carries a ``hidden_matrix`` flag: True for the linear weights inside ``module.blocks`` (attention and MLP
-    matrices), which ``MuonAdamW`` hands to Muon; AdamW and other optimisers ignore the key.
+    Only the weights of ``nn.Linear`` maps are decayed. Norm gains, biases, embedding tables and learned
+    tokens (``registers``, the action base token) are not: shrinking them towards zero changes what they
+    represent instead of regularising a linear map. The two decayed groups carry no ``weight_decay`` key, so
+    they use whatever the configured optimiser was given. Every group carries a ``hidden_matrix`` flag: True
+    for the linear weights inside ``module.blocks`` (attention and MLP matrices), which ``MuonAdamW`` hands to
+    Muon; AdamW and other optimisers ignore the key.
     """
-    hidden_ids, no_decay_ids = set(), set()
+    hidden_ids, linear_ids = set(), set()
     for block in getattr(module, "blocks", ()):
         hidden_ids.update(id(sub.weight) for sub in block.modules() if isinstance(sub, nn.Linear))
     for sub in module.modules():
-        if isinstance(sub, nn.Embedding):
-            no_decay_ids.add(id(sub.weight))
+        if isinstance(sub, nn.Linear):
+            linear_ids.add(id(sub.weight))
     hidden, decay, no_decay = [], [], []
     for param in module.parameters():
         if not param.requires_grad:
@@ -55,7 +56,7 @@ def parameter_groups(module: nn.Module) -> list[dict]:
         if id(param) in hidden_ids:
             hidden.append(param)
         else:
-            (no_decay if param.ndim < 2 or id(param) in no_decay_ids else decay).append(param)
+            (decay if id(param) in linear_ids else no_decay).append(param)
     return [
         {"params": hidden, HIDDEN_MATRIX: True},
         {"params": decay, HIDDEN_MATRIX: False},
@@ -63,48 +64,14 @@ def parameter_groups(module: nn.Module) -> list[dict]:
     ]
 
 
-def upgrade_optimizer_state(state: dict, module: nn.Module) -> dict:
-    """An optimiser state saved with the two groups of earlier releases (decayed, undecayed), rewritten for
-    ``parameter_groups``' three (hidden matrices, other matrices, undecayed), so those checkpoints resume.
-
-    Each parameter keeps its own state; both halves of the split group keep its options. Anything else
-    (already three groups, parameters saved by name as FSDP does, sizes that do not match ``module``) is
-    returned as it is, for torch to accept or refuse.
-    """
-    groups = state.get("param_groups", [])
-    if len(groups) != 2 or HIDDEN_MATRIX in groups[0]:
-        return state
-    hidden, decay, no_decay = (group["params"] for group in parameter_groups(module))
-    matrices = {id(p) for p in hidden + decay}
-    old_decay = [p for p in module.parameters() if id(p) in matrices]  # the old group, in parameter order
-    if [len(g["params"]) for g in groups] != [len(old_decay), len(no_decay)]:
-        return state
-    if not all(isinstance(i, int) for g in groups for i in g["params"]):
-        return state
-    new_index = {id(p): index for index, p in enumerate(hidden + decay + no_decay)}
-    old_ids = groups[0]["params"] + groups[1]["params"]
-    renumber = {old: new_index[id(p)] for old, p in zip(old_ids, old_decay + no_decay)}
-    split = [
-        {**groups[0], "params": [new_index[id(p)] for p in hidden], HIDDEN_MATRIX: True},
-        {**groups[0], "params": [new_index[id(p)] for p in decay], HIDDEN_MATRIX: False},
-        {**groups[1], "params": [new_index[id(p)] for p in no_decay], HIDDEN_MATRIX: False},
-    ]
-    return {**state, "state": {renumber[i]: v for i, v in state["state"].items()}, "param_groups": split}
-
-
-def upgrade_two_group_checkpoint(checkpoint: dict, module: nn.Module) -> None:
-    """In place: a Lightning checkpoint's optimiser states (``upgrade_optimizer_state``) and, where one was
-    rewritten, its schedulers' per-group lists (``base_lrs``, ``_last_lr``: the split group's entry twice)."""
-    states = checkpoint.get("optimizer_states", [])
-    upgraded = [upgrade_optimizer_state(state, module) for state in states]
-    if all(new is old for new, old in zip(upgraded, states)):
-        return
-    checkpoint["optimizer_states"] = upgraded
-    for scheduler in checkpoint.get("lr_schedulers", []):
-        for key in ("base_lrs", "_last_lr"):
-            values = scheduler.get(key)
-            if isinstance(values, list) and len(values) == 2:
-                scheduler[key] = [values[0], *values]
+def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The logged rates: ``train/lr_adamw`` of the first group AdamW (or the configured optimiser) updates,
+    ``train/lr_muon`` of the first group Muon updates (``MuonAdamW`` only)."""
+    rates: dict[str, float] = {}
+    for group in optimizer.param_groups:
+        key = "train/lr_muon" if group.get(ON_MUON) else "train/lr_adamw"
+        rates.setdefault(key, float(group["lr"]))
+    return rates
 
 
 def default_optimizer(params: Iterable) -> torch.optim.Optimizer:

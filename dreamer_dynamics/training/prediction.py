@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
 
 from dreamer_dynamics.atomic import atomic_write
 
@@ -31,7 +32,8 @@ class RolloutWriter(BasePredictionWriter):
     half-written file.
 
     Args:
-        output_dir: where to write; None = ``<trainer.default_root_dir>/predictions``.
+        output_dir: where to write; None = ``<trainer.default_root_dir>/predictions/version_N``, a new N for
+            every ``predict``.
         format: ``npy``, ``npz`` or ``pt``.
         pictures: also write ``{name}.seq{b}.png`` and ``.gif`` where the data has a decoder.
         max_pictures: most sequences per batch written as pictures.
@@ -54,11 +56,29 @@ class RolloutWriter(BasePredictionWriter):
         self.pictures = pictures
         self.max_pictures = max_pictures
         self.gif_ms_per_frame = gif_ms_per_frame
+        self._run_dir: Optional[Path] = None
+        self._written = {"windows": 0, "pictures": 0}  # this rank's, for the closing line
 
     def resolved_dir(self, trainer: pl.Trainer) -> Path:
+        """``output_dir``, else this run's own ``<default_root_dir>/predictions/version_N`` (the first free N,
+        chosen on rank 0 when ``predict`` starts: a second ``predict`` never overwrites the first)."""
         if self.output_dir is not None:
             return self.output_dir
-        return Path(trainer.default_root_dir) / "predictions"
+        if self._run_dir is None:
+            base = Path(trainer.default_root_dir) / "predictions"
+            taken = [int(p.name[8:]) for p in base.glob("version_*") if p.name[8:].isdigit()]
+            version = trainer.strategy.broadcast(max(taken, default=-1) + 1)
+            self._run_dir = base / f"version_{version}"
+        return self._run_dir
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_dir, self._written = None, {"windows": 0, "pictures": 0}
+        self.resolved_dir(trainer)  # every rank together (a broadcast)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        written, out = self._written, self.resolved_dir(trainer)
+        pictures = f", {written['pictures']} PNG + GIF pictures" if written["pictures"] else ""
+        rank_zero_info(f"predict: {written['windows']} rollouts ({self.format}{pictures}) in {out}")
 
     def write_on_batch_end(
         self,
@@ -86,9 +106,11 @@ class RolloutWriter(BasePredictionWriter):
         else:
             for key, value in tensors.items():
                 _atomic_write(out / f"{name}.{key}.npy", lambda f, v=value: np.save(f, _numpy(v)))
+        self._written["windows"] += len(next(iter(tensors.values()))) if tensors else 0
         decoder = getattr(trainer.datamodule, "decoder", None) if trainer.datamodule is not None else None
         if self.pictures and decoder is not None and "rollout" in tensors:
             self.write_pictures(out, name, tensors, decoder)
+            self._written["pictures"] += min(self.max_pictures, tensors["rollout"].shape[0])
 
     def write_pictures(
         self, out: Path, name: str, tensors: dict[str, torch.Tensor], decoder: Callable
