@@ -1,25 +1,25 @@
-"""Rollout quality against the number of sampling steps K (the paper's Fig. 8), on the stochastic built-in world.
+"""Rollout quality against the sampling steps K (the paper's Fig. 8), on the stochastic built-in world.
 
-Few-step sampling can only show where the future is uncertain: a perfect x-predictor of a deterministic world
-outputs the true next frame from pure noise, and then one Euler step is as good as many. On the stochastic world
-(``--data.world stochastic``: each ball turns at random) a flow-only model's one-step sample is the blurred mean
-of the possible futures, while a shortcut model learns to jump to one of them.
+Few-step sampling only shows where the future is uncertain: a perfect x-predictor of a deterministic world
+outputs the true next frame from pure noise, and then one Euler step is as good as many. On the stochastic
+world (``--data.world stochastic``: balls turn at random) a flow-only model's one-step sample is the blurred
+mean of the possible futures, while a shortcut model learns to jump to one of them.
 
-For each seed, a pair of models is trained by the quickstart recipe (``lightning_configs/quickstart.yaml``) at
-equal training compute:
+For each seed, a pair of models is trained by the quickstart recipe (``lightning_configs/quickstart.yaml``)
+at equal training compute:
 
 * **shortcut**: the recipe (shortcut forcing, docs/design.md §3);
 * **flow-only**: every frame at d_min, no bootstrap term (plain diffusion forcing). Its steps are cheaper (no
-  teacher passes), so it trains ``warmup + (steps - warmup) * c`` steps, where c is the cost of a shortcut step
-  over a flow-only step, timed round-robin on this machine before training. It never saw another step size, so
-  it is sampled with the d_min label at every K.
+  teacher passes), so it trains ``warmup + (steps - warmup) * c`` steps, where c is the cost of a shortcut
+  step over a flow-only step, timed round-robin on this machine before training. It never saw another step
+  size, so it is sampled with the d_min label at every K.
 
 Both models of a pair share their initial weights, data order and noise stream (``seed_everything``); seeds
-differ in those, never in the data split. Each model then rolls out held-out contexts from newly generated
-episodes of the same world (``--contexts``, 4 context frames, ``--samples`` samples each) for the longest
-horizon, with K = 1, 2, 4, ..., K_max, scored with the energy score over the first 8 frames and over the whole
-horizon, against the oracle (``data/oracle.py``): its own ES (the floor), the excess (0 = the oracle, 1 = copy
-last), and the blur baseline (the mean of 32 oracle samples as a point forecast).
+differ in those, never in the data. Each model then rolls out held-out contexts from newly generated
+episodes of the same world (``--contexts``, 4 context frames, ``--samples`` samples each) over the whole
+horizon with K = 1, 2, 4, ..., K_max, scored with the energy score over the first 8 frames and over all of
+them, against the oracle (``data/oracle.py``): its own ES (the floor), the excess (0 = the oracle, 1 =
+copy-last), and the blur baseline (the mean of 32 oracle samples as a point forecast).
 
     python -m benchmarks.quality                   # 3 seeds x 2 models; time: docs/benchmarks.md
     python -m benchmarks.quality --seeds 0         # one pair
@@ -240,7 +240,8 @@ def run(args: argparse.Namespace) -> dict:
             }
             short = scores[f"h{min(SHORT_HORIZON, args.horizon)}"]
             print(
-                f"seed {seed} {name}: {module.global_step} steps in {seconds:.0f} s; ES(K)/ES(K_max) at 8 frames "
+                f"seed {seed} {name}: {module.global_step} steps in {seconds:.0f} s; "
+                "ES(K)/ES(K_max) at 8 frames "
                 + ", ".join(
                     f"K={k}: {over_kmax(short, k, module.config.k_max):.3f}"
                     for k in [2**i for i in range(module.config.k_max.bit_length())]
@@ -277,8 +278,7 @@ def summary(report: dict) -> dict:
                     figures.setdefault(f"{model}_excess_k{k}", []).append(s[f"excess_k{k}"])
                 figures.setdefault(f"{model}_excess_kmax", []).append(s[f"excess_k{k_max}"])
             a, b = pair["shortcut"]["scores"][horizon], pair["flow_only"]["scores"][horizon]
-            for k in (1, 4, k_max):
-                name = f"diff_es_k{k}" if k != k_max else "diff_es_kmax"
+            for name, k in (("diff_es_k1", 1), ("diff_es_k4", 4), ("diff_es_kmax", k_max)):
                 figures.setdefault(name, []).append(a[f"es_k{k}"] - b[f"es_k{k}"])
             figures.setdefault("oracle_es", []).append(a["oracle_es"])
             figures.setdefault("oracle_mean_es", []).append(a["oracle_mean_es"])
@@ -332,7 +332,8 @@ def plot(report: dict, path: Path) -> None:
 def print_report(report: dict) -> None:
     k_max = report["k_max"]
     print(
-        f"quality on the {report['world']} world: {len(report['seeds'])} seed(s), {report['contexts']} contexts x "
+        f"quality on the {report['world']} world: {len(report['seeds'])} seed(s), "
+        f"{report['contexts']} contexts x "
         f"{report['samples']} samples; flow-only trains {report['cost_ratio']:.2f}x the shortcut model's "
         "post-warm-up steps (equal compute)"
     )
@@ -342,10 +343,10 @@ def print_report(report: dict) -> None:
             f"{row['oracle_mean_es']['mean']:.3f}, copy-last {row['es_copy_last']['mean']:.3f}"
         )
         for name in ("shortcut", "flow_only"):
+            k1, k4 = row[f"{name}_k1_over_kmax"], row[f"{name}_k4_over_kmax"]
             print(
-                f"  {name:>9}: ES(1)/ES({k_max}) {row[f'{name}_k1_over_kmax']['mean']:.3f} "
-                f"± {row[f'{name}_k1_over_kmax']['sd']:.3f}, ES(4)/ES({k_max}) "
-                f"{row[f'{name}_k4_over_kmax']['mean']:.3f} ± {row[f'{name}_k4_over_kmax']['sd']:.3f}, excess K=1 "
+                f"  {name:>9}: ES(1)/ES({k_max}) {k1['mean']:.3f} ± {k1['sd']:.3f}, "
+                f"ES(4)/ES({k_max}) {k4['mean']:.3f} ± {k4['sd']:.3f}, excess K=1 "
                 f"{row[f'{name}_excess_k1']['mean']:.3f}, K=4 {row[f'{name}_excess_k4']['mean']:.3f}, "
                 f"K={k_max} {row[f'{name}_excess_kmax']['mean']:.3f}"
             )
