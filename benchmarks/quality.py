@@ -23,12 +23,14 @@ copy-last), and the blur baseline (the mean of 32 oracle samples as a point fore
 
     python -m benchmarks.quality                   # 3 seeds x 2 models; time: docs/benchmarks.md
     python -m benchmarks.quality --seeds 0         # one pair
+    python -m benchmarks.quality --combine a.json b.json c.json   # one report from per-seed runs
     python -m benchmarks.quality --smoke           # seconds: checks the logic only
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -184,7 +186,22 @@ def over_kmax(scores: dict, k: int, k_max: int) -> float:
     return scores[f"es_k{k}"] / scores[f"es_k{k_max}"]
 
 
+def combine(paths: list[Path]) -> dict:
+    """One report from the reports of runs over disjoint seeds (e.g. one process per seed)."""
+    reports = [json.loads(Path(path).read_text()) for path in paths]
+    report = {**reports[0], "seeds": {}, "cost_ratio": [r["cost_ratio"] for r in reports], "combined": paths}
+    for part in reports:
+        report["seeds"].update(part["seeds"])
+    report["summary"] = summary(report)
+    return report
+
+
 def run(args: argparse.Namespace) -> dict:
+    if args.combine:
+        report = combine(args.combine)
+        if args.plot:
+            plot(report, args.plot)
+        return report
     threads = pin_threads(args.threads)
     if args.smoke:
         args.steps, args.contexts, args.samples, args.horizon, args.seeds, args.repeat = 4, 4, 2, 4, [0], 1
@@ -221,7 +238,7 @@ def run(args: argparse.Namespace) -> dict:
             ratio = step_cost_ratio(
                 build(args, [], args.workdir / "calibration", seed, args.steps), args.repeat
             )
-            report["cost_ratio"] = ratio
+            report["cost_ratio"] = round(ratio, 3)
         steps = shortcut.trainer.max_steps
         warmup = min(shortcut.model.hparams.bootstrap_warmup_steps, steps)
         flow_steps = warmup + round((steps - warmup) * ratio)
@@ -334,7 +351,7 @@ def print_report(report: dict) -> None:
     print(
         f"quality on the {report['world']} world: {len(report['seeds'])} seed(s), "
         f"{report['contexts']} contexts x "
-        f"{report['samples']} samples; flow-only trains {report['cost_ratio']:.2f}x the shortcut model's "
+        f"{report['samples']} samples; flow-only trains {report['cost_ratio']}x the shortcut model's "
         "post-warm-up steps (equal compute)"
     )
     for horizon, row in report["summary"].items():
@@ -378,6 +395,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-seed", type=int, default=0, help="seed of the rollout and oracle noise")
     parser.add_argument("--eval-data-seed", type=int, default=1, help="seed of the evaluation episodes")
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="report the seeds of these JSON reports together",
+    )
     parser.add_argument("--workdir", type=Path, default=RESULTS_DIR / "quality_runs")
     parser.add_argument("--plot", type=Path, default=RESULTS_DIR / "quality.png")
     return parse_benchmark_args(parser, argv)
