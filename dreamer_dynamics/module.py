@@ -76,6 +76,7 @@ SHORTCUT_TERMS = ("flow", "bootstrap")  # named terms of ShortcutForcingLoss.ter
 
 def check_settings(
     image_row_share: float,
+    bootstrap_row_share: float | None,
     val_rollout_samples: int,
     loss_weighting: str,
     context_prefix_frames: int,
@@ -84,6 +85,10 @@ def check_settings(
     """One ConfigError line for the first DynamicsModule setting out of its range."""
     if not 0.0 <= image_row_share <= 1.0:
         raise ConfigError(f"DynamicsModule: image_row_share must be in [0, 1], got {image_row_share}")
+    if bootstrap_row_share is not None and not 0.0 <= bootstrap_row_share <= 1.0:
+        raise ConfigError(
+            f"DynamicsModule: bootstrap_row_share must be in [0, 1] or null, got {bootstrap_row_share}"
+        )
     if val_rollout_samples < 2:
         raise ConfigError(
             f"DynamicsModule: val_rollout_samples must be >= 2 (energy score), got {val_rollout_samples}"
@@ -110,6 +115,9 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             warmup steps, cosine to 10 % over the Trainer's ``max_steps``).
         image_row_share: share of batch rows trained as independent images (paper: 30 %, docs/design.md §3.8).
         d_min_share: share of frames at the finest step d_min; None = uniform over K (paper default, §3.1).
+        bootstrap_row_share: share of rows whose frames draw K by that schedule; the other rows hold every
+            frame at d_min. Teacher passes run only on rows holding a bootstrap frame, so this sets the cost
+            of a step (docs/design.md §3.7); None = every row (paper).
         bootstrap_warmup_steps: train the flow term only (every frame at d_min) for this many steps first: the
             bootstrap targets of a random network carry no information, and flow-only steps skip the teacher.
         loss_weighting: per-frame weight of both loss terms over the signal level: ``ramp`` (paper Eq. 8,
@@ -157,6 +165,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         scheduler: Optional[LRSchedulerCallable] = None,
         image_row_share: float = 0.3,
         d_min_share: Optional[float] = None,
+        bootstrap_row_share: Optional[float] = None,
         bootstrap_warmup_steps: int = 0,
         loss_weighting: Literal["ramp", "uniform"] = "ramp",
         context_prefix_frames: int = 0,
@@ -181,7 +190,12 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         if isinstance(model, dict):  # from a checkpoint's hyper_parameters (stored as a plain dict)
             model = DynamicsConfig(**model)
         check_settings(
-            image_row_share, val_rollout_samples, loss_weighting, context_prefix_frames, val_context_frames
+            image_row_share,
+            bootstrap_row_share,
+            val_rollout_samples,
+            loss_weighting,
+            context_prefix_frames,
+            val_context_frames,
         )
         units = latent_units_or_identity(latent_units, model.latent_dim, "DynamicsModule: latent_units")
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "latent_units"])
@@ -233,6 +247,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             self.config.k_max,
             generator=generator or self.noise_generator,
             d_min_share=share,
+            bootstrap_row_share=self.hparams.bootstrap_row_share,
             device=self.device,
         )
         level = context_signal_level(self.hparams.context_noise, self.config.k_max)

@@ -87,3 +87,27 @@ def test_context_prefix_labels_the_first_frames_as_rollout_context():
     for frames in (-1, 6):
         with pytest.raises(ValueError, match="leave a frame to predict"):
             with_context_prefix(tau, d, frames, level, 1 / 16)
+
+
+def test_bootstrap_row_share_keeps_other_rows_at_d_min():
+    """Rows outside the share hold every frame at d_min with tau uniform on the d_min grid; rows inside draw K
+    by the schedule (the share of bootstrap rows is ~r); r = 1 draws every row like the plain schedule."""
+    k_max, rows, time = 8, 4000, 6
+    gen = torch.Generator().manual_seed(0)
+    tau, d = sample_signal_and_step(
+        rows, time, k_max, generator=gen, d_min_share=0.0, bootstrap_row_share=0.25
+    )
+    bootstrap_rows = (d > 1 / k_max).any(1)
+    assert abs(bootstrap_rows.float().mean().item() - 0.25) < 0.03
+    flow = ~bootstrap_rows
+    assert torch.all(d[flow] == 1 / k_max)
+    levels = torch.bincount((tau[flow] * k_max).long().flatten(), minlength=k_max).float()
+    assert levels.min() / levels.max() > 0.85  # uniform on the d_min grid, not the coarse grids' 0
+    assert torch.all(d[bootstrap_rows] > 1 / k_max)  # d_min_share 0: inside the share no frame sits at d_min
+    plain = sample_signal_and_step(50, time, k_max, generator=torch.Generator().manual_seed(1))
+    full = sample_signal_and_step(
+        50, time, k_max, generator=torch.Generator().manual_seed(1), bootstrap_row_share=1.0
+    )
+    assert torch.equal(plain[1], full[1]) and torch.equal(plain[0], full[0])  # the same draws before the rows
+    with pytest.raises(ValueError, match="bootstrap_row_share"):
+        sample_signal_and_step(2, 2, k_max, bootstrap_row_share=1.5)

@@ -43,18 +43,27 @@ def sample_signal_and_step(
     *,
     generator: torch.Generator | None = None,
     d_min_share: float | None = None,
+    bootstrap_row_share: float | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Draw (tau, d), float32 [batch, time], independently per frame (diffusion forcing).
 
     K ~ U{1, 2, 4, ..., k_max} (or ``d_min_share`` at K = k_max), d = 1/K, then tau ~ U{0, d, ..., 1 - d}: the
     grid reached by that step size. tau = 1 is never drawn. All values are dyadic, hence exact in float32.
+    ``bootstrap_row_share``: only that share of rows draws K so; the other rows hold every frame at d_min.
+    The teacher passes run only on rows holding a bootstrap frame (docs/design.md §3.7), so this sets the cost
+    of a step; None = every row (the paper).
     """
     probs = step_level_probs(k_max, d_min_share).to(device)
     gen_device = generator.device if generator is not None else device
     level = torch.multinomial(probs.to(gen_device), batch * time, replacement=True, generator=generator)
     steps = torch.pow(2.0, level.to(torch.float32)).reshape(batch, time)  # K per frame
     u = torch.rand(batch, time, generator=generator, device=gen_device)
+    if bootstrap_row_share is not None:
+        if not 0.0 <= bootstrap_row_share <= 1.0:
+            raise ValueError(f"bootstrap_row_share must lie in [0, 1], got {bootstrap_row_share}")
+        rows = torch.rand(batch, generator=generator, device=gen_device) < bootstrap_row_share
+        steps = torch.where(rows[:, None], steps, torch.full_like(steps, float(k_max)))
     index = torch.floor(u * steps).clamp_max(steps - 1)  # uniform over {0, ..., K - 1}
     tau, d = index / steps, 1.0 / steps
     return tau.to(device), d.to(device)
