@@ -35,18 +35,18 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "lightning_configs" / "qui
 # name -> CLI overrides of the quickstart config (the recipe is the config itself).
 VARIANTS: dict[str, list[str]] = {
     "recipe": [],
-    "no_context_prefix": ["--model.context_prefix_frames=0"],  # the previous recipe: every level drawn
+    "no_context_prefix": ["--model.context_prefix_frames=0"],  # every frame's level drawn
     "context_prefix_4": ["--model.context_prefix_frames=4"],
-    "width_64": [  # the model of the previous recipe: width 64, 4 heads
+    "width_64": [  # a narrower model: width 64, 4 heads
         "--model.model.dim=64",
         "--model.model.heads=4",
     ],
     "flat_positions": ["--data.token_grid=[16,1]"],  # space RoPE along the token index only, not (row, col)
-    "longer_bootstrap": ["--model.bootstrap_warmup_steps=1275"],  # the bootstrap term for the last 1/4
+    "bootstrap_rows_0.5": ["--model.bootstrap_row_share=0.5"],  # half the rows train the bootstrap term
     "ramp_weighting": ["--model.loss_weighting=ramp"],  # the paper's Eq. 8 weight instead of the uniform one
-    "short_windows_12": ["--data.short_length=12", "--data.short_batch_size=16"],  # the previous windows
+    "short_windows_12": ["--data.short_length=12", "--data.short_batch_size=16"],  # shorter training windows
     "lr_2e-3": ["--model.optimizer.init_args.lr=0.002"],
-    "adamw": [  # the previous recipe: AdamW for every parameter, constant rate after the warm-up
+    "adamw": [  # AdamW for every parameter, constant rate after the warm-up
         "--model.optimizer.class_path=torch.optim.AdamW",
         "--model.scheduler.init_args.min_lr_ratio=1.0",
     ],
@@ -54,10 +54,16 @@ VARIANTS: dict[str, list[str]] = {
     "muon_lr_0.01": ["--model.optimizer.init_args.muon_lr=0.01"],
     "muon_lr_0.04": ["--model.optimizer.init_args.muon_lr=0.04"],
     "constant_lr": ["--model.scheduler.init_args.min_lr_ratio=1.0"],  # no decay after the warmup
-    "less_flow": ["--model.d_min_share=0.75", "--model.bootstrap_warmup_steps=200"],  # the earlier recipe
-    "paper_sampling": [
-        "--model.d_min_share=null"
-    ],  # K uniform over the powers of two (1/5 of frames at d_min)
+    "bootstrap_every_row": [  # as many bootstrap frames, spread over every row (teacher passes on every row)
+        "--model.bootstrap_row_share=null",
+        "--model.d_min_share=0.75",
+    ],
+    "paper_sampling": [  # K uniform over the powers of two in every row (1/5 of frames at d_min)
+        "--model.bootstrap_row_share=null",
+        "--model.d_min_share=null",
+    ],
+    "flow_only": ["--model.d_min_share=1.0", "--model.bootstrap_warmup_steps=0"],  # diffusion forcing alone
+    "deterministic_world": ["--data.world=deterministic"],  # the balls never turn
     "no_bootstrap_warmup": ["--model.bootstrap_warmup_steps=0"],
     "image_rows_0.3": ["--model.image_row_share=0.3"],  # the paper's share of rows trained as images
     "no_zero_init": ["--model.model.zero_init_output=false"],

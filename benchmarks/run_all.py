@@ -107,11 +107,11 @@ def summary_rows(reports: dict) -> list:
             )
         )
     if "quality" in reports:
-        for name, m in reports["quality"]["models"].items():
-            s = m["scores"]
-            ks = sorted(int(k[len("es_ratio_k") :]) for k in s if k.startswith("es_ratio_k"))
-            figures = " ".join(f"K={k}:{s[f'es_ratio_k{k}']:.3f}" for k in ks)
-            rows.append(("quality", f"{name} rollout ES / copy-last ES", figures, ""))
+        for horizon, row in reports["quality"]["summary"].items():
+            for name in ("shortcut", "flow_only"):
+                figures = " ".join(f"K={k}:{row[f'{name}_k{k}_over_kmax']['mean']:.3f}" for k in (1, 4))
+                target = "<= 1.10, 1.05" if name == "shortcut" else ">= 1.25 at K=1"
+                rows.append(("quality", f"{name} ES(K) / ES(K_max), {horizon[1:]} frames", figures, target))
     if "gpu" in reports:
         g = reports["gpu"]
         rows.append(("gpu", "bf16 MFU vs measured peak", f"{g['mfu']['mfu_vs_measured_peak']:.1%}", ""))

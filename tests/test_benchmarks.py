@@ -7,7 +7,6 @@ checked against a hand count, and the timing helper against its own contract.
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -93,23 +92,29 @@ def test_scaling_and_rollout_smoke(tmp_path):
 
 
 def test_quality_and_gpu_smoke(tmp_path):
-    quality.main(["--smoke", "--output", str(tmp_path / "q.json")])
+    common = ["--workdir", str(tmp_path / "runs"), "--plot", str(tmp_path / "q.png")]
+    quality.main(["--smoke", *common, "--output", str(tmp_path / "q.json")])
     report = read(tmp_path / "q.json")
-    assert set(report["models"]) == {"shortcut", "flow_only", "shortcut_no_actions", "flow_only_no_actions"}
-    assert [m["actions_hidden"] for m in report["models"].values()] == [False, False, True, True]
-    for model in report["models"]:
-        scores = report["models"][model]["scores"]  # smoke config: K_max = 4
-        assert {f"es_ratio_k{k}" for k in (1, 2, 4)} | {"es_copy_last", "object_accuracy_k4"} <= set(scores)
-        for k in (1, 2, 4):  # ratio = ES / copy-last ES, and ES = E||X - y|| - spread <= E||X - y||
-            assert scores[f"es_ratio_k{k}"] == pytest.approx(
-                scores[f"es_k{k}"] / scores["es_copy_last"], rel=1e-5
-            )
-            assert 0.0 <= scores[f"object_accuracy_k{k}"] <= 1.0 and scores[f"spread_k{k}"] >= 0.0
-        # An untrained model is far from the data, and K changes the samples: a scorer that compared a rollout
-        # with itself, or ignored K, would fail here.
-        es = [scores[f"es_k{k}"] for k in (1, 2, 4)]
-        assert all(math.isfinite(v) and v > 1e-3 for v in es) and len(set(es)) == 3
-    assert report["summary"]["shortcut_es_K4_over_Kmax"] == pytest.approx(1.0)  # K = 4 is K_max here
+    pair = report["seeds"]["0"]
+    assert set(pair) == {"shortcut", "flow_only"}
+    # equal compute: the flow-only model trains warm-up + (steps - warm-up) x the measured cost ratio
+    assert pair["shortcut"]["steps"] == 4 and report["cost_ratio"] > 0
+    assert pair["flow_only"]["steps"] == 2 + round(2 * report["cost_ratio"])
+    for model in pair.values():
+        scores = model["scores"]["h4"]  # smoke: 4 generated frames, K_max = 4
+        floor, copy = scores["oracle_es"], scores["es_copy_last"]
+        assert 0 < floor < scores["oracle_mean_es"]  # the oracle scores better than its own mean
+        for k in (1, 2, 4):  # ratio = ES / copy-last ES; excess between the oracle (0) and copy-last (1)
+            es = scores[f"es_k{k}"]
+            assert scores[f"es_ratio_k{k}"] == pytest.approx(es / copy, rel=1e-5)
+            assert scores[f"excess_k{k}"] == pytest.approx((es - floor) / (copy - floor), rel=1e-4)
+            assert es > floor  # an untrained model is worse than the truth
+    row = report["summary"]["h4"]
+    assert row["shortcut_k4_over_kmax"]["mean"] == pytest.approx(1.0)  # K = 4 is K_max here
+    shortcut, flow = pair["shortcut"]["scores"]["h4"], pair["flow_only"]["scores"]["h4"]
+    assert row["diff_es_k1"]["values"] == [pytest.approx(shortcut["es_k1"] - flow["es_k1"])]
+    quality.main(["--combine", str(tmp_path / "q.json"), *common, "--output", str(tmp_path / "c.json")])
+    assert read(tmp_path / "c.json")["summary"] == report["summary"]
     gpu.main(["--smoke", "--output", str(tmp_path / "g.json")])
     report = read(tmp_path / "g.json")
     assert report["mfu"]["achieved_flops_per_s"] > 0 and report["rollout"]["frames_per_s"] > 0
