@@ -39,35 +39,44 @@ def _latent_stats(hparams: dict[str, Any], state: dict[str, torch.Tensor]) -> Op
     return {"mean": mean.tolist(), "std": std.tolist(), **count}
 
 
-def _dataset_codec(checkpoint: dict[str, Any], data_root: Optional[str]) -> Optional[dict[str, Any]]:
-    """The codec spec of the training dataset, if that dataset can be found."""
-    from dreamer_dynamics.data.codec import metadata_codec_spec
-    from dreamer_dynamics.data.format import METADATA_FILE, read_metadata
+def training_dataset_root(checkpoint: dict[str, Any], data_root: Optional[str] = None) -> Optional[Path]:
+    """The dataset the checkpoint was trained on (`data_root` if given), None where it is not on disk; the
+    built-in dataset is looked up in its cache, never generated."""
+    from dreamer_dynamics.data.format import METADATA_FILE
 
     data = checkpoint.get("datamodule_hyper_parameters") or {}
     root = data_root or data.get("root")
-    if root is None and "toy" in data:  # the built-in dataset: its cache path, without generating it
+    if root is None and "toy" in data:  # the built-in dataset: its cache path
         from dreamer_dynamics.data.default import ToyDatasetConfig, default_cache_dir, toy_dataset_key
 
         cache = Path(data["cache_dir"]) if data.get("cache_dir") else default_cache_dir()
         root = cache / toy_dataset_key(ToyDatasetConfig(**(data.get("toy") or {})))
     if root is None or not (Path(root) / METADATA_FILE).is_file():
+        return None
+    return Path(root)
+
+
+def _dataset_codec(checkpoint: dict[str, Any], data_root: Optional[str]) -> Optional[dict[str, Any]]:
+    """The codec spec of the training dataset, if that dataset can be found."""
+    from dreamer_dynamics.data.codec import metadata_codec_spec
+    from dreamer_dynamics.data.format import read_metadata
+
+    root = training_dataset_root(checkpoint, data_root)
+    if root is None:
+        where = data_root or (checkpoint.get("datamodule_hyper_parameters") or {}).get("root")
         warnings.warn(
-            f"export: training dataset {root} not found, so no codec is exported (pass --data-root)",
+            f"export: training dataset {where} not found, so no codec is exported (pass --data-root)",
             stacklevel=2,
         )
         return None
     return metadata_codec_spec(read_metadata(root))
 
 
-def export_checkpoint(
-    checkpoint_path: str | os.PathLike,
-    directory: str | os.PathLike,
-    *,
-    weights: str = "ema",
-    data_root: Optional[str] = None,
-) -> Path:
-    """Write the model of a ``DynamicsModule`` checkpoint as config JSON + safetensors to `directory`."""
+def load_checkpoint_model(
+    checkpoint_path: str | os.PathLike, *, weights: str = "ema"
+) -> tuple[DynamicsTransformer, dict[str, Any]]:
+    """The network of a ``DynamicsModule`` checkpoint in eval mode, with ``latent_stats`` and
+    ``rollout_defaults`` attached as ``from_pretrained`` attaches them; and the checkpoint itself."""
     if weights not in ("ema", "online"):
         raise ValueError(f"export: weights must be 'ema' or 'online', got {weights!r}")
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
@@ -87,15 +96,29 @@ def export_checkpoint(
     config = DynamicsConfig(**config) if isinstance(config, dict) else config
     model = DynamicsTransformer(config)
     model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
-    rollout = {
+    model.eval()
+    model.latent_stats = _latent_stats(hparams, state)
+    model.rollout_defaults = {
         "num_steps": int(hparams.get("rollout_steps", 4)),
         "context_noise": float(hparams.get("context_noise", 0.1)),
     }
+    return model, checkpoint
+
+
+def export_checkpoint(
+    checkpoint_path: str | os.PathLike,
+    directory: str | os.PathLike,
+    *,
+    weights: str = "ema",
+    data_root: Optional[str] = None,
+) -> Path:
+    """Write the model of a ``DynamicsModule`` checkpoint as config JSON + safetensors to `directory`."""
+    model, checkpoint = load_checkpoint_model(checkpoint_path, weights=weights)
     return model.save_pretrained(
         directory,
-        latent_stats=_latent_stats(hparams, state),
+        latent_stats=model.latent_stats,
         codec=_dataset_codec(checkpoint, data_root),
-        rollout=rollout,
+        rollout=model.rollout_defaults,
     )
 
 
