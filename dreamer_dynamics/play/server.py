@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,6 +57,7 @@ class PlayHandler(BaseHTTPRequestHandler):
 
     server: PlayServer
     protocol_version = "HTTP/1.1"  # keep-alive: one connection serves the page's whole game loop
+    disable_nagle_algorithm = True  # TCP_NODELAY: a small reply must not wait for the delayed ACK (~40 ms)
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: one line per frame would flood
         pass
@@ -110,6 +112,11 @@ class PlayServer(ThreadingHTTPServer):
     """A threading HTTP server holding the world (shared, read-only) and the pages' sessions."""
 
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A page that closes mid-reply is normal; anything else is printed as usual."""
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
 
     def __init__(self, address: tuple[str, int], world: World, session_timeout: float = 600.0) -> None:
         self.world = world

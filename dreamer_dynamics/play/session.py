@@ -19,6 +19,8 @@ import torch
 from ._stepper import RolloutStepper
 from .world import World
 
+REPLAY_FRAMES = 48  # recorded frames after a drawn context, where the episode is long enough
+
 
 def encode_frames(frames: np.ndarray) -> list[str]:
     """Frames [T, H, W, C] in [0, 1] -> base64 of their uint8 bytes (row-major H, W, C), one per frame."""
@@ -46,7 +48,7 @@ class Session:
         ctx = world.context_frames
         lengths = dataset.episode_lengths
         index = int(self.rng.choice(np.flatnonzero(lengths > ctx)))
-        start = int(self.rng.integers(0, lengths[index] - ctx))
+        start = int(self.rng.integers(0, max(1, lengths[index] - ctx - REPLAY_FRAMES)))  # long replays
         window = dataset.window(index, start, int(lengths[index]) - start)
         latents = torch.from_numpy(window["latents"])  # (T, N_b, D_b) dataset units
         acts = {
@@ -54,14 +56,15 @@ class Session:
             for k in ("actions_discrete", "actions_continuous")
             if k in window
         }
-        self.stepper = RolloutStepper(
-            world.model,
-            world.to_model(latents[None, :ctx]),
-            num_steps=num_steps,
-            context_noise=world.context_noise,
-            generator=self.generator,
-            **acts,
-        )
+        with torch.inference_mode():  # the cache holds inference tensors: every step runs in this mode too
+            self.stepper = RolloutStepper(
+                world.model,
+                world.to_model(latents[None, :ctx]),
+                num_steps=num_steps,
+                context_noise=world.context_noise,
+                generator=self.generator,
+                **acts,
+            )
         self.truth = {k: v[ctx:] for k, v in window.items()}
         self.replay, self.episode, self.frames = replay, (index, start), 0
         return {
@@ -91,8 +94,9 @@ class Session:
         discrete, continuous = self.action_tensors(action)
         stepper.num_steps = num_steps
         start = time.perf_counter()
-        frame = stepper.step(actions_discrete=discrete, actions_continuous=continuous)  # (1, N_b, D_b)
-        pixels = world.decode(world.to_data(frame).numpy())  # (1, H, W, C)
+        with torch.inference_mode():
+            frame = stepper.step(actions_discrete=discrete, actions_continuous=continuous)  # (1, N_b, D_b)
+            pixels = world.decode(world.to_data(frame).numpy())  # (1, H, W, C)
         self.frames += 1
         return {
             "frame": encode_frames(pixels)[0],
