@@ -51,13 +51,15 @@ def checkpoint(tmp_path_factory) -> Path:
     from unittest import mock
 
     from dreamer_dynamics.cli import DynamicsCLI
+    from dreamer_dynamics.configs import resolve_config_args
 
     path = tmp_path_factory.mktemp("play") / "model.ckpt"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with mock.patch.object(sys, "argv", sys.argv[:1]):  # LightningCLI reads only `args`
-            cli = DynamicsCLI(args=[*TRAIN_ARGS, f"--trainer.default_root_dir={path.parent}"], run=False)
+            args = resolve_config_args([*TRAIN_ARGS, f"--trainer.default_root_dir={path.parent}"])
+            cli = DynamicsCLI(args=args, run=False)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         cli.trainer.save_checkpoint(path)
     finally:
