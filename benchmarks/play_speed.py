@@ -41,9 +41,7 @@ def quickstart_export(directory: Path) -> Path:
     data = LatentDataset(builtin_dataset_root(progress=False))
     config = DynamicsConfig.quickstart(num_discrete_actions=data.num_discrete_actions)  # built-in world
     torch.manual_seed(0)
-    return DynamicsTransformer(config).save_pretrained(
-        directory, latent_stats=None, codec=metadata_codec_spec(data.meta)
-    )
+    return DynamicsTransformer(config).save_pretrained(directory, codec=metadata_codec_spec(data.meta))
 
 
 def start_server(source: Path, threads: int) -> tuple[subprocess.Popen, str]:

@@ -12,8 +12,8 @@
 * ``--config NAME`` finds a packaged config (``dreamer_dynamics/configs/NAME.yaml``; the repository's
   ``lightning_configs/`` links to the same files); any existing path is used as given.
 * The model's latent shape and action spec are *linked* from the DataModule, so ``--data.root`` alone switches
-  datasets (the linked keys ``model.model.latent_tokens`` etc. are not settable); so are the latent statistics
-  the batches are standardised with (``data.latent_stats`` -> ``model.latent_stats``, None with
+  datasets (the linked keys ``model.model.latent_tokens`` etc. are not settable); so are the latent units the
+  batches are standardised with (``data.latent_units`` -> ``model.latent_units``, the identity with
   ``--data.standardize false``).
 * With ``--ckpt_path``, the model's hyper-parameters come from the checkpoint (Lightning; the evaluation-only
   settings in ``EVALUATION_SETTINGS`` keep this command line's values), and so does the dataset unless
@@ -130,7 +130,7 @@ class DynamicsCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for field in LINKED_DATA_FIELDS:
             parser.link_arguments(f"data.{field}", f"model.model.{field}", apply_on="instantiate")
-        parser.link_arguments("data.latent_stats", "model.latent_stats", apply_on="instantiate")
+        parser.link_arguments("data.latent_units", "model.latent_units", apply_on="instantiate")
 
     # ------------------------------------------------------------------ before anything is built
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:

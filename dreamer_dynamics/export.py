@@ -3,10 +3,10 @@
     dreamer-dynamics export runs/quickstart/checkpoints/last.ckpt exported/ [--weights ema|online]
 
 The export holds the EMA weights by default (the averaged weights ``EMAWeightAveraging`` stores as the
-checkpoint's ``state_dict``; the online weights are kept under ``current_model_state``), the latent
-statistics the model was trained with, and the dataset's codec, read from the dataset the checkpoint was
-trained on (``--data-root`` points elsewhere if it moved). The checkpoint is read with weights-only
-unpickling; Lightning is not imported.
+checkpoint's ``state_dict``; the online weights are kept under ``current_model_state``), the latent units
+the model was trained with (``hyper_parameters.latent_units``), its rollout defaults, and the dataset's
+codec, read from the dataset the checkpoint was trained on (``--data-root`` points elsewhere if it moved).
+The checkpoint is read with weights-only unpickling; Lightning is not imported.
 """
 
 from __future__ import annotations
@@ -20,23 +20,13 @@ from typing import Any, Optional
 
 import torch
 
-from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
-
-
-def _latent_stats(hparams: dict[str, Any], state: dict[str, torch.Tensor]) -> Optional[dict[str, Any]]:
-    """The (mean, std) the module standardised with, exactly what the checkpoint's own rollout uses: its
-    ``latent_mean`` / ``latent_std`` buffers where the state holds them, else ``standardization`` of its
-    ``latent_stats`` hyperparameter (which applies the record's pooled or per-channel scale)."""
-    from dreamer_dynamics.data.stats import standardization
-
-    stats = hparams.get("latent_stats")
-    count = {"count": stats["count"]} if isinstance(stats, dict) and "count" in stats else {}
-    if "latent_mean" in state and "latent_std" in state:
-        return {"mean": state["latent_mean"], "std": state["latent_std"], **count}
-    if stats is None:
-        return None
-    mean, std = standardization(stats)
-    return {"mean": mean.tolist(), "std": std.tolist(), **count}
+from dreamer_dynamics.model import (
+    DEFAULT_CONTEXT_NOISE,
+    DEFAULT_ROLLOUT_STEPS,
+    DynamicsConfig,
+    DynamicsTransformer,
+)
+from dreamer_dynamics.units import latent_units_or_identity
 
 
 def training_dataset_root(checkpoint: dict[str, Any], data_root: Optional[str] = None) -> Optional[Path]:
@@ -75,8 +65,8 @@ def _dataset_codec(checkpoint: dict[str, Any], data_root: Optional[str]) -> Opti
 def load_checkpoint_model(
     checkpoint_path: str | os.PathLike, *, weights: str = "ema"
 ) -> tuple[DynamicsTransformer, dict[str, Any]]:
-    """The network of a ``DynamicsModule`` checkpoint in eval mode, with ``latent_stats`` and
-    ``rollout_defaults`` attached as ``from_pretrained`` attaches them; and the checkpoint itself."""
+    """The network of a ``DynamicsModule`` checkpoint in eval mode with its ``latent_units`` and
+    ``rollout_defaults`` attached (as ``DynamicsModule.__init__`` attaches them), and the checkpoint."""
     if weights not in ("ema", "online"):
         raise ValueError(f"export: weights must be 'ema' or 'online', got {weights!r}")
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
@@ -96,13 +86,14 @@ def load_checkpoint_model(
     config = DynamicsConfig(**config) if isinstance(config, dict) else config
     model = DynamicsTransformer(config)
     model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
-    model.eval()
-    model.latent_stats = _latent_stats(hparams, state)
+    # what DynamicsModule.__init__ attaches to its network from the same hyper-parameters
+    where = f"{checkpoint_path}: hyper_parameters.latent_units"
+    model.latent_units = latent_units_or_identity(hparams.get("latent_units"), config.latent_dim, where)
     model.rollout_defaults = {
-        "num_steps": int(hparams.get("rollout_steps", 4)),
-        "context_noise": float(hparams.get("context_noise", 0.1)),
+        "num_steps": int(hparams.get("rollout_steps", DEFAULT_ROLLOUT_STEPS)),
+        "context_noise": float(hparams.get("context_noise", DEFAULT_CONTEXT_NOISE)),
     }
-    return model, checkpoint
+    return model.eval(), checkpoint
 
 
 def export_checkpoint(
@@ -114,12 +105,8 @@ def export_checkpoint(
 ) -> Path:
     """Write the model of a ``DynamicsModule`` checkpoint as config JSON + safetensors to `directory`."""
     model, checkpoint = load_checkpoint_model(checkpoint_path, weights=weights)
-    return model.save_pretrained(
-        directory,
-        latent_stats=model.latent_stats,
-        codec=_dataset_codec(checkpoint, data_root),
-        rollout=model.rollout_defaults,
-    )
+    model.codec_spec = _dataset_codec(checkpoint, data_root)
+    return model.save_pretrained(directory)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

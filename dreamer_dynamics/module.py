@@ -34,8 +34,16 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from dreamer_dynamics import compat
+from dreamer_dynamics.data.datamodule import DynamicsDataModule
 from dreamer_dynamics.errors import ConfigError
-from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, context_signal_level
+from dreamer_dynamics.model import (
+    DEFAULT_CONTEXT_NOISE,
+    DEFAULT_ROLLOUT_STEPS,
+    DynamicsConfig,
+    DynamicsTransformer,
+    context_signal_level,
+)
 from dreamer_dynamics.objective import (
     LOSS_WEIGHTINGS,
     LossNormalizer,
@@ -45,7 +53,7 @@ from dreamer_dynamics.objective import (
     with_context_prefix,
 )
 from dreamer_dynamics.parallelize import clip_gradients, is_fsdp, parallelize_model, total_grad_norm
-from dreamer_dynamics.training.ema import averaged_model, averaging_started
+from dreamer_dynamics.training.ema import averaging_started
 from dreamer_dynamics.training.evaluation import EvaluationMixin
 from dreamer_dynamics.training.inference import InferenceMixin
 from dreamer_dynamics.training.metrics import ValidationMetrics
@@ -60,8 +68,33 @@ from dreamer_dynamics.training.rng import (
     gather_from_ranks,
     restore_global_rng_state,
 )
+from dreamer_dynamics.units import LatentUnits, latent_units_or_identity
 
 SHORTCUT_TERMS = ("flow", "bootstrap")  # named terms of ShortcutForcingLoss.terms (always logged raw)
+
+
+def check_settings(
+    image_row_share: float,
+    val_rollout_samples: int,
+    loss_weighting: str,
+    context_prefix_frames: int,
+    val_context_frames: int,
+) -> None:
+    """One ConfigError line for the first DynamicsModule setting out of its range."""
+    if not 0.0 <= image_row_share <= 1.0:
+        raise ConfigError(f"DynamicsModule: image_row_share must be in [0, 1], got {image_row_share}")
+    if val_rollout_samples < 2:
+        raise ConfigError(
+            f"DynamicsModule: val_rollout_samples must be >= 2 (energy score), got {val_rollout_samples}"
+        )
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ConfigError(
+            f"DynamicsModule: loss_weighting must be one of {sorted(LOSS_WEIGHTINGS)}, got {loss_weighting!r}"
+        )
+    if context_prefix_frames < 0:
+        raise ConfigError(f"DynamicsModule: context_prefix_frames must be >= 0, got {context_prefix_frames}")
+    if val_context_frames < 1:
+        raise ConfigError(f"DynamicsModule: val_context_frames must be >= 1, got {val_context_frames}")
 
 
 class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
@@ -91,8 +124,8 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         ema_teacher: bootstrap targets from the EMA weights of an ``EMAWeightAveraging`` callback instead of
             the online weights (paper: online weights, docs/design.md §3.10).
         context_noise: noise amount of context frames in rollouts (tau_ctx = 1 - 0.1 on the grid,
-            docs/design.md §5).
-        rollout_steps: default K of ``rollout`` / ``predict`` (paper: 4).
+            docs/design.md §5); also the rollout default of ``model.rollout`` and of an export.
+        rollout_steps: default K of ``model.rollout``, ``predict`` and an export (paper: 4).
         val_rollout_steps: K values whose rollouts are scored; None = [1, 2, 4, k_max].
         val_rollout_samples: rollout samples per context for the energy score (>= 2; training/scores.py).
         val_context_frames: context frames of validation / prediction rollouts; the rest of a window is the
@@ -104,10 +137,11 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         predict_horizon: frames generated per ``predict`` window; None = the rest of the window.
         noise_seed: seed of the training-noise generator; None = ``torch.initial_seed()`` (as set by
             ``seed_everything``).
-        latent_stats: the dataset's per-channel ``{"mean", "std", "count"}`` that the DataModule standardises
-            batches with (linked by the CLI; ``DynamicsDataModule.setup`` hands them over if None). Stored in
-            the hyperparameters, so checkpoints carry them; ``rollout`` and ``predict`` take and return the
-            dataset's own units. None with unstandardised data = identity.
+        latent_units: the ``LatentUnits`` the batches are standardised with, ``datamodule.latent_units``
+            (linked by the CLI; pass it yourself in Python). Stored in the hyperparameters as its plain dict,
+            so checkpoints and exports carry it; ``model.rollout`` and ``predict`` take and return the
+            dataset's own units. None = identity; ``fit`` / ``validate`` refuse a DynamicsDataModule whose
+            units differ.
     """
 
     extra_loss_names: tuple[str, ...] = ()
@@ -126,8 +160,8 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         normalize_shortcut_terms_separately: bool = False,
         loss_norm_decay: float = 0.99,
         ema_teacher: bool = False,
-        context_noise: float = 0.1,
-        rollout_steps: int = 4,
+        context_noise: float = DEFAULT_CONTEXT_NOISE,
+        rollout_steps: int = DEFAULT_ROLLOUT_STEPS,
         val_rollout_steps: Optional[list[int]] = None,
         val_rollout_samples: int = 4,
         val_context_frames: int = 4,
@@ -137,40 +171,27 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         num_tau_buckets: int = 4,
         predict_horizon: Optional[int] = None,
         noise_seed: Optional[int] = None,
-        latent_stats: Optional[dict] = None,
+        latent_units: Union[LatentUnits, dict, None] = None,
     ) -> None:
         super().__init__()
         if isinstance(model, dict):  # from a checkpoint's hyper_parameters (stored as a plain dict)
             model = DynamicsConfig(**model)
-        if not 0.0 <= image_row_share <= 1.0:
-            raise ConfigError(f"DynamicsModule: image_row_share must be in [0, 1], got {image_row_share}")
-        if val_rollout_samples < 2:
-            raise ConfigError(
-                f"DynamicsModule: val_rollout_samples must be >= 2 (energy score), got {val_rollout_samples}"
-            )
-        if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ConfigError(
-                f"DynamicsModule: loss_weighting must be one of {sorted(LOSS_WEIGHTINGS)}, "
-                f"got {loss_weighting!r}"
-            )
-        if context_prefix_frames < 0:
-            raise ConfigError(
-                f"DynamicsModule: context_prefix_frames must be >= 0, got {context_prefix_frames}"
-            )
-        if val_context_frames < 1:
-            raise ConfigError(f"DynamicsModule: val_context_frames must be >= 1, got {val_context_frames}")
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        check_settings(
+            image_row_share, val_rollout_samples, loss_weighting, context_prefix_frames, val_context_frames
+        )
+        units = latent_units_or_identity(latent_units, model.latent_dim, "DynamicsModule: latent_units")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "latent_units"])
+        self.hparams["latent_units"] = units.to_dict()  # plain: checkpoints load with weights_only=True
         self.config = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.d_min = model.d_min
         self.loss_weight = LOSS_WEIGHTINGS[loss_weighting]  # w(tau), on training and validation losses
         self.model = DynamicsTransformer(model)
-        # Data units <-> model units (docs/training.md). Not persistent: rebuilt from hparams.latent_stats, so
-        # checkpoints without them load; top-level buffers come first in buffers(), before the normaliser's.
-        mean, std = self._standardization_tensors(latent_stats)
-        self.register_buffer("latent_mean", mean, persistent=False)  # (D_b,)
-        self.register_buffer("latent_std", std, persistent=False)  # (D_b,)
+        # Data units <-> model units (docs/training.md) and rollout defaults, carried by the network itself:
+        # `model.rollout` and `model.save_pretrained` then match an export of this module exactly.
+        self.model.latent_units = units
+        self.model.rollout_defaults = {"num_steps": rollout_steps, "context_noise": context_noise}
         steps = val_rollout_steps if val_rollout_steps is not None else [1, 2, 4, model.k_max]
         self.val_rollout_steps = sorted({k for k in steps if k <= model.k_max})
         self.val_metrics = ValidationMetrics(self.val_rollout_steps, num_tau_buckets)
@@ -322,11 +343,11 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         if not self.hparams.ema_teacher:
             return None
         for callback in self.trainer.callbacks if self._trainer is not None else []:
-            if not isinstance(callback, WeightAveraging) or averaged_model(callback) is None:
+            if not isinstance(callback, WeightAveraging) or compat.averaged_model(callback) is None:
                 continue
             if not averaging_started(callback):
                 return None
-            teacher = averaged_model(callback).module.model
+            teacher = compat.averaged_model(callback).module.model
             if next(teacher.parameters()).device != self.device:
                 where = next(teacher.parameters()).device
                 raise RuntimeError(
@@ -338,6 +359,17 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             "ema_teacher=True needs an EMA callback (dreamer_dynamics.training.EMA or "
             "lightning.pytorch.callbacks.EMAWeightAveraging) in trainer.callbacks"
         )
+
+    def setup(self, stage: str) -> None:
+        """Refuse a DynamicsDataModule whose batches are in other units than this module's."""
+        data = self.trainer.datamodule if self._trainer is not None else None
+        if isinstance(data, DynamicsDataModule) and data.latent_units != self.model.latent_units:
+            raise ConfigError(
+                f"DynamicsModule: its latent_units differ from those of the DataModule of {data.root}, "
+                "so the model would see latents in other units; build it with "
+                "DynamicsModule(..., latent_units=datamodule.latent_units) (the CLI links them), or "
+                "DynamicsModule.load_from_checkpoint(path, latent_units=datamodule.latent_units)"
+            )
 
     def configure_model(self) -> None:
         """The config's activation checkpointing and per-block compile, and FSDP2 sharding (every block its

@@ -133,6 +133,6 @@ def rollout_from_checkpoint(path) -> pl.LightningModule:
         actions["actions_discrete"] = torch.zeros(2, 5, len(config.num_discrete_actions), dtype=torch.long)
     if config.num_continuous_actions:
         actions["actions_continuous"] = torch.zeros(2, 5, config.num_continuous_actions)
-    frames = module.rollout(context, 2, num_steps=2, **actions)
+    frames = module.model.rollout(context, 2, num_steps=2, **actions)
     assert frames.shape == (2, 2, config.latent_tokens, config.latent_dim) and frames.isfinite().all()
     return module

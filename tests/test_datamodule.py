@@ -10,6 +10,7 @@ import torch
 from dreamer_dynamics.data import DatasetError, DynamicsDataModule, LatentDatasetWriter
 from dreamer_dynamics.data.default import ToyDatasetConfig
 from dreamer_dynamics.errors import ConfigError
+from dreamer_dynamics.units import LatentUnits
 
 TOY = ToyDatasetConfig(episodes=10, length=40)
 
@@ -224,9 +225,9 @@ def test_two_process_ddp_ranks_share_lengths_and_split_each_global_batch(cache, 
 @pytest.mark.parametrize("scale", ["pooled", "channel"])
 def test_batches_are_standardised_with_the_recorded_stats(cache, scale):
     dm, raw = _module(cache, standardize=scale), _module(cache, standardize=False)
-    assert raw.latent_stats is None and dm.latent_stats == {**dm.dataset.latent_stats, "scale": scale}
-    mean = torch.tensor(dm.latent_stats["mean"], dtype=torch.float64)
-    channel_std = torch.tensor(dm.latent_stats["std"], dtype=torch.float64)
+    assert raw.latent_units == LatentUnits.identity(raw.latent_dim)
+    mean = torch.tensor(dm.dataset.latent_stats["mean"], dtype=torch.float64)
+    channel_std = torch.tensor(dm.dataset.latent_stats["std"], dtype=torch.float64)
     # pooled: one std for every channel, the RMS of the channel stds; channel: each channel by its own
     std = channel_std.square().mean().sqrt().expand_as(channel_std) if scale == "pooled" else channel_std
     for a, b in zip(dm.train_dataloader(), raw.train_dataloader()):  # the same windows, other units
@@ -255,9 +256,9 @@ def test_missing_stats_are_computed_once_and_recorded(tmp_path):
     dm = DynamicsDataModule(
         str(tmp_path), short_length=4, long_length=8, val_fraction=0.25, standardize="channel"
     )
-    np.testing.assert_allclose(dm.latent_stats["mean"], written["mean"], rtol=1e-12)
-    np.testing.assert_allclose(dm.latent_stats["std"], written["std"], rtol=1e-12, atol=1e-12)
     recorded = json.loads(path.read_text())["latent_stats"]  # recorded for the next run
-    assert {**recorded, "scale": "channel"} == dm.latent_stats
+    np.testing.assert_allclose(recorded["mean"], written["mean"], rtol=1e-12)
+    np.testing.assert_allclose(recorded["std"], written["std"], rtol=1e-12, atol=1e-12)
+    assert dm.latent_units == LatentUnits.from_stats(recorded, "channel")
     batch = next(iter(dm.train_dataloader()))["latents"]
     assert torch.isfinite(batch).all() and batch[..., 3].abs().max() == 0  # constant channel -> exactly 0

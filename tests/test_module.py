@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from dreamer_dynamics.data import DynamicsDataModule
 from dreamer_dynamics.data.default import ToyDatasetConfig
 from dreamer_dynamics.errors import ConfigError
-from dreamer_dynamics.model import DynamicsConfig
+from dreamer_dynamics.model import DynamicsConfig, rollout
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.objective import ShortcutForcingLoss
 from dreamer_dynamics.training import (
@@ -56,7 +56,13 @@ def make_module(data: DynamicsDataModule, cls=DynamicsModule, **kwargs) -> Dynam
         num_discrete_actions=data.num_discrete_actions,
         num_continuous_actions=data.num_continuous_actions,
     )
-    kwargs = {"noise_seed": 0, "val_context_frames": 2, "val_rollout_horizon": 3, **kwargs}
+    kwargs = {
+        "noise_seed": 0,
+        "val_context_frames": 2,
+        "val_rollout_horizon": 3,
+        "latent_units": data.latent_units,
+        **kwargs,
+    }
     return cls(config, **kwargs)
 
 
@@ -196,13 +202,13 @@ def test_rollout_shapes_determinism_and_action_coverage(cache):
     batch = next(iter(data.val_dataloader()))
     context, actions = batch["latents"][:, :2], batch["actions_discrete"][:, :5]
     runs = [
-        module.rollout(context, 3, actions_discrete=actions, generator=torch.Generator().manual_seed(1))
+        module.model.rollout(context, 3, actions_discrete=actions, generator=torch.Generator().manual_seed(1))
         for _ in range(2)
     ]
     assert runs[0].shape == (4, 3, data.latent_tokens, data.latent_dim)
     assert torch.equal(runs[0], runs[1])
     with pytest.raises(ValueError, match="cover"):
-        module.rollout(context, 3, actions_discrete=actions[:, :4])
+        module.model.rollout(context, 3, actions_discrete=actions[:, :4])
 
 
 def test_image_rows_reach_the_network_at_the_configured_share(tmp_path, cache):
@@ -246,10 +252,13 @@ def test_predict_writes_weights_only_loadable_files(tmp_path, cache):
     assert torch.equal(out["context"], module.destandardize(batch["latents"][:, :2]))
     assert torch.equal(out["ground_truth"], module.destandardize(batch["latents"][:, 2:6]))
     assert torch.equal(out["actions_discrete"], batch["actions_discrete"][:, :6])
-    expected = module.rollout_standardized(
+    expected = rollout(  # model units, the module's K and context noise
+        module.model,
         batch["latents"][:, :2],
         4,
         actions_discrete=batch["actions_discrete"][:, :6],
+        num_steps=module.hparams.rollout_steps,
+        context_noise=module.hparams.context_noise,
         generator=module.evaluation_generator(0),
     )
     assert torch.equal(out["rollout"], module.destandardize(expected))

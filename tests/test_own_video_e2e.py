@@ -185,7 +185,9 @@ def test_video_to_exported_model(tmp_path, monkeypatch):
     episode = np.load(data / "episodes" / "000001.latents.npy")
     context = torch.from_numpy(episode[None, :4].copy())  # (1, 4, 16, 48)
     acts = torch.from_numpy(np.load(actions[1])[None, :8].astype(np.int64))  # (1, 8, 1)
-    expected = module.rollout(context, 4, actions_discrete=acts, generator=torch.Generator().manual_seed(7))
+    expected = module.model.rollout(
+        context, 4, actions_discrete=acts, generator=torch.Generator().manual_seed(7)
+    )
     torch.save({"context": context, "actions": acts}, tmp_path / "inputs.pt")
     subprocess.run(
         [
@@ -204,7 +206,7 @@ def test_video_to_exported_model(tmp_path, monkeypatch):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     online = DynamicsModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
     online.load_state_dict(torch.load(checkpoint, weights_only=True)["current_model_state"])
-    differs = online.eval().rollout(
+    differs = online.eval().model.rollout(
         context, 4, actions_discrete=acts, generator=torch.Generator().manual_seed(7)
     )
     assert not torch.allclose(

@@ -1,4 +1,4 @@
-"""``save_pretrained`` / ``from_pretrained``: config JSON + safetensors, latent statistics and codec carried
+"""``save_pretrained`` / ``from_pretrained``: config JSON + safetensors, latent units and codec carried
 along, rollouts in data units, no Lightning on the inference path."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from dreamer_dynamics.model import DynamicsTransformer, rollout
+from dreamer_dynamics.units import LatentUnits
 from tests.conftest import make_debug_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,20 +33,21 @@ def inputs(model, t_ctx=3, horizon=3, seed=0):
 def test_round_trip_with_statistics_and_codec(tmp_path):
     model = make_debug_model()
     d = model.config.latent_dim
-    stats = {"mean": torch.linspace(4, 6, d), "std": torch.linspace(2, 4, d), "count": 100}
-    model.save_pretrained(tmp_path, latent_stats=stats, codec=CODEC, rollout={"num_steps": 2})
+    units = LatentUnits(torch.linspace(4, 6, d).tolist(), torch.linspace(2, 4, d).tolist())
+    model.save_pretrained(tmp_path, latent_units=units, codec=CODEC, rollout={"num_steps": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     loaded = DynamicsTransformer.from_pretrained(tmp_path)
     assert loaded.config == model.config and not loaded.training
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert loaded.codec_spec == CODEC and loaded.rollout_defaults == {"num_steps": 2, "context_noise": 0.1}
-    assert json.loads((tmp_path / "config.json").read_text())["latent_stats"]["count"] == 100
+    assert loaded.latent_units == units  # exactly: the floats round-trip through JSON
+    assert json.loads((tmp_path / "config.json").read_text())["latent_units"] == units.to_dict()
 
     context, actions = inputs(model)
     got = loaded.rollout(context, 3, generator=torch.Generator().manual_seed(1), **actions)
     # reference: standardise the context, roll out in model units (K = 2 from the export), map back
-    mean, std = stats["mean"], stats["std"]
+    mean, std = torch.tensor(units.mean), torch.tensor(units.std)
     ref = (
         rollout(
             model,
@@ -66,7 +68,7 @@ def test_without_statistics_equals_the_plain_rollout_bitwise(tmp_path):
     model = make_debug_model(seed=3)
     model.save_pretrained(tmp_path)
     loaded = DynamicsTransformer.from_pretrained(tmp_path, attention_backend="math")  # a config override
-    assert loaded.latent_stats is None and loaded.codec_spec is None
+    assert loaded.latent_units == LatentUnits.identity(4) and loaded.codec_spec is None
     context, actions = inputs(model, horizon=2)
     got = loaded.rollout(context, 2, generator=torch.Generator().manual_seed(4), **actions)
     ref = rollout(model, context, 2, generator=torch.Generator().manual_seed(4), **actions)
@@ -75,7 +77,7 @@ def test_without_statistics_equals_the_plain_rollout_bitwise(tmp_path):
 
 def test_inference_path_does_not_import_lightning(tmp_path):
     model = make_debug_model()
-    model.save_pretrained(tmp_path / "m", latent_stats={"mean": torch.zeros(4), "std": torch.ones(4) * 2})
+    model.save_pretrained(tmp_path / "m", latent_units=LatentUnits([0.0] * 4, [2.0] * 4))
     context, actions = inputs(model)
     torch.save({"context": context, **actions}, tmp_path / "in.pt")
     script = (

@@ -39,7 +39,13 @@ def _run(tmp_path, cache, max_steps: int, ckpt_path=None, num_workers=0):
         num_discrete_actions=data.num_discrete_actions,
         num_continuous_actions=data.num_continuous_actions,
     )
-    module = DynamicsModule(config, val_context_frames=2, val_rollout_horizon=2, val_rollout_steps=[2])
+    module = DynamicsModule(
+        config,
+        val_context_frames=2,
+        val_rollout_horizon=2,
+        val_rollout_steps=[2],
+        latent_units=data.latent_units,
+    )
     ema = EMA(decay=0.9)
     trainer = pl.Trainer(
         accelerator="cpu",

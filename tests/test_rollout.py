@@ -5,6 +5,7 @@ import torch
 
 from dreamer_dynamics.model import (
     DynamicsConfig,
+    RolloutStepper,
     TimeKVCache,
     context_signal_level,
     rollout,
@@ -46,6 +47,85 @@ def test_cached_rollout_equals_full_recomputation(context_length, t_ctx, num_ste
         )
     assert runs[0].shape == (2, horizon, model.config.latent_tokens, model.config.latent_dim)
     torch.testing.assert_close(runs[0], runs[1], atol=1e-5, rtol=1e-5)
+
+
+def _step_through(model, latents, discrete, continuous, t_ctx, use_cache, schedule=None, drop=()):
+    """A RolloutStepper fed one frame's actions at a time; frames in `drop` get none (missing labels)."""
+    stepper = RolloutStepper(
+        model,
+        latents[:, :t_ctx],
+        actions_discrete=discrete[:, :t_ctx],
+        actions_continuous=continuous[:, :t_ctx],
+        use_cache=use_cache,
+        generator=torch.Generator().manual_seed(11),
+    )
+    frames = []
+    for i, t in enumerate(range(t_ctx, discrete.shape[1])):
+        assert stepper.position == t
+        if schedule is not None:
+            stepper.num_steps = schedule[i]
+        acts = (
+            {} if t in drop else {"actions_discrete": discrete[:, t], "actions_continuous": continuous[:, t]}
+        )
+        frames.append(stepper.step(**acts))
+    return torch.stack(frames, 1)
+
+
+def test_cached_stepper_equals_recomputation_far_past_the_window():
+    """15 frames with C = 3: the cache slides five times over; frames without actions take missing labels."""
+    model = make(context_length=3)
+    latents, discrete, continuous = episode(model.config, t=17)
+    runs = [
+        _step_through(model, latents, discrete, continuous, 2, use_cache, drop=(6, 7, 12))
+        for use_cache in (True, False)
+    ]
+    assert runs[0].shape == (2, 15, model.config.latent_tokens, model.config.latent_dim)
+    torch.testing.assert_close(runs[0], runs[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_rollout_is_the_stepper_one_frame_at_a_time(use_cache):
+    model = make(context_length=4)
+    latents, discrete, continuous = episode(model.config)
+    stepped = _step_through(model, latents, discrete, continuous, 3, use_cache)
+    whole = rollout(
+        model,
+        latents[:, :3],
+        9,
+        actions_discrete=discrete,
+        actions_continuous=continuous,
+        use_cache=use_cache,
+        generator=torch.Generator().manual_seed(11),
+    )
+    assert torch.equal(stepped, whole)
+
+
+def test_num_steps_may_change_between_steps():
+    """Each frame is sampled with the K set before its step (d = 1/K); cache == recomputation."""
+    model = make(context_length=4)
+    latents, discrete, continuous = episode(model.config, t=8)
+    schedule = [4, 1, 2, 8, 2]
+    step_sizes = []
+    model.register_forward_pre_hook(lambda m, args: step_sizes.append(args[2][0, -1].item()))
+    reference = _step_through(model, latents, discrete, continuous, 3, False, schedule)
+    assert step_sizes == [1 / k for k in schedule for _ in range(k)]
+    cached = _step_through(model, latents, discrete, continuous, 3, True, schedule)
+    torch.testing.assert_close(cached, reference, atol=1e-5, rtol=1e-5)
+    fixed = _step_through(model, latents, discrete, continuous, 3, True)  # K = 4 throughout
+    assert torch.equal(cached[:, 0], fixed[:, 0]) and (cached[:, 1] - fixed[:, 1]).abs().max() > 1e-4
+
+
+def test_stepper_refuses_bad_steps():
+    model = make()
+    latents, discrete, _ = episode(model.config)
+    with pytest.raises(ValueError, match="cover the T_ctx = 3 context frames"):
+        RolloutStepper(model, latents[:, :3], actions_discrete=discrete)
+    stepper = RolloutStepper(model, latents[:, :3])
+    with pytest.raises(ValueError, match="one frame's actions"):
+        stepper.step(actions_discrete=discrete[:, :1])
+    stepper.num_steps = 3
+    with pytest.raises(ValueError, match="num_steps"):
+        stepper.step()
 
 
 def test_context_signal_level_is_snapped_noise_amount():
@@ -158,7 +238,7 @@ def test_bad_rollout_arguments_raise():
         rollout(model, latents[:, :3, :, :2], 2)
 
 
-# ---------------------------------------------------------------- DynamicsModule.rollout ergonomics
+# ------------------------------------------- DynamicsTransformer.rollout (data units) ergonomics
 def _module():
     from dreamer_dynamics.module import DynamicsModule
 
@@ -176,11 +256,13 @@ def test_module_rollout_accepts_numpy_and_2d_discrete_actions_in_eval_no_grad():
     )
     context = np.random.default_rng(0).standard_normal((2, 3, 8, 4)).astype(np.float32)
     actions = np.random.default_rng(1).integers(0, 3, (2, 5))  # [B, T]: one categorical component
-    out = module.rollout(context, 2, actions_discrete=actions, generator=torch.Generator().manual_seed(0))
+    out = module.model.rollout(
+        context, 2, actions_discrete=actions, generator=torch.Generator().manual_seed(0)
+    )
     assert isinstance(out, np.ndarray) and out.shape == (2, 2, 8, 4)
     assert modes and set(modes) == {(False, False)}  # every network call in eval mode, without autograd
-    assert module.training  # the caller's mode is restored
-    reference = module.eval().rollout(
+    assert module.training and module.model.training  # the caller's mode is restored
+    reference = module.eval().model.rollout(
         torch.from_numpy(context),
         2,
         actions_discrete=torch.from_numpy(actions)[..., None],
@@ -194,5 +276,5 @@ def test_module_rollout_refuses_missing_actions_unless_unconditional():
     module = _module()
     context = torch.randn(1, 2, 8, 4)
     with pytest.raises(ValueError, match="action-conditioned.*unconditional=True"):
-        module.rollout(context, 1)
-    assert module.rollout(context, 1, unconditional=True).shape == (1, 1, 8, 4)
+        module.model.rollout(context, 1)
+    assert module.model.rollout(context, 1, unconditional=True).shape == (1, 1, 8, 4)

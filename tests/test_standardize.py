@@ -1,6 +1,6 @@
-"""Latent standardisation end to end: the DataModule standardises with the dataset's ``latent_stats``, the
-module carries them (hparams -> checkpoint, buffers), and rollouts / predictions come back in the dataset's
-own units."""
+"""Latent standardisation end to end: the DataModule builds ``LatentUnits`` from the dataset's
+``latent_stats``, the module carries them (hparams -> checkpoint -> export -> ``from_pretrained``), and
+rollouts / predictions come back in the dataset's own units."""
 
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
 from dreamer_dynamics.cli import DynamicsCLI
+from dreamer_dynamics.cli import main as cli_main
 from dreamer_dynamics.data import DynamicsDataModule, LatentDataset, LatentDatasetWriter
 from dreamer_dynamics.data.default import ToyDatasetConfig, builtin_dataset_root
-from dreamer_dynamics.model import DynamicsConfig
+from dreamer_dynamics.errors import ConfigError
+from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.training import RolloutWriter
+from dreamer_dynamics.units import LatentUnits
 
 SCALE, OFFSET = 0.05, 3.0  # raw pixel patches: mean ~0.3, std ~0.13; here a harsher case
 
@@ -63,7 +66,13 @@ def make_module(data: DynamicsDataModule, **kwargs) -> DynamicsModule:
         latent_dim=data.latent_dim,
         num_discrete_actions=data.num_discrete_actions,
     )
-    kwargs = {"noise_seed": 0, "val_context_frames": 2, "val_rollout_horizon": 3, **kwargs}
+    kwargs = {
+        "noise_seed": 0,
+        "val_context_frames": 2,
+        "val_rollout_horizon": 3,
+        "latent_units": data.latent_units,
+        **kwargs,
+    }
     return DynamicsModule(config, **kwargs)
 
 
@@ -95,7 +104,7 @@ class LossHistory(pl.Callback):
 def train(root, tmp_path, steps=20, **data_kwargs) -> tuple[DynamicsModule, list[float]]:
     pl.seed_everything(0)
     data = make_data(root, **data_kwargs)
-    module = make_module(data)  # statistics handed over by the DataModule (a script that forgot them)
+    module = make_module(data)
     history = LossHistory()
     make_trainer(tmp_path, steps, [history]).fit(module, data)
     return module.eval(), history.losses
@@ -118,66 +127,66 @@ def test_scaled_copy_trains_to_the_same_losses_and_rolls_out_in_its_own_units(ro
     kwargs = dict(
         actions_discrete=actions, num_steps=2, unconditional=True
     )  # no continuous actions in the data
-    out_unit = unit.rollout(context, 4, generator=torch.Generator().manual_seed(5), **kwargs)
+    out_unit = unit.model.rollout(context, 4, generator=torch.Generator().manual_seed(5), **kwargs)
     scaled_context = context * SCALE + OFFSET
-    out_scaled = scaled.rollout(scaled_context, 4, generator=torch.Generator().manual_seed(5), **kwargs)
+    out_scaled = scaled.model.rollout(scaled_context, 4, generator=torch.Generator().manual_seed(5), **kwargs)
     assert out_unit.shape == (1, 4, 16, 48)
     expected = (out_unit * SCALE + OFFSET).numpy()
     np.testing.assert_allclose(out_scaled.numpy(), expected, atol=1e-4 * SCALE)  # measured: 5e-6 x SCALE
 
 
-def test_module_adopts_the_datamodules_stats_before_ema_copies_it(roots, tmp_path):
+def test_units_are_the_datasets_pooled_statistics_and_reach_the_ema_copy(roots, tmp_path):
     data = make_data(roots["scaled"])
+    stats = LatentDataset(roots["scaled"]).latent_stats
+    pooled = np.sqrt(np.mean(np.square(stats["std"])))  # one pooled std for every channel
+    assert data.latent_units == LatentUnits(stats["mean"], [pooled] * 48)
+    assert LatentUnits.from_stats(stats, "channel").std == tuple(stats["std"])  # what "pooled" is not
     module = make_module(data)
-    assert module.hparams.latent_stats is None and torch.equal(module.latent_std, torch.ones(48))
     ema = EMAWeightAveraging(decay=0.5)
     seen = {}
 
     class BeforeTheFirstUpdate(pl.Callback):
         def on_train_start(self, trainer, pl_module):  # the copy validation would swap in at this point
-            seen["mean"] = ema._average_model.module.latent_mean.clone()
+            seen["units"] = ema._average_model.module.model.latent_units
 
     make_trainer(tmp_path, 2, [ema, BeforeTheFirstUpdate()]).fit(module, data)
-    assert torch.equal(seen["mean"], module.latent_mean)
-    recorded = {**LatentDataset(roots["scaled"]).latent_stats, "scale": "pooled"}  # + how they are applied
-    assert module.hparams.latent_stats == data.latent_stats == recorded
-    stats = data.latent_stats
-    np.testing.assert_allclose(module.latent_mean.numpy(), stats["mean"], rtol=1e-6)
-    pooled = np.sqrt(np.mean(np.square(stats["std"])))  # one pooled std for every channel (data/stats.py)
-    np.testing.assert_allclose(module.latent_std.numpy(), np.full(48, pooled), rtol=1e-6)
-    averaged = ema._average_model.module  # its buffers are swapped in for validation: they must agree
-    assert torch.equal(averaged.latent_mean, module.latent_mean)
-    assert torch.equal(averaged.latent_std, module.latent_std)
-    # a module whose statistics disagree with the data's batches is refused with a clear message
-    other = make_module(data, latent_stats=LatentDataset(roots["unit"]).latent_stats)
-    with pytest.raises(ValueError, match="latent_stats differ from the DataModule"):
-        make_trainer(tmp_path, 1).fit(other, data)
-    raw = make_data(roots["scaled"], standardize=False)
-    assert raw.latent_stats is None
-    with pytest.raises(ValueError, match="no standardisation"):
-        make_trainer(tmp_path, 1).fit(make_module(raw, latent_stats=stats), raw)
+    assert seen["units"] == module.model.latent_units == data.latent_units
+    assert module.hparams.latent_units == data.latent_units.to_dict()
 
 
-def test_checkpoint_carries_the_stats_and_predict_writes_data_units(roots, tmp_path):
+@pytest.mark.parametrize("units", ["none", "other", "raw"])
+def test_fit_refuses_a_module_in_other_units_than_its_batches(roots, tmp_path, units):
+    """No silent adoption: a module built without the DataModule's units (or with others) is refused."""
+    data = make_data(roots["scaled"], standardize=False if units == "raw" else True)
+    given = {
+        "none": None,
+        "other": LatentUnits.from_stats(LatentDataset(roots["unit"]).latent_stats),
+        "raw": make_data(roots["scaled"]).latent_units,  # standardised units, unstandardised batches
+    }[units]
+    if units == "raw":
+        assert data.latent_units == LatentUnits.identity(48)
+    with pytest.raises(ConfigError, match="latent_units differ from those of the DataModule"):
+        make_trainer(tmp_path, 1).fit(make_module(data, latent_units=given), data)
+
+
+def test_checkpoint_carries_the_units_and_predict_writes_data_units(roots, tmp_path):
     data = make_data(roots["scaled"])
-    module = make_module(data, latent_stats=data.latent_stats)
+    module = make_module(data)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     make_trainer(tmp_path, 1, [checkpoint]).fit(module, data)
     path = tmp_path / "ckpt" / "last.ckpt"
     state = torch.load(path, weights_only=True)
-    assert state["hyper_parameters"]["latent_stats"] == data.latent_stats
-    assert "latent_mean" not in state["state_dict"]  # rebuilt from the hyperparameters
+    assert state["hyper_parameters"]["latent_units"] == data.latent_units.to_dict()  # a plain dict
     loaded = DynamicsModule.load_from_checkpoint(path, weights_only=True)
-    assert torch.equal(loaded.latent_mean, module.latent_mean)
-    assert torch.equal(loaded.latent_std, module.latent_std)
+    assert loaded.model.latent_units == module.model.latent_units
     z = torch.randn(2, 3, 16, 48)
     torch.testing.assert_close(loaded.destandardize(loaded.standardize(z)), z, atol=1e-6, rtol=1e-6)
 
-    # a checkpoint from before the statistics existed still loads, as an identity
-    del state["hyper_parameters"]["latent_stats"]
+    # a checkpoint without units loads as the identity
+    del state["hyper_parameters"]["latent_units"]
     torch.save(state, tmp_path / "old.ckpt")
     old = DynamicsModule.load_from_checkpoint(tmp_path / "old.ckpt", weights_only=True)
-    assert torch.equal(old.latent_mean, torch.zeros(48)) and torch.equal(old.latent_std, torch.ones(48))
+    assert old.model.latent_units == LatentUnits.identity(48)
 
     writer = RolloutWriter(output_dir=str(tmp_path / "pred"), format="pt", pictures=False)
     make_trainer(tmp_path, 1, [writer]).predict(loaded, datamodule=data, return_predictions=False)
@@ -190,18 +199,59 @@ def test_checkpoint_carries_the_stats_and_predict_writes_data_units(roots, tmp_p
     assert abs(float(out["rollout"].mean()) - OFFSET) < 0.5  # generated frames in the same units
 
 
-def test_cli_links_the_stats_into_the_model(roots, monkeypatch):
+def test_module_export_and_pretrained_roll_out_identically(roots, tmp_path):
+    """One rollout in data units for a trained module, the `dreamer-dynamics export` of its checkpoint and its
+    network's save_pretrained + from_pretrained: the same units (pooled), K and context noise, the same
+    frames for the same generator."""
+    pl.seed_everything(0)
+    data = make_data(roots["scaled"])
+    module = make_module(data, rollout_steps=2, context_noise=0.25)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    make_trainer(tmp_path, 2, [checkpoint]).fit(module, data)
+    with pytest.raises(SystemExit) as exited:
+        cli_main(
+            ["export", str(tmp_path / "ckpt" / "last.ckpt"), str(tmp_path / "cli"), "--weights", "online"]
+        )
+    assert exited.value.code == 0
+    module.model.save_pretrained(tmp_path / "direct")
+    loaded = DynamicsModule.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+
+    episode = LatentDataset(roots["scaled"])[1]
+    context = torch.from_numpy(np.array(episode["latents"][None, :3], np.float32))  # data units
+    actions = torch.from_numpy(np.array(episode["actions_discrete"][None, :6], np.int64))
+    runners = {
+        "module": module.model,
+        "loaded": loaded.model,
+        "export": DynamicsTransformer.from_pretrained(tmp_path / "cli"),
+        "save_pretrained": DynamicsTransformer.from_pretrained(tmp_path / "direct"),
+    }
+    kwargs = {"actions_discrete": actions, "unconditional": True}  # no continuous actions in the data
+    out = {
+        name: model.rollout(context, 3, generator=torch.Generator().manual_seed(9), **kwargs)
+        for name, model in runners.items()
+    }
+    for name in ("loaded", "export", "save_pretrained"):
+        assert runners[name].rollout_defaults == {"num_steps": 2, "context_noise": 0.25}, name
+        assert torch.equal(out[name], out["module"]), name
+    # the pooled units matter: per-channel standardisation of the same statistics rolls out elsewhere
+    per_channel = DynamicsTransformer.from_pretrained(tmp_path / "direct")
+    per_channel.latent_units = LatentUnits.from_stats(LatentDataset(roots["scaled"]).latent_stats, "channel")
+    other = per_channel.rollout(context, 3, generator=torch.Generator().manual_seed(9), **kwargs)
+    assert (other - out["module"]).abs().max() > 1e-3  # measured 2e-2; float32 rounding at 3.0 is 2e-7
+
+
+def test_cli_links_the_units_into_the_model(roots, monkeypatch):
     from tests.test_cli import QUICKSTART, TINY
 
     monkeypatch.setattr(sys, "argv", ["dreamer-dynamics"])
     args = ["--config", QUICKSTART, "--data.root", roots["scaled"], *TINY]
     cli = DynamicsCLI(args=args, run=False)
-    assert cli.model.hparams.latent_stats == cli.datamodule.latent_stats
     stored = json.loads(open(f"{roots['scaled']}/metadata.json").read())["latent_stats"]
-    assert cli.datamodule.latent_stats == {**stored, "scale": "pooled"}
-    np.testing.assert_allclose(cli.model.latent_mean.numpy(), cli.datamodule.latent_stats["mean"], rtol=1e-6)
+    assert cli.datamodule.latent_units == LatentUnits.from_stats(stored, "pooled")
+    assert cli.model.model.latent_units == cli.datamodule.latent_units
+    assert cli.model.hparams.latent_units == cli.datamodule.latent_units.to_dict()
     cli = DynamicsCLI(args=[*args, "--data.standardize=false"], run=False)
-    assert cli.model.hparams.latent_stats is None and cli.datamodule.latent_stats is None
+    assert cli.model.model.latent_units == cli.datamodule.latent_units == LatentUnits.identity(48)
 
 
 def test_rollout_images_are_decoded_in_the_datasets_units(roots, tmp_path):

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .convert import Source, resize_frames, write_episodes
+from .convert import Source, resize_frames
 from .format import DatasetError
 
 
@@ -210,8 +210,3 @@ def hdf5_sources(
                 _episode_source(f"{path}:{name}", label, lookup, available, keys, image_size, channels_first)
             )
     return sources
-
-
-def convert_arrays(out: str | os.PathLike, sources: Sequence[Source], **kwargs: Any) -> tuple[int, int]:
-    """Sources from `npz_sources` / `hdf5_sources` -> the dataset at `out`; see ``write_episodes``."""
-    return write_episodes(out, sources, **kwargs)

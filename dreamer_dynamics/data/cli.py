@@ -264,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     crafter.add_argument("--policy", choices=("random", "explore"), default="random")
     crafter.add_argument("--seed", type=int, default=0)
     crafter.set_defaults(run=_record_crafter)
+    _add_import_commands(commands)
+    return parser
+
+
+def _add_import_commands(commands) -> None:
+    """from-video, from-npz and from-hdf5: other data -> a dataset (data/convert.py)."""
     video = commands.add_parser("from-video", help="videos or frame folders -> dataset (video extra)")
     video.add_argument("out")
     video.add_argument(
@@ -299,7 +305,6 @@ def build_parser() -> argparse.ArgumentParser:
             )
         _add_conversion_options(arrays, None)
         arrays.set_defaults(run=_from_arrays)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

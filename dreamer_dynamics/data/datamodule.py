@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from dreamer_dynamics.compat import training_batch_progress
 from dreamer_dynamics.errors import ConfigError
+from dreamer_dynamics.units import SCALES, LatentUnits
 
 from .codec import decoder_for
 from .context_file import load_context_file
@@ -32,7 +33,7 @@ from .default import ToyDatasetConfig, builtin_dataset_root, toy_object_locator
 from .fingerprint import dataset_fingerprint, fingerprint_changes
 from .format import DatasetError
 from .sampler import AlternatingLengthBatchSampler, Window
-from .stats import SCALES, compute_latent_stats, stale_reason, standardization, write_latent_stats
+from .stats import compute_latent_stats, stale_reason, write_latent_stats
 
 
 class DynamicsDataModule(pl.LightningDataModule):
@@ -64,12 +65,12 @@ class DynamicsDataModule(pl.LightningDataModule):
         pin_memory: pin host memory in the DataLoaders (GPU training).
         standardize: emit standardised latents, (z - mean) / std with the dataset's ``latent_stats``: True or
             "pooled" = each channel's own mean, one pooled std for all channels (the RMS of the channel stds;
-            data/stats.py ``standardization``); "channel" = each channel by its own std (floored at 1e-6 x
-            the largest). A dataset without statistics (or
-            with stale ones) gets them computed once, streaming over the episodes, and recorded in its
-            ``metadata.json`` (skipped with a warning where that file is read-only). ``latent_stats`` is then
-            the record the model must use (the CLI links it into ``DynamicsModule``); False emits the
-            stored values and sets ``latent_stats`` to None.
+            ``LatentUnits.from_stats``); "channel" = each channel by its own std (floored at 1e-6 x the
+            largest). A dataset without statistics (or with stale ones) gets them computed once, streaming
+            over the episodes, and recorded in its ``metadata.json`` (skipped with a warning where that file
+            is read-only). ``latent_units`` is then the ``LatentUnits`` the model must use (the CLI links it
+            into ``DynamicsModule``; in Python pass ``latent_units=datamodule.latent_units``); False emits
+            the stored values (``latent_units`` is the identity).
         token_grid: (rows, cols) layout of the N_b tokens, row-major, for 2-D rotary positions in the space
             layers; None = the codec's ``token_grid`` attribute (the built-in patch codec has one: its patch
             grid), else no grid (1-D positions over the token index). Linked into the model by the CLI.
@@ -127,8 +128,10 @@ class DynamicsDataModule(pl.LightningDataModule):
                 f"data.standardize must be true, false, 'pooled' or 'channel', got {standardize!r}"
             )
         record = self._load_latent_stats() if scale else None
-        self.latent_stats: dict[str, Any] | None = None if record is None else {**record, "scale": scale}
-        self._window_dataset = LatentWindowDataset(self.dataset, self._standardization())
+        self.latent_units = (  # the units of every batch (docs/training.md, "Latent units")
+            LatentUnits.identity(self.latent_dim) if record is None else LatentUnits.from_stats(record, scale)
+        )
+        self._window_dataset = LatentWindowDataset(self.dataset, self.latent_units)
         self._files_checked = False
         self._train_sampler: AlternatingLengthBatchSampler | None = None
         self._pending_position: tuple[int, int] | None = None  # restored by load_state_dict, used once
@@ -181,25 +184,12 @@ class DynamicsDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ standardisation (docs/data.md)
     def standardize(self, latents: torch.Tensor) -> torch.Tensor:
-        """Dataset units -> batch units, (z - mean) / std per channel (identity if ``standardize=False``)."""
-        mean, std = self._standardization_tensors(latents.device)
-        return (latents - mean) / std
+        """Dataset units -> batch units (``latent_units.standardize``; identity if ``standardize=False``)."""
+        return self.latent_units.standardize(latents)
 
     def destandardize(self, latents: torch.Tensor) -> torch.Tensor:
-        """Batch units -> dataset units, z * std + mean per channel (e.g. before ``decoder``)."""
-        mean, std = self._standardization_tensors(latents.device)
-        return latents * std + mean
-
-    def _standardization_tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, std = self._standardization() or (np.zeros(1, np.float32), np.ones(1, np.float32))
-        return torch.from_numpy(mean).to(device), torch.from_numpy(std).to(device)
-
-    def _standardization(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """float32 (mean, floored std) [D_b], or None without standardisation."""
-        if self.latent_stats is None:
-            return None
-        mean, std = standardization(self.latent_stats)
-        return mean.astype(np.float32), std.astype(np.float32)
+        """Batch units -> dataset units (``latent_units.destandardize``), e.g. before ``decoder``."""
+        return self.latent_units.destandardize(latents)
 
     def _load_latent_stats(self) -> dict[str, Any] | None:
         """The dataset's record; computed once (and recorded in metadata.json) when missing or stale."""
@@ -220,13 +210,6 @@ class DynamicsDataModule(pl.LightningDataModule):
             )
         return stats.record()
 
-    def _link_latent_stats(self) -> None:
-        """Hand ``latent_stats`` to the attached module before callbacks copy it (EMA), so that a module built
-        without them (a script, a notebook) uses the statistics its batches are standardised with."""
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is not None and hasattr(module, "use_latent_stats"):
-            module.use_latent_stats(self.latent_stats, source=f"the DataModule of {self.root}")
-
     @cached_property
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint records about this dataset (root, latent shape, action spec, latent statistics,
@@ -235,7 +218,6 @@ class DynamicsDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str | None = None) -> None:
-        self._link_latent_stats()
         self.check()
 
     def check(self) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dreamer_dynamics.units import LatentUnits
+
 from .format import DatasetError, DatasetMetadata, check_action_ids, check_npy_header, read_metadata
 
 
@@ -142,12 +144,12 @@ class LatentWindowDataset(torch.utils.data.Dataset):
     Used with :class:`AlternatingLengthBatchSampler` (or any list of such tuples). Returns a dict of tensors:
     "latents" float32 [T, N_b, D_b], "actions_discrete" int64 [T, n] and "actions_continuous" float32 [T, c]
     where the dataset has them; the default collate stacks them to the batch layout of docs/design.md §9.
-    ``standardization`` = (mean, std) float32 [D_b] standardises the latents per channel: (z - mean) / std.
+    ``units`` (a ``LatentUnits``) standardises the latents per channel: (z - mean) / std; None = as stored.
     """
 
-    def __init__(self, dataset: LatentDataset, standardization: tuple[np.ndarray, np.ndarray] | None = None):
+    def __init__(self, dataset: LatentDataset, units: LatentUnits | None = None):
         self.dataset = dataset
-        self.standardization = standardization
+        self.units = units
 
     def __len__(self) -> int:  # number of episodes; items are addressed by tuples, not by position
         return len(self.dataset)
@@ -155,10 +157,10 @@ class LatentWindowDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: Sequence[int]) -> dict[str, torch.Tensor]:
         episode, start, length = (int(x) for x in item)
         window = self.dataset.window(episode, start, length)
-        if self.standardization is not None:
-            mean, std = self.standardization
-            window["latents"] = (window["latents"] - mean) / std  # (T, N_b, D_b) float32
-        return {k: torch.from_numpy(v) for k, v in window.items()}
+        out = {k: torch.from_numpy(v) for k, v in window.items()}
+        if self.units is not None:
+            out["latents"] = self.units.standardize(out["latents"])  # (T, N_b, D_b) float32
+        return out
 
 
 def split_episodes(

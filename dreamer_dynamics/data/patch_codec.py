@@ -100,10 +100,3 @@ class PatchCodec:
     def __call__(self, latents: Any) -> Any:
         """Decoder for logging: latents [..., N_b, D_b] -> images [..., H, W, 3] in [0, 1]."""
         return self.decode(latents, clip=True)
-
-
-def decoder_from_spec(spec: dict[str, Any] | None) -> PatchCodec | None:
-    """Build the decoder a dataset's metadata describes, or None (no decoder, or an unknown type)."""
-    if not spec or spec.get("type") != "patch":
-        return None
-    return PatchCodec.from_spec(spec)

@@ -1,8 +1,9 @@
-"""Per-channel latent statistics: streaming float64 mean/std, their ``metadata.json`` record, standardisation.
+"""Per-channel latent statistics: streaming float64 mean/std and their ``metadata.json`` record.
 
 Encoders emit latents at any scale (raw pixel patches: mean ~0.3, std ~0.13; other tokenizers: std ~5), while
-the flow mixes the data with unit Gaussian noise (paper Eq. 1). Training therefore standardises each of the
-D_b channels, z_std = (z - mean) / std, and rollouts convert back (docs/data.md, docs/training.md).
+the flow mixes the data with unit Gaussian noise (paper Eq. 1). Training therefore standardises the D_b
+channels with these statistics (``dreamer_dynamics.units.LatentUnits.from_stats``), and rollouts convert back
+(docs/data.md, docs/training.md).
 
 The statistics are exact across appends: episodes are merged with Chan et al.'s parallel update of
 (count, mean, M2) in float64, and a reopened dataset continues from the stored record (M2 = std^2 * count).
@@ -22,7 +23,6 @@ from tqdm.auto import tqdm
 from .format import METADATA_FILE, DatasetError, read_metadata, write_json_atomically
 from .lock import WriterLock
 
-STD_FLOOR = 1e-6  # std used for standardising = max(std, STD_FLOOR * largest channel std): constant channels
 CHUNK_ELEMENTS = 1 << 22  # float64 working set of one update (32 MiB): a huge episode is never copied whole
 
 
@@ -83,35 +83,6 @@ class LatentStatistics:
         if self.count == 0:
             return None
         return {"mean": self.mean.tolist(), "std": self.std.tolist(), "count": int(self.count)}
-
-
-SCALES = ("pooled", "channel")  # how latents are scaled: one pooled std, or each channel by its own std
-
-
-def standardization(record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) float64 [D_b] to standardise with; ``record["scale"]`` (default "pooled") picks the std.
-
-    * "pooled": every channel is divided by the RMS of the channel stds, sqrt(mean_c std_c^2), after its own
-      mean is removed. The data land at the scale of the unit noise the flow mixes them with, and the
-      channels keep their relative spread (a tokenizer's quiet channels stay quiet, so the noise still
-      drowns fine detail before coarse structure). On the built-in world this learned faster than
-      per-channel scaling (docs/benchmarks.md).
-    * "channel": each channel by its own std, floored at STD_FLOOR x the largest (relative, so scaling the
-      data scales the floor too).
-
-    All-constant data get std 1.
-    """
-    mean = np.asarray(record["mean"], np.float64)
-    std = np.asarray(record["std"], np.float64)
-    largest = float(std.max()) if std.size else 0.0
-    if largest <= 0.0:
-        return mean, np.ones_like(std)
-    scale = record.get("scale", "pooled")
-    if scale == "pooled":
-        return mean, np.full_like(std, float(np.sqrt(np.mean(std**2))))
-    if scale != "channel":
-        raise ValueError(f"latent_stats scale must be one of {SCALES}, got {scale!r}")
-    return mean, np.maximum(std, STD_FLOOR * largest)
 
 
 def expected_count(dataset) -> int:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .convert import Source, read_action_file, resize_frames, write_episodes
+from .convert import Source, read_action_file, resize_frames
 from .format import DatasetError
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -113,29 +113,3 @@ def video_sources(
 
         sources.append(Source(str(path), str(video), load, load_actions))
     return sources
-
-
-def convert_videos(
-    out: str | os.PathLike,
-    videos: Sequence[str | os.PathLike],
-    *,
-    actions: Optional[Sequence[str | os.PathLike]] = None,
-    codec: Any = None,
-    codec_spec: Optional[dict[str, Any]] = None,
-    image_size: Optional[int] = 64,
-    alignment: str = "led-to",
-    num_actions: Optional[Sequence[int]] = None,
-    continuous_actions: bool = False,
-    progress: bool = True,
-) -> tuple[int, int]:
-    """Videos / frame folders -> the dataset at `out` (created or appended); returns (written, skipped)."""
-    return write_episodes(
-        out,
-        video_sources(videos, actions, image_size, continuous_actions),
-        codec=codec,
-        codec_spec=codec_spec,
-        alignment=alignment,
-        num_actions=num_actions,
-        attributes={"source": "video"},
-        progress=progress,
-    )

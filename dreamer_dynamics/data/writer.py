@@ -83,29 +83,8 @@ def prepare_episode(
     [T, n_continuous],
     NaN = missing label, inf is an error; action arrays have the latents' length.
     """
-    latents = _to_numpy(latents)
-    if latents.ndim != 3 or tuple(latents.shape[1:]) != tuple(meta.latent_shape):
-        raise DatasetError(
-            where,
-            f"latents must have shape [T, {meta.latent_shape[0]}, {meta.latent_shape[1]}], "
-            f"got {list(latents.shape)}",
-        )
-    if not np.issubdtype(latents.dtype, np.floating):
-        raise DatasetError(where, f"latents must be floating point, got dtype {latents.dtype}")
-    length = latents.shape[0]
-    if length < 1:
-        raise DatasetError(where, "episode has no frames")
-    finite_frames = np.isfinite(latents).reshape(length, -1).all(1)  # (T,)
-    if not finite_frames.all():
-        raise DatasetError(
-            where,
-            f"latents contain NaN/inf (first bad frame {int(np.argmin(finite_frames))})",
-        )
-    with np.errstate(over="ignore"):  # an overflow becomes inf and is reported just below
-        stored = latents.astype(meta.latent_dtype, copy=False)
-    if not np.isfinite(stored).all():
-        raise DatasetError(where, f"latents overflow the storage dtype {meta.latent_dtype}")
-    arrays = {"latents": np.ascontiguousarray(stored)}
+    arrays = {"latents": _stored_latents(meta, where, latents)}
+    length = arrays["latents"].shape[0]
 
     a = _action_array(
         "actions_discrete",
@@ -140,6 +119,33 @@ def prepare_episode(
             )
         arrays["actions_continuous"] = np.ascontiguousarray(c, dtype=CONTINUOUS_DTYPE)
     return arrays
+
+
+def _stored_latents(meta: DatasetMetadata, where: str, latents: Any) -> np.ndarray:
+    """Checked latents [T, N_b, D_b] in the storage dtype (the latent rules of ``prepare_episode``)."""
+    latents = _to_numpy(latents)
+    if latents.ndim != 3 or tuple(latents.shape[1:]) != tuple(meta.latent_shape):
+        raise DatasetError(
+            where,
+            f"latents must have shape [T, {meta.latent_shape[0]}, {meta.latent_shape[1]}], "
+            f"got {list(latents.shape)}",
+        )
+    if not np.issubdtype(latents.dtype, np.floating):
+        raise DatasetError(where, f"latents must be floating point, got dtype {latents.dtype}")
+    length = latents.shape[0]
+    if length < 1:
+        raise DatasetError(where, "episode has no frames")
+    finite_frames = np.isfinite(latents).reshape(length, -1).all(1)  # (T,)
+    if not finite_frames.all():
+        raise DatasetError(
+            where,
+            f"latents contain NaN/inf (first bad frame {int(np.argmin(finite_frames))})",
+        )
+    with np.errstate(over="ignore"):  # an overflow becomes inf and is reported just below
+        stored = latents.astype(meta.latent_dtype, copy=False)
+    if not np.isfinite(stored).all():
+        raise DatasetError(where, f"latents overflow the storage dtype {meta.latent_dtype}")
+    return np.ascontiguousarray(stored)
 
 
 class LatentDatasetWriter:

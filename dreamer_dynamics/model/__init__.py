@@ -4,7 +4,23 @@ Convention: signal level tau = 0 is pure noise, tau = 1 is clean data.
 """
 
 from dreamer_dynamics.model.config import DynamicsConfig
-from dreamer_dynamics.model.rollout import TimeKVCache, context_signal_level, rollout
+from dreamer_dynamics.model.rollout import (
+    DEFAULT_CONTEXT_NOISE,
+    DEFAULT_ROLLOUT_STEPS,
+    RolloutStepper,
+    TimeKVCache,
+    context_signal_level,
+    rollout,
+)
 from dreamer_dynamics.model.transformer import DynamicsTransformer
 
-__all__ = ["DynamicsConfig", "DynamicsTransformer", "rollout", "TimeKVCache", "context_signal_level"]
+__all__ = [
+    "DynamicsConfig",
+    "DynamicsTransformer",
+    "rollout",
+    "RolloutStepper",
+    "TimeKVCache",
+    "context_signal_level",
+    "DEFAULT_ROLLOUT_STEPS",
+    "DEFAULT_CONTEXT_NOISE",
+]

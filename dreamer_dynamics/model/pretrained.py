@@ -2,16 +2,16 @@
 
 Layout of an export directory (format ``dreamer-dynamics-pretrained/1``)::
 
-    DIR/config.json          # {"format", "model": DynamicsConfig fields, "latent_stats", "codec", "rollout"}
+    DIR/config.json          # {"format", "model": DynamicsConfig fields, "latent_units", "codec", "rollout"}
     DIR/model.safetensors    # DynamicsTransformer.state_dict(), float tensors as trained
 
-``latent_stats`` (per-channel ``mean`` / ``std`` of the data, or null) let :meth:`DynamicsTransformer.rollout`
-take and return the dataset's own units: the model was trained on standardised latents (docs/design.md §6).
-``codec`` is the dataset's ``{"class_path", "init_args"}`` so rollouts can be decoded into pictures. Both
-files are written to temporary names and renamed, config last.
+``latent_units`` (``LatentUnits.to_dict()``: the per-channel ``mean`` and ``std`` the model was trained with)
+let :meth:`DynamicsTransformer.rollout` take and return the dataset's own units: the model was trained on
+standardised latents (docs/design.md §6). ``codec`` is the dataset's ``{"class_path", "init_args"}`` so
+rollouts can be decoded into pictures. Both files are written to temporary names and renamed, config last.
 
-This module imports only torch, safetensors and the model package: ``from_pretrained`` + ``rollout`` is the
-inference path for users without Lightning.
+This module imports only torch, safetensors, the model package and ``dreamer_dynamics.units``:
+``from_pretrained`` + ``rollout`` is the inference path for users without Lightning.
 """
 
 from __future__ import annotations
@@ -25,45 +25,43 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from dreamer_dynamics.units import LatentUnits, latent_units_or_identity
+
 from .config import DynamicsConfig
-from .rollout import rollout as _rollout
+from .rollout import DEFAULT_CONTEXT_NOISE, DEFAULT_ROLLOUT_STEPS
 
 PRETRAINED_FORMAT = "dreamer-dynamics-pretrained/1"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-DEFAULT_ROLLOUT = {"num_steps": 4, "context_noise": 0.1}  # paper: K = 4, context noise 0.1 (design.md §5)
-
-
-def _stats_to_json(stats: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
-    if stats is None:
-        return None
-    out = {k: torch.as_tensor(stats[k], dtype=torch.float64).reshape(-1).tolist() for k in ("mean", "std")}
-    if "count" in stats:
-        out["count"] = int(stats["count"])
-    return out
+DEFAULT_ROLLOUT = {"num_steps": DEFAULT_ROLLOUT_STEPS, "context_noise": DEFAULT_CONTEXT_NOISE}
 
 
 def save_pretrained(
     model: nn.Module,
     directory: str | os.PathLike,
     *,
-    latent_stats: Optional[dict[str, Any]] = None,
+    latent_units: Optional[LatentUnits] = None,
     codec: Optional[dict[str, Any]] = None,
     rollout: Optional[dict[str, Any]] = None,
 ) -> Path:
-    """Write `model` to `directory` (created); latent_stats / codec default to the model's own attributes."""
+    """Write `model` to `directory` (created); latent_units / codec / rollout default to the model's own
+    ``latent_units`` / ``codec_spec`` / ``rollout_defaults``."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    latent_stats = latent_stats if latent_stats is not None else getattr(model, "latent_stats", None)
+    units = latent_units_or_identity(
+        latent_units if latent_units is not None else getattr(model, "latent_units", None),
+        model.config.latent_dim,
+        "save_pretrained: latent_units",
+    )
     codec = codec if codec is not None else getattr(model, "codec_spec", None)
     rollout = {**DEFAULT_ROLLOUT, **(getattr(model, "rollout_defaults", None) or {}), **(rollout or {})}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     config = {
         "format": PRETRAINED_FORMAT,
         "model": dataclasses.asdict(model.config),
-        "latent_stats": _stats_to_json(latent_stats),
+        "latent_units": units.to_dict(),
         "codec": codec,
         "rollout": rollout,
     }
@@ -80,8 +78,8 @@ def load_pretrained(
     cls: type, directory: str | os.PathLike, *, device: str | torch.device = "cpu", **overrides: Any
 ) -> nn.Module:
     """Build `cls` from an export directory; `overrides` change DynamicsConfig fields (e.g.
-    ``attention_backend="flex"``). The model comes back in eval mode with ``latent_stats``, ``codec_spec`` and
-    ``rollout_defaults`` attached."""
+    ``attention_backend="flex"``). The model comes back in eval mode with ``latent_units``, ``codec_spec``
+    and ``rollout_defaults`` attached."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -103,43 +101,9 @@ def load_pretrained(
         raise FileNotFoundError(f"{weights}: weights file is missing")
     model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
     model.to(device).eval()
-    stats = config.get("latent_stats")
-    model.latent_stats = (
-        None
-        if stats is None
-        else {k: torch.tensor(stats[k], dtype=torch.float32, device=device) for k in ("mean", "std")}
+    model.latent_units = latent_units_or_identity(
+        config.get("latent_units"), model.config.latent_dim, f"{path}: latent_units"
     )
     model.codec_spec = config.get("codec")
     model.rollout_defaults = {**DEFAULT_ROLLOUT, **(config.get("rollout") or {})}
     return model
-
-
-@torch.no_grad()
-def rollout_in_data_units(
-    model: nn.Module,
-    context: torch.Tensor,
-    horizon: int,
-    *,
-    actions_discrete: Optional[torch.Tensor] = None,
-    actions_continuous: Optional[torch.Tensor] = None,
-    num_steps: Optional[int] = None,
-    generator: Optional[torch.Generator] = None,
-) -> torch.Tensor:
-    """``rollout`` in the dataset's units: context [B, T_ctx, N_b, D_b] is standardised with the model's
-    ``latent_stats`` (if any), the generated frames [B, horizon, N_b, D_b] are mapped back."""
-    defaults = {**DEFAULT_ROLLOUT, **(getattr(model, "rollout_defaults", None) or {})}
-    stats = getattr(model, "latent_stats", None)
-    if stats is not None:
-        mean, std = (stats[k].to(context.device, context.dtype) for k in ("mean", "std"))  # (D_b,)
-        context = (context - mean) / std
-    out = _rollout(
-        model,
-        context,
-        horizon,
-        actions_discrete=actions_discrete,
-        actions_continuous=actions_continuous,
-        num_steps=num_steps or defaults["num_steps"],
-        context_noise=defaults["context_noise"],
-        generator=generator,
-    )
-    return out * std + mean if stats is not None else out

@@ -6,13 +6,17 @@ import math
 from collections.abc import Sequence
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
+
+from dreamer_dynamics.units import LatentUnits
 
 from .attention import KV, AttentionMask, FactorizedAttention
 from .config import DynamicsConfig
 from .embeddings import ActionEmbedding, ShortcutEmbedding
 from .layers import RMSNorm, SwiGLU, grid_rope_tables, rope_tables
+from .rollout import DEFAULT_CONTEXT_NOISE, DEFAULT_ROLLOUT_STEPS, rollout, rollout_actions
 
 
 class Block(nn.Module):
@@ -82,10 +86,11 @@ class DynamicsTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config, config.is_time_layer(i)) for i in range(config.depth))
         self.out_norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.latent_out = nn.Linear(config.dim, packed)
-        # Set by from_pretrained (model/pretrained.py): data statistics, codec, rollout defaults of an export.
-        self.latent_stats: Optional[dict[str, torch.Tensor]] = None  # {"mean", "std"}: (D_b,) each
+        # What `rollout` and an export need besides the weights; set by DynamicsModule from its
+        # hyper-parameters, or by from_pretrained (model/pretrained.py) from an export.
+        self.latent_units = LatentUnits.identity(config.latent_dim)  # the data's units <-> the model's
         self.codec_spec: Optional[dict] = None  # {"class_path", "init_args"} of the data's codec
-        self.rollout_defaults: dict = {}  # {"num_steps", "context_noise"}
+        self.rollout_defaults = {"num_steps": DEFAULT_ROLLOUT_STEPS, "context_noise": DEFAULT_CONTEXT_NOISE}
         self.reset_parameters()
         # activation_checkpointing / compile_blocks are applied by dreamer_dynamics.parallelize, not here.
 
@@ -202,45 +207,64 @@ class DynamicsTransformer(nn.Module):
         self,
         directory,
         *,
-        latent_stats: Optional[dict] = None,
+        latent_units: Optional[LatentUnits] = None,
         codec: Optional[dict] = None,
         rollout: Optional[dict] = None,
     ):
-        """Write config.json + model.safetensors to `directory` (docs/model.md, "Export")."""
+        """Write config.json + model.safetensors to `directory` (docs/model.md, "Export"); latent_units,
+        codec and rollout default to the model's ``latent_units``, ``codec_spec``, ``rollout_defaults``."""
         from .pretrained import save_pretrained
 
-        return save_pretrained(self, directory, latent_stats=latent_stats, codec=codec, rollout=rollout)
+        return save_pretrained(self, directory, latent_units=latent_units, codec=codec, rollout=rollout)
 
     @classmethod
     def from_pretrained(cls, directory, *, device="cpu", **overrides) -> DynamicsTransformer:
-        """Load an export (eval mode) with its latent statistics, codec and rollout defaults; no Lightning."""
+        """Load an export (eval mode) with its latent units, codec and rollout defaults; no Lightning."""
         from .pretrained import load_pretrained
 
         return load_pretrained(cls, directory, device=device, **overrides)
 
+    @torch.no_grad()
     def rollout(
         self,
-        context: torch.Tensor,
+        context,
         horizon: int,
         *,
-        actions_discrete: Optional[torch.Tensor] = None,
-        actions_continuous: Optional[torch.Tensor] = None,
+        actions_discrete=None,
+        actions_continuous=None,
         num_steps: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
-    ) -> torch.Tensor:
-        """KV-cached rollout in the data's units (docs/design.md §5): context [B, T_ctx, N_b, D_b] ->
-        generated clean latents [B, horizon, N_b, D_b]; actions cover T_ctx + horizon frames."""
-        from .pretrained import rollout_in_data_units
+        unconditional: bool = False,
+    ):
+        """Generate `horizon` frames after `context` [B, T_ctx, N_b, D_b] -> [B, horizon, N_b, D_b], both in
+        the dataset's units (``latent_units``; KV-cached, docs/design.md §5).
 
-        return rollout_in_data_units(
-            self,
-            context,
-            horizon,
-            actions_discrete=actions_discrete,
-            actions_continuous=actions_continuous,
-            num_steps=num_steps,
-            generator=generator,
-        )
+        Tensors or numpy arrays on any device; the result is a numpy array when `context` is one, else a
+        tensor on the model's device. Actions cover T_ctx + horizon frames; discrete actions may be [B, T]
+        for one categorical component. A model trained with actions needs them: ``unconditional=True`` rolls
+        out with the learned "no action" embedding instead. Runs in eval mode (the mode is restored).
+        ``num_steps``: K Euler steps per frame (default ``rollout_defaults``); ``generator``: the noise.
+        """
+        as_numpy = isinstance(context, np.ndarray)
+        device = self.latent_in.weight.device
+        context = torch.as_tensor(context, device=device, dtype=torch.float32)
+        actions = rollout_actions(self.config, device, actions_discrete, actions_continuous, unconditional)
+        was_training = self.training
+        self.eval()
+        try:
+            generated = rollout(
+                self,
+                self.latent_units.standardize(context),
+                horizon,
+                num_steps=num_steps or self.rollout_defaults["num_steps"],
+                context_noise=self.rollout_defaults["context_noise"],
+                generator=generator,
+                **actions,
+            )
+        finally:
+            self.train(was_training)
+        generated = self.latent_units.destandardize(generated)
+        return generated.cpu().numpy() if as_numpy else generated
 
     def _check_shapes(
         self, z_tilde: torch.Tensor, tau: torch.Tensor, d: torch.Tensor, image_rows: Optional[torch.Tensor]

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._stepper import RolloutStepper
+from dreamer_dynamics.model import RolloutStepper
+
 from .world import World
 
 REPLAY_FRAMES = 48  # recorded frames after a drawn context, where the episode is long enough

@@ -34,18 +34,17 @@ class World:
     model: nn.Module
     dataset: LatentDataset
     decode: Decoder  # latents [..., N_b, D_b] (dataset units) -> frames [..., H, W, C] in [0, 1]
-    mean: torch.Tensor  # (D_b,) dataset units -> model units: (z - mean) / std
-    std: torch.Tensor  # (D_b,)
     context_frames: int  # frames of each drawn context
     num_steps: int  # default K
     context_noise: float  # noise amount of committed frames (docs/design.md §5)
     source: str  # what was loaded, for the page's title
 
     def to_model(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.mean) / self.std
+        """Dataset units -> model units (the network's ``latent_units``, docs/training.md)."""
+        return self.model.latent_units.standardize(z)
 
     def to_data(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.std + self.mean
+        return self.model.latent_units.destandardize(z)
 
     def step_choices(self) -> list[int]:
         """K = 1, 2, 4 and K_max (those <= K_max)."""
@@ -82,7 +81,7 @@ def continuous_ranges(dataset: LatentDataset, episodes: int = 32) -> list[list[f
 
 
 def _load_model(source: Path, data_root: str | None) -> tuple[nn.Module, Path | None, dict | None]:
-    """(model with latent_stats / rollout_defaults, dataset root or None, codec spec of the export)."""
+    """(model with latent_units / rollout_defaults, dataset root or None, codec spec of the export)."""
     if source.is_dir():
         from dreamer_dynamics.model import DynamicsTransformer
 
@@ -151,20 +150,11 @@ def load_world(source: str | os.PathLike, *, data_root: str | None = None, conte
     longest = int(dataset.episode_lengths.max(initial=0))
     if not 1 <= context_frames < longest:
         raise PlayError(f"--context-frames {context_frames}: must be in [1, {longest - 1}] for {root}")
-    stats = getattr(model, "latent_stats", None)
-    dim = model.config.latent_dim
-    mean, std = (
-        (torch.zeros(dim), torch.ones(dim))
-        if stats is None
-        else (torch.as_tensor(stats[k], dtype=torch.float32).reshape(dim) for k in ("mean", "std"))
-    )
     defaults = getattr(model, "rollout_defaults", None) or {}
     return World(
         model=model,
         dataset=dataset,
         decode=decode,
-        mean=mean,
-        std=std,
         context_frames=context_frames,
         num_steps=min(int(defaults.get("num_steps", 4)), model.config.k_max),
         context_noise=float(defaults.get("context_noise", 0.1)),

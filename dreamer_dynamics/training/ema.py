@@ -36,15 +36,9 @@ from torch.optim.swa_utils import AveragedModel
 from dreamer_dynamics import compat
 
 
-def averaged_model(callback: WeightAveraging) -> Optional[AveragedModel]:
-    """The ``AveragedModel`` of a Lightning weight-averaging callback, or None before ``fit`` set it up (a
-    private attribute of Lightning's class, read through ``dreamer_dynamics.compat``)."""
-    return compat.averaged_model(callback)
-
-
 def averaging_started(callback: WeightAveraging) -> bool:
     """True once the average has been updated at least once (before that it holds the initial weights)."""
-    model = averaged_model(callback)
+    model = compat.averaged_model(callback)
     return model is not None and int(model.n_averaged) > 0
 
 
@@ -91,7 +85,7 @@ class EMA(EMAWeightAveraging):
 
     @property
     def averaged_model(self) -> Optional[AveragedModel]:
-        return averaged_model(self)
+        return compat.averaged_model(self)
 
     @property
     def started(self) -> bool:
@@ -146,4 +140,4 @@ class EMA(EMAWeightAveraging):
         super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
-__all__ = ["EMA", "averaged_model", "averaging_started"]
+__all__ = ["EMA", "averaging_started"]
