@@ -226,6 +226,7 @@ def test_replay_shows_the_recorded_episode_beside_the_model(server, browser):
             "return window.play.mode === 'replay' && window.play.ready && window.play.history.length > 8"
         )
     )
+    browser.find_element(By.ID, "pause").click()  # mid-episode, for the screenshot
     history = browser.execute_script("return window.play.history")
     shape = browser.execute_script("return window.play.info.frame_shape")
     assert all(e["truth"] for e in history)
@@ -233,7 +234,6 @@ def test_replay_shows_the_recorded_episode_beside_the_model(server, browser):
     truth = sprite_columns([{"frame": e["truth"]} for e in history], shape)
     # it follows the recorded actions
     assert np.abs(model - truth).max() <= 1, (model.tolist(), truth.tolist())
-    time.sleep(0.5)  # frames/s in the status line
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(SCREENSHOT))
 
