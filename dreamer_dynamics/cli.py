@@ -7,6 +7,7 @@
     dreamer-dynamics predict --ckpt_path CKPT --data.predict_context context.npz --model.predict_horizon 8
     dreamer-dynamics fit --config quickstart --print_config
     dreamer-dynamics export runs/.../last.ckpt exported/          # config JSON + safetensors (export.py)
+    dreamer-dynamics play runs/.../last.ckpt                       # steer it from a browser page (play/)
 
 * ``--config NAME`` finds a packaged config (``dreamer_dynamics/configs/NAME.yaml``; the repository's
   ``lightning_configs/`` links to the same files); any existing path is used as given.
@@ -364,6 +365,10 @@ def main(args: Optional[list[str]] = None) -> None:
         from dreamer_dynamics.export import main as export_main
 
         sys.exit(export_main(argv[1:]))
+    if argv[:1] == ["play"]:  # a browser page that steers the model (play/cli.py)
+        from dreamer_dynamics.play.cli import main as play_main
+
+        sys.exit(play_main(argv[1:]))
     quiet_known_messages()
     try:
         if args is None:  # rewrite sys.argv itself: DDP launchers re-run it in the child processes

@@ -30,21 +30,33 @@ from dreamer_dynamics.model import (
 from dreamer_dynamics.units import latent_units_or_identity
 
 
-def _dataset_codec(checkpoint: dict[str, Any], data_root: Optional[str]) -> Optional[dict[str, Any]]:
-    """The codec spec of the training dataset, if that dataset can be found."""
-    from dreamer_dynamics.data.codec import metadata_codec_spec
-    from dreamer_dynamics.data.format import METADATA_FILE, read_metadata
+def training_dataset_root(checkpoint: dict[str, Any], data_root: Optional[str] = None) -> Optional[Path]:
+    """The dataset the checkpoint was trained on (`data_root` if given), None where it is not on disk; the
+    built-in dataset is looked up in its cache, never generated."""
+    from dreamer_dynamics.data.format import METADATA_FILE
 
     data = checkpoint.get("datamodule_hyper_parameters") or {}
     root = data_root or data.get("root")
-    if root is None and "toy" in data:  # the built-in dataset: its cache path, without generating it
+    if root is None and "toy" in data:  # the built-in dataset: its cache path
         from dreamer_dynamics.data.default import default_cache_dir, toy_config, toy_dataset_key
 
         cache = Path(data["cache_dir"]) if data.get("cache_dir") else default_cache_dir()
         root = cache / toy_dataset_key(toy_config(data.get("world") or "deterministic", data.get("toy")))
     if root is None or not (Path(root) / METADATA_FILE).is_file():
+        return None
+    return Path(root)
+
+
+def _dataset_codec(checkpoint: dict[str, Any], data_root: Optional[str]) -> Optional[dict[str, Any]]:
+    """The codec spec of the training dataset, if that dataset can be found."""
+    from dreamer_dynamics.data.codec import metadata_codec_spec
+    from dreamer_dynamics.data.format import read_metadata
+
+    root = training_dataset_root(checkpoint, data_root)
+    if root is None:
+        where = data_root or (checkpoint.get("datamodule_hyper_parameters") or {}).get("root")
         warnings.warn(
-            f"export: training dataset {root} not found, so no codec is exported (pass --data-root)",
+            f"export: training dataset {where} not found, so no codec is exported (pass --data-root)",
             stacklevel=2,
         )
         return None
@@ -71,14 +83,12 @@ def select_weights(
     return state, "EMA" if started else "online"
 
 
-def export(
-    checkpoint_path: str | os.PathLike,
-    directory: str | os.PathLike,
-    *,
-    weights: str = "ema",
-    data_root: Optional[str] = None,
-) -> tuple[Path, str]:
-    """``export_checkpoint``, also returning which weights were written ("EMA" or "online")."""
+def load_checkpoint_model(
+    checkpoint_path: str | os.PathLike, *, weights: str = "ema"
+) -> tuple[DynamicsTransformer, dict[str, Any], str]:
+    """The network of a ``DynamicsModule`` checkpoint in eval mode with its ``latent_units`` and
+    ``rollout_defaults`` attached (as ``DynamicsModule.__init__`` attaches them), the checkpoint, and which
+    weights it holds ("EMA" or "online", ``select_weights``)."""
     if weights not in ("ema", "online"):
         raise ValueError(f"export: weights must be 'ema' or 'online', got {weights!r}")
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
@@ -97,6 +107,18 @@ def export(
         "num_steps": int(hparams.get("rollout_steps", DEFAULT_ROLLOUT_STEPS)),
         "context_noise": float(hparams.get("context_noise", DEFAULT_CONTEXT_NOISE)),
     }
+    return model.eval(), checkpoint, written
+
+
+def export(
+    checkpoint_path: str | os.PathLike,
+    directory: str | os.PathLike,
+    *,
+    weights: str = "ema",
+    data_root: Optional[str] = None,
+) -> tuple[Path, str]:
+    """``export_checkpoint``, also returning which weights were written ("EMA" or "online")."""
+    model, checkpoint, written = load_checkpoint_model(checkpoint_path, weights=weights)
     model.codec_spec = _dataset_codec(checkpoint, data_root)
     return model.save_pretrained(directory), written
 
