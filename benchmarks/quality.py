@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> dict:
     for seed in args.seeds:
         shortcut = build(args, [], args.workdir / f"shortcut_{seed}", seed, args.steps)
         if ratio is None:
-            ratio = step_cost_ratio(
+            ratio = args.cost_ratio or step_cost_ratio(
                 build(args, [], args.workdir / "calibration", seed, args.steps), args.repeat
             )
             report["cost_ratio"] = round(ratio, 3)
@@ -390,6 +390,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--contexts", type=int, default=64, help="held-out contexts, one per new episode")
     parser.add_argument("--horizon", type=int, default=32, help="generated frames (scored at 8 and at this)")
     parser.add_argument("--repeat", type=int, default=10, help="timed steps per variant for the cost ratio")
+    parser.add_argument(
+        "--cost-ratio",
+        type=float,
+        default=None,
+        help="a shortcut step's cost over a flow-only step (default: timed here; give one measured on a "
+        "quiet machine when seeds run side by side)",
+    )
     parser.add_argument("--config", type=Path, default=QUICKSTART)
     parser.add_argument("--extra", nargs="*", default=[], help="more CLI overrides for both models")
     parser.add_argument("--threads", type=int, default=2)
