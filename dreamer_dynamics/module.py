@@ -482,7 +482,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         if self._trainer is None:
             # load_from_checkpoint for evaluation: leave the caller's global RNG alone.
             return
-        ranks = rng["ranks"] if "ranks" in rng else [rng]  # older checkpoints: one (rank 0) state
+        ranks = rng["ranks"]  # one random state per rank
         world, rank = self.trainer.world_size, self.global_rank
         self._noise_generator = None
         if len(ranks) != world:
