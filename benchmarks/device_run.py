@@ -206,9 +206,8 @@ def smoke_overlay(work: Path) -> Path:
         },
         "model": {
             "model": {"compile_blocks": False, "dim": 16, "heads": 4, "kv_heads": 2, "depth": 2},
-            "bootstrap_warmup_steps": 2,
-            "val_rollout_horizon": 2,
-            "val_rollout_rows": 2,
+            "objective": {"bootstrap_warmup_steps": 2},
+            "evaluation": {"rollout_horizon": 2, "rollout_rows": 2},
         },
         "data": {
             "toy": {"episodes": 200},
@@ -252,7 +251,7 @@ def training_summary(root: Path) -> dict:
     summary = {
         "checkpoint": str(checkpoints[-1]),
         "global_step": state["global_step"],
-        "bootstrap_warmup_steps": state["hyper_parameters"].get("bootstrap_warmup_steps"),
+        "bootstrap_warmup_steps": state["hyper_parameters"]["objective"]["bootstrap_warmup_steps"],
     }
     scalars = read_scalars(root)
     for tag in ("val/object_accuracy_k4", "val/rollout_es_ratio_k4", "train/latent_tokens_per_s"):

@@ -45,7 +45,7 @@ class FitToTime(pl.Callback):
         self._start, self._half = time.monotonic(), None
         steps = trainer.max_steps
         self._shares = {
-            "bootstrap": 1 - pl_module.hparams.bootstrap_warmup_steps / steps,
+            "bootstrap": 1 - pl_module.objective.bootstrap_warmup_steps / steps,
             "validation": trainer.val_check_batch / steps,
         }
 
@@ -69,13 +69,13 @@ class FitToTime(pl.Callback):
         """Set the schedule to ``total`` steps at the config's shares."""
         trainer.fit_loop.epoch_loop.max_steps = total
         trainer.val_check_batch = max(1, round(self._shares["validation"] * total))
-        pl_module.hparams.bootstrap_warmup_steps = round((1 - self._shares["bootstrap"]) * total)
+        pl_module.objective.bootstrap_warmup_steps = round((1 - self._shares["bootstrap"]) * total)
         for config in trainer.lr_scheduler_configs:
             if hasattr(config.scheduler, "total_steps"):
                 config.scheduler.total_steps = total
         self.fitted = {
             "max_steps": total,
-            "bootstrap_warmup_steps": pl_module.hparams.bootstrap_warmup_steps,
+            "bootstrap_warmup_steps": pl_module.objective.bootstrap_warmup_steps,
             "val_check_interval": trainer.val_check_batch,
         }
         print(f"FitToTime: schedule set to {self.fitted}", flush=True)

@@ -35,15 +35,19 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "lightning_configs" / "qui
 # name -> CLI overrides of the quickstart config (the recipe is the config itself).
 VARIANTS: dict[str, list[str]] = {
     "recipe": [],
-    "no_context_prefix": ["--model.context_prefix_frames=0"],  # every frame's level drawn
-    "context_prefix_4": ["--model.context_prefix_frames=4"],
+    "no_context_prefix": ["--model.objective.context_prefix_frames=0"],  # every frame's level drawn
+    "context_prefix_4": ["--model.objective.context_prefix_frames=4"],
     "width_64": [  # a narrower model: width 64, 4 heads
         "--model.model.dim=64",
         "--model.model.heads=4",
     ],
     "flat_positions": ["--data.token_grid=[16,1]"],  # space RoPE along the token index only, not (row, col)
-    "bootstrap_rows_0.5": ["--model.bootstrap_row_share=0.5"],  # half the rows train the bootstrap term
-    "ramp_weighting": ["--model.loss_weighting=ramp"],  # the paper's Eq. 8 weight instead of the uniform one
+    "bootstrap_rows_0.5": [
+        "--model.objective.bootstrap_row_share=0.5"
+    ],  # half the rows train the bootstrap term
+    "ramp_weighting": [
+        "--model.objective.loss_weighting=ramp"
+    ],  # the paper's Eq. 8 weight instead of the uniform one
     "short_windows_12": ["--data.short_length=12", "--data.short_batch_size=16"],  # shorter training windows
     "lr_2e-3": ["--model.optimizer.init_args.lr=0.002"],
     "adamw": [  # AdamW for every parameter, constant rate after the warm-up
@@ -55,17 +59,22 @@ VARIANTS: dict[str, list[str]] = {
     "muon_lr_0.04": ["--model.optimizer.init_args.muon_lr=0.04"],
     "constant_lr": ["--model.scheduler.init_args.min_lr_ratio=1.0"],  # no decay after the warmup
     "bootstrap_every_row": [  # as many bootstrap frames, spread over every row (teacher passes on every row)
-        "--model.bootstrap_row_share=null",
-        "--model.d_min_share=0.75",
+        "--model.objective.bootstrap_row_share=null",
+        "--model.objective.d_min_share=0.75",
     ],
     "paper_sampling": [  # K uniform over the powers of two in every row (1/5 of frames at d_min)
-        "--model.bootstrap_row_share=null",
-        "--model.d_min_share=null",
+        "--model.objective.bootstrap_row_share=null",
+        "--model.objective.d_min_share=null",
     ],
-    "flow_only": ["--model.d_min_share=1.0", "--model.bootstrap_warmup_steps=0"],  # diffusion forcing alone
+    "flow_only": [
+        "--model.objective.d_min_share=1.0",
+        "--model.objective.bootstrap_warmup_steps=0",
+    ],  # diffusion forcing alone
     "deterministic_world": ["--data.world=deterministic"],  # the balls never turn
-    "no_bootstrap_warmup": ["--model.bootstrap_warmup_steps=0"],
-    "image_rows_0.3": ["--model.image_row_share=0.3"],  # the paper's share of rows trained as images
+    "no_bootstrap_warmup": ["--model.objective.bootstrap_warmup_steps=0"],
+    "image_rows_0.3": [
+        "--model.objective.image_row_share=0.3"
+    ],  # the paper's share of rows trained as images
     "no_zero_init": ["--model.model.zero_init_output=false"],
     "lr_1e-3": ["--model.optimizer.init_args.lr=0.001"],
     "channel_std": ["--data.standardize=channel"],  # each latent channel divided by its own std
@@ -92,7 +101,7 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, workd
         f"--trainer.val_check_interval={args.val_every}",
         f"--trainer.default_root_dir={out}",
         "--trainer.enable_progress_bar=false",
-        f"--model.val_rollout_batches={args.rollout_batches}",
+        f"--model.evaluation.rollout_batches={args.rollout_batches}",
         *args.extra,
         *overrides,
     ]
@@ -131,8 +140,8 @@ def run(args: argparse.Namespace) -> dict:
             "--model.model.heads=4",
             "--model.model.kv_heads=2",
             "--model.model.depth=2",
-            "--model.val_rollout_horizon=2",
-            "--model.val_rollout_rows=2",
+            "--model.evaluation.rollout_horizon=2",
+            "--model.evaluation.rollout_rows=2",
             "--model.model.k_max=4",
             "--trainer.log_every_n_steps=1",
         ]

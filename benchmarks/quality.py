@@ -52,11 +52,12 @@ from dreamer_dynamics.data import DynamicsDataModule
 from dreamer_dynamics.data.default import ToyDatasetConfig
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.objective import shortcut_forcing_loss
+from dreamer_dynamics.training.evaluation import in_data_units, sample_rollouts
 from dreamer_dynamics.training.optim import parameter_groups
 from dreamer_dynamics.training.scores import RolloutScores, oracle_scores
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "lightning_configs" / "quickstart.yaml"
-FLOW_ONLY = ["--model.d_min_share=1.0", "--model.bootstrap_warmup_steps=0"]
+FLOW_ONLY = ["--model.objective.d_min_share=1.0", "--model.objective.bootstrap_warmup_steps=0"]
 CONTEXT = 4  # context frames of every evaluated rollout
 SHORT_HORIZON = 8  # frames of the short figure (the first frames of the long rollouts)
 TARGETS = {  # paper Fig. 8, on this world
@@ -162,12 +163,14 @@ def evaluate(module: DynamicsModule, data: DynamicsDataModule, args, horizon: in
     steps = [2**i for i in range(module.config.k_max.bit_length())]  # 1, 2, 4, ..., K_max
     net = StepLabel(module.model, module.config.d_min) if flow_only else module.model
     batch = next(iter(data.val_dataloader()))
-    z = module.standardize(batch["latents"])
+    units = module.model.latent_units
+    z = units.standardize(batch["latents"])
     context, target = z[:, :CONTEXT], z[:, CONTEXT:]
     cond = module.conditioning(batch)
     generator = torch.Generator().manual_seed(args.eval_seed)
-    generated = module.sample_rollouts(context, horizon, cond, steps, args.samples, generator, model=net)
-    ctx_units, target_units, generated_units = module.score_units(context, target, generated)
+    noise = module.hparams.rollout.context_noise
+    generated = sample_rollouts(net, context, horizon, cond, steps, args.samples, generator, noise)
+    ctx_units, target_units, generated_units = in_data_units(units, context, target, generated)
     oracle = oracle_scores(data.oracle, batch, CONTEXT, target_units, args.samples, seed=args.eval_seed)
     out = {}
     for length in sorted({min(SHORT_HORIZON, horizon), horizon}):
@@ -216,7 +219,7 @@ def run(args: argparse.Namespace) -> dict:
             "--model.model.depth=2",
             "--model.model.k_max=4",
             "--model.model.zero_init_output=false",  # untrained outputs must depend on K
-            "--model.bootstrap_warmup_steps=2",
+            "--model.objective.bootstrap_warmup_steps=2",
         ]
     report = {
         "benchmark": "quality",
@@ -240,7 +243,7 @@ def run(args: argparse.Namespace) -> dict:
             )
             report["cost_ratio"] = round(ratio, 3)
         steps = shortcut.trainer.max_steps
-        warmup = min(shortcut.model.hparams.bootstrap_warmup_steps, steps)
+        warmup = min(shortcut.model.objective.bootstrap_warmup_steps, steps)
         flow_steps = warmup + round((steps - warmup) * ratio)
         flow = build(args, FLOW_ONLY, args.workdir / f"flow_only_{seed}", seed, flow_steps)
         report["seeds"][seed] = {}

@@ -34,6 +34,7 @@ from dreamer_dynamics.data import DynamicsDataModule
 from dreamer_dynamics.data.default import ToyDatasetConfig
 from dreamer_dynamics.model import rollout
 from dreamer_dynamics.module import DynamicsModule
+from dreamer_dynamics.training.evaluation import sample_rollouts
 from dreamer_dynamics.training.scores import energy_score, oracle_scores
 
 CONTEXT, HORIZON = 4, 8
@@ -62,16 +63,17 @@ def run(args: argparse.Namespace) -> dict:
     if locate is None:
         raise SystemExit(f"{data.root}: not the built-in world (no object locator)")
     batch = next(iter(data.val_dataloader()))
-    z = module.standardize(batch["latents"])
+    latent_units = module.model.latent_units
+    z = latent_units.standardize(batch["latents"])
     actions = {k: v for k, v in batch.items() if k.startswith("actions")}
     context, target = z[:, :CONTEXT], z[:, CONTEXT:]
-    units = module.destandardize
+    units = latent_units.destandardize
     truth = locate(units(target))  # (B, H, objects, 2)
     copy_last = (units(target) - units(context[:, -1:])).flatten(2).norm(dim=-1).mean()
     generator = torch.Generator(device).manual_seed(args.seed)
 
     def roll(ctx: torch.Tensor, horizon: int, k: int, acts: dict) -> torch.Tensor:
-        noise = module.hparams.context_noise
+        noise = module.hparams.rollout.context_noise
         acts = {name: a.to(device) for name, a in acts.items()}
         return rollout(
             module.model,
@@ -91,8 +93,9 @@ def run(args: argparse.Namespace) -> dict:
         report["oracle"] = oracle
     with torch.no_grad():
         on_device = {name: a.to(device) for name, a in actions.items()}
-        sampled = module.sample_rollouts(
-            context.to(device), HORIZON, on_device, args.steps, args.samples, generator
+        noise = module.hparams.rollout.context_noise
+        sampled = sample_rollouts(
+            module.model, context.to(device), HORIZON, on_device, args.steps, args.samples, generator, noise
         )
         for k, samples in sampled.items():  # (S, B, H, N_b, D_b)
             samples = samples.cpu()

@@ -4,7 +4,7 @@
     dreamer-dynamics fit --config quickstart --data.root /path/to/latents
     dreamer-dynamics fit --config quickstart --ckpt_path last         # resume the newest checkpoint
     dreamer-dynamics validate --ckpt_path runs/.../last.ckpt          # model AND data from the checkpoint
-    dreamer-dynamics predict --ckpt_path CKPT --data.predict_context context.npz --model.predict_horizon 8
+    dreamer-dynamics predict --ckpt_path C --data.predict_context c.npz --model.evaluation.predict_horizon=4
     dreamer-dynamics fit --config quickstart --print_config
     dreamer-dynamics export runs/.../last.ckpt exported/          # config JSON + safetensors (export.py)
     dreamer-dynamics play runs/.../last.ckpt                       # steer it from a browser page (play/)
@@ -14,10 +14,11 @@
 * The model's latent shape and action spec are *linked* from the DataModule, so ``--data.root`` alone switches
   datasets (the linked keys ``model.model.latent_tokens`` etc. are not settable); so are the latent units the
   batches are standardised with (``data.latent_units`` -> ``model.latent_units``, the identity with
-  ``--data.standardize false``).
-* With ``--ckpt_path``, the model's hyper-parameters come from the checkpoint (Lightning; the evaluation-only
-  settings in ``EVALUATION_SETTINGS`` keep this command line's values), and so does the dataset unless
-  ``--data.root`` is given: its root and the DataModule settings this command line leaves at their defaults.
+  ``--data.standardize false``) and the dataset's object locator and oracle (``model.references``).
+* With ``--ckpt_path``, the model's hyper-parameters come from the checkpoint (Lightning; the fields of the
+  evaluation-only groups ``model.evaluation`` and ``model.rollout`` that this command line sets keep its
+  values), and so does the dataset unless ``--data.root`` is given: its root and the DataModule settings this
+  command line leaves at their defaults.
   A dataset the network does not fit is refused with one line before anything is built (checkpoints.py).
   ``--ckpt_path last`` is the newest ``*.ckpt`` under
   ``trainer.default_root_dir``; ``fit`` then continues in the checkpoint's log version, or starts fresh when
@@ -33,6 +34,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import sys
@@ -65,8 +67,11 @@ from dreamer_dynamics.errors import (
     argument_error_line,
     show_traceback,
 )
+from dreamer_dynamics.model import RolloutConfig
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.quiet import quiet_known_messages, quiet_weight_averaging_warning
+from dreamer_dynamics.references import EvaluationReferences
+from dreamer_dynamics.training.config import EvaluationConfig
 from dreamer_dynamics.training.interrupt import AtomicCheckpointIO, StopOnSignal
 from dreamer_dynamics.training.prediction import RolloutWriter
 from dreamer_dynamics.training.progress import FitSummary, OneLineModelSummary, StepProgressBar
@@ -92,20 +97,10 @@ OTHER_DATASET_FLAG = "resume_other_dataset"  # fit: continue a checkpoint on ano
 # printed as one line, exit 1
 USER_ERRORS = (DatasetError, ConfigError, MissingExtraError, MisconfigurationException, NonFiniteLossError)
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # resolved by Lightning itself
-# DynamicsModule settings that change evaluation only, never the weights: with --ckpt_path, Lightning replaces
-# the whole model config by the checkpoint's hyper-parameters; these keep the values of this command line.
-EVALUATION_SETTINGS = (
-    "rollout_steps",
-    "context_noise",
-    "val_rollout_steps",
-    "val_context_frames",
-    "val_rollout_horizon",
-    "val_rollout_batches",
-    "val_rollout_rows",
-    "val_rollout_samples",
-    "num_tau_buckets",
-    "predict_horizon",
-)
+# DynamicsModule setting groups that change evaluation only, never the weights: with --ckpt_path, Lightning
+# replaces the whole model config by the checkpoint's hyper-parameters; the fields of these groups that this
+# command line sets keep its values.
+EVALUATION_GROUPS = {"evaluation": EvaluationConfig, "rollout": RolloutConfig}
 
 # DataModule settings that describe this machine or this run's input, never adopted from a checkpoint
 NOT_ADOPTED = ("root", "toy", "world", "cache_dir", "num_workers", "pin_memory", "predict_context")
@@ -118,6 +113,29 @@ def signature_defaults(cls: type) -> dict[str, Any]:
         for name, p in inspect.signature(cls.__init__).parameters.items()
         if p.default is not inspect.Parameter.empty
     }
+
+
+def evaluation_settings(model: Any) -> dict[str, Any]:
+    """{"evaluation.rollout_samples": 8, ...}: the fields of ``EVALUATION_GROUPS`` this command line (or its
+    config) sets to other values than the field defaults."""
+    settings = {}
+    for group, cls in EVALUATION_GROUPS.items():
+        values = model.get(group) if isinstance(model, Namespace) else None
+        if not isinstance(values, Namespace):
+            continue
+        defaults = cls()
+        for field in dataclasses.fields(cls):
+            value = values.get(field.name, getattr(defaults, field.name))
+            if value != getattr(defaults, field.name):
+                settings[f"{group}.{field.name}"] = value
+    return settings
+
+
+def data_references(data: Any) -> EvaluationReferences:
+    """The object locator and oracle of the DataModule's dataset (None each for a dataset of one's own)."""
+    return EvaluationReferences(
+        object_locator=getattr(data, "object_locator", None), oracle=getattr(data, "oracle", None)
+    )
 
 
 class WeightsOnlyParser(LightningArgumentParser):
@@ -194,6 +212,7 @@ class DynamicsCLI(LightningCLI):
         for field in LINKED_DATA_FIELDS:
             parser.link_arguments(f"data.{field}", f"model.model.{field}", apply_on="instantiate")
         parser.link_arguments("data.latent_units", "model.latent_units", apply_on="instantiate")
+        parser.link_arguments("data", "model.references", compute_fn=data_references, apply_on="instantiate")
 
     # ------------------------------------------------------------------ before anything is built
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -203,13 +222,7 @@ class DynamicsCLI(LightningCLI):
             self.run_dir_from_dataset(self.config[subcommand], sys.argv[1:] if args is None else args)
         if subcommand and self.config[subcommand].get("ckpt_path"):
             self.reconcile_checkpoint(subcommand, self.config[subcommand])
-            model = self.config[subcommand].get("model")
-            defaults = signature_defaults(self.model_class or DynamicsModule)
-            self._evaluation_settings = {  # those this command line (or its config) sets
-                k: model[k]
-                for k in EVALUATION_SETTINGS
-                if isinstance(model, Namespace) and k in model and k in defaults and model[k] != defaults[k]
-            }
+            self._evaluation_settings = evaluation_settings(self.config[subcommand].get("model"))
 
     @staticmethod
     def run_dir_from_dataset(config: Namespace, args: Any) -> None:
@@ -284,7 +297,7 @@ class DynamicsCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         for key, value in getattr(self, "_evaluation_settings", {}).items():
-            config.model[key] = value  # the command line's, not the checkpoint's (see EVALUATION_SETTINGS)
+            config.model[key] = value  # the command line's, not the checkpoint's (see EVALUATION_GROUPS)
         if self.subcommand == "fit":
             check_trainer_limits(config.get("trainer"))
         if self.subcommand in ("validate", "test", "predict"):

@@ -21,12 +21,8 @@ from typing import Any, Optional
 
 import torch
 
-from dreamer_dynamics.model import (
-    DEFAULT_CONTEXT_NOISE,
-    DEFAULT_ROLLOUT_STEPS,
-    DynamicsConfig,
-    DynamicsTransformer,
-)
+from dreamer_dynamics.field_docs import config_from
+from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, RolloutConfig
 from dreamer_dynamics.units import latent_units_or_identity
 
 
@@ -103,10 +99,7 @@ def load_checkpoint_model(
     # what DynamicsModule.__init__ attaches to its network from the same hyper-parameters
     where = f"{checkpoint_path}: hyper_parameters.latent_units"
     model.latent_units = latent_units_or_identity(hparams.get("latent_units"), config.latent_dim, where)
-    model.rollout_defaults = {
-        "num_steps": int(hparams.get("rollout_steps", DEFAULT_ROLLOUT_STEPS)),
-        "context_noise": float(hparams.get("context_noise", DEFAULT_CONTEXT_NOISE)),
-    }
+    model.rollout_defaults = config_from(RolloutConfig, hparams.get("rollout"), f"{checkpoint_path}: rollout")
     return model.eval(), checkpoint, written
 
 

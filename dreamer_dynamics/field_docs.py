@@ -12,7 +12,9 @@ import dataclasses
 import inspect
 import io
 import tokenize
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from dreamer_dynamics.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -44,4 +46,19 @@ def document_fields(cls: T) -> T:
     return cls
 
 
-__all__ = ["document_fields", "field_comments"]
+def config_from(cls: type[T], value: Any, where: str) -> T:
+    """A ``cls`` from itself, its plain dict (checkpoints, exports) or None (the defaults); ``where`` names it
+    in the one-line error for unknown keys."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {unknown} for {cls.__name__}")
+        return cls(**value)
+    raise ConfigError(f"{where}: expected a {cls.__name__} or its dict, got {type(value).__name__}")
+
+
+__all__ = ["config_from", "document_fields", "field_comments"]

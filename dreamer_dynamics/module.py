@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal, Optional, Union
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -38,11 +38,11 @@ from torch import Tensor
 from dreamer_dynamics import compat
 from dreamer_dynamics.data.datamodule import DynamicsDataModule
 from dreamer_dynamics.errors import ConfigError, NonFiniteLossError
+from dreamer_dynamics.field_docs import config_from
 from dreamer_dynamics.model import (
-    DEFAULT_CONTEXT_NOISE,
-    DEFAULT_ROLLOUT_STEPS,
     DynamicsConfig,
     DynamicsTransformer,
+    RolloutConfig,
     context_signal_level,
 )
 from dreamer_dynamics.objective import (
@@ -54,10 +54,10 @@ from dreamer_dynamics.objective import (
     with_context_prefix,
 )
 from dreamer_dynamics.parallelize import clip_gradients, is_fsdp, parallelize_model, total_grad_norm
+from dreamer_dynamics.references import EvaluationReferences
+from dreamer_dynamics.training.config import EvaluationConfig, ObjectiveConfig
 from dreamer_dynamics.training.ema import averaging_started
-from dreamer_dynamics.training.evaluation import EvaluationMixin
-from dreamer_dynamics.training.inference import InferenceMixin
-from dreamer_dynamics.training.metrics import ValidationMetrics
+from dreamer_dynamics.training.evaluation import Evaluator, Predictor
 from dreamer_dynamics.training.optim import (
     WarmupCosineLR,
     default_optimizer,
@@ -74,36 +74,7 @@ from dreamer_dynamics.units import LatentUnits, latent_units_or_identity
 SHORTCUT_TERMS = ("flow", "bootstrap")  # named terms of ShortcutForcingLoss.terms (always logged raw)
 
 
-def check_settings(
-    image_row_share: float,
-    bootstrap_row_share: float | None,
-    val_rollout_samples: int,
-    loss_weighting: str,
-    context_prefix_frames: int,
-    val_context_frames: int,
-) -> None:
-    """One ConfigError line for the first DynamicsModule setting out of its range."""
-    if not 0.0 <= image_row_share <= 1.0:
-        raise ConfigError(f"DynamicsModule: image_row_share must be in [0, 1], got {image_row_share}")
-    if bootstrap_row_share is not None and not 0.0 <= bootstrap_row_share <= 1.0:
-        raise ConfigError(
-            f"DynamicsModule: bootstrap_row_share must be in [0, 1] or null, got {bootstrap_row_share}"
-        )
-    if val_rollout_samples < 2:
-        raise ConfigError(
-            f"DynamicsModule: val_rollout_samples must be >= 2 (energy score), got {val_rollout_samples}"
-        )
-    if loss_weighting not in LOSS_WEIGHTINGS:
-        raise ConfigError(
-            f"DynamicsModule: loss_weighting must be one of {sorted(LOSS_WEIGHTINGS)}, got {loss_weighting!r}"
-        )
-    if context_prefix_frames < 0:
-        raise ConfigError(f"DynamicsModule: context_prefix_frames must be >= 0, got {context_prefix_frames}")
-    if val_context_frames < 1:
-        raise ConfigError(f"DynamicsModule: val_context_frames must be >= 1, got {val_context_frames}")
-
-
-class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
+class DynamicsModule(pl.LightningModule):
     """Dynamics transformer + shortcut-forcing objective + loss normaliser (docs/design.md §7).
 
     Args:
@@ -113,40 +84,10 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             Weight decay applies to matrices only (norms, biases, embeddings are never decayed).
         scheduler: ``optimizer -> LRScheduler`` stepped every optimiser step; None = ``WarmupCosineLR`` (1000
             warmup steps, cosine to 10 % over the Trainer's ``max_steps``).
-        image_row_share: share of batch rows trained as independent images (paper: 30 %, docs/design.md §3.8).
-        d_min_share: share of frames at the finest step d_min; None = uniform over K (paper default, §3.1).
-        bootstrap_row_share: share of rows whose frames draw K by that schedule; the other rows hold every
-            frame at d_min. Teacher passes run only on rows holding a bootstrap frame, so this sets the cost
-            of a step (docs/design.md §3.7); None = every row (paper).
-        bootstrap_warmup_steps: train the flow term only (every frame at d_min) for this many steps first: the
-            bootstrap targets of a random network carry no information, and flow-only steps skip the teacher.
-        loss_weighting: per-frame weight of both loss terms over the signal level: ``ramp`` (paper Eq. 8,
-            w = 0.9 tau + 0.1) or ``uniform`` (w = 1: the noisiest frames, predicted from the frames before
-            them, count as much as clean ones; the quickstart's choice, docs/experiments.md).
-        context_prefix_frames: label the first n frames of every row as a rollout's context, (tau_ctx, d_min)
-            from ``context_noise``, instead of drawing their levels (docs/design.md §3.2); 0 = the paper's
-            schedule.
-        normalize_losses: divide each loss term by its running RMS (paper Sec. 3); False logs the RMS only.
-        normalize_shortcut_terms_separately: False (default) normalises the shortcut-forcing loss as ONE term
-            ``shortcut`` = flow + bootstrap, keeping the frame-count weighting of docs/design.md §3.6 between
-            them; True divides ``flow`` and ``bootstrap`` by their own RMS. The bootstrap term starts far
-            smaller than the flow term (teacher and student agree early), so separate normalisation multiplies
-            its gradient by that ratio relative to Eq. 8.
-        loss_norm_decay: EMA decay of the running mean square of each term.
-        ema_teacher: bootstrap targets from the EMA weights of an ``EMAWeightAveraging`` callback instead of
-            the online weights (paper: online weights, docs/design.md §3.10).
-        context_noise: noise amount of context frames in rollouts (tau_ctx = 1 - 0.1 on the grid,
-            docs/design.md §5); also the rollout default of ``model.rollout`` and of an export.
-        rollout_steps: default K of ``model.rollout``, ``predict`` and an export (paper: 4).
-        val_rollout_steps: K values whose rollouts are scored; None = [1, 2, 4, k_max].
-        val_rollout_samples: rollout samples per context for the energy score (>= 2; training/scores.py).
-        val_context_frames: context frames of validation / prediction rollouts; the rest of a window is the
-            target.
-        val_rollout_horizon: most frames generated per validation rollout (rollouts with K = k_max are slow).
-        val_rollout_batches: validation batches (per rank) that also run rollouts.
-        val_rollout_rows: most rows per batch that run rollouts.
-        num_tau_buckets: equal-width tau buckets of the validation flow loss.
-        predict_horizon: frames generated per ``predict`` window; None = the rest of the window.
+        objective: the shortcut-forcing objective and its schedule (``ObjectiveConfig``).
+        evaluation: what validation, test and predict score and generate (``EvaluationConfig``).
+        rollout: K and context noise of rollouts: ``model.rollout``, ``predict``, validation and an export
+            (``RolloutConfig``); training labels its context prefix with the same noise.
         noise_seed: seed of the training-noise generator; None = ``torch.initial_seed()`` (as set by
             ``seed_everything``).
         latent_units: the ``LatentUnits`` the batches are standardised with, ``datamodule.latent_units``
@@ -154,6 +95,8 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             so checkpoints and exports carry it; ``model.rollout`` and ``predict`` take and return the
             dataset's own units. None = identity; ``fit`` / ``validate`` refuse a DynamicsDataModule whose
             units differ.
+        references: the data's object locator and oracle for the rollout metrics (linked by the CLI from the
+            dataset; ``EvaluationReferences``); None = neither. Not a hyper-parameter: it describes the data.
     """
 
     extra_loss_names: tuple[str, ...] = ()
@@ -161,76 +104,63 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
     def __init__(
         self,
         model: DynamicsConfig,
-        optimizer: Optional[OptimizerCallable] = None,
-        scheduler: Optional[LRSchedulerCallable] = None,
-        image_row_share: float = 0.3,
-        d_min_share: Optional[float] = None,
-        bootstrap_row_share: Optional[float] = None,
-        bootstrap_warmup_steps: int = 0,
-        loss_weighting: Literal["ramp", "uniform"] = "ramp",
-        context_prefix_frames: int = 0,
-        normalize_losses: bool = True,
-        normalize_shortcut_terms_separately: bool = False,
-        loss_norm_decay: float = 0.99,
-        ema_teacher: bool = False,
-        context_noise: float = DEFAULT_CONTEXT_NOISE,
-        rollout_steps: int = DEFAULT_ROLLOUT_STEPS,
-        val_rollout_steps: Optional[list[int]] = None,
-        val_rollout_samples: int = 4,
-        val_context_frames: int = 4,
-        val_rollout_horizon: int = 8,
-        val_rollout_batches: int = 1,
-        val_rollout_rows: int = 8,
-        num_tau_buckets: int = 4,
-        predict_horizon: Optional[int] = None,
-        noise_seed: Optional[int] = None,
-        latent_units: Union[LatentUnits, dict, None] = None,
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
+        objective: ObjectiveConfig | None = None,
+        evaluation: EvaluationConfig | None = None,
+        rollout: RolloutConfig | None = None,
+        noise_seed: int | None = None,
+        latent_units: LatentUnits | dict | None = None,
+        references: EvaluationReferences | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(model, dict):  # from a checkpoint's hyper_parameters (stored as a plain dict)
-            model = DynamicsConfig(**model)
-        check_settings(
-            image_row_share,
-            bootstrap_row_share,
-            val_rollout_samples,
-            loss_weighting,
-            context_prefix_frames,
-            val_context_frames,
-        )
+        model = config_from(DynamicsConfig, model, "DynamicsModule: model")
+        objective = config_from(ObjectiveConfig, objective, "DynamicsModule: objective")
+        evaluation = config_from(EvaluationConfig, evaluation, "DynamicsModule: evaluation")
+        rollout = config_from(RolloutConfig, rollout, "DynamicsModule: rollout")
         units = latent_units_or_identity(latent_units, model.latent_dim, "DynamicsModule: latent_units")
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "latent_units"])
-        self.hparams["latent_units"] = units.to_dict()  # plain: checkpoints load with weights_only=True
-        self.config = model
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "latent_units", "references"])
+        # plain values: checkpoints load with weights_only=True
+        self.hparams.update(
+            model=model,
+            objective=objective,
+            evaluation=evaluation,
+            rollout=rollout,
+            latent_units=units.to_dict(),
+        )
+        self.config, self.objective = model, objective
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.d_min = model.d_min
-        self.loss_weight = LOSS_WEIGHTINGS[loss_weighting]  # w(tau), on training and validation losses
+        self.loss_weight = LOSS_WEIGHTINGS[
+            objective.loss_weighting
+        ]  # w(tau), on training and validation losses
         self.model = DynamicsTransformer(model)
         # Data units <-> model units (docs/training.md) and rollout defaults, carried by the network itself:
         # `model.rollout` and `model.save_pretrained` then match an export of this module exactly.
         self.model.latent_units = units
-        self.model.rollout_defaults = {"num_steps": rollout_steps, "context_noise": context_noise}
-        steps = val_rollout_steps if val_rollout_steps is not None else [1, 2, 4, model.k_max]
-        self.val_rollout_steps = sorted({k for k in steps if k <= model.k_max})
-        self.val_metrics = ValidationMetrics(self.val_rollout_steps, num_tau_buckets)
-        self.test_metrics = ValidationMetrics(self.val_rollout_steps, num_tau_buckets)
+        self.model.rollout_defaults = rollout
+        self.evaluator = Evaluator(evaluation, rollout, model.k_max, references)
+        self.predictor = Predictor(evaluation, rollout)
         # Registered last: its buffers come last in buffers(), which EMAWeightAveraging pairs by position.
         self.loss_normalizer = LossNormalizer(
-            decay=loss_norm_decay, enabled=normalize_losses, names=self.normalized_term_names()
+            decay=objective.loss_norm_decay,
+            enabled=objective.normalize_losses,
+            names=self.normalized_term_names(),
         )
-        self._noise_generator: Optional[torch.Generator] = None
+        self._noise_generator: torch.Generator | None = None
         # restored generator state (or a seed), used once by noise_generator
-        self._pending_generator_state: Optional[Union[Tensor, int]] = None
-        self._pending_global_rng: Optional[dict[str, Any]] = None  # restored at the first resumed batch
+        self._pending_generator_state: Tensor | int | None = None
+        self._pending_global_rng: dict[str, Any] | None = None  # restored at the first resumed batch
 
     def normalized_term_names(self) -> tuple[str, ...]:
         """Names of the terms the loss normaliser divides by their running RMS (and sums into the loss)."""
-        core = SHORTCUT_TERMS if self.hparams.normalize_shortcut_terms_separately else ("shortcut",)
+        core = SHORTCUT_TERMS if self.objective.normalize_shortcut_terms_separately else ("shortcut",)
         return core + tuple(self.extra_loss_names)
 
     # ------------------------------------------------------------------ overridable hooks
     def sample_signal_and_step(
-        self, batch: dict[str, Tensor], generator: Optional[torch.Generator] = None
+        self, batch: dict[str, Tensor], generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
         """Per-frame signal level tau and step size d, float32 [B, T] (docs/design.md §3.1-3.2); the first
         ``context_prefix_frames`` of every row at the rollout context's labels.
@@ -238,8 +168,8 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         ``generator``: None = the training-noise generator; evaluation passes its own, so a subclass's
         schedule is evaluated exactly as it is trained."""
         b, t = batch["latents"].shape[:2]
-        share = self.hparams.d_min_share
-        if generator is None and self.global_step < self.hparams.bootstrap_warmup_steps:
+        share = self.objective.d_min_share
+        if generator is None and self.global_step < self.objective.bootstrap_warmup_steps:
             share = 1.0  # training during the bootstrap warm-up: flow term only
         tau, d = sample_signal_and_step(
             b,
@@ -247,22 +177,22 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             self.config.k_max,
             generator=generator or self.noise_generator,
             d_min_share=share,
-            bootstrap_row_share=self.hparams.bootstrap_row_share,
+            bootstrap_row_share=self.objective.bootstrap_row_share,
             device=self.device,
         )
-        level = context_signal_level(self.hparams.context_noise, self.config.k_max)
-        return with_context_prefix(tau, d, self.hparams.context_prefix_frames, level, self.d_min)
+        level = context_signal_level(self.model.rollout_defaults.context_noise, self.config.k_max)
+        return with_context_prefix(tau, d, self.objective.context_prefix_frames, level, self.d_min)
 
     def sample_image_rows(
-        self, batch: dict[str, Tensor], generator: Optional[torch.Generator] = None
-    ) -> Optional[Tensor]:
+        self, batch: dict[str, Tensor], generator: torch.Generator | None = None
+    ) -> Tensor | None:
         """Bool [B]: rows trained as images, without attention across time (docs/design.md §3.8)."""
         generator = generator or self.noise_generator
         b = batch["latents"].shape[0]
         u = torch.rand(b, generator=generator, device=generator.device)
-        return (u < self.hparams.image_row_share).to(self.device)
+        return (u < self.objective.image_row_share).to(self.device)
 
-    def sample_noise(self, batch: dict[str, Tensor], generator: Optional[torch.Generator] = None) -> Tensor:
+    def sample_noise(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         """z0 ~ N(0, I) shaped like the latents (drawn from the module's generator for exact resumes)."""
         z1 = batch["latents"]
         generator = generator or self.noise_generator
@@ -297,7 +227,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             image_rows=self.sample_image_rows(batch),
             **self.conditioning(batch),
         )
-        if self.hparams.normalize_shortcut_terms_separately:
+        if self.objective.normalize_shortcut_terms_separately:
             terms = dict(output.terms)
         else:
             terms = {"shortcut": output.loss}
@@ -332,6 +262,46 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         )
         return loss
 
+    # ------------------------------------------------------------------ evaluation (training/evaluation.py)
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
+        """Logs ``val/*``: loss, bootstrap loss, flow loss per tau bucket, rollout energy scores per K."""
+        return self.evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
+        """Same figures as validation on the test windows, logged as ``test/*``."""
+        return self.evaluate(batch, batch_idx, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.evaluator.epoch_figures("val"), sync_dist=False)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.evaluator.epoch_figures("test"), sync_dist=False)
+
+    def evaluate(self, batch: dict[str, Tensor], batch_idx: int, split: str) -> dict[str, Any]:
+        """One evaluation batch: the draws come from this module's hooks and ``evaluation_generator``, so the
+        figures are comparable across epochs and never touch the training noise. Returns
+        ``{"rollout_images": {...}}`` (the dataset's units) for the rollout batches."""
+        z1 = batch["latents"]  # (B, T, N_b, D_b)
+        generator = self.evaluation_generator(batch_idx)
+        tau, d = self.sample_signal_and_step(batch, generator)
+        draws = (tau, d, self.sample_noise(batch, generator))
+        cond = self.conditioning(batch)
+        objective = dict(teacher=self.teacher_model(), teacher_always=self.sharded(), weight=self.loss_weight)
+        figures = self.evaluator.losses(self.model, z1, draws, cond, generator, split, **objective)
+        self.log_dict(figures, on_step=False, on_epoch=True, batch_size=z1.shape[0])
+        if not self.evaluator.runs_rollouts(batch_idx, z1.shape[1]):
+            return {}
+        return {"rollout_images": self.evaluator.score_rollouts(self.model, batch, cond, generator, split)}
+
+    def predict_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor]:
+        """Rollouts of a window's first ``evaluation.context_frames`` frames, or of a context file, in the
+        dataset's own units (saved by ``RolloutWriter``)."""
+        return self.predictor(
+            self.model, batch, self.conditioning(batch), self.evaluation_generator(batch_idx)
+        )
+
     def check_finite(self, terms: dict[str, Tensor]) -> None:
         """Stop the run (NonFiniteLossError, one line naming the step) before a non-finite loss term reaches
         the running RMS, the gradients or a checkpoint. Every rank takes the same decision (one all-reduce of
@@ -356,8 +326,8 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
     def configure_gradient_clipping(
         self,
         optimizer: torch.optim.Optimizer,
-        gradient_clip_val: Optional[Union[int, float]] = None,
-        gradient_clip_algorithm: Optional[str] = None,
+        gradient_clip_val: int | float | None = None,
+        gradient_clip_algorithm: str | None = None,
     ) -> None:
         """Trainer's ``gradient_clip_val``, also under FSDP (``parallelize.clip_gradients``)."""
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
@@ -368,7 +338,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
             return False
         return is_fsdp(self.trainer.strategy) or getattr(self, "device_mesh", None) is not None
 
-    def teacher_model(self) -> Optional[torch.nn.Module]:
+    def teacher_model(self) -> torch.nn.Module | None:
         """Bootstrap teacher: None (online weights, paper) or the EMA weights when ``ema_teacher=True``.
 
         The EMA weights are the ``AveragedModel`` held by the weight-averaging callback (``EMA`` in the
@@ -376,7 +346,7 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         Before the callback's first update (``update_starting_at_step``) the average still holds the initial
         weights, so the teacher is the online network until then.
         """
-        if not self.hparams.ema_teacher:
+        if not self.objective.ema_teacher:
             return None
         for callback in self.trainer.callbacks if self._trainer is not None else []:
             if not isinstance(callback, WeightAveraging) or compat.averaged_model(callback) is None:
@@ -472,8 +442,10 @@ class DynamicsModule(EvaluationMixin, InferenceMixin, pl.LightningModule):
         per_rank = gather_from_ranks(local)
         checkpoint["dreamer_dynamics_rng"] = {"world_size": len(per_rank), "ranks": per_rank}
         hparams = checkpoint.get("hyper_parameters")
-        if hparams is not None and dataclasses.is_dataclass(hparams.get("model")):
-            checkpoint["hyper_parameters"] = {**hparams, "model": dataclasses.asdict(hparams["model"])}
+        if hparams is not None:  # the setting groups as plain dicts (weights-only loading)
+            checkpoint["hyper_parameters"] = {
+                k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in hparams.items()
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         rng = checkpoint.get("dreamer_dynamics_rng")

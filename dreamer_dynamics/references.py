@@ -28,9 +28,7 @@ class Oracle(Protocol):
 class EvaluationReferences:
     """The object locator and oracle of a dataset; either may be None (a dataset of one's own: both)."""
 
-    object_locator: Callable[[Tensor], Tensor] | None = (
-        None  # latents [..., N_b, D_b] (data units) -> [..., objects, 2]
-    )
+    object_locator: Callable[[Tensor], Tensor] | None = None  # data-unit latents -> object positions
     oracle: Oracle | None = None  # samples of the true future (``Oracle.sample``)
 
 

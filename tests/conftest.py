@@ -14,11 +14,13 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from dreamer_dynamics.cli import data_references
 from dreamer_dynamics.data import DynamicsDataModule
 from dreamer_dynamics.data.default import ToyDatasetConfig
 from dreamer_dynamics.data.toy_env import ToyEnv, ToyEnvConfig
-from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
+from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, RolloutConfig
 from dreamer_dynamics.module import DynamicsModule
+from dreamer_dynamics.training.config import EvaluationConfig, ObjectiveConfig
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "lightning_configs" / "quickstart.yaml")
@@ -36,8 +38,8 @@ TINY_CLI = [  # command-line overrides that shrink the quickstart to a tiny netw
     "--data.val_length=6",
     "--data.predict_length=6",
     "--data.test_length=6",
-    "--model.val_context_frames=2",
-    "--model.val_rollout_horizon=2",
+    "--model.evaluation.context_frames=2",
+    "--model.evaluation.rollout_horizon=2",
 ]
 TINY_TOY = ToyDatasetConfig(episodes=6, length=24)  # the built-in world, 6 episodes of 24 frames
 TINY_WINDOWS = dict(  # DataModule windows and batches of the training tests
@@ -102,9 +104,16 @@ def tiny_datamodule(root: str | None = None, cache: Path | None = None, **overri
     return DynamicsDataModule(root, **kwargs)
 
 
-def tiny_module(data: DynamicsDataModule, cls=DynamicsModule, **kwargs) -> DynamicsModule:
+def tiny_module(
+    data: DynamicsDataModule,
+    cls=DynamicsModule,
+    objective: dict | None = None,
+    evaluation: dict | None = None,
+    rollout: dict | None = None,
+    **kwargs,
+) -> DynamicsModule:
     """A ``cls`` with the debug network sized for ``data`` and in its units (``data.latent_units``): noise
-    seed 0, 2 context frames, 3 generated."""
+    seed 0, 2 context frames, 3 generated, the data's references; ``objective`` etc.: fields of the groups."""
     config = DynamicsConfig.debug(
         latent_tokens=data.latent_tokens,
         latent_dim=data.latent_dim,
@@ -113,9 +122,11 @@ def tiny_module(data: DynamicsDataModule, cls=DynamicsModule, **kwargs) -> Dynam
     )
     kwargs = {
         "noise_seed": 0,
-        "val_context_frames": 2,
-        "val_rollout_horizon": 3,
+        "objective": ObjectiveConfig(**(objective or {})),
+        "evaluation": EvaluationConfig(**{"context_frames": 2, "rollout_horizon": 3, **(evaluation or {})}),
+        "rollout": RolloutConfig(**(rollout or {})),
         "latent_units": data.latent_units,
+        "references": data_references(data),
         **kwargs,
     }
     return cls(config, **kwargs)

@@ -284,7 +284,7 @@ def test_fit_to_time_rescales_the_schedule_of_a_run(tmp_path):
         "--trainer.val_check_interval=5000",
         "--trainer.limit_val_batches=0",
         "--trainer.enable_progress_bar=false",
-        "--model.bootstrap_warmup_steps=9000",
+        "--model.objective.bootstrap_warmup_steps=9000",
         "--data.short_batch_size=2",
         "--data.long_batch_size=1",
         "--model.model.dim=16",
@@ -297,6 +297,6 @@ def test_fit_to_time_rescales_the_schedule_of_a_run(tmp_path):
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     total = callback.fitted["max_steps"]
     assert 6 < total < 10000 and cli.trainer.global_step == total
-    assert cli.model.hparams.bootstrap_warmup_steps == round(0.9 * total)
+    assert cli.model.objective.bootstrap_warmup_steps == round(0.9 * total)
     assert cli.trainer.val_check_batch == round(0.5 * total)
     assert cli.trainer.lr_scheduler_configs[0].scheduler.total_steps == total

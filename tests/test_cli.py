@@ -3,6 +3,7 @@ weights-only checkpoint loading, and end-to-end fit / validate / test / predict 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -15,6 +16,9 @@ import yaml
 
 from dreamer_dynamics.cli import LINKED_DATA_FIELDS, DynamicsCLI, main
 from dreamer_dynamics.data import LatentDatasetWriter
+from dreamer_dynamics.field_docs import field_comments
+from dreamer_dynamics.model import DynamicsConfig, RolloutConfig
+from dreamer_dynamics.training.config import EvaluationConfig, ObjectiveConfig
 from tests.conftest import QUICKSTART, TINY_CLI
 
 
@@ -72,7 +76,7 @@ def test_fit_validate_test_in_process_on_a_custom_dataset(tmp_path, monkeypatch)
         # a zero-initialised output head passes no gradient to the blocks on the very first step
         "--model.model.zero_init_output=false",
         # the tiny validation batch must hold bootstrap frames for val/bootstrap_loss to be a number
-        "--model.d_min_share=0.5",
+        "--model.objective.d_min_share=0.5",
     ]
     initial = DynamicsCLI(args=common, run=False).model  # same seed: the weights fit starts from
     fit = DynamicsCLI(args=["fit", *common, "--trainer.fast_dev_run=true"])
@@ -95,13 +99,23 @@ def test_print_config_is_complete_and_commented(capsys):
     assert printed["weights_only"] is True  # checkpoints load with weights-only unpickling by default
     assert printed["trainer"]["use_distributed_sampler"] is False
     model = printed["model"]
-    assert {"optimizer", "scheduler", "image_row_share", "normalize_losses", "ema_teacher"} <= model.keys()
+    groups = {"objective": ObjectiveConfig, "evaluation": EvaluationConfig, "rollout": RolloutConfig}
+    assert {"model", "optimizer", "scheduler", "noise_seed", *groups} == model.keys()  # nothing else to set
+    for name, cls in groups.items():
+        assert model[name].keys() == {f.name for f in dataclasses.fields(cls)}, name
     assert {"dim", "depth", "k_max", "context_length", "pack_factor"} <= model["model"].keys()
     assert not set(LINKED_DATA_FIELDS) & model["model"].keys()  # linked from the data, not settable
     assert "root" in printed["data"]
     with pytest.raises(SystemExit):
         main(["fit", "--config", QUICKSTART, "--print_config=comments"])
-    assert "# share of batch rows trained as independent images" in capsys.readouterr().out
+    commented = capsys.readouterr().out
+    for cls in (DynamicsConfig, *groups.values()):  # every field of every group has its help line
+        comments = field_comments(cls)
+        assert comments.keys() == {f.name for f in dataclasses.fields(cls)}, cls.__name__
+        for field, comment in comments.items():
+            if cls is DynamicsConfig and field in LINKED_DATA_FIELDS:
+                continue  # linked from the data: not printed
+            assert f"# {comment.split('(')[0].strip()}" in commented, (cls.__name__, field)
 
 
 def run_script(*args: str, cwd: Path, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -34,10 +34,10 @@ TINY = [
     "--model.model.kv_heads=1",
     "--model.model.k_max=4",
     "--model.model.check_inputs=false",
-    "--model.val_rollout_steps=[1]",
-    "--model.val_context_frames=2",
-    "--model.val_rollout_horizon=2",
-    "--model.val_rollout_rows=2",
+    "--model.evaluation.rollout_steps=[1]",
+    "--model.evaluation.context_frames=2",
+    "--model.evaluation.rollout_horizon=2",
+    "--model.evaluation.rollout_rows=2",
     "--data.short_length=4",
     "--data.long_length=6",
     "--data.short_batch_size=2",
@@ -242,11 +242,11 @@ def test_predict_from_a_context_file_writes_npy_and_pictures(trained):
     )  # [B, T]: one component, 3 context + 2 new frames
     pred_dir = base / "pred"
     predict = ["predict", "--config", "quickstart", *TINY, "--ckpt_path", ckpt, "--data.predict_context"]
-    # --model.predict_horizon wins over the checkpoint's value (evaluation-only settings: the command line's)
+    # --model.evaluation.predict_horizon wins over the checkpoint's value (the command line's)
     run(
         *predict,
         str(context),
-        "--model.predict_horizon=1",
+        "--model.evaluation.predict_horizon=1",
         f"--trainer.default_root_dir={pred_dir}",
         cwd=base,
     )

@@ -105,7 +105,8 @@ def test_minecraft_config_holds_the_paper_numbers():
     assert model["context_length"] == 192 and data["long_length"] > model["context_length"]  # C < T2
     assert model["k_max"] == 64 and model["time_every"] == 4
     assert 512 // model["pack_factor"] == 256  # 512 x 16 tokenizer latents -> N_z = 256 spatial tokens
-    assert content["model"]["image_row_share"] == 0.3 and content["model"]["rollout_steps"] == 4
+    assert content["model"]["objective"]["image_row_share"] == 0.3
+    assert content["model"]["rollout"]["num_steps"] == 4
 
 
 def test_quickstart_config_runs_on_cpu_in_fp32_with_builtin_data():
@@ -122,10 +123,13 @@ def test_gpu_quickstart_keeps_the_quickstart_objective_and_scales_its_schedule()
     cpu, gpu = (
         yaml.safe_load((CONFIGS / name).read_text()) for name in ("quickstart.yaml", "quickstart_gpu.yaml")
     )
-    schedule_keys = {"model", "optimizer", "scheduler", "bootstrap_warmup_steps"}
+    schedule_keys = {"model", "optimizer", "scheduler", "objective"}
     assert {k: v for k, v in gpu["model"].items() if k not in schedule_keys} == {
         k: v for k, v in cpu["model"].items() if k not in schedule_keys
     }
+    gpu_objective, cpu_objective = (dict(c["model"]["objective"]) for c in (gpu, cpu))
+    assert gpu_objective.pop("bootstrap_warmup_steps") and cpu_objective.pop("bootstrap_warmup_steps")
+    assert gpu_objective == cpu_objective
     assert gpu["model"]["optimizer"]["class_path"] == cpu["model"]["optimizer"]["class_path"]
     assert gpu["trainer"]["precision"] == "bf16-mixed" and gpu["trainer"]["accelerator"] == "gpu"
     model = gpu["model"]["model"]
@@ -136,7 +140,7 @@ def test_gpu_quickstart_keeps_the_quickstart_objective_and_scales_its_schedule()
     def shares(config):  # bootstrap phase and warm-up as shares of max_steps
         steps = config["trainer"]["max_steps"]
         warmup = config["model"]["scheduler"]["init_args"]["warmup_steps"]
-        return 1 - config["model"]["bootstrap_warmup_steps"] / steps, warmup / steps
+        return 1 - config["model"]["objective"]["bootstrap_warmup_steps"] / steps, warmup / steps
 
     for got, want in zip(shares(gpu), shares(cpu)):
         assert got == pytest.approx(want, abs=0.01)

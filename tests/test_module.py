@@ -3,6 +3,7 @@ rollouts, prediction files, optimiser/scheduler, EMA teacher, gradient norm and 
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import lightning.pytorch as pl
@@ -12,8 +13,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from dreamer_dynamics.cli import data_references
 from dreamer_dynamics.errors import ConfigError
-from dreamer_dynamics.model import rollout
+from dreamer_dynamics.model import DynamicsConfig, RolloutConfig, rollout
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.objective import ShortcutForcingLoss
 from dreamer_dynamics.training import (
@@ -26,6 +28,7 @@ from dreamer_dynamics.training import (
     WarmupCosineLR,
     total_grad_norm,
 )
+from dreamer_dynamics.training.config import EvaluationConfig, ObjectiveConfig
 from tests.conftest import tiny_datamodule, tiny_module
 
 
@@ -127,7 +130,7 @@ class FlowOnlyWithMeanPenalty(DynamicsModule):
 
 def test_subclass_changes_noise_sampling_and_adds_a_loss_term(tmp_path, cache):
     data = tiny_datamodule(cache=cache)
-    module = tiny_module(data, cls=FlowOnlyWithMeanPenalty, image_row_share=0.0)
+    module = tiny_module(data, cls=FlowOnlyWithMeanPenalty, objective={"image_row_share": 0.0})
     assert "mean_penalty" in module.loss_normalizer.names()  # RMS buffer exists before EMA/FSDP wrap
     trainer = make_trainer(tmp_path, val_check_interval=None, limit_val_batches=0)
     trainer.fit(module, data)
@@ -144,7 +147,7 @@ def test_subclass_changes_noise_sampling_and_adds_a_loss_term(tmp_path, cache):
 
 def test_flow_and_bootstrap_can_be_normalised_separately(tmp_path, cache):
     data = tiny_datamodule(cache=cache)
-    module = tiny_module(data, normalize_shortcut_terms_separately=True)
+    module = tiny_module(data, objective={"normalize_shortcut_terms_separately": True})
     assert set(module.loss_normalizer.names()) == {"flow", "bootstrap"}
     trainer = make_trainer(tmp_path, val_check_interval=None, limit_val_batches=0)
     trainer.fit(module, data)
@@ -185,7 +188,7 @@ def test_image_rows_reach_the_network_at_the_configured_share(tmp_path, cache):
     """docs/design.md §3.8: a share of the rows is trained as images; every student and teacher pass gets the
     rows' flags, the teacher passes the flags of the rows they run on."""
     data = tiny_datamodule(cache=cache)
-    module = tiny_module(data, image_row_share=0.5)
+    module = tiny_module(data, objective={"image_row_share": 0.5})
     calls = []
     module.model.register_forward_pre_hook(
         lambda m, args, kwargs: calls.append((torch.is_grad_enabled(), kwargs.get("image_rows"))),
@@ -196,9 +199,9 @@ def test_image_rows_reach_the_network_at_the_configured_share(tmp_path, cache):
     student = torch.cat([rows for grad, rows in calls if grad])  # one student pass per step, every row
     assert student.numel() == 8 * 4 - 2 * 2  # 8 steps of 4 rows, two of them long batches of 2 rows
     assert 0.2 < student.float().mean() < 0.8  # about half of the rows are images, the rest videos
-    none = tiny_module(data, image_row_share=0.0)
+    none = tiny_module(data, objective={"image_row_share": 0.0})
     assert not none.sample_image_rows({"latents": torch.zeros(64, 6, 1, 1)}).any()
-    every = tiny_module(data, image_row_share=1.0)
+    every = tiny_module(data, objective={"image_row_share": 1.0})
     assert every.sample_image_rows({"latents": torch.zeros(64, 6, 1, 1)}).all()
 
 
@@ -219,19 +222,19 @@ def test_predict_writes_weights_only_loadable_files(tmp_path, cache):
     # those actions (same per-batch generator as predict_step).
     # Batches are standardised; the files hold the dataset's own units.
     batch = next(iter(data.predict_dataloader()))
-    assert torch.equal(out["context"], module.destandardize(batch["latents"][:, :2]))
-    assert torch.equal(out["ground_truth"], module.destandardize(batch["latents"][:, 2:6]))
+    assert torch.equal(out["context"], module.model.latent_units.destandardize(batch["latents"][:, :2]))
+    assert torch.equal(out["ground_truth"], module.model.latent_units.destandardize(batch["latents"][:, 2:6]))
     assert torch.equal(out["actions_discrete"], batch["actions_discrete"][:, :6])
     expected = rollout(  # model units, the module's K and context noise
         module.model,
         batch["latents"][:, :2],
         4,
         actions_discrete=batch["actions_discrete"][:, :6],
-        num_steps=module.hparams.rollout_steps,
-        context_noise=module.hparams.context_noise,
+        num_steps=module.hparams.rollout.num_steps,
+        context_noise=module.hparams.rollout.context_noise,
         generator=module.evaluation_generator(0),
     )
-    assert torch.equal(out["rollout"], module.destandardize(expected))
+    assert torch.equal(out["rollout"], module.model.latent_units.destandardize(expected))
 
 
 def test_optimizer_groups_and_warmup_cosine_schedule(tmp_path, cache):
@@ -286,8 +289,8 @@ def test_ema_teacher_gives_the_targets_once_averaging_started(tmp_path, cache):
     runs on the online one."""
     data = tiny_datamodule(cache=cache)
     with pytest.raises(RuntimeError, match="EMA callback"):
-        make_trainer(tmp_path, logger=False).fit(tiny_module(data, ema_teacher=True), data)
-    module = tiny_module(data, ema_teacher=True, image_row_share=0.0)
+        make_trainer(tmp_path, logger=False).fit(tiny_module(data, objective={"ema_teacher": True}), data)
+    module = tiny_module(data, objective={"ema_teacher": True, "image_row_share": 0.0})
     ema = EMA(decay=0.5, update_starting_at_step=2)  # updates after steps 3 and 4 (zero-based index 2, 3)
     online_calls, ema_calls, per_step = [], [], []
 
@@ -389,7 +392,7 @@ class RecordsItsSchedule(DynamicsModule):
 def test_validation_draws_levels_and_noise_through_the_module_hooks(tmp_path, cache):
     """A subclass whose schedule puts every frame at tau = 1/2, d = d_min, and records who called it."""
     data = tiny_datamodule(cache=cache)
-    module = tiny_module(data, cls=RecordsItsSchedule, val_rollout_batches=0)
+    module = tiny_module(data, cls=RecordsItsSchedule, evaluation={"rollout_batches": 0})
     trainer = make_trainer(tmp_path, logger=False, enable_checkpointing=False)
     state = module.noise_generator.get_state()
     trainer.validate(module, datamodule=data, verbose=False)
@@ -414,11 +417,16 @@ def test_loss_weighting_reaches_training_and_validation(tmp_path, cache):
     (Eq. 8) weighs a frame 0.55, the uniform weighting 1 — same weights, same noise, same per-frame losses."""
     data = tiny_datamodule(cache=cache)
     with pytest.raises(ConfigError, match="loss_weighting must be one of"):
-        tiny_module(data, loss_weighting="cosine")
+        tiny_module(data, objective={"loss_weighting": "cosine"})
     val_loss = {}
     for weighting in ("ramp", "uniform"):
         torch.manual_seed(0)
-        module = tiny_module(data, cls=RecordsItsLoss, val_rollout_batches=0, loss_weighting=weighting)
+        module = tiny_module(
+            data,
+            cls=RecordsItsLoss,
+            evaluation={"rollout_batches": 0},
+            objective={"loss_weighting": weighting},
+        )
         trainer = make_trainer(tmp_path / weighting, logger=False, enable_checkpointing=False)
         trainer.validate(module, datamodule=data, verbose=False)
         val_loss[weighting] = float(trainer.callback_metrics["val/loss"])
@@ -435,9 +443,11 @@ def test_context_prefix_frames_reach_training_and_validation(tmp_path, cache):
     carry the rollout context's labels (tau_ctx = 7/8 for k_max = 8, d_min), the later ones drawn levels."""
     data = tiny_datamodule(cache=cache)
     with pytest.raises(ConfigError, match="context_prefix_frames must be >= 0"):
-        tiny_module(data, context_prefix_frames=-1)
+        tiny_module(data, objective={"context_prefix_frames": -1})
     # d_min everywhere: flow frames only, so every network call below is a student pass (no teacher)
-    module = tiny_module(data, context_prefix_frames=2, d_min_share=1.0, val_rollout_batches=0)
+    module = tiny_module(
+        data, objective={"context_prefix_frames": 2, "d_min_share": 1.0}, evaluation={"rollout_batches": 0}
+    )
     calls = []
     module.model.register_forward_pre_hook(
         lambda m, args: calls.append((torch.is_grad_enabled(), *args[1:3]))
@@ -456,7 +466,7 @@ def test_bootstrap_warmup_trains_the_flow_term_alone_then_bootstrap_frames_appea
     """``bootstrap_warmup_steps = 2``: in the student passes of steps 0 and 1 every frame is at d_min (flow
     only, no teacher call); from step 2 on, drawn step sizes above d_min (bootstrap frames) appear."""
     data = tiny_datamodule(cache=cache)
-    module = tiny_module(data, bootstrap_warmup_steps=2)
+    module = tiny_module(data, objective={"bootstrap_warmup_steps": 2})
     calls = []  # (global step, grad enabled, d) of every network call
     module.model.register_forward_pre_hook(
         lambda m, args: calls.append((module.global_step, torch.is_grad_enabled(), args[2].clone()))
@@ -479,7 +489,7 @@ def test_throughput_is_logged_when_every_epoch_is_one_batch(tmp_path, cache):
     """``steps_per_epoch = 1``: every batch starts an epoch; the rate is still logged from the second step on
     (measured across epoch boundaries, validation time left out)."""
     data = tiny_datamodule(cache=cache, steps_per_epoch=1)
-    module = tiny_module(data, val_rollout_batches=0)
+    module = tiny_module(data, evaluation={"rollout_batches": 0})
     trainer = make_trainer(
         tmp_path,
         max_steps=4,
@@ -492,3 +502,45 @@ def test_throughput_is_logged_when_every_epoch_is_one_batch(tmp_path, cache):
     assert trainer.current_epoch == 4  # one batch per epoch
     rates = read_events(trainer).Scalars("train/latent_tokens_per_s")
     assert [r.step for r in rates] == [1, 2, 3] and all(r.value > 0 for r in rates)
+
+
+def test_settings_come_in_groups_that_refuse_bad_values_in_one_line():
+    """``DynamicsModule`` takes at most 12 arguments: the rest live in groups, each refusing a value out of
+    range with one line naming the group and field; a checkpoint's plain dicts rebuild the same groups."""
+    assert len(inspect.signature(DynamicsModule.__init__).parameters) - 1 <= 12
+    bad = [
+        (ObjectiveConfig, {"image_row_share": 1.5}, "objective.image_row_share must be in"),
+        (ObjectiveConfig, {"bootstrap_row_share": -0.1}, "objective.bootstrap_row_share must be in"),
+        (ObjectiveConfig, {"bootstrap_warmup_steps": -1}, "objective.bootstrap_warmup_steps must be >= 0"),
+        (EvaluationConfig, {"rollout_samples": 1}, "evaluation.rollout_samples must be >= 2"),
+        (EvaluationConfig, {"context_frames": 0}, "evaluation.context_frames must be >= 1"),
+        (RolloutConfig, {"num_steps": 3}, "rollout.num_steps must be a power of two"),
+        (RolloutConfig, {"context_noise": 1.5}, "rollout.context_noise must be in"),
+    ]
+    for cls, kwargs, message in bad:
+        with pytest.raises(ConfigError, match=message) as error:
+            cls(**kwargs)
+        assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match=r"DynamicsModule: evaluation: unknown keys \['samples'\]"):
+        DynamicsModule(DynamicsConfig.debug(), evaluation={"samples": 8})
+    module = DynamicsModule(DynamicsConfig.debug(), objective={"d_min_share": 0.5}, rollout={"num_steps": 2})
+    assert (
+        module.objective == ObjectiveConfig(d_min_share=0.5) and module.model.rollout_defaults.num_steps == 2
+    )
+
+
+def test_evaluation_uses_only_the_references_it_is_given(tmp_path, cache):
+    """The object locator and the oracle reach evaluation as an argument: the same module and data score them
+    with ``references`` and leave them out without, however the DataModule is attached."""
+    data = tiny_datamodule(cache=cache, world="stochastic")
+    figures = {}
+    for name, references in (("without", None), ("with", data_references(data))):
+        torch.manual_seed(0)
+        module = tiny_module(data, references=references)
+        trainer = make_trainer(tmp_path / name, logger=False, enable_checkpointing=False)
+        trainer.validate(module, datamodule=data, verbose=False)
+        figures[name] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    scored = {"val/oracle_es", "val/oracle_mean_es", "val/rollout_excess_k1", "val/object_accuracy_k1"}
+    assert scored <= figures["with"].keys() and not scored & figures["without"].keys()
+    shared = figures["without"].keys()
+    assert {k: figures["with"][k] for k in shared} == figures["without"]  # the rest: the same figures

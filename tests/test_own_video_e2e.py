@@ -24,8 +24,8 @@ TINY = [  # the tiny CLI overrides with 3 context frames, 8-frame predictions an
     *TINY_CLI,
     "--model.model.k_max=8",
     "--data.predict_length=8",
-    "--model.val_context_frames=3",
-    "--model.val_rollout_steps=[1,2]",
+    "--model.evaluation.context_frames=3",
+    "--model.evaluation.rollout_steps=[1,2]",
 ]
 
 ROLLOUT_WITHOUT_LIGHTNING = """

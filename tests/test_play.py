@@ -37,7 +37,7 @@ TRAIN_ARGS = [
     "--trainer.max_steps=700",
     "--trainer.limit_val_batches=0",
     "--trainer.enable_progress_bar=false",
-    "--model.bootstrap_warmup_steps=600",
+    "--model.objective.bootstrap_warmup_steps=600",
 ]
 RIGHT, LEFT = ACTIONS.index("right"), ACTIONS.index("left")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dreamer_dynamics.errors import ConfigError
-from dreamer_dynamics.model import DynamicsTransformer, rollout
+from dreamer_dynamics.model import DynamicsTransformer, RolloutConfig, rollout
 from dreamer_dynamics.units import LatentUnits
 from tests.conftest import make_debug_model, run_python
 
@@ -38,7 +38,7 @@ def test_round_trip_with_statistics_and_codec(tmp_path):
     assert loaded.config == model.config and not loaded.training
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
-    assert loaded.codec_spec == CODEC and loaded.rollout_defaults == {"num_steps": 2, "context_noise": 0.1}
+    assert loaded.codec_spec == CODEC and loaded.rollout_defaults == RolloutConfig(num_steps=2)
     assert loaded.latent_units == units  # exactly: the floats round-trip through JSON
     assert json.loads((tmp_path / "config.json").read_text())["latent_units"] == units.to_dict()
 

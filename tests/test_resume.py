@@ -19,7 +19,7 @@ TOTAL_STEPS, STOP_AT = 8, 4
 def _run(tmp_path, cache, max_steps: int, ckpt_path=None, num_workers=0):
     pl.seed_everything(0, workers=True)
     data = tiny_datamodule(cache=cache, val_batch_size=2, predict_length=None, num_workers=num_workers)
-    module = tiny_module(data, noise_seed=None, val_rollout_horizon=2, val_rollout_steps=[2])
+    module = tiny_module(data, noise_seed=None, evaluation={"rollout_horizon": 2, "rollout_steps": [2]})
     ema = EMA(decay=0.9)
     trainer = quiet_trainer(
         tmp_path,

@@ -5,6 +5,7 @@ import torch
 
 from dreamer_dynamics.model import (
     DynamicsConfig,
+    RolloutConfig,
     RolloutStepper,
     TimeKVCache,
     context_signal_level,
@@ -143,9 +144,12 @@ def test_rollout_context_labels_are_the_training_prefix_labels(k_max, context_no
     """The labels a rollout gives its context frames (read where the real network embeds them) are those the
     training context prefix gives its first frames, and below 1: tau = 1 is never a training level."""
     from dreamer_dynamics.module import DynamicsModule
+    from dreamer_dynamics.training.config import ObjectiveConfig
 
     module = DynamicsModule(
-        DynamicsConfig.debug(k_max=k_max), context_prefix_frames=2, context_noise=context_noise
+        DynamicsConfig.debug(k_max=k_max),
+        objective=ObjectiveConfig(context_prefix_frames=2),
+        rollout=RolloutConfig(context_noise=context_noise),
     )
     batch = {"latents": torch.zeros(4, 6, 8, 4)}
     train_tau, train_d = module.sample_signal_and_step(batch, torch.Generator().manual_seed(0))

@@ -18,7 +18,7 @@ from dreamer_dynamics.cli import main as cli_main
 from dreamer_dynamics.data import LatentDataset, LatentDatasetWriter
 from dreamer_dynamics.data.default import ToyDatasetConfig, builtin_dataset_root
 from dreamer_dynamics.errors import ConfigError
-from dreamer_dynamics.model import DynamicsTransformer
+from dreamer_dynamics.model import DynamicsTransformer, RolloutConfig
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.training import RolloutWriter
 from dreamer_dynamics.units import LatentUnits
@@ -133,7 +133,8 @@ def test_checkpoint_carries_the_units_and_predict_writes_data_units(roots, tmp_p
     loaded = DynamicsModule.load_from_checkpoint(path, weights_only=True)
     assert loaded.model.latent_units == module.model.latent_units
     z = torch.randn(2, 3, 16, 48)
-    torch.testing.assert_close(loaded.destandardize(loaded.standardize(z)), z, atol=1e-6, rtol=1e-6)
+    units = loaded.model.latent_units
+    torch.testing.assert_close(units.destandardize(units.standardize(z)), z, atol=1e-6, rtol=1e-6)
 
     # a checkpoint without units loads as the identity
     del state["hyper_parameters"]["latent_units"]
@@ -158,7 +159,7 @@ def test_module_export_and_pretrained_roll_out_identically(roots, tmp_path):
     frames for the same generator."""
     pl.seed_everything(0)
     data = tiny_datamodule(roots["scaled"])
-    module = tiny_module(data, rollout_steps=2, context_noise=0.25)
+    module = tiny_module(data, rollout={"num_steps": 2, "context_noise": 0.25})
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     quiet_trainer(tmp_path, 2, [checkpoint]).fit(module, data)
     with pytest.raises(SystemExit) as exited:
@@ -184,7 +185,7 @@ def test_module_export_and_pretrained_roll_out_identically(roots, tmp_path):
         for name, model in runners.items()
     }
     for name in ("loaded", "export", "save_pretrained"):
-        assert runners[name].rollout_defaults == {"num_steps": 2, "context_noise": 0.25}, name
+        assert runners[name].rollout_defaults == RolloutConfig(2, 0.25), name
         assert torch.equal(out[name], out["module"]), name
     # the pooled units matter: per-channel standardisation of the same statistics rolls out elsewhere
     per_channel = DynamicsTransformer.from_pretrained(tmp_path / "direct")
@@ -256,7 +257,7 @@ def test_rollout_energy_scores_are_in_the_datasets_units(roots, tmp_path):
     for name, root in roots.items():
         data = tiny_datamodule(root)
         torch.manual_seed(0)
-        module = tiny_module(data, val_rollout_steps=[1, 4])
+        module = tiny_module(data, evaluation={"rollout_steps": [1, 4]})
         trainer = quiet_trainer(tmp_path / name, 0)
         trainer.limit_val_batches = 1
         trainer.validate(module, data, verbose=False)

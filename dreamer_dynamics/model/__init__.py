@@ -7,6 +7,7 @@ from dreamer_dynamics.model.config import DynamicsConfig
 from dreamer_dynamics.model.rollout import (
     DEFAULT_CONTEXT_NOISE,
     DEFAULT_ROLLOUT_STEPS,
+    RolloutConfig,
     RolloutStepper,
     TimeKVCache,
     context_signal_level,
@@ -18,6 +19,7 @@ __all__ = [
     "DynamicsConfig",
     "DynamicsTransformer",
     "rollout",
+    "RolloutConfig",
     "RolloutStepper",
     "TimeKVCache",
     "context_signal_level",

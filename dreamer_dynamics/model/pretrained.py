@@ -10,7 +10,8 @@ let :meth:`DynamicsTransformer.rollout` take and return the dataset's own units:
 standardised latents (docs/design.md §6). ``codec`` is the dataset's ``{"class_path", "init_args"}`` so
 rollouts can be decoded into pictures. Both files are written to temporary names and renamed, config last.
 
-This module imports only torch, safetensors, the model package and ``dreamer_dynamics.units``:
+This module imports only torch, safetensors, the model package, ``dreamer_dynamics.units`` and
+``dreamer_dynamics.field_docs``:
 ``from_pretrained`` + ``rollout`` is the inference path for users without Lightning.
 """
 
@@ -25,15 +26,15 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from dreamer_dynamics.field_docs import config_from
 from dreamer_dynamics.units import LatentUnits, latent_units_or_identity
 
 from .config import DynamicsConfig
-from .rollout import DEFAULT_CONTEXT_NOISE, DEFAULT_ROLLOUT_STEPS
+from .rollout import RolloutConfig
 
 PRETRAINED_FORMAT = "dreamer-dynamics-pretrained/1"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-DEFAULT_ROLLOUT = {"num_steps": DEFAULT_ROLLOUT_STEPS, "context_noise": DEFAULT_CONTEXT_NOISE}
 
 
 def _umask_mode() -> int:
@@ -49,7 +50,7 @@ def save_pretrained(
     *,
     latent_units: Optional[LatentUnits] = None,
     codec: Optional[dict[str, Any]] = None,
-    rollout: Optional[dict[str, Any]] = None,
+    rollout: RolloutConfig | dict | None = None,
 ) -> Path:
     """Write `model` to `directory` (created); latent_units / codec / rollout default to the model's own
     ``latent_units`` / ``codec_spec`` / ``rollout_defaults``."""
@@ -63,14 +64,14 @@ def save_pretrained(
         "save_pretrained: latent_units",
     )
     codec = codec if codec is not None else getattr(model, "codec_spec", None)
-    rollout = {**DEFAULT_ROLLOUT, **(getattr(model, "rollout_defaults", None) or {}), **(rollout or {})}
+    rollout = config_from(RolloutConfig, rollout or getattr(model, "rollout_defaults", None), "rollout")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     config = {
         "format": PRETRAINED_FORMAT,
         "model": dataclasses.asdict(model.config),
         "latent_units": units.to_dict(),
         "codec": codec,
-        "rollout": rollout,
+        "rollout": dataclasses.asdict(rollout),
     }
     tmp = directory / f".tmp-{WEIGHTS_FILE}-{os.getpid()}"
     save_file(state, str(tmp), metadata={"format": PRETRAINED_FORMAT})
@@ -113,5 +114,5 @@ def load_pretrained(
         config.get("latent_units"), model.config.latent_dim, f"{path}: latent_units"
     )
     model.codec_spec = config.get("codec")
-    model.rollout_defaults = {**DEFAULT_ROLLOUT, **(config.get("rollout") or {})}
+    model.rollout_defaults = config_from(RolloutConfig, config.get("rollout"), f"{path}: rollout")
     return model

@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from dreamer_dynamics.errors import ConfigError
+from dreamer_dynamics.field_docs import document_fields
 from dreamer_dynamics.objective import corrupt, euler_sample, is_power_of_two
 
 from .attention import KV
 
 DEFAULT_ROLLOUT_STEPS = 4  # K: Euler steps per generated frame (paper Sec. 3.2: K = 4)
-DEFAULT_CONTEXT_NOISE = (
-    0.1  # noise amount of context frames: tau_ctx = 1 - 0.1 on the grid (docs/design.md §5)
-)
+DEFAULT_CONTEXT_NOISE = 0.1  # noise amount of context frames: tau_ctx = 1 - 0.1 on the grid (design §5)
+
+
+@document_fields  # the field comments below become the --help text
+@dataclass
+class RolloutConfig:
+    """Defaults of a rollout: ``model.rollout``, ``predict``, validation rollouts and an export use them."""
+
+    num_steps: int = DEFAULT_ROLLOUT_STEPS  # K: Euler steps per generated frame (paper Sec. 3.2: 4)
+    context_noise: float = DEFAULT_CONTEXT_NOISE  # noise amount of context frames (docs/design.md §5)
+
+    def __post_init__(self) -> None:
+        if not is_power_of_two(self.num_steps):
+            raise ConfigError(f"rollout.num_steps must be a power of two, got {self.num_steps}")
+        if not 0.0 <= self.context_noise <= 1.0:
+            raise ConfigError(f"rollout.context_noise must be in [0, 1], got {self.context_noise}")
 
 
 class TimeKVCache:

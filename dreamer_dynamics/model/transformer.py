@@ -17,8 +17,7 @@ from .config import DynamicsConfig
 from .embeddings import ActionEmbedding, ShortcutEmbedding
 from .layers import RMSNorm, SwiGLU, grid_rope_tables, rope_tables
 from .rollout import (
-    DEFAULT_CONTEXT_NOISE,
-    DEFAULT_ROLLOUT_STEPS,
+    RolloutConfig,
     check_context_shape,
     rollout,
     rollout_actions,
@@ -96,7 +95,7 @@ class DynamicsTransformer(nn.Module):
         # hyper-parameters, or by from_pretrained (model/pretrained.py) from an export.
         self.latent_units = LatentUnits.identity(config.latent_dim)  # the data's units <-> the model's
         self.codec_spec: Optional[dict] = None  # {"class_path", "init_args"} of the data's codec
-        self.rollout_defaults = {"num_steps": DEFAULT_ROLLOUT_STEPS, "context_noise": DEFAULT_CONTEXT_NOISE}
+        self.rollout_defaults = RolloutConfig()  # K and context noise of `rollout`
         self.reset_parameters()
         # activation_checkpointing / compile_blocks are applied by dreamer_dynamics.parallelize, not here.
 
@@ -220,7 +219,7 @@ class DynamicsTransformer(nn.Module):
         *,
         latent_units: Optional[LatentUnits] = None,
         codec: Optional[dict] = None,
-        rollout: Optional[dict] = None,
+        rollout: RolloutConfig | dict | None = None,
     ):
         """Write config.json + model.safetensors to `directory` (docs/model.md, "Export"); latent_units,
         codec and rollout default to the model's ``latent_units``, ``codec_spec``, ``rollout_defaults``."""
@@ -268,8 +267,8 @@ class DynamicsTransformer(nn.Module):
                 self,
                 self.latent_units.standardize(context),
                 horizon,
-                num_steps=num_steps or self.rollout_defaults["num_steps"],
-                context_noise=self.rollout_defaults["context_noise"],
+                num_steps=num_steps or self.rollout_defaults.num_steps,
+                context_noise=self.rollout_defaults.context_noise,
                 generator=generator,
                 **actions,
             )

@@ -151,13 +151,13 @@ def load_world(source: str | os.PathLike, *, data_root: str | None = None, conte
     longest = int(dataset.episode_lengths.max(initial=0))
     if not 1 <= context_frames < longest:
         raise PlayError(f"--context-frames {context_frames}: must be in [1, {longest - 1}] for {root}")
-    defaults = getattr(model, "rollout_defaults", None) or {}
+    defaults = model.rollout_defaults
     return World(
         model=model,
         dataset=dataset,
         decode=decode,
         context_frames=context_frames,
-        num_steps=min(int(defaults.get("num_steps", 4)), model.config.k_max),
-        context_noise=float(defaults.get("context_noise", 0.1)),
+        num_steps=min(defaults.num_steps, model.config.k_max),
+        context_noise=defaults.context_noise,
         source=str(source),
     )

@@ -71,9 +71,8 @@ class RolloutImageLogger(pl.Callback):
 
     Uses ``trainer.datamodule.decoder`` (latents [..., N_b, D_b] -> images [..., H, W, 3] in [0, 1], from the
     dataset's codec); does nothing for datasets without a codec. The module's ``validation_step`` returns
-    ``{"rollout_images": {"context": ..., "target": ..., "k4": ...}}`` for its rollout batches, in model units
-    like the batches; the first batch's are mapped back to the dataset's units (``pl_module.destandardize``)
-    before decoding, since the decoder reads what the encoder wrote. For each of the first ``max_sequences``
+    ``{"rollout_images": {"context": ..., "target": ..., "k4": ...}}`` for its rollout batches, in the
+    dataset's own units: what the decoder reads. For each of the first ``max_sequences``
     contexts one labelled grid ``val/rollout_{i}`` is logged: rows = the context frames, the truth, then the
     rollouts with K = 1, 4 and k_max (those scored); columns = frames (at most ``max_frames``).
     """
@@ -100,10 +99,7 @@ class RolloutImageLogger(pl.Callback):
     ) -> None:
         if self._pending is not None or not isinstance(outputs, dict) or "rollout_images" not in outputs:
             return
-        destandardize = getattr(pl_module, "destandardize", None)
         rollouts = outputs["rollout_images"]
-        if destandardize is not None:
-            rollouts = {key: destandardize(value) for key, value in rollouts.items()}
         self._pending = {key: value[: self.max_sequences].detach().cpu() for key, value in rollouts.items()}
 
     @rank_zero_only

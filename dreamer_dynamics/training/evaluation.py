@@ -1,201 +1,226 @@
-"""Validation and test of ``DynamicsModule``: the objective, flow loss per signal level, scored rollouts.
+"""Validation, test and prediction of ``DynamicsModule``, as objects the module holds and calls.
 
-``EvaluationMixin`` lives with the module (``DynamicsModule`` inherits it), so it uses the module's own hooks:
-noise levels, noise and conditioning are drawn exactly as in training, through ``sample_signal_and_step`` and
-``sample_noise`` with an evaluation generator, so a subclass's schedule is evaluated the way it is trained.
-
-Rollouts are scored with the energy score over ``val_rollout_samples`` samples per context (``scores.py``), in
-the dataset's own units: single-sample MSE rewards blur and is logged only as a secondary figure.
+``Evaluator`` scores one batch from explicit inputs: the network, the batch's draws (signal levels, step sizes
+and noise, drawn by the module's own hooks with an evaluation generator, so a subclass's schedule is evaluated
+the way it is trained), the conditioning and the teacher. Rollouts are scored with the energy score over
+``rollout_samples`` samples per context (``scores.py``) in the dataset's own units: single-sample MSE rewards
+blur and is logged only as a secondary figure. ``Predictor`` rolls out held-out windows or a context file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from dreamer_dynamics.model import rollout
+from dreamer_dynamics.errors import ConfigError
+from dreamer_dynamics.model import RolloutConfig, rollout
 from dreamer_dynamics.objective import shortcut_forcing_loss
+from dreamer_dynamics.references import EvaluationReferences
+from dreamer_dynamics.training.config import EvaluationConfig
 from dreamer_dynamics.training.metrics import ValidationMetrics
 from dreamer_dynamics.training.scores import oracle_scores
+from dreamer_dynamics.units import LatentUnits
+
+SPLITS = ("val", "test")  # the evaluation splits, each with its own metrics (log prefix)
 
 
-class EvaluationMixin:
-    """``validation_step`` / ``test_step`` and the epoch-end rollout-score logging of ``DynamicsModule``."""
+@torch.no_grad()
+def sample_rollouts(
+    model: nn.Module,
+    context: Tensor,
+    horizon: int,
+    actions: dict[str, Tensor],
+    steps: list[int],
+    samples: int,
+    generator: torch.Generator,
+    context_noise: float = RolloutConfig.context_noise,
+) -> dict[int, Tensor]:
+    """``samples`` rollouts of every context [B, T_ctx, N_b, D_b] (model units) for each K in ``steps`` ->
+    K -> [S, B, horizon, N_b, D_b]; actions cover at least T_ctx + horizon frames."""
+    total = context.shape[1] + horizon
+    repeated = {k: v[:, :total].repeat(samples, *([1] * (v.dim() - 1))) for k, v in actions.items()}
+    contexts = context.repeat(samples, 1, 1, 1)  # (S*B, T_ctx, N_b, D_b), sample-major
+    shape = (samples, context.shape[0], horizon, *context.shape[2:])
+    return {
+        k: rollout(
+            model,
+            contexts,
+            horizon,
+            num_steps=k,
+            context_noise=context_noise,
+            generator=generator,
+            **repeated,
+        ).view(shape)
+        for k in steps
+    }
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
-        """Logs ``val/*``: loss, bootstrap loss, flow loss per tau bucket, rollout energy scores per K."""
-        return self.evaluation_step(batch, batch_idx, self.val_metrics, "val")
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
-        """Same metrics as validation on the test windows, logged as ``test/*``."""
-        return self.evaluation_step(batch, batch_idx, self.test_metrics, "test")
+def in_data_units(
+    units: LatentUnits, context: Tensor, target: Tensor, generated: dict[int, Tensor]
+) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
+    """Context, target and rollouts in the dataset's own units: scores then do not depend on how training
+    standardises the latents."""
+    back = units.destandardize
+    return back(context), back(target), {k: back(g) for k, g in generated.items()}
 
-    def on_validation_epoch_end(self) -> None:
-        self.log_rollout_scores(self.val_metrics, "val")
 
-    def on_test_epoch_end(self) -> None:
-        self.log_rollout_scores(self.test_metrics, "test")
+class Evaluator(nn.Module):
+    """The validation and test figures: the objective, the flow loss per tau bucket, scored rollouts."""
 
-    def evaluation_step(
-        self, batch: dict[str, Tensor], batch_idx: int, metrics: ValidationMetrics, prefix: str
+    def __init__(
+        self,
+        config: EvaluationConfig,
+        rollout_config: RolloutConfig,
+        k_max: int,
+        references: EvaluationReferences | None = None,
+    ) -> None:
+        super().__init__()
+        self.config, self.rollout_config, self.k_max = config, rollout_config, k_max
+        self.references = references or EvaluationReferences()
+        self.steps = config.scored_steps(k_max)  # the K values scored
+        self.metrics = nn.ModuleDict({s: ValidationMetrics(self.steps, config.tau_buckets) for s in SPLITS})
+
+    def losses(
+        self,
+        model: nn.Module,
+        z1: Tensor,
+        draws: tuple[Tensor, Tensor, Tensor],
+        cond: dict[str, Tensor],
+        generator: torch.Generator,
+        split: str,
+        **objective: Any,
     ) -> dict[str, Any]:
-        """Update ``metrics`` from one batch; returns ``{"rollout_images": {...}}`` for the rollout batches.
-
-        All noise comes from ``evaluation_generator(batch_idx)``: the figures are comparable across epochs and
-        evaluating never touches the training noise stream. Runs on the EMA weights where an averaging
-        callback swaps them in.
-        """
-        z1 = batch["latents"]  # (B, T, N_b, D_b)
-        b, t = z1.shape[:2]
-        generator = self.evaluation_generator(batch_idx)
-        cond = self.conditioning(batch)
-
+        """Update ``split``'s loss metrics from clean latents z1 [B, T, N_b, D_b] and the batch's draws
+        (tau [B, T], d [B, T], z0 like z1); ``objective``: the teacher and weighting of the training loss.
+        Returns the metrics to log, keyed by name."""
+        tau, d, z0 = draws
+        metrics = self.metrics[split]
         # 1) The training objective itself (unnormalised, video rows only): total and bootstrap-frame loss.
-        tau, d = self.sample_signal_and_step(batch, generator)
-        z0 = self.sample_noise(batch, generator)
-        output = shortcut_forcing_loss(
-            self.model,
-            z1,
-            tau,
-            d,
-            d_min=self.config.d_min,
-            z0=z0,
-            teacher=self.teacher_model(),
-            teacher_always=self.sharded(),
-            weight=self.loss_weight,
-            **cond,
-        )
+        output = shortcut_forcing_loss(model, z1, tau, d, d_min=1.0 / self.k_max, z0=z0, **objective, **cond)
         metrics.update_losses(output.loss, output.per_frame, output.bootstrap)
-
         # 2) Flow term (d = d_min) for every frame, tau uniform on the d_min grid, bucketed by tau.
-        k_max = self.config.k_max
-        flow_tau = torch.randint(0, k_max, (b, t), generator=generator, device=z1.device).float() / k_max
-        flow = shortcut_forcing_loss(
-            self.model,
-            z1,
-            flow_tau,
-            torch.full_like(flow_tau, self.config.d_min),
-            d_min=self.config.d_min,
-            z0=z0,
-            **cond,
-        )
+        b, t = z1.shape[:2]
+        k = self.k_max
+        flow_tau = torch.randint(0, k, (b, t), generator=generator, device=z1.device).float() / k
+        d_min = torch.full_like(flow_tau, 1.0 / k)
+        flow = shortcut_forcing_loss(model, z1, flow_tau, d_min, d_min=1.0 / k, z0=z0, **cond)
         metrics.update_flow_buckets(flow.per_frame, flow_tau)
-        self.log_dict(metrics.as_dict(prefix), on_step=False, on_epoch=True, batch_size=b)
+        return metrics.as_dict(split)
 
-        ctx = self.hparams.val_context_frames
-        if batch_idx < self.hparams.val_rollout_batches and t > ctx:
-            return {"rollout_images": self.score_rollouts(batch, cond, generator, metrics)}
-        return {}
+    def runs_rollouts(self, batch_idx: int, frames: int) -> bool:
+        """Whether batch ``batch_idx`` of windows of ``frames`` frames also runs scored rollouts."""
+        return batch_idx < self.config.rollout_batches and frames > self.config.context_frames
 
     @torch.no_grad()
     def score_rollouts(
         self,
+        model: nn.Module,
         batch: dict[str, Tensor],
         cond: dict[str, Tensor],
         generator: torch.Generator,
-        metrics: ValidationMetrics,
+        split: str,
     ) -> dict[str, Tensor]:
-        """S sampled rollouts per K of the first rows from ``val_context_frames`` frames, scored against the
-        truth; returns the context, the truth and the first sample of each K (for pictures), model units."""
-        rows, ctx = self.hparams.val_rollout_rows, self.hparams.val_context_frames
-        samples = self.hparams.val_rollout_samples
+        """S rollouts per K of the batch's first rows from ``context_frames`` frames, scored against the
+        truth; returns the context, the truth and the first sample of each K, in the dataset's units."""
+        rows, ctx, samples = self.config.rollout_rows, self.config.context_frames, self.config.rollout_samples
         z1 = batch["latents"][:rows]
-        horizon = min(z1.shape[1] - ctx, self.hparams.val_rollout_horizon)
+        horizon = min(z1.shape[1] - ctx, self.config.rollout_horizon)
         context, target = z1[:, :ctx], z1[:, ctx : ctx + horizon]  # (R, ctx, N, D), (R, H, N, D)
         actions = {k: v[:rows] for k, v in cond.items()}
-        generated = self.sample_rollouts(
-            context, horizon, actions, self.val_rollout_steps, samples, generator
-        )
-        units = self.score_units(context, target, generated)
-        metrics.rollout.update(
-            *units, self.object_hits(generated, target), self.oracle_figures(batch, units[1], samples)
-        )
+        noise = self.rollout_config.context_noise
+        generated = sample_rollouts(model, context, horizon, actions, self.steps, samples, generator, noise)
+        context, target, generated = in_data_units(model.latent_units, context, target, generated)
+        hits = self.object_hits(generated, target)
+        self.metrics[split].rollout.update(context, target, generated, hits, self.oracle(batch, target))
         return {"context": context, "target": target, **{f"k{k}": g[0] for k, g in generated.items()}}
 
-    @torch.no_grad()
-    def sample_rollouts(
-        self,
-        context: Tensor,
-        horizon: int,
-        actions: dict[str, Tensor],
-        steps: list[int],
-        samples: int,
-        generator: torch.Generator,
-        model: Optional[torch.nn.Module] = None,
-    ) -> dict[int, Tensor]:
-        """``samples`` rollouts of every context [B, T_ctx, N_b, D_b] (model units) for each K in ``steps`` ->
-        K -> [S, B, horizon, N_b, D_b]; actions cover at least T_ctx + horizon frames; ``model``: the network
-        to roll out (default ``self.model``)."""
-        total = context.shape[1] + horizon
-        repeated = {k: v[:, :total].repeat(samples, *([1] * (v.dim() - 1))) for k, v in actions.items()}
-        contexts = context.repeat(samples, 1, 1, 1)  # (S*B, T_ctx, N_b, D_b), sample-major
-        return {
-            k: rollout(
-                model or self.model,
-                contexts,
-                horizon,
-                num_steps=k,
-                context_noise=self.hparams.context_noise,
-                generator=generator,
-                **repeated,
-            ).view(samples, context.shape[0], horizon, *context.shape[2:])
-            for k in steps
-        }
-
-    def score_units(self, context: Tensor, target: Tensor, generated: dict[int, Tensor]) -> tuple:
-        """Rollouts are scored in the dataset's own units: the figures then do not depend on how training
-        standardises the latents (the energy-score ratio to copy-last is unchanged by one global scale)."""
-        return (
-            self.destandardize(context),
-            self.destandardize(target),
-            {k: self.destandardize(g) for k, g in generated.items()},
-        )
-
-    def object_hits(self, generated: dict[int, Tensor], target: Tensor) -> Optional[dict[int, Tensor]]:
+    def object_hits(self, generated: dict[int, Tensor], target: Tensor) -> dict[int, Tensor] | None:
         """K -> bool [S, B, H]: every object of a generated frame within one pixel of its true position (data
-        whose DataModule defines ``object_locator``, e.g. the built-in world), else None."""
-        locate = self.object_locator()
+        units; data with an object locator, e.g. the built-in world), else None."""
+        locate = self.references.object_locator
         if locate is None:
             return None
         truth = locate(target)  # (B, H, objects, 2)
         return {k: ((locate(g) - truth).abs().amax(-1) <= 1).all(-1) for k, g in generated.items()}
 
-    def object_locator(self) -> Optional[Callable[[Tensor], Tensor]]:
-        """Model-unit latents [..., N_b, D_b] -> object positions [..., objects, 2] for data that defines them
-        (the built-in world: ``DynamicsDataModule.object_locator``), else None."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        locate = getattr(datamodule, "object_locator", None)
-        if locate is None:
-            return None
-        return lambda latents: locate(self.destandardize(latents))
-
-    def oracle_figures(self, batch: dict[str, Tensor], target: Tensor, samples: int) -> Optional[dict]:
+    def oracle(self, batch: dict[str, Tensor], target: Tensor) -> dict[str, Tensor] | None:
         """The oracle's figures (``scores.oracle_scores``) on the rollout rows, target [R, H, N_b, D_b] in the
-        dataset's units, for data with an oracle (``DynamicsDataModule.oracle``: the built-in world) whose
-        batches locate their windows; else None."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        oracle = getattr(datamodule, "oracle", None)
+        dataset's units, for data with an oracle whose batches locate their windows; else None."""
+        oracle = self.references.oracle
         if oracle is None or "episode" not in batch or "actions_discrete" not in batch:
             return None
-        return oracle_scores(oracle, batch, self.hparams.val_context_frames, target, samples)
+        return oracle_scores(oracle, batch, self.config.context_frames, target, self.config.rollout_samples)
 
-    def log_rollout_scores(self, metrics: ValidationMetrics, prefix: str) -> None:
-        """Log the epoch's rollout scores (synchronised across ranks by torchmetrics) and reset them."""
-        if metrics.rollout.update_count:
-            scores = metrics.rollout.compute()
-            self.log_dict(
-                {
-                    f"{prefix}/{name}"
-                    if name.startswith(("object", "oracle"))
-                    else f"{prefix}/rollout_{name}": value
-                    for name, value in scores.items()
-                },
-                sync_dist=False,
+    def epoch_figures(self, split: str) -> dict[str, Tensor]:
+        """The epoch's rollout scores of ``split`` (synchronised across ranks by torchmetrics), then reset."""
+        scores = self.metrics[split].rollout
+        figures = {}
+        if scores.update_count:
+            for name, value in scores.compute().items():
+                figures[
+                    f"{split}/{name}" if name.startswith(("object", "oracle")) else f"{split}/rollout_{name}"
+                ] = value
+        scores.reset()
+        return figures
+
+
+class Predictor:
+    """``predict``: rollouts of held-out windows from their first ``context_frames`` frames, or of a context
+    file's frames (``--data.predict_context``), returned in the dataset's own units."""
+
+    def __init__(self, config: EvaluationConfig, rollout_config: RolloutConfig) -> None:
+        self.config, self.rollout_config = config, rollout_config
+
+    def __call__(
+        self, model: nn.Module, batch: dict[str, Tensor], cond: dict[str, Tensor], generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        if "context" in batch:
+            return self.from_context(model, batch["context"], cond, generator)
+        z1 = batch["latents"]  # (B, T, N_b, D_b), model units
+        ctx, horizon = self.config.context_frames, self.config.predict_horizon
+        if z1.shape[1] <= ctx and horizon is None:
+            raise ConfigError(
+                f"predict: windows of {z1.shape[1]} frames leave nothing after "
+                f"evaluation.context_frames={ctx}; set model.evaluation.predict_horizon or longer windows"
             )
-        metrics.rollout.reset()
+        horizon = horizon or z1.shape[1] - ctx
+        for name, actions in cond.items():
+            if actions.shape[1] < ctx + horizon:
+                raise ConfigError(
+                    f"predict: {name} cover {actions.shape[1]} frames, the rollout needs "
+                    f"evaluation.context_frames + evaluation.predict_horizon = {ctx + horizon}"
+                )
+        cond = {k: v[:, : ctx + horizon] for k, v in cond.items()}
+        steps, noise = self.rollout_config.num_steps, self.rollout_config.context_noise
+        generated = rollout(
+            model, z1[:, :ctx], horizon, num_steps=steps, context_noise=noise, generator=generator, **cond
+        )
+        back = model.latent_units.destandardize  # batches arrive standardised; files hold the data's units
+        truth = z1[:, ctx : ctx + horizon]
+        return {"rollout": back(generated), "context": back(z1[:, :ctx]), "ground_truth": back(truth), **cond}
+
+    def from_context(
+        self, model: nn.Module, context: Tensor, cond: dict[str, Tensor], generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        """Roll out after every frame of a context [B, T_ctx, N_b, D_b] given in the dataset's units."""
+        if not cond and (model.config.num_discrete_actions or model.config.num_continuous_actions):
+            raise ConfigError(
+                "predict: the model is action-conditioned but the context file has no actions; "
+                "add actions_discrete / actions_continuous covering the frames to generate"
+            )
+        covered = min((a.shape[1] for a in cond.values()), default=None)
+        horizon = self.config.predict_horizon or (covered - context.shape[1] if covered else 0)
+        if horizon < 1:
+            raise ConfigError(
+                "predict: a context file needs actions beyond its context frames or "
+                "model.evaluation.predict_horizon (frames to generate)"
+            )
+        cond = {k: v[:, : context.shape[1] + horizon] for k, v in cond.items()}
+        steps = self.rollout_config.num_steps
+        generated = model.rollout(context, horizon, num_steps=steps, generator=generator, **cond)
+        return {"rollout": generated, "context": context, **cond}
 
 
-__all__ = ["EvaluationMixin"]
+__all__ = ["Evaluator", "Predictor", "in_data_units", "sample_rollouts"]

@@ -6,7 +6,7 @@
 * ``val/bootstrap_loss``: mean per-frame bootstrap loss (Eq. 7) over frames with d > d_min.
 * ``val/loss``: the ramp-weighted shortcut-forcing loss (docs/design.md §3.6), not normalised.
 * ``val/rollout_*``: K-step rollouts scored with the energy score over several samples (``scores.py``), next
-  to the copy-last and context-mean baselines; logged at epoch end by ``EvaluationMixin.log_rollout_scores``.
+  to the copy-last and context-mean baselines; logged at epoch end by ``Evaluator.epoch_figures``.
 * ``val/oracle_es``, ``val/oracle_mean_es``, ``val/rollout_excess_k{K}``: the same frames against the built-in
   world's oracle (``scores.oracle_scores``), where the data have one.
 """
