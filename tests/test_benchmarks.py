@@ -33,6 +33,21 @@ def read(path):
     return json.loads(path.read_text())
 
 
+def tiny_quickstart(root) -> list[str]:
+    """The quickstart with a 16-wide, 2-block network on tiny batches, run under ``root``, no validation."""
+    return [
+        f"--config={quality.QUICKSTART}",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.limit_val_batches=0",
+        "--trainer.enable_progress_bar=false",
+        "--data.short_batch_size=2",
+        "--data.long_batch_size=1",
+        "--model.model.dim=16",
+        "--model.model.heads=4",
+        "--model.model.depth=2",
+    ]
+
+
 def test_forward_flops_matches_a_hand_count():
     cfg = common.medium_config(latent_tokens=16, latent_dim=32, num_discrete_actions=(5,), context_length=4)
     flops = common.forward_flops(cfg, batch=2, time_steps=8)
@@ -142,18 +157,7 @@ def test_learning_curves_smoke(tmp_path):
 def test_rollout_errors_of_a_checkpoint(tmp_path):
     from dreamer_dynamics.cli import DynamicsCLI
 
-    args = [
-        f"--config={quality.QUICKSTART}",
-        f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.max_steps=2",
-        "--trainer.limit_val_batches=0",
-        "--trainer.enable_progress_bar=false",
-        "--data.short_batch_size=2",
-        "--data.long_batch_size=1",
-        "--model.model.dim=16",
-        "--model.model.heads=4",
-        "--model.model.depth=2",
-    ]
+    args = [*tiny_quickstart(tmp_path), "--trainer.max_steps=2"]
     cli = DynamicsCLI(args=args, run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     cli.trainer.save_checkpoint(tmp_path / "model.ckpt")
@@ -278,18 +282,10 @@ def test_fit_to_time_rescales_the_schedule_of_a_run(tmp_path):
     from dreamer_dynamics.cli import DynamicsCLI
 
     args = [
-        f"--config={quality.QUICKSTART}",
-        f"--trainer.default_root_dir={tmp_path}",
+        *tiny_quickstart(tmp_path),
         "--trainer.max_steps=10000",
         "--trainer.val_check_interval=5000",
-        "--trainer.limit_val_batches=0",
-        "--trainer.enable_progress_bar=false",
         "--model.objective.bootstrap_warmup_steps=9000",
-        "--data.short_batch_size=2",
-        "--data.long_batch_size=1",
-        "--model.model.dim=16",
-        "--model.model.heads=4",
-        "--model.model.depth=2",
     ]
     cli = DynamicsCLI(args=args, run=False)
     callback = fit_to_time.FitToTime(seconds=4.0, probe_steps=6)

@@ -219,20 +219,15 @@ def test_rollout_images_are_decoded_in_the_datasets_units(roots, tmp_path):
 
     data = tiny_datamodule(roots["scaled"])
     logger = TensorBoardLogger(str(tmp_path), name="tb")
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=1,
+    trainer = quiet_trainer(
+        tmp_path,
+        1,
+        [RolloutImageLogger(max_sequences=1)],
         logger=logger,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
         num_sanity_val_steps=0,
         limit_val_batches=1,
         val_check_interval=1,
         check_val_every_n_epoch=None,
-        enable_checkpointing=False,
-        callbacks=[RolloutImageLogger(max_sequences=1)],
     )
     trainer.fit(tiny_module(data), data)
     logger.experiment.flush()

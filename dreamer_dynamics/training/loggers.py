@@ -1,7 +1,7 @@
 """TensorBoard logging under the run directory: ``save_dir`` defaults to ``trainer.default_root_dir``.
 
-Lightning's ``TensorBoardLogger`` requires ``save_dir``, so a config that names one pins its logs there and
-``--trainer.default_root_dir`` no longer moves them. This subclass leaves it unset (None); the
+Lightning's ``TensorBoardLogger`` requires ``save_dir``, so a config that names one pins its logs there,
+whatever ``--trainer.default_root_dir`` says. This subclass leaves it unset (None); the
 ``dreamer-dynamics`` CLI fills in ``default_root_dir`` before building it (outside the CLI, None means the
 working directory), so one setting moves logs, checkpoints (the logger's version folder) and predictions.
 """
