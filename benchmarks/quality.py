@@ -18,8 +18,8 @@ Both models of a pair share their initial weights, data order and noise stream (
 differ in those, never in the data. Each model then rolls out held-out contexts from newly generated
 episodes of the same world (``--contexts``, 4 context frames, ``--samples`` samples each) over the whole
 horizon with K = 1, 2, 4, ..., K_max, scored with the energy score over the first 8 frames and over all of
-them, against the oracle (``data/oracle.py``): its own ES (the floor), the excess (0 = the oracle, 1 =
-copy-last), and the blur baseline (the mean of 32 oracle samples as a point forecast).
+them, against the oracle (``data/building/oracle.py``): its own ES (the floor), the excess (0 = the oracle,
+1 = copy-last), and the blur baseline (the mean of 32 oracle samples as a point forecast).
 
     python -m benchmarks.quality                   # 3 seeds x 2 models; time: docs/benchmarks.md
     python -m benchmarks.quality --seeds 0         # one pair
@@ -49,7 +49,7 @@ from benchmarks.common import (
 )
 from dreamer_dynamics.cli import DynamicsCLI
 from dreamer_dynamics.data import DynamicsDataModule
-from dreamer_dynamics.data.default import ToyDatasetConfig
+from dreamer_dynamics.data.building.worlds import ToyDatasetConfig
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.objective import shortcut_forcing_loss
 from dreamer_dynamics.training.optim import parameter_groups

@@ -31,7 +31,7 @@ import torch
 
 from benchmarks.common import parse_benchmark_args, pin_threads, run_benchmark
 from dreamer_dynamics.data import DynamicsDataModule
-from dreamer_dynamics.data.default import ToyDatasetConfig
+from dreamer_dynamics.data.building.worlds import ToyDatasetConfig
 from dreamer_dynamics.model import rollout
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.training.scores import energy_score, oracle_scores

@@ -36,7 +36,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from dreamer_dynamics import compat
-from dreamer_dynamics.data.datamodule import DynamicsDataModule
+from dreamer_dynamics.data.reading.datamodule import DynamicsDataModule
 from dreamer_dynamics.errors import ConfigError, NonFiniteLossError
 from dreamer_dynamics.model import (
     DEFAULT_CONTEXT_NOISE,

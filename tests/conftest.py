@@ -15,8 +15,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dreamer_dynamics.data import DynamicsDataModule
-from dreamer_dynamics.data.default import ToyDatasetConfig
-from dreamer_dynamics.data.toy_env import ToyEnv, ToyEnvConfig
+from dreamer_dynamics.data.building.toy_env import ToyEnv, ToyEnvConfig
+from dreamer_dynamics.data.building.worlds import ToyDatasetConfig
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 from dreamer_dynamics.module import DynamicsModule
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dreamer_dynamics.data import DatasetError, DynamicsDataModule, LatentDatasetWriter
-from dreamer_dynamics.data.default import ToyDatasetConfig
+from dreamer_dynamics.data.building.worlds import ToyDatasetConfig
 from dreamer_dynamics.errors import ConfigError
 from dreamer_dynamics.units import LatentUnits
 from tests.conftest import quiet_trainer
@@ -140,7 +140,7 @@ import json
 import lightning.pytorch as pl
 import torch
 from dreamer_dynamics.data import DynamicsDataModule
-from dreamer_dynamics.data.default import ToyDatasetConfig
+from dreamer_dynamics.data.building.worlds import ToyDatasetConfig
 
 
 class Recorder(pl.LightningModule):

@@ -1,4 +1,4 @@
-"""The built-in world's oracle (data/oracle.py): exact replays, the true transition law, exact on the
+"""The built-in world's oracle (data/building/oracle.py): exact replays, the true transition law, exact on the
 deterministic world."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dreamer_dynamics.data import DynamicsDataModule
-from dreamer_dynamics.data.default import ToyDatasetConfig
-from dreamer_dynamics.data.toy_env import locate_objects
+from dreamer_dynamics.data.building.toy_env import locate_objects
+from dreamer_dynamics.data.building.worlds import ToyDatasetConfig
 from dreamer_dynamics.training.scores import RolloutScores, energy_score, oracle_scores
 from tests.test_toy_world import CHI2_999, chi_squared, next_velocity_probs
 

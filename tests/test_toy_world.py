@@ -12,8 +12,13 @@ import numpy as np
 import pytest
 
 from dreamer_dynamics.data import DynamicsDataModule, LatentDataset
-from dreamer_dynamics.data.default import ToyDatasetConfig, builtin_dataset_root, toy_config, toy_dataset_key
-from dreamer_dynamics.data.toy_env import ToyEnv, ToyEnvConfig, rollout_episode
+from dreamer_dynamics.data.building.toy_env import ToyEnv, ToyEnvConfig, rollout_episode
+from dreamer_dynamics.data.building.worlds import (
+    ToyDatasetConfig,
+    builtin_dataset_root,
+    toy_config,
+    toy_dataset_key,
+)
 from dreamer_dynamics.errors import ConfigError
 from tests.conftest import replayed_objects
 
@@ -155,7 +160,7 @@ def test_locator_finds_the_objects_of_the_stochastic_world():
     """Same palette and sides: the object locator (object accuracy) works on the stochastic world's frames."""
     import torch
 
-    from dreamer_dynamics.data.toy_env import locate_objects
+    from dreamer_dynamics.data.building.toy_env import locate_objects
 
     def hidden(objects: np.ndarray) -> list[bool]:  # covered by the sprite or a later ball (drawn on top)
         def overlap(a, sa, b, sb):
