@@ -55,8 +55,8 @@ from dreamer_dynamics.checkpoints import (
 )
 from dreamer_dynamics.configs import resolve_config_args
 from dreamer_dynamics.data import DynamicsDataModule
-from dreamer_dynamics.data.fingerprint import dataset_fingerprint, is_other_dataset
-from dreamer_dynamics.data.format import METADATA_FILE, DatasetError
+from dreamer_dynamics.data.reading.fingerprint import dataset_fingerprint, is_other_dataset
+from dreamer_dynamics.data.reading.format import METADATA_FILE, DatasetError
 from dreamer_dynamics.errors import (
     TRACEBACK_ENV,
     ConfigError,
@@ -269,7 +269,7 @@ class DynamicsCLI(LightningCLI):
     @staticmethod
     def builtin_root(data: Namespace) -> str:
         """Root of the built-in dataset this data config describes (generated and cached if needed)."""
-        from dreamer_dynamics.data.default import builtin_dataset_root, toy_config
+        from dreamer_dynamics.data.building.worlds import builtin_dataset_root, toy_config
 
         toy = data.get("toy")
         toy = toy_config(
@@ -348,6 +348,19 @@ class DynamicsCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             trainer["plugins"] = [*plugins, AtomicCheckpointIO()]  # never a half-written checkpoint
         return super().instantiate_trainer(**kwargs)
+
+    def instantiate_classes(self) -> None:
+        """Without ``data.root`` the DataModule reads the built-in world's dataset (``builtin_root``); the
+        saved config keeps ``root: null``, so it names the world, not this machine's cache path."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        data = config.get("data")
+        if not isinstance(data, Namespace) or "root" not in data or data.root is not None:
+            return super().instantiate_classes()
+        data.root = self.builtin_root(data)
+        try:
+            super().instantiate_classes()
+        finally:
+            data.root = None
 
     def after_instantiate_classes(self) -> None:
         strategy = type(self.trainer.strategy).__name__ if self.trainer is not None else ""
