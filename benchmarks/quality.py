@@ -49,7 +49,7 @@ from benchmarks.common import (
 )
 from dreamer_dynamics.cli import DynamicsCLI
 from dreamer_dynamics.data import DynamicsDataModule
-from dreamer_dynamics.data.building.worlds import ToyDatasetConfig
+from dreamer_dynamics.data.building.worlds import ToyDatasetConfig, builtin_datamodule, evaluation_references
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.objective import shortcut_forcing_loss
 from dreamer_dynamics.training.optim import parameter_groups
@@ -145,9 +145,9 @@ def fit(cli: DynamicsCLI) -> tuple[DynamicsModule, float]:
 
 def evaluation_data(args: argparse.Namespace, horizon: int) -> DynamicsDataModule:
     """Contexts from newly generated episodes of the trained world (all held out), in the dataset's units."""
-    return DynamicsDataModule(
-        toy=ToyDatasetConfig(episodes=args.contexts, seed=args.eval_data_seed),
-        world=args.world,
+    return builtin_datamodule(
+        args.world,
+        ToyDatasetConfig(episodes=args.contexts, seed=args.eval_data_seed),
         val_fraction=0.0,
         val_length=CONTEXT + horizon,
         val_batch_size=args.contexts,
@@ -168,7 +168,8 @@ def evaluate(module: DynamicsModule, data: DynamicsDataModule, args, horizon: in
     generator = torch.Generator().manual_seed(args.eval_seed)
     generated = module.sample_rollouts(context, horizon, cond, steps, args.samples, generator, model=net)
     ctx_units, target_units, generated_units = module.score_units(context, target, generated)
-    oracle = oracle_scores(data.oracle, batch, CONTEXT, target_units, args.samples, seed=args.eval_seed)
+    oracle = evaluation_references(data).oracle
+    oracle = oracle_scores(oracle, batch, CONTEXT, target_units, args.samples, seed=args.eval_seed)
     out = {}
     for length in sorted({min(SHORT_HORIZON, horizon), horizon}):
         scores = RolloutScores(steps)
