@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dreamer_dynamics.data import DynamicsDataModule
 from dreamer_dynamics.data.building.toy_env import ToyEnv, ToyEnvConfig
-from dreamer_dynamics.data.building.worlds import ToyDatasetConfig
+from dreamer_dynamics.data.building.worlds import ToyDatasetConfig, builtin_datamodule
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 from dreamer_dynamics.module import DynamicsModule
 
@@ -98,7 +98,7 @@ def tiny_datamodule(root: str | None = None, cache: Path | None = None, **overri
     """``TINY_WINDOWS`` over the dataset at ``root``, or over ``TINY_TOY`` cached in ``cache``."""
     kwargs = {**TINY_WINDOWS, **overrides}
     if root is None:
-        kwargs = {"cache_dir": str(cache), "toy": TINY_TOY, **kwargs}
+        return builtin_datamodule(toy=TINY_TOY, cache_dir=str(cache), **kwargs)
     return DynamicsDataModule(root, **kwargs)
 
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from dreamer_dynamics.data import DynamicsDataModule
+from dreamer_dynamics.data import LatentDataset
 from dreamer_dynamics.data.building.toy_env import locate_objects
-from dreamer_dynamics.data.building.worlds import ToyDatasetConfig
+from dreamer_dynamics.data.building.worlds import ToyDatasetConfig, builtin_datamodule, evaluation_references
+from dreamer_dynamics.references import EvaluationReferences
 from dreamer_dynamics.training.scores import RolloutScores, energy_score, oracle_scores
 from tests.test_toy_world import CHI2_999, chi_squared, next_velocity_probs
 
@@ -21,10 +22,10 @@ CTX = 4
 def worlds(tmp_path_factory):
     cache = str(tmp_path_factory.mktemp("cache"))
     return {
-        world: DynamicsDataModule(
-            world=world,
-            toy=SMALL,
-            cache_dir=cache,
+        world: builtin_datamodule(
+            world,
+            SMALL,
+            cache,
             val_fraction=0.5,
             val_length=12,
             val_batch_size=4,
@@ -32,6 +33,10 @@ def worlds(tmp_path_factory):
         )
         for world in ("deterministic", "stochastic")
     }
+
+
+def oracle_of(dm):
+    return evaluation_references(dm).oracle
 
 
 def stored(dm, episode: int, start: int, length: int) -> torch.Tensor:
@@ -46,8 +51,8 @@ def test_replayed_context_is_the_stored_context(worlds, world):
     for row, (e, s) in enumerate(zip(batch["episode"].tolist(), batch["start"].tolist())):
         window = dm.destandardize(batch["latents"][row])  # the batch's fields locate it in its episode
         torch.testing.assert_close(window, stored(dm, e, s, 12), atol=1e-5, rtol=0)
-        _, frames = dm.oracle.replay(e, s + CTX)
-        replayed = torch.from_numpy(dm.oracle.encode(frames[s:]))  # (CTX, N_b, D_b)
+        _, frames = oracle_of(dm).replay(e, s + CTX)
+        replayed = torch.from_numpy(oracle_of(dm).encode(frames[s:]))  # (CTX, N_b, D_b)
         torch.testing.assert_close(replayed, stored(dm, e, s, CTX), atol=1e-5, rtol=0)
 
 
@@ -55,7 +60,7 @@ def test_oracle_is_exact_on_the_deterministic_world(worlds):
     dm = worlds["deterministic"]
     batch = next(iter(dm.val_dataloader()))
     first = batch["start"] + CTX
-    samples = dm.oracle.sample(batch["episode"], first, batch["actions_discrete"][:, CTX:], 3)
+    samples = oracle_of(dm).sample(batch["episode"], first, batch["actions_discrete"][:, CTX:], 3)
     assert samples.shape == (4, 3, 12 - CTX, 16, 48)
     truth = torch.stack(
         [stored(dm, e, f, 12 - CTX) for e, f in zip(batch["episode"].tolist(), first.tolist())]
@@ -70,11 +75,11 @@ def test_oracle_samples_differ_and_repeat_with_their_seed(worlds):
     dm = worlds["stochastic"]
     batch = next(iter(dm.val_dataloader()))
     args = (batch["episode"], batch["start"] + CTX, batch["actions_discrete"][:, CTX:], 6)
-    a, b, c = dm.oracle.sample(*args), dm.oracle.sample(*args), dm.oracle.sample(*args, seed=1)
+    a, b, c = oracle_of(dm).sample(*args), oracle_of(dm).sample(*args), oracle_of(dm).sample(*args, seed=1)
     assert torch.equal(a, b) and not torch.equal(a, c)
     distinct = {tuple(a[0, s, -1].flatten().tolist()) for s in range(6)}
     assert len(distinct) > 1  # different futures of one context
-    assert dm.oracle.sample(batch["episode"][:1], batch["start"][:1] + CTX, [[0] * 3], 2).shape[2] == 3
+    assert oracle_of(dm).sample(batch["episode"][:1], batch["start"][:1] + CTX, [[0] * 3], 2).shape[2] == 3
 
 
 def free_contexts(oracle, wall: bool):
@@ -99,7 +104,7 @@ def test_oracle_reproduces_the_transition_law(worlds, wall):
     """Next positions of a ball in 3000 oracle samples, located in the decoded frames: chi-squared against
     the analytic law of the world's turns (p = 0.999)."""
     dm = worlds["stochastic"]
-    oracle = dm.oracle
+    oracle = oracle_of(dm)
     episode, first, k, ball, velocity = next(free_contexts(oracle, wall))
     n = 3000
     latents = oracle.sample([episode], [first], [[0]], n)[0, :, 0]  # (S, N_b, D_b): noop, sprite stays
@@ -116,9 +121,27 @@ def test_oracle_reproduces_the_transition_law(worlds, wall):
 def test_oracle_exists_only_for_the_builtin_world(worlds, tmp_path):
     from tests.test_cli import write_dataset
 
-    assert worlds["stochastic"].oracle.env.turn_probability == 0.5
-    assert worlds["deterministic"].oracle.env.turn_probability == 0.0
-    assert DynamicsDataModule(root=write_dataset(tmp_path / "own"), val_fraction=0.25).oracle is None
+    assert oracle_of(worlds["stochastic"]).env.turn_probability == 0.5
+    assert oracle_of(worlds["deterministic"]).env.turn_probability == 0.0
+    assert evaluation_references(write_dataset(tmp_path / "own")) == EvaluationReferences()
+
+
+def test_references_take_a_root_a_dataset_or_its_metadata(worlds):
+    dm = worlds["stochastic"]
+    for given in (dm.root, dm.dataset, dm.dataset.meta, LatentDataset(dm.root)):
+        references = evaluation_references(given)
+        assert references.oracle.seeds == oracle_of(dm).seeds and references.object_locator is not None
+
+
+def test_object_locator_reads_dataset_units(worlds):
+    """The locator takes latents in the dataset's own units: the decoded frames' objects, wherever the
+    DataModule's batches are standardised."""
+    dm = worlds["deterministic"]
+    latents = dm.destandardize(next(iter(dm.val_dataloader()))["latents"])  # (B, T, N_b, D_b), data units
+    locate = evaluation_references(dm).object_locator
+    env = oracle_of(dm).env
+    torch.testing.assert_close(locate(latents), locate_objects(dm.decoder(latents), env))
+    assert locate(latents).shape == (*latents.shape[:2], 1 + env.num_balls, 2)
 
 
 def test_excess_by_hand():
@@ -149,9 +172,9 @@ def test_oracle_scores_floor_blur_and_excess(worlds, world):
     batch = next(iter(dm.val_dataloader()))
     context = dm.destandardize(batch["latents"][:, :CTX])
     target = dm.destandardize(batch["latents"][:, CTX:])  # (B, H, N_b, D_b), data units
-    figures = oracle_scores(dm.oracle, batch, CTX, target, samples=16)
+    figures = oracle_scores(oracle_of(dm), batch, CTX, target, samples=16)
     assert figures["oracle_es"].shape == figures["oracle_mean_es"].shape == target.shape[:2]
-    model = dm.oracle.sample(
+    model = oracle_of(dm).sample(
         batch["episode"], batch["start"] + CTX, batch["actions_discrete"][:, CTX:], 16, 9
     )
     metric = RolloutScores([1])
