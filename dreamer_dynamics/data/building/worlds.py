@@ -3,9 +3,9 @@ what they give evaluation beyond their latents (``evaluation_references``: objec
 
 The cache lives in ``$DREAMER_DYNAMICS_CACHE`` (default ``~/.cache/dreamer_dynamics``) under a directory
 named after a hash of the generator config and the codec's import path (which the dataset's metadata names),
-so a different config, or a codec that moved, never reuses a stale dataset. Generation
-writes into a private temporary directory that is renamed into place when complete: concurrent processes
-(e.g. DDP ranks) may generate at the same time, one rename wins and nobody reads a half-written dataset.
+so a different config, or a codec that moved, never reuses a stale dataset. Generation writes into a private
+temporary directory that is renamed into place when complete: concurrent processes (e.g. DDP ranks) may
+generate at the same time, one rename wins and nobody reads a half-written dataset.
 """
 
 from __future__ import annotations
@@ -207,8 +207,9 @@ def builtin_datamodule(
 
 def evaluation_references(dataset: Any) -> EvaluationReferences:
     """The object locator and oracle of a dataset (its root, ``LatentDataset`` or ``DatasetMetadata``, or a
-    DataModule over it): both for a built-in world whose codec imports, both None for any
-    other dataset. The locator takes latents in the dataset's own units (``destandardize`` batches first)."""
+    DataModule over it), read from its metadata (source, generator config, episode seeds) and its codec: both
+    for a built-in world, both None for any other dataset. The locator takes latents in the dataset's own
+    units (``destandardize`` batches first)."""
     if isinstance(dataset, (str, os.PathLike)):
         dataset = LatentDataset(dataset, check_files=False)
     dataset = getattr(dataset, "dataset", dataset)  # a DataModule -> its LatentDataset
