@@ -33,9 +33,9 @@ def quickstart_export(directory: Path) -> Path:
     """An untrained quickstart-sized model for the built-in world, exported with the dataset's codec."""
     import torch
 
-    from dreamer_dynamics.data.codec import metadata_codec_spec
-    from dreamer_dynamics.data.dataset import LatentDataset
-    from dreamer_dynamics.data.default import builtin_dataset_root
+    from dreamer_dynamics.data.building.worlds import builtin_dataset_root
+    from dreamer_dynamics.data.reading.codec import metadata_codec_spec
+    from dreamer_dynamics.data.reading.dataset import LatentDataset
     from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 
     data = LatentDataset(builtin_dataset_root(progress=False))

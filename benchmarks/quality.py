@@ -18,8 +18,8 @@ Both models of a pair share their initial weights, data order and noise stream (
 differ in those, never in the data. Each model then rolls out held-out contexts from newly generated
 episodes of the same world (``--contexts``, 4 context frames, ``--samples`` samples each) over the whole
 horizon with K = 1, 2, 4, ..., K_max, scored with the energy score over the first 8 frames and over all of
-them, against the oracle (``data/oracle.py``): its own ES (the floor), the excess (0 = the oracle, 1 =
-copy-last), and the blur baseline (the mean of 32 oracle samples as a point forecast).
+them, against the oracle (``data/building/oracle.py``): its own ES (the floor), the excess (0 = the oracle,
+1 = copy-last), and the blur baseline (the mean of 32 oracle samples as a point forecast).
 
     python -m benchmarks.quality                   # 3 seeds x 2 models; time: docs/benchmarks.md
     python -m benchmarks.quality --seeds 0         # one pair
@@ -49,7 +49,7 @@ from benchmarks.common import (
 )
 from dreamer_dynamics.cli import DynamicsCLI
 from dreamer_dynamics.data import DynamicsDataModule
-from dreamer_dynamics.data.default import ToyDatasetConfig
+from dreamer_dynamics.data.building.worlds import ToyDatasetConfig, builtin_datamodule
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.objective import shortcut_forcing_loss
 from dreamer_dynamics.training.evaluation import in_data_units, sample_rollouts
@@ -146,9 +146,9 @@ def fit(cli: DynamicsCLI) -> tuple[DynamicsModule, float]:
 
 def evaluation_data(args: argparse.Namespace, horizon: int) -> DynamicsDataModule:
     """Contexts from newly generated episodes of the trained world (all held out), in the dataset's units."""
-    return DynamicsDataModule(
-        toy=ToyDatasetConfig(episodes=args.contexts, seed=args.eval_data_seed),
-        world=args.world,
+    return builtin_datamodule(
+        args.world,
+        ToyDatasetConfig(episodes=args.contexts, seed=args.eval_data_seed),
         val_fraction=0.0,
         val_length=CONTEXT + horizon,
         val_batch_size=args.contexts,
@@ -171,7 +171,9 @@ def evaluate(module: DynamicsModule, data: DynamicsDataModule, args, horizon: in
     noise = module.hparams.rollout.context_noise
     generated = sample_rollouts(net, context, horizon, cond, steps, args.samples, generator, noise)
     ctx_units, target_units, generated_units = in_data_units(units, context, target, generated)
-    oracle = oracle_scores(data.oracle, batch, CONTEXT, target_units, args.samples, seed=args.eval_seed)
+    oracle = oracle_scores(
+        data.references.oracle, batch, CONTEXT, target_units, args.samples, seed=args.eval_seed
+    )
     out = {}
     for length in sorted({min(SHORT_HORIZON, horizon), horizon}):
         scores = RolloutScores(steps)

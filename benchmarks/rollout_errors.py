@@ -31,7 +31,7 @@ import torch
 
 from benchmarks.common import parse_benchmark_args, pin_threads, run_benchmark
 from dreamer_dynamics.data import DynamicsDataModule
-from dreamer_dynamics.data.default import ToyDatasetConfig
+from dreamer_dynamics.data.building.worlds import ToyDatasetConfig, builtin_datamodule
 from dreamer_dynamics.model import rollout
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.training.evaluation import sample_rollouts
@@ -50,16 +50,19 @@ def run(args: argparse.Namespace) -> dict:
         fresh = dict(
             toy=ToyDatasetConfig(episodes=args.fresh_episodes, seed=args.fresh_seed), val_fraction=0.0
         )
-    data = DynamicsDataModule(
-        root=args.root,
-        world=args.world,
+    settings = dict(
         val_length=CONTEXT + HORIZON,
         val_batch_size=args.contexts,
         val_batches=1,
         standardize=False,  # dataset units; the checkpoint's own statistics make model units
         **fresh,
     )
-    locate = data.object_locator
+    if args.root:
+        data = DynamicsDataModule(root=args.root, **settings)
+    else:
+        data = builtin_datamodule(args.world, **settings)
+    references = data.references  # the object locator and oracle its description names
+    locate = references.object_locator
     if locate is None:
         raise SystemExit(f"{data.root}: not the built-in world (no object locator)")
     batch = next(iter(data.val_dataloader()))
@@ -87,8 +90,8 @@ def run(args: argparse.Namespace) -> dict:
 
     report = {"benchmark": "rollout_errors", "checkpoint": str(args.checkpoint), "contexts": len(z), "k": {}}
     oracle = None
-    if data.oracle is not None:  # the floor and the blur baseline, on the same frames and units
-        figures = oracle_scores(data.oracle, batch, CONTEXT, units(target), args.samples)
+    if references.oracle is not None:  # the floor and the blur baseline, on the same frames and units
+        figures = oracle_scores(references.oracle, batch, CONTEXT, units(target), args.samples)
         oracle = {name: float(value.mean()) for name, value in figures.items()}
         report["oracle"] = oracle
     with torch.no_grad():

@@ -1,10 +1,11 @@
 """Checkpoints and data, reconciled before anything is built (used by the ``dreamer-dynamics`` CLI).
 
 * ``--ckpt_path last`` -> the newest ``*.ckpt`` under the run directory (``trainer.default_root_dir``).
-* A checkpoint records its dataset's fingerprint (``DynamicsDataModule.state_dict``, data/fingerprint.py) and
-  the network's data spec (``hyper_parameters.model``). Given only ``--ckpt_path`` (no ``--data.root``), a run
-  uses the recorded dataset; a dataset whose latent shape or action spec differs from the network's is refused
-  with one line naming both sides, before any weight is loaded or any log folder exists.
+* * A checkpoint records its dataset's fingerprint (``DynamicsDataModule.state_dict``,
+  data/reading/fingerprint.py) and the network's data spec (``hyper_parameters.model``). Given only
+  ``--ckpt_path`` (no ``--data.root``), a run uses the recorded dataset; a dataset whose latent shape or
+  action spec differs from the network's is refused with one line naming both sides, before any weight is
+  loaded or any log folder exists.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from dreamer_dynamics.data.fingerprint import spec_mismatch, spec_of
+from dreamer_dynamics.data.reading.fingerprint import spec_mismatch, spec_of
 from dreamer_dynamics.errors import ConfigError
 
 

@@ -14,7 +14,8 @@
 * The model's latent shape and action spec are *linked* from the DataModule, so ``--data.root`` alone switches
   datasets (the linked keys ``model.model.latent_tokens`` etc. are not settable); so are the latent units the
   batches are standardised with (``data.latent_units`` -> ``model.latent_units``, the identity with
-  ``--data.standardize false``) and the dataset's object locator and oracle (``model.references``).
+  ``--data.standardize false``) and the object locator and oracle its description names (``data.references``
+  -> ``model.references``).
 * With ``--ckpt_path``, the model's hyper-parameters come from the checkpoint (Lightning; the fields of the
   evaluation-only groups ``model.evaluation`` and ``model.rollout`` that this command line sets keep its
   values), and so does the dataset unless ``--data.root`` is given: its root and the DataModule settings this
@@ -57,8 +58,8 @@ from dreamer_dynamics.checkpoints import (
 )
 from dreamer_dynamics.configs import resolve_config_args
 from dreamer_dynamics.data import DynamicsDataModule
-from dreamer_dynamics.data.fingerprint import dataset_fingerprint, is_other_dataset
-from dreamer_dynamics.data.format import METADATA_FILE, DatasetError
+from dreamer_dynamics.data.reading.fingerprint import dataset_fingerprint, is_other_dataset
+from dreamer_dynamics.data.reading.format import METADATA_FILE, DatasetError
 from dreamer_dynamics.errors import (
     TRACEBACK_ENV,
     ConfigError,
@@ -70,7 +71,6 @@ from dreamer_dynamics.errors import (
 from dreamer_dynamics.model import RolloutConfig
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.quiet import quiet_known_messages, quiet_weight_averaging_warning
-from dreamer_dynamics.references import EvaluationReferences
 from dreamer_dynamics.training.config import EvaluationConfig
 from dreamer_dynamics.training.interrupt import AtomicCheckpointIO, StopOnSignal
 from dreamer_dynamics.training.prediction import RolloutWriter
@@ -129,13 +129,6 @@ def evaluation_settings(model: Any) -> dict[str, Any]:
             if value != getattr(defaults, field.name):
                 settings[f"{group}.{field.name}"] = value
     return settings
-
-
-def data_references(data: Any) -> EvaluationReferences:
-    """The object locator and oracle of the DataModule's dataset (None each for a dataset of one's own)."""
-    return EvaluationReferences(
-        object_locator=getattr(data, "object_locator", None), oracle=getattr(data, "oracle", None)
-    )
 
 
 class WeightsOnlyParser(LightningArgumentParser):
@@ -212,7 +205,7 @@ class DynamicsCLI(LightningCLI):
         for field in LINKED_DATA_FIELDS:
             parser.link_arguments(f"data.{field}", f"model.model.{field}", apply_on="instantiate")
         parser.link_arguments("data.latent_units", "model.latent_units", apply_on="instantiate")
-        parser.link_arguments("data", "model.references", compute_fn=data_references, apply_on="instantiate")
+        parser.link_arguments("data.references", "model.references", apply_on="instantiate")
 
     # ------------------------------------------------------------------ before anything is built
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -282,7 +275,7 @@ class DynamicsCLI(LightningCLI):
     @staticmethod
     def builtin_root(data: Namespace) -> str:
         """Root of the built-in dataset this data config describes (generated and cached if needed)."""
-        from dreamer_dynamics.data.default import builtin_dataset_root, toy_config
+        from dreamer_dynamics.data.building.worlds import builtin_dataset_root, toy_config
 
         toy = data.get("toy")
         toy = toy_config(
@@ -361,6 +354,19 @@ class DynamicsCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             trainer["plugins"] = [*plugins, AtomicCheckpointIO()]  # never a half-written checkpoint
         return super().instantiate_trainer(**kwargs)
+
+    def instantiate_classes(self) -> None:
+        """Without ``data.root`` the DataModule reads the built-in world's dataset (``builtin_root``); the
+        saved config keeps ``root: null``, so it names the world, not this machine's cache path."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        data = config.get("data")
+        if not isinstance(data, Namespace) or "root" not in data or data.root is not None:
+            return super().instantiate_classes()
+        data.root = self.builtin_root(data)
+        try:
+            super().instantiate_classes()
+        finally:
+            data.root = None
 
     def after_instantiate_classes(self) -> None:
         strategy = type(self.trainer.strategy).__name__ if self.trainer is not None else ""

@@ -1,9 +1,9 @@
 """Errors that are the user's to fix: the CLIs print them as one line and exit 1 (no traceback).
 
-``DatasetError`` (data/format.py: a file and its problem) and ``ConfigError`` (a setting, or a checkpoint
-that does not fit the data) are both ``ValueError``s; ``MissingExtraError`` (an ``ImportError``) names the
-``pip install`` command of a missing optional extra. Set ``DREAMER_DYNAMICS_TRACEBACK=1`` to see the full
-traceback instead.
+``DatasetError`` (data/reading/format.py: a file and its problem) and ``ConfigError`` (a setting, or a
+checkpoint that does not fit the data) are both ``ValueError``s; ``MissingExtraError`` (an ``ImportError``)
+names the ``pip install`` command of a missing optional extra. Set ``DREAMER_DYNAMICS_TRACEBACK=1`` to see the
+full traceback instead.
 """
 
 from __future__ import annotations

@@ -29,12 +29,12 @@ from dreamer_dynamics.units import latent_units_or_identity
 def training_dataset_root(checkpoint: dict[str, Any], data_root: Optional[str] = None) -> Optional[Path]:
     """The dataset the checkpoint was trained on (`data_root` if given), None where it is not on disk; the
     built-in dataset is looked up in its cache, never generated."""
-    from dreamer_dynamics.data.format import METADATA_FILE
+    from dreamer_dynamics.data.reading.format import METADATA_FILE
 
     data = checkpoint.get("datamodule_hyper_parameters") or {}
     root = data_root or data.get("root")
     if root is None and "toy" in data:  # the built-in dataset: its cache path
-        from dreamer_dynamics.data.default import default_cache_dir, toy_config, toy_dataset_key
+        from dreamer_dynamics.data.building.worlds import default_cache_dir, toy_config, toy_dataset_key
 
         cache = Path(data["cache_dir"]) if data.get("cache_dir") else default_cache_dir()
         root = cache / toy_dataset_key(toy_config(data.get("world") or "deterministic", data.get("toy")))
@@ -45,8 +45,8 @@ def training_dataset_root(checkpoint: dict[str, Any], data_root: Optional[str] =
 
 def _dataset_codec(checkpoint: dict[str, Any], data_root: Optional[str]) -> Optional[dict[str, Any]]:
     """The codec spec of the training dataset, if that dataset can be found."""
-    from dreamer_dynamics.data.codec import metadata_codec_spec
-    from dreamer_dynamics.data.format import read_metadata
+    from dreamer_dynamics.data.reading.codec import metadata_codec_spec
+    from dreamer_dynamics.data.reading.format import read_metadata
 
     root = training_dataset_root(checkpoint, data_root)
     if root is None:

@@ -36,7 +36,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from dreamer_dynamics import compat
-from dreamer_dynamics.data.datamodule import DynamicsDataModule
+from dreamer_dynamics.data.reading.datamodule import DynamicsDataModule
 from dreamer_dynamics.errors import ConfigError, NonFiniteLossError
 from dreamer_dynamics.field_docs import config_from
 from dreamer_dynamics.model import (
@@ -95,8 +95,9 @@ class DynamicsModule(pl.LightningModule):
             so checkpoints and exports carry it; ``model.rollout`` and ``predict`` take and return the
             dataset's own units. None = identity; ``fit`` / ``validate`` refuse a DynamicsDataModule whose
             units differ.
-        references: the data's object locator and oracle for the rollout metrics (linked by the CLI from the
-            dataset; ``EvaluationReferences``); None = neither. Not a hyper-parameter: it describes the data.
+        references: the data's object locator and oracle for the rollout metrics, ``datamodule.references``
+            (linked by the CLI; ``EvaluationReferences``); None = neither. Not a hyper-parameter: it describes
+            the data.
     """
 
     extra_loss_names: tuple[str, ...] = ()

@@ -14,10 +14,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from dreamer_dynamics.cli import data_references
 from dreamer_dynamics.data import DynamicsDataModule
-from dreamer_dynamics.data.default import ToyDatasetConfig
-from dreamer_dynamics.data.toy_env import ToyEnv, ToyEnvConfig
+from dreamer_dynamics.data.building.toy_env import ToyEnv, ToyEnvConfig
+from dreamer_dynamics.data.building.worlds import ToyDatasetConfig, builtin_datamodule
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, RolloutConfig
 from dreamer_dynamics.module import DynamicsModule
 from dreamer_dynamics.training.config import EvaluationConfig, ObjectiveConfig
@@ -100,7 +99,7 @@ def tiny_datamodule(root: str | None = None, cache: Path | None = None, **overri
     """``TINY_WINDOWS`` over the dataset at ``root``, or over ``TINY_TOY`` cached in ``cache``."""
     kwargs = {**TINY_WINDOWS, **overrides}
     if root is None:
-        kwargs = {"cache_dir": str(cache), "toy": TINY_TOY, **kwargs}
+        return builtin_datamodule(toy=TINY_TOY, cache_dir=str(cache), **kwargs)
     return DynamicsDataModule(root, **kwargs)
 
 
@@ -126,7 +125,7 @@ def tiny_module(
         "evaluation": EvaluationConfig(**{"context_frames": 2, "rollout_horizon": 3, **(evaluation or {})}),
         "rollout": RolloutConfig(**(rollout or {})),
         "latent_units": data.latent_units,
-        "references": data_references(data),
+        "references": data.references,
         **kwargs,
     }
     return cls(config, **kwargs)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from dreamer_dynamics.data import LatentDataset, PatchCodec
+from dreamer_dynamics.data.building.convert import resize_frames
 from dreamer_dynamics.data.cli import main
-from dreamer_dynamics.data.convert import resize_frames
 from tests.video_fixtures import moving_square
 
 h5py = pytest.importorskip("h5py")

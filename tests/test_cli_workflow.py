@@ -21,7 +21,7 @@ import torch
 
 from dreamer_dynamics.cli import LINKED_DATA_FIELDS
 from dreamer_dynamics.data import LatentDatasetWriter
-from dreamer_dynamics.data.patch_codec import PatchCodec
+from dreamer_dynamics.data.reading.patch_codec import PatchCodec
 from dreamer_dynamics.model import DynamicsConfig
 
 pytestmark = pytest.mark.slow

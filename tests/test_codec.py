@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dreamer_dynamics.data import DatasetError, LatentDataset, LatentDatasetWriter, PatchCodec
-from dreamer_dynamics.data.codec import Codec, Decoder, codec_spec, decoder_for, load_codec
+from dreamer_dynamics.data.reading.codec import Codec, Decoder, codec_spec, decoder_for, load_codec
 from tests.video_fixtures import BlockMeanCodec
 
 BLOCK_SPEC = {
@@ -33,7 +33,7 @@ def test_patch_codec_spec_round_trip_and_protocol():
     codec = PatchCodec(32, 8, 3, 0.4, 0.3)
     spec = codec_spec(codec)
     assert spec == {
-        "class_path": "dreamer_dynamics.data.patch_codec.PatchCodec",
+        "class_path": "dreamer_dynamics.data.reading.patch_codec.PatchCodec",
         "init_args": {"image_size": 32, "patch": 8, "channels": 3, "mean": 0.4, "std": 0.3},
     }
     assert load_codec(json.loads(json.dumps(spec))) == codec

@@ -11,7 +11,7 @@ from dreamer_dynamics.data.cli import main
 
 def test_record_two_crafter_episodes(tmp_path):
     pytest.importorskip("crafter")
-    from dreamer_dynamics.data.crafter_recorder import CrafterRecordingConfig, record_crafter
+    from dreamer_dynamics.data.building.crafter_recorder import CrafterRecordingConfig, record_crafter
 
     record_crafter(tmp_path, CrafterRecordingConfig(episodes=2, length=12, policy="explore"), progress=False)
     ds = LatentDataset(tmp_path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dreamer_dynamics.data import DatasetError, DynamicsDataModule, LatentDatasetWriter
-from dreamer_dynamics.data.default import ToyDatasetConfig
+from dreamer_dynamics.data.building.worlds import ToyDatasetConfig, builtin_datamodule
 from dreamer_dynamics.errors import ConfigError
 from dreamer_dynamics.units import LatentUnits
 from tests.conftest import quiet_trainer
@@ -23,8 +23,6 @@ def cache(tmp_path_factory):
 
 def _module(cache, **kwargs):
     defaults = dict(
-        toy=TOY,
-        cache_dir=cache,
         short_length=8,
         long_length=16,
         short_batch_size=4,
@@ -34,7 +32,7 @@ def _module(cache, **kwargs):
         steps_per_epoch=6,
         val_batches=2,
     )
-    return DynamicsDataModule(**{**defaults, **kwargs})
+    return builtin_datamodule(toy=TOY, cache_dir=cache, **{**defaults, **kwargs})
 
 
 def test_builtin_spec_and_batch_layout(cache):
@@ -98,6 +96,14 @@ def test_empty_split_and_short_episodes_are_reported(tmp_path):
         DynamicsDataModule(str(tmp_path / "nothing"))
 
 
+def test_no_root_is_one_line_naming_builtin_datamodule():
+    with pytest.raises(ConfigError, match=r"needs root=.*builtin_datamodule\(world=") as err:
+        DynamicsDataModule()
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="needs root="):
+        DynamicsDataModule(world="stochastic")
+
+
 class _Recorder(pl.LightningModule):
     """Trains one scalar and remembers a fingerprint of every training batch it sees."""
 
@@ -139,8 +145,7 @@ import json
 
 import lightning.pytorch as pl
 import torch
-from dreamer_dynamics.data import DynamicsDataModule
-from dreamer_dynamics.data.default import ToyDatasetConfig
+from dreamer_dynamics.data.building.worlds import ToyDatasetConfig, builtin_datamodule
 
 
 class Recorder(pl.LightningModule):
@@ -160,7 +165,7 @@ class Recorder(pl.LightningModule):
 
 if __name__ == "__main__":
     out, cache = sys.argv[1], sys.argv[2]
-    dm = DynamicsDataModule(toy=ToyDatasetConfig(episodes=10, length=40), cache_dir=cache, short_length=8,
+    dm = builtin_datamodule(toy=ToyDatasetConfig(episodes=10, length=40), cache_dir=cache, short_length=8,
                             long_length=16, short_batch_size=2, long_batch_size=1, long_every=3,
                             steps_per_epoch=5,
                             val_fraction=0.2)

@@ -14,7 +14,7 @@ from dreamer_dynamics.data import (
     LatentWindowDataset,
     split_episodes,
 )
-from dreamer_dynamics.data.format import FORMAT_VERSION
+from dreamer_dynamics.data.reading.format import FORMAT_VERSION
 
 
 def _write(root, lengths=(12, 7), shape=(4, 3), **kwargs):

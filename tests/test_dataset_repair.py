@@ -15,7 +15,7 @@ import pytest
 
 from dreamer_dynamics.data import DatasetError, LatentDataset, LatentDatasetWriter
 from dreamer_dynamics.data.cli import main as data_cli
-from dreamer_dynamics.data.lock import WriterLock, read_lock
+from dreamer_dynamics.data.reading.lock import WriterLock, read_lock
 
 
 def write(root, episodes=2):
@@ -28,7 +28,7 @@ _KILLED = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
     from dreamer_dynamics.data import LatentDatasetWriter
-    from dreamer_dynamics.data import writer as writer_module
+    from dreamer_dynamics.data.building import writer as writer_module
     w = LatentDatasetWriter(sys.argv[1], latent_shape=(2, 3), commit_every=100)
     w.add_episode(np.zeros((5, 2, 3), np.float32))   # renamed into place, never committed (commit_every=100)
     def dying_save(f, array, allow_pickle=False):    # then half a temporary file, then SIGKILL

@@ -9,6 +9,9 @@ at ``pkg`` itself.
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = "dreamer_dynamics"
@@ -99,3 +102,81 @@ def test_type_checking_imports_count(tmp_path):
 def test_the_package_has_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+READING, BUILDING = f"{PACKAGE}.data.reading", f"{PACKAGE}.data.building"
+
+
+def reachable(graph: dict[str, set[str]], starts: list[str]) -> dict[str, str]:
+    """Module -> the module that first imports it, for every module reachable from ``starts``."""
+    seen = {start: start for start in starts}
+    todo = list(starts)
+    while todo:
+        node = todo.pop()
+        for child in sorted(graph[node]):
+            if child not in seen:
+                seen[child] = node
+                todo.append(child)
+    return seen
+
+
+def building_imports_of_reading(graph: dict[str, set[str]]) -> list[str]:
+    """ "A <- B" for each building module (or the ``data`` package, whose names include building's) that a
+    reading module reaches, directly or through other modules of the package."""
+    starts = sorted(name for name in graph if name == READING or name.startswith(READING + "."))
+    found = reachable(graph, starts)
+    banned = [m for m in found if m == BUILDING or m.startswith(BUILDING + ".") or m == f"{PACKAGE}.data"]
+    return [f"{m} <- {found[m]}" for m in sorted(banned)]
+
+
+def test_reading_never_imports_building():
+    """Training reads datasets without the dataset builders: no import from data/reading/ reaches
+    data/building/, counting imports inside functions and under ``if TYPE_CHECKING:``."""
+    graph = import_graph()
+    assert any(name.startswith(READING + ".") for name in graph) and BUILDING in graph
+    assert building_imports_of_reading(graph) == []
+
+
+def test_the_reading_check_sees_imports_in_functions_and_type_checking(tmp_path):
+    data = tmp_path / PACKAGE / "data"
+    for folder in (data.parent, data, data / "reading", data / "building"):
+        folder.mkdir(exist_ok=True)
+        (folder / "__init__.py").write_text("")
+    (data / "building" / "worlds.py").write_text("")
+    (data / "reading" / "ok.py").write_text("import os\n")
+    graph = import_graph(tmp_path / PACKAGE)
+    assert building_imports_of_reading(graph) == []
+    for source in (
+        "def f():\n    from ..building import worlds\n",
+        "import typing\nif typing.TYPE_CHECKING:\n    import dreamer_dynamics.data.building\n",
+        "from dreamer_dynamics.data import LatentDatasetWriter\n",
+    ):
+        (data / "reading" / "bad.py").write_text(source)
+        assert building_imports_of_reading(import_graph(tmp_path / PACKAGE)), source
+
+
+def test_training_path_loads_no_builder(tmp_path):
+    """Importing the CLI, then building and using a DataModule over a dataset on disk (statistics, decoder,
+    batches), imports no building module."""
+    from dreamer_dynamics.data.building.worlds import ToyDatasetConfig, generate_toy_dataset
+
+    root = generate_toy_dataset(tmp_path / "data", ToyDatasetConfig(episodes=4, length=12), progress=False)
+    (root / ".lock").unlink(missing_ok=True)
+    script = f"""
+import sys
+import dreamer_dynamics.cli
+from dreamer_dynamics.data import DynamicsDataModule
+
+dm = DynamicsDataModule(root={str(root)!r}, short_length=4, long_length=8, val_fraction=0.25)
+dm.setup("fit")
+batch = next(iter(dm.train_dataloader()))
+assert dm.decoder(dm.destandardize(batch["latents"])).shape[-1] == 3 and dm.token_grid == (4, 4)
+next(iter(dm.val_dataloader()))
+print(sorted(m for m in sys.modules if m.startswith({BUILDING!r})))
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT.parent), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout

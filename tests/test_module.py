@@ -13,7 +13,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dreamer_dynamics.cli import data_references
 from dreamer_dynamics.errors import ConfigError
 from dreamer_dynamics.model import DynamicsConfig, RolloutConfig, rollout
 from dreamer_dynamics.module import DynamicsModule
@@ -534,7 +533,7 @@ def test_evaluation_uses_only_the_references_it_is_given(tmp_path, cache):
     with ``references`` and leave them out without, however the DataModule is attached."""
     data = tiny_datamodule(cache=cache, world="stochastic")
     figures = {}
-    for name, references in (("without", None), ("with", data_references(data))):
+    for name, references in (("without", None), ("with", data.references)):
         torch.manual_seed(0)
         module = tiny_module(data, references=references)
         trainer = make_trainer(tmp_path / name, logger=False, enable_checkpointing=False)

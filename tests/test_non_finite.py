@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from dreamer_dynamics.cli import main
 from dreamer_dynamics.data import DynamicsDataModule, LatentDatasetWriter
 from dreamer_dynamics.data.cli import main as data_main
-from dreamer_dynamics.data.format import DatasetError
+from dreamer_dynamics.data.reading.format import DatasetError
 from dreamer_dynamics.errors import NonFiniteLossError
 from tests.conftest import QUICKSTART, TINY_CLI, tiny_datamodule, tiny_module
 from tests.test_module import make_trainer

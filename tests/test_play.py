@@ -2,7 +2,7 @@
 
 A small model learns the built-in world (the sprite follows the actions) in about a minute; the server runs
 as the real console script; the test holds arrow keys on the page and locates the sprite
-(``data/toy_env.locate_objects``) in the frames the page drew. The browser comes from
+(``data/building/toy_env.locate_objects``) in the frames the page drew. The browser comes from
 ``scripts/install_browser.sh`` (apt-get as root when missing; without root the browser tests skip with the
 script's reason). The last page is saved as docs/figures/play.png.
 """
@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from dreamer_dynamics.data import LatentDatasetWriter
-from dreamer_dynamics.data.toy_env import ACTIONS, ToyEnvConfig, locate_objects
+from dreamer_dynamics.data.building.toy_env import ACTIONS, ToyEnvConfig, locate_objects
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from dreamer_dynamics.data import LatentDatasetWriter
-from dreamer_dynamics.data.codec import codec_spec
-from dreamer_dynamics.data.patch_codec import PatchCodec
+from dreamer_dynamics.data.reading.codec import codec_spec
+from dreamer_dynamics.data.reading.patch_codec import PatchCodec
 from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 from dreamer_dynamics.play.server import serve
 from dreamer_dynamics.play.world import PlayError, load_world

@@ -14,7 +14,7 @@ from dreamer_dynamics.model import DynamicsTransformer, RolloutConfig, rollout
 from dreamer_dynamics.units import LatentUnits
 from tests.conftest import make_debug_model, run_python
 
-CODEC = {"class_path": "dreamer_dynamics.data.patch_codec.PatchCodec", "init_args": {"image_size": 8}}
+CODEC = {"class_path": "dreamer_dynamics.data.reading.patch_codec.PatchCodec", "init_args": {"image_size": 8}}
 
 
 def inputs(model, t_ctx=3, horizon=3, seed=0):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dreamer_dynamics.data.toy_env import ToyEnv, locate_objects, rollout_episode
+from dreamer_dynamics.data.building.toy_env import ToyEnv, locate_objects, rollout_episode
 from dreamer_dynamics.training.scores import RolloutScores, energy_score
 from tests.conftest import replayed_objects
 

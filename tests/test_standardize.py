@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from dreamer_dynamics.cli import DynamicsCLI
 from dreamer_dynamics.cli import main as cli_main
 from dreamer_dynamics.data import LatentDataset, LatentDatasetWriter
-from dreamer_dynamics.data.default import ToyDatasetConfig, builtin_dataset_root
+from dreamer_dynamics.data.building.worlds import ToyDatasetConfig, builtin_dataset_root
 from dreamer_dynamics.errors import ConfigError
 from dreamer_dynamics.model import DynamicsTransformer, RolloutConfig
 from dreamer_dynamics.module import DynamicsModule

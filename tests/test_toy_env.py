@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from dreamer_dynamics.data import LatentDataset, PatchCodec, decoder_for
-from dreamer_dynamics.data.default import ToyDatasetConfig, builtin_dataset_root
-from dreamer_dynamics.data.patch_codec import dct_matrix
-from dreamer_dynamics.data.toy_env import ToyEnv, ToyEnvConfig, rollout_episode
+from dreamer_dynamics.data.building.toy_env import ToyEnv, ToyEnvConfig, rollout_episode
+from dreamer_dynamics.data.building.worlds import ToyDatasetConfig, builtin_dataset_root
+from dreamer_dynamics.data.reading.patch_codec import dct_matrix
 
 
 def test_sprite_follows_the_actions_and_frames_depend_on_them():

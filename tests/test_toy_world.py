@@ -11,9 +11,15 @@ import sys
 import numpy as np
 import pytest
 
-from dreamer_dynamics.data import DynamicsDataModule, LatentDataset
-from dreamer_dynamics.data.default import ToyDatasetConfig, builtin_dataset_root, toy_config, toy_dataset_key
-from dreamer_dynamics.data.toy_env import ToyEnv, ToyEnvConfig, rollout_episode
+from dreamer_dynamics.data import LatentDataset
+from dreamer_dynamics.data.building.toy_env import ToyEnv, ToyEnvConfig, rollout_episode
+from dreamer_dynamics.data.building.worlds import (
+    ToyDatasetConfig,
+    builtin_datamodule,
+    builtin_dataset_root,
+    toy_config,
+    toy_dataset_key,
+)
 from dreamer_dynamics.errors import ConfigError
 from tests.conftest import replayed_objects
 
@@ -45,7 +51,7 @@ def chi_squared(counts: dict, probs: dict, n: int) -> float:
 
 def test_deterministic_world_is_bit_identical():
     """turn_probability 0 draws nothing: frames, actions and a generated dataset as before turns existed, and
-    the same cache key (existing caches stay valid)."""
+    and one cache key whether turn_probability is unset or 0."""
     h = hashlib.sha256()
     for seed in range(8):
         for cfg in (ToyEnvConfig(), ToyEnvConfig(num_balls=4)):
@@ -53,8 +59,18 @@ def test_deterministic_world_is_bit_identical():
             h.update(frames.tobytes())
             h.update(actions.tobytes())
     assert h.hexdigest() == FRAMES_SHA256
-    assert toy_dataset_key(ToyDatasetConfig()) == "toy-v1-9e2aab5b8d53"
-    assert toy_dataset_key(ToyDatasetConfig(turn_probability=0.0)) == "toy-v1-9e2aab5b8d53"
+    assert toy_dataset_key(ToyDatasetConfig()) == "toy-v1-504191b589f8"
+    assert toy_dataset_key(ToyDatasetConfig(turn_probability=0.0)) == "toy-v1-504191b589f8"
+
+
+def test_cache_key_names_the_codec_import_path(monkeypatch):
+    """The built-in dataset's metadata names its codec by import path: a cached dataset that names another
+    path is not reused."""
+    from dreamer_dynamics.data.reading.patch_codec import PatchCodec
+
+    key = toy_dataset_key(ToyDatasetConfig())
+    monkeypatch.setattr(PatchCodec, "__module__", "elsewhere.patch_codec")
+    assert toy_dataset_key(ToyDatasetConfig()) != key
 
 
 def test_deterministic_dataset_is_bit_identical(tmp_path):
@@ -110,16 +126,12 @@ def test_turns_follow_the_analytic_law(ball, velocity, p):
 
 def test_world_selection_and_metadata(tmp_path):
     small = dict(episodes=4, length=12)
-    stochastic = DynamicsDataModule(
-        world="stochastic", toy=ToyDatasetConfig(**small), cache_dir=str(tmp_path), val_fraction=0.25
-    )
+    stochastic = builtin_datamodule("stochastic", ToyDatasetConfig(**small), str(tmp_path), val_fraction=0.25)
     attributes = stochastic.dataset.meta.attributes
     assert attributes["world"] == "stochastic" and attributes["turn_probability"] == 0.5
     assert attributes["config"]["turn_probability"] == 0.5
-    weaker = DynamicsDataModule(
-        world="stochastic", toy={**small, "turn_probability": 0.25}, cache_dir=str(tmp_path)
-    )
-    plain = DynamicsDataModule(toy=ToyDatasetConfig(**small), cache_dir=str(tmp_path))
+    weaker = builtin_datamodule("stochastic", {**small, "turn_probability": 0.25}, str(tmp_path))
+    plain = builtin_datamodule(toy=ToyDatasetConfig(**small), cache_dir=str(tmp_path))
     assert len({stochastic.root, weaker.root, plain.root}) == 3  # the cache key covers the strength
     assert weaker.dataset.meta.attributes["turn_probability"] == 0.25
     assert plain.dataset.meta.attributes["world"] == "deterministic"
@@ -129,6 +141,8 @@ def test_world_selection_and_metadata(tmp_path):
         toy_config("chaotic")
     with pytest.raises(ConfigError, match=r"turn_probability must be in \[0, 1\]"):
         toy_config("stochastic", {"turn_probability": 1.5})
+    with pytest.raises(ConfigError, match=r"data.toy has no field\(s\) \['episode'\]"):
+        toy_config("stochastic", {"episode": 3})
 
 
 def test_cli_selects_the_stochastic_world(tmp_path, monkeypatch):
@@ -149,13 +163,15 @@ def test_cli_selects_the_stochastic_world(tmp_path, monkeypatch):
     cli = DynamicsCLI(args=args, run=False)
     attributes = cli.datamodule.dataset.meta.attributes
     assert attributes["world"] == "stochastic" and attributes["turn_probability"] == 0.25
+    assert cli.config.data.root is None  # the saved config names the world, not this machine's cache
+    assert cli.datamodule.hparams.world == "stochastic" and cli.datamodule.hparams.toy["episodes"] == 4
 
 
 def test_locator_finds_the_objects_of_the_stochastic_world():
     """Same palette and sides: the object locator (object accuracy) works on the stochastic world's frames."""
     import torch
 
-    from dreamer_dynamics.data.toy_env import locate_objects
+    from dreamer_dynamics.data.building.toy_env import locate_objects
 
     def hidden(objects: np.ndarray) -> list[bool]:  # covered by the sprite or a later ball (drawn on top)
         def overlap(a, sa, b, sb):

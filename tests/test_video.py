@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from dreamer_dynamics.data import LatentDataset, PatchCodec
+from dreamer_dynamics.data.building.convert import align_actions, resize_frames
 from dreamer_dynamics.data.cli import main
-from dreamer_dynamics.data.convert import align_actions, resize_frames
-from dreamer_dynamics.data.format import DatasetError
+from dreamer_dynamics.data.reading.format import DatasetError
 from tests.video_fixtures import moving_square, write_gif, write_mp4
 
 pytest.importorskip("av")
@@ -28,7 +28,7 @@ def write_folder(folder, frames):
 def decoded(root, episode):
     ds = LatentDataset(root)
     spec = ds.meta.codec
-    assert spec["class_path"] == "dreamer_dynamics.data.patch_codec.PatchCodec"
+    assert spec["class_path"] == "dreamer_dynamics.data.reading.patch_codec.PatchCodec"
     return PatchCodec(**spec["init_args"]).decode(np.asarray(ds[episode]["latents"]))
 
 

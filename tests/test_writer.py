@@ -84,7 +84,7 @@ _KILLED_WRITER = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
     from dreamer_dynamics.data import LatentDatasetWriter
-    from dreamer_dynamics.data import writer as writer_module
+    from dreamer_dynamics.data.building import writer as writer_module
     root, where = sys.argv[1], sys.argv[2]
     w = LatentDatasetWriter(root, latent_shape=(8, 8), num_discrete_actions=(3,))
     for i in range(3):

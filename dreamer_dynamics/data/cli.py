@@ -24,12 +24,12 @@ import sys
 
 from dreamer_dynamics.errors import ConfigError, MissingExtraError, show_traceback
 
-from .dataset import LatentDataset
-from .default import WORLDS, ToyDatasetConfig, generate_toy_dataset, toy_config
-from .format import METADATA_FILE, DatasetError
-from .lock import WriterLock
-from .repair import find_leftovers, remove_leftovers
-from .stats import LatentStatistics, compute_latent_stats, stale_reason, write_latent_stats
+from .building.repair import find_leftovers, remove_leftovers
+from .building.worlds import WORLDS, ToyDatasetConfig, generate_toy_dataset, toy_config
+from .reading.dataset import LatentDataset
+from .reading.format import METADATA_FILE, DatasetError
+from .reading.lock import WriterLock
+from .reading.stats import LatentStatistics, compute_latent_stats, stale_reason, write_latent_stats
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -134,7 +134,7 @@ def _make_toy(args: argparse.Namespace) -> None:
 
 
 def _record_crafter(args: argparse.Namespace) -> None:
-    from .crafter_recorder import CrafterRecordingConfig, record_crafter
+    from .building.crafter_recorder import CrafterRecordingConfig, record_crafter
 
     config = CrafterRecordingConfig(
         episodes=args.episodes, length=args.length, policy=args.policy, seed=args.seed
@@ -145,7 +145,7 @@ def _record_crafter(args: argparse.Namespace) -> None:
 
 def _codec_options(args: argparse.Namespace) -> dict:
     """codec / codec_spec / codec_builder keyword arguments of the converters."""
-    from .convert import build_codec
+    from .building.convert import build_codec
 
     try:
         init_args = json.loads(args.codec_args)
@@ -168,8 +168,8 @@ def _report(out: str, written: int, skipped: int) -> None:
 
 
 def _from_video(args: argparse.Namespace) -> None:
-    from .convert import write_episodes
-    from .video import video_sources
+    from .building.convert import write_episodes
+    from .building.video import video_sources
 
     sources = video_sources(args.videos, args.actions, args.image_size, args.continuous_actions)
     written = write_episodes(
@@ -184,8 +184,8 @@ def _from_video(args: argparse.Namespace) -> None:
 
 
 def _from_arrays(args: argparse.Namespace) -> None:
-    from .arrays import ArrayKeys, hdf5_sources, npz_sources
-    from .convert import write_episodes
+    from .building.arrays import ArrayKeys, hdf5_sources, npz_sources
+    from .building.convert import write_episodes
 
     keys = ArrayKeys(args.frames, args.latents, args.actions_discrete, args.actions_continuous)
     if args.command == "from-npz":
@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_import_commands(commands) -> None:
-    """from-video, from-npz and from-hdf5: other data -> a dataset (data/convert.py)."""
+    """from-video, from-npz and from-hdf5: other data -> a dataset (data/building/convert.py)."""
     video = commands.add_parser("from-video", help="videos or frame folders -> dataset (video extra)")
     video.add_argument("out")
     video.add_argument(

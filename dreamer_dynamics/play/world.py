@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from dreamer_dynamics.data.codec import Decoder, load_codec, metadata_codec_spec
-from dreamer_dynamics.data.dataset import LatentDataset
-from dreamer_dynamics.data.format import METADATA_FILE, DatasetError
-from dreamer_dynamics.data.toy_env import ACTIONS
+from dreamer_dynamics.data.building.toy_env import ACTIONS
+from dreamer_dynamics.data.reading.codec import Decoder, load_codec, metadata_codec_spec
+from dreamer_dynamics.data.reading.dataset import LatentDataset
+from dreamer_dynamics.data.reading.format import METADATA_FILE, DatasetError
 from dreamer_dynamics.model.pretrained import CONFIG_FILE
 
 
@@ -108,7 +108,7 @@ def _load_model(source: Path, data_root: str | None) -> tuple[nn.Module, Path | 
 
 def _builtin_root(data: dict[str, Any] | None) -> Path:
     """The built-in dataset a checkpoint's DataModule settings describe (generated on first use)."""
-    from dreamer_dynamics.data.default import builtin_dataset_root, toy_config
+    from dreamer_dynamics.data.building.worlds import builtin_dataset_root, toy_config
 
     data = data or {}
     config = toy_config(data.get("world") or "deterministic", data.get("toy"))

@@ -11,9 +11,9 @@ estimated per generated frame from S >= 2 samples (Euclidean norm over all of th
 point forecast x (one sample, no spread) it is ||x - y||, so copy-last and context-mean baselines are scored
 in the same units. A deterministic world that is learnt exactly scores 0.
 
-Where the data have an oracle (the built-in world, data/oracle.py), the oracle's own energy score is the floor
-a model can reach on the same frames (0 only for a deterministic world), and ``excess`` measures a model
-between that floor and copy-last: (ES_model - ES_oracle) / (ES_copy_last - ES_oracle).
+Where the data have an oracle (the built-in world, data/building/oracle.py), the oracle's own energy score is
+the floor a model can reach on the same frames (0 only for a deterministic world), and ``excess`` measures a
+model between that floor and copy-last: (ES_model - ES_oracle) / (ES_copy_last - ES_oracle).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def oracle_scores(
     """The oracle's figures on the rollouts of an evaluation batch's first rows: per frame [B, H], in the
     units of ``target``, for ``RolloutScores.update(..., oracle=...)``.
 
-    oracle: ``DynamicsDataModule.oracle`` (``sample(episode, first, actions, samples, seed)`` -> latents
+    oracle: ``EvaluationReferences.oracle`` (``sample(episode, first, actions, samples, seed)`` -> latents
     [B, S, H, N_b, D_b] in the dataset's own units); batch: the evaluation batch, whose "episode", "start" and
     "actions_discrete" locate each window; context_frames: frames given before the first predicted one;
     target: the true future [B, H, N_b, D_b] of the batch's first B rows in the dataset's own units (what

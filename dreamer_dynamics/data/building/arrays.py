@@ -22,8 +22,8 @@ import numpy as np
 
 from dreamer_dynamics.errors import require_extra
 
+from ..reading.format import DatasetError
 from .convert import Source, resize_frames
-from .format import DatasetError
 
 
 class ArrayKeys:

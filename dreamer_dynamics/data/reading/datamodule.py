@@ -12,7 +12,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from functools import cached_property
 from typing import Any, Literal
 
@@ -24,15 +24,15 @@ from torch.utils.data import DataLoader
 
 from dreamer_dynamics.compat import training_batch_progress
 from dreamer_dynamics.errors import ConfigError
+from dreamer_dynamics.references import EvaluationReferences
 from dreamer_dynamics.units import SCALES, LatentUnits
 
 from .codec import decoder_for
 from .context_file import load_context_file
 from .dataset import LatentDataset, LatentWindowDataset, split_episodes
-from .default import ToyDatasetConfig, builtin_dataset_root, toy_config, toy_object_locator
 from .fingerprint import dataset_fingerprint, fingerprint_changes
 from .format import DatasetError
-from .oracle import ToyOracle, toy_oracle
+from .references import dataset_references
 from .sampler import AlternatingLengthBatchSampler, Window
 from .stats import compute_latent_stats, stale_reason, write_latent_stats
 
@@ -41,7 +41,9 @@ class DynamicsDataModule(pl.LightningDataModule):
     """Training batches {"latents" [B,T,N_b,D_b], "actions_discrete" [B,T,n], "actions_continuous" [B,T,c]}.
 
     Args:
-        root: dataset directory (format: docs/data.md); None = the built-in toy dataset, generated and cached.
+        root: dataset directory (format: docs/data.md). Required: for a built-in world,
+            ``dreamer_dynamics.data.building.worlds.builtin_datamodule(world, toy, cache_dir, ...)`` generates
+            (once, cached) and passes its root; the CLI does the same when ``--data.root`` is not given.
         short_length: frames T1 of the frequent short batches (paper Minecraft: 64).
         long_length: frames T2 of the occasional long batches (paper Minecraft: 256; > context C).
         short_batch_size: sequences per rank in a short batch.
@@ -59,12 +61,15 @@ class DynamicsDataModule(pl.LightningDataModule):
         test_length: frames per test window; None = long_length.
         predict_length: frames per predict window (context + horizon); None = long_length.
         predict_batches: number of predict batches.
-        predict_context: a context file (.npy / .npz, data/context_file.py) that ``predict`` rolls out from
-            instead of the held-out windows; the dataset at ``root`` still gives the latent shape and decoder.
-        toy: generator config of the built-in dataset (used only when root is None).
-        world: the built-in world (used only when root is None): "deterministic" (the default) or
-            "stochastic", whose balls turn at random (``toy.turn_probability``, 0.5 unless set; docs/data.md).
-        cache_dir: cache of the built-in dataset; None = $DREAMER_DYNAMICS_CACHE or ~/.cache/dreamer_dynamics.
+        predict_context: a context file (.npy / .npz, data/reading/context_file.py) that ``predict`` rolls out
+            from instead of the held-out windows; the dataset at ``root`` still gives the latent shape and
+            decoder.
+        toy: generator config of the built-in world (``building.worlds.ToyDatasetConfig`` fields), recorded
+            with the run; the CLI and ``builtin_datamodule`` generate the dataset from it when root is unset.
+        world: the built-in world, recorded likewise: "deterministic" (the default) or "stochastic", whose
+            balls turn at random (``toy.turn_probability``, 0.5 unless set; docs/data.md).
+        cache_dir: cache of the built-in dataset, recorded likewise; None = $DREAMER_DYNAMICS_CACHE or
+            ~/.cache/dreamer_dynamics.
         pin_memory: pin host memory in the DataLoaders (GPU training).
         standardize: emit standardised latents, (z - mean) / std with the dataset's ``latent_stats``: True or
             "pooled" = each channel's own mean, one pooled std for all channels (the RMS of the channel stds;
@@ -100,7 +105,7 @@ class DynamicsDataModule(pl.LightningDataModule):
         predict_length: int | None = None,
         predict_batches: int = 1,
         predict_context: str | None = None,
-        toy: ToyDatasetConfig | dict | None = None,
+        toy: dict[str, Any] | None = None,
         world: str = "deterministic",
         cache_dir: str | None = None,
         pin_memory: bool = False,
@@ -108,13 +113,14 @@ class DynamicsDataModule(pl.LightningDataModule):
         token_grid: tuple[int, int] | None = None,
     ):
         super().__init__()
-        if isinstance(toy, dict):
-            toy = ToyDatasetConfig(**toy)
+        if root is None:
+            raise ConfigError(
+                "DynamicsDataModule needs root=<dataset directory>; for a built-in world use "
+                "dreamer_dynamics.data.building.worlds.builtin_datamodule(world=..., ...) (CLI: --data.world)"
+            )
         # plain types only in the hyperparameters, so checkpoints load with weights-only unpickling
         self.save_hyperparameters(ignore=["toy"])
-        self.hparams["toy"] = asdict(toy) if toy is not None else None
-        if root is None:  # generated once, then read from the cache; rank-safe (see default.py)
-            root = str(builtin_dataset_root(toy_config(world, toy), cache_dir, progress=True))
+        self.hparams["toy"] = asdict(toy) if is_dataclass(toy) else (dict(toy) if toy is not None else None)
         self.root = os.fspath(root)
         self.dataset = LatentDataset(
             self.root, check_files=False
@@ -181,17 +187,10 @@ class DynamicsDataModule(pl.LightningDataModule):
         return decoder_for(self.dataset)
 
     @cached_property
-    def object_locator(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """Built-in world only: latents [..., N_b, D_b] (data units) -> object positions [..., 1 + balls, 2]
-        (the sprite, then each ball; ``toy_env.locate_objects``) for the object-accuracy metric; else None."""
-        return toy_object_locator(self.dataset.meta.attributes, self.decoder)
-
-    @cached_property
-    def oracle(self) -> ToyOracle | None:
-        """Built-in world only: samples of the true future of a validation window (data/oracle.py), for the
-        oracle-referenced rollout metrics; else None. Evaluation batches carry what it needs ("episode",
-        "start")."""
-        return toy_oracle(self.dataset.meta, self.decoder)
+    def references(self) -> EvaluationReferences:
+        """The object locator and oracle the dataset's description names (reading/references.py), for the
+        rollout metrics: the CLI links them into the module (in Python pass ``references=dm.references``)."""
+        return dataset_references(self.dataset)
 
     # ------------------------------------------------------------------ standardisation (docs/data.md)
     def standardize(self, latents: torch.Tensor) -> torch.Tensor:
@@ -227,7 +226,7 @@ class DynamicsDataModule(pl.LightningDataModule):
     @cached_property
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint records about this dataset (root, latent shape, action spec, latent statistics,
-        episode count; data/fingerprint.py). Saved with the sampler state, checked on resume."""
+        episode count; data/reading/fingerprint.py). Saved with the sampler state, checked on resume."""
         return dataset_fingerprint(self.root)
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -426,7 +425,8 @@ class _TrainLoader(DataLoader):
 class _ListDataset:
     """Positions 0..n-1 -> the given windows (for plain batch_size DataLoaders), each with its "episode" index
     and the absolute index of its first frame, "start" (int64 scalars; [B] in a batch), which locate it in
-    its episode (the built-in world's oracle replays the episode from them)."""
+    its episode (the built-in world's oracle, ``references.oracle``, replays
+    it from them)."""
 
     def __init__(self, windows_dataset: LatentWindowDataset, windows: list[Window]):
         self.windows_dataset, self.windows = windows_dataset, windows

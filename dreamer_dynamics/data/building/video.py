@@ -18,8 +18,8 @@ import numpy as np
 
 from dreamer_dynamics.errors import require_extra
 
+from ..reading.format import DatasetError
 from .convert import Source, read_action_file, resize_frames
-from .format import DatasetError
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 

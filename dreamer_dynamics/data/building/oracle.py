@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .default import GENERATOR_VERSION
-from .format import DatasetMetadata
+from ..reading.format import DatasetMetadata
 from .toy_env import ToyEnv, ToyEnvConfig, episode_actions
 
 
@@ -86,9 +85,9 @@ class ToyOracle:
 
 
 def toy_oracle(meta: DatasetMetadata, decoder: Any) -> ToyOracle | None:
-    """The oracle of a built-in-world dataset (its metadata and the ``Decoder`` of its codec); None for any
-    other dataset, or one whose episodes do not record their seeds."""
-    if meta.attributes.get("source") != GENERATOR_VERSION or decoder is None:
+    """The oracle of a built-in-world dataset (its metadata and the ``Decoder`` of its codec; the caller,
+    ``worlds.evaluation_references``, checks it is one); None where its episodes do not record their seeds."""
+    if decoder is None:
         return None
     codec = getattr(decoder, "codec", decoder)
     seeds = [episode.attributes.get("seed") for episode in meta.episodes]

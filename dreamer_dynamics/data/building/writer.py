@@ -1,4 +1,4 @@
-"""Crash-safe creation and appending of latent datasets (format: format.py, docs/data.md).
+"""Crash-safe creation and appending of latent datasets (format: reading/format.py, docs/data.md).
 
 Commit protocol for one episode: every array is validated in memory first, then written to a temporary file
 in ``episodes/``, fsynced, and renamed to its final name; only then is ``metadata.json`` rewritten (temp
@@ -19,7 +19,7 @@ import numpy as np
 
 from dreamer_dynamics.atomic import atomic_write
 
-from .format import (
+from ..reading.format import (
     CONTINUOUS_DTYPE,
     DISCRETE_DTYPE,
     EPISODES_DIR,
@@ -32,9 +32,9 @@ from .format import (
     read_metadata,
     write_json_atomically,
 )
-from .lock import WriterLock
+from ..reading.lock import WriterLock
+from ..reading.stats import LatentStatistics
 from .repair import remove_leftovers
-from .stats import LatentStatistics
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -189,7 +189,7 @@ class LatentDatasetWriter:
         # the folders this writer creates (outermost first), removed again by abort()
         self._created_dirs = [p for p in (*reversed(episodes_dir.parents), episodes_dir) if not p.exists()]
         episodes_dir.mkdir(parents=True, exist_ok=True)
-        # one writer per root, also on NFS (lock.py); force=True takes over a lock held from another host
+        # one writer per root, also on NFS (reading/lock.py); force=True takes over another host's lock
         self._lock = WriterLock(self.root, force=force).acquire()
         try:
             if (self.root / METADATA_FILE).exists():

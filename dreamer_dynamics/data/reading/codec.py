@@ -49,15 +49,16 @@ def codec_spec(codec: Codec, init_args: Optional[dict[str, Any]] = None) -> dict
     return {"class_path": class_path(codec), "init_args": dict(init_args)}
 
 
-def import_class(path: str, where: Any = None) -> type:
-    """``"package.module.Class"`` -> the class; a DatasetError naming `where` if it cannot be imported."""
+def import_class(path: str, where: Any = None, what: str = "codec class") -> Any:
+    """``"package.module.Name"`` -> the object; a DatasetError naming `where` and `what` if it cannot be
+    imported."""
     module_name, _, name = path.rpartition(".")
     if not module_name:
-        raise DatasetError(where, f"codec class path {path!r} must look like 'package.module.Class'")
+        raise DatasetError(where, f"{what} path {path!r} must look like 'package.module.Class'")
     try:
         return getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as err:
-        raise DatasetError(where, f"cannot import codec class {path!r}: {err}") from None
+        raise DatasetError(where, f"cannot import {what} {path!r}: {err}") from None
 
 
 def load_codec(spec: dict[str, Any], where: Any = None) -> Codec:

@@ -17,9 +17,9 @@ from typing import Any, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from .codec import Codec, import_class
-from .format import METADATA_FILE, DatasetError, read_metadata
-from .patch_codec import PatchCodec
+from ..reading.codec import Codec, import_class
+from ..reading.format import METADATA_FILE, DatasetError, read_metadata
+from ..reading.patch_codec import PatchCodec
 from .writer import LatentDatasetWriter
 
 ALIGNMENTS = ("led-to", "taken-at")  # how action rows relate to frames (see align_actions)
@@ -46,7 +46,10 @@ def build_codec(
             return None, None  # latents only, no codec
         args = {"image_size": image_size, "patch": max(1, image_size // 8), **init_args}
         codec = PatchCodec(**args)
-        return codec, {"class_path": "dreamer_dynamics.data.patch_codec.PatchCodec", "init_args": args}
+        return codec, {
+            "class_path": "dreamer_dynamics.data.reading.patch_codec.PatchCodec",
+            "init_args": args,
+        }
     cls = import_class(class_path, "--codec")
     try:
         codec = cls(**init_args)

@@ -13,8 +13,8 @@ import os
 import re
 from pathlib import Path
 
-from .format import EPISODES_DIR, DatasetMetadata
-from .lock import LOCK_FILE
+from ..reading.format import EPISODES_DIR, DatasetMetadata
+from ..reading.lock import LOCK_FILE
 
 _EPISODE_FILE = re.compile(r"^(?P<name>[^.]+)\.(latents|actions_discrete|actions_continuous)\.npy$")
 

@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from dreamer_dynamics.errors import require_extra
 
-from .codec import codec_spec
-from .patch_codec import PatchCodec
+from ..reading.codec import codec_spec
+from ..reading.patch_codec import PatchCodec
 from .toy_env import sticky_random_actions
 from .writer import LatentDatasetWriter
 

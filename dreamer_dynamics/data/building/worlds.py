@@ -1,9 +1,11 @@
-"""The built-in dataset: toy-environment episodes encoded by the patch codec, generated once and cached.
+"""The built-in worlds: toy-environment episodes encoded by the patch codec, generated once and cached, and
+what they give evaluation beyond their latents (``evaluation_references``: object locator and oracle).
 
 The cache lives in ``$DREAMER_DYNAMICS_CACHE`` (default ``~/.cache/dreamer_dynamics``) under a directory
-named after a hash of the generator config, so a different config never reuses a stale dataset. Generation
-writes into a private temporary directory that is renamed into place when complete: concurrent processes
-(e.g. DDP ranks) may generate at the same time, one rename wins and nobody reads a half-written dataset.
+named after a hash of the generator config and the codec's import path (which the dataset's metadata names),
+so a different config, or a codec that moved, never reuses a stale dataset. Generation writes into a private
+temporary directory that is renamed into place when complete: concurrent processes (e.g. DDP ranks) may
+generate at the same time, one rename wins and nobody reads a half-written dataset.
 """
 
 from __future__ import annotations
@@ -13,22 +15,30 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from dreamer_dynamics.errors import ConfigError
+from dreamer_dynamics.references import EvaluationReferences
 
-from .codec import codec_spec
-from .format import FORMAT_VERSION, METADATA_FILE
-from .patch_codec import PatchCodec
+from ..reading.codec import codec_spec, decoder_for
+from ..reading.dataset import LatentDataset
+from ..reading.format import FORMAT_VERSION, METADATA_FILE, DatasetMetadata
+from ..reading.patch_codec import PatchCodec
+from ..reading.references import REFERENCES_ATTRIBUTE
+from .oracle import toy_oracle
 from .toy_env import ACTIONS, ToyEnv, ToyEnvConfig, locate_objects, rollout_episode
 from .writer import LatentDatasetWriter
 
+if TYPE_CHECKING:
+    from ..reading.datamodule import DynamicsDataModule
+
+REFERENCES_PATH = "dreamer_dynamics.data.building.worlds.evaluation_references"  # named in the metadata
 GENERATOR_VERSION = "toy-v1"  # bump when the environment or codec changes, so caches are rebuilt
 WORLDS = {"deterministic": 0.0, "stochastic": 0.5}  # ``data.world`` preset -> its turn_probability
 
@@ -56,7 +66,14 @@ def toy_config(world: str = "deterministic", toy: ToyDatasetConfig | dict | None
     ``toy`` sets its own (a deterministic world takes none but 0)."""
     if world not in WORLDS:
         raise ConfigError(f"data.world must be one of {sorted(WORLDS)}, got {world!r}")
-    toy = ToyDatasetConfig(**toy) if isinstance(toy, dict) else toy or ToyDatasetConfig()
+    if isinstance(toy, dict):
+        unknown = sorted(set(toy) - {field.name for field in fields(ToyDatasetConfig)})
+        if unknown:
+            raise ConfigError(
+                f"data.toy has no field(s) {unknown}; fields: {list(asdict(ToyDatasetConfig()))}"
+            )
+        toy = ToyDatasetConfig(**toy)
+    toy = toy or ToyDatasetConfig()
     strength = toy.turn_probability
     if strength is None:
         return replace(toy, turn_probability=WORLDS[world])
@@ -75,10 +92,18 @@ def world_name(turn_probability: float | None) -> str:
 
 
 def toy_dataset_key(config: ToyDatasetConfig) -> str:
-    fields = asdict(config)
-    if not fields["turn_probability"]:  # the deterministic world keeps the key it always had
-        del fields["turn_probability"]
-    text = json.dumps({"generator": GENERATOR_VERSION, "format": FORMAT_VERSION, **fields}, sort_keys=True)
+    settings = asdict(config)
+    if not settings["turn_probability"]:  # the deterministic world's key does not depend on how 0 is spelled
+        del settings["turn_probability"]
+    codec = f"{PatchCodec.__module__}.{PatchCodec.__qualname__}"  # the import paths its metadata records
+    described = {
+        "generator": GENERATOR_VERSION,
+        "format": FORMAT_VERSION,
+        "codec": codec,
+        "references": REFERENCES_PATH,
+        **settings,
+    }
+    text = json.dumps(described, sort_keys=True)
     return f"{GENERATOR_VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -105,6 +130,7 @@ def generate_toy_dataset(
         commit_every=32,
         attributes={
             "source": GENERATOR_VERSION,
+            REFERENCES_ATTRIBUTE: REFERENCES_PATH,  # evaluation's object locator and oracle
             "actions": list(ACTIONS),
             "config": asdict(config),
             "world": world_name(strength),
@@ -169,3 +195,37 @@ def toy_object_locator(attributes: dict[str, Any], decoder: Any) -> ToyObjectLoc
         image_size=int(config.get("image_size", 16)), num_balls=int(config.get("num_balls", 2))
     )
     return ToyObjectLocator(decoder, env)
+
+
+def builtin_datamodule(
+    world: str = "deterministic",
+    toy: ToyDatasetConfig | dict | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> DynamicsDataModule:
+    """A ``DynamicsDataModule`` over a built-in world (``toy_config(world, toy)``), generated on first use and
+    cached in `cache_dir`; `kwargs` are the DataModule's other arguments (lengths, batch sizes, seed, ...)."""
+    from ..reading.datamodule import DynamicsDataModule
+
+    config = toy_config(world, toy)
+    root = builtin_dataset_root(config, cache_dir, progress=True)
+    cache = os.fspath(cache_dir) if cache_dir is not None else None
+    given = asdict(toy) if isinstance(toy, ToyDatasetConfig) else toy
+    return DynamicsDataModule(str(root), world=world, toy=given, cache_dir=cache, **kwargs)
+
+
+def evaluation_references(dataset: Any) -> EvaluationReferences:
+    """The object locator and oracle of a dataset (its root, ``LatentDataset`` or ``DatasetMetadata``, or a
+    DataModule over it), read from its metadata (source, generator config, episode seeds) and its codec: both
+    for a built-in world, both None for any other dataset. The locator takes latents in the dataset's own
+    units (``destandardize`` batches first)."""
+    if isinstance(dataset, (str, os.PathLike)):
+        dataset = LatentDataset(dataset, check_files=False)
+    dataset = getattr(dataset, "dataset", dataset)  # a DataModule -> its LatentDataset
+    meta = dataset if isinstance(dataset, DatasetMetadata) else dataset.meta
+    if meta.attributes.get("source") != GENERATOR_VERSION:
+        return EvaluationReferences()
+    decoder = decoder_for(dataset)
+    return EvaluationReferences(
+        object_locator=toy_object_locator(meta.attributes, decoder), oracle=toy_oracle(meta, decoder)
+    )
