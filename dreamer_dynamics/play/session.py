@@ -57,6 +57,9 @@ class Session:
             for k in ("actions_discrete", "actions_continuous")
             if k in window
         }
+        # each context's noise stream starts from the session's seed stream, not from wherever the frames
+        # generated before it (as many as time allowed) left it: a replay repeats exactly
+        self.generator.manual_seed(int(self.rng.integers(2**62)))
         with torch.inference_mode():  # the cache holds inference tensors: every step runs in this mode too
             self.stepper = RolloutStepper(
                 world.model,
