@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -50,7 +49,7 @@ def medium_config(**overrides) -> DynamicsConfig:
     return DynamicsConfig(**{**MEDIUM, **overrides})
 
 
-def step_config(smoke: bool, medium: Optional[dict] = None, **both) -> DynamicsConfig:
+def step_config(smoke: bool, medium: dict | None = None, **both) -> DynamicsConfig:
     """The step benchmarks' network, one 5-way action: debug for ``smoke``, else ``medium_config`` at 16 x 32
     latents with ``medium``; ``both`` goes to either."""
     if smoke:
@@ -138,7 +137,7 @@ def matmul_peak(
 
 
 # ------------------------------------------------------------------------------------------- peak memory
-def _rss_bytes(field: str) -> Optional[int]:
+def _rss_bytes(field: str) -> int | None:
     try:
         with open("/proc/self/status") as status:
             for line in status:
@@ -257,7 +256,7 @@ def machine_info(device: torch.device, threads: int) -> dict:
     return info
 
 
-def write_report(name: str, report: dict, output: Optional[Path] = None) -> Path:
+def write_report(name: str, report: dict, output: Path | None = None) -> Path:
     """Write `report` as JSON to `output` (default benchmarks/results/<name>.json); returns the path."""
     path = Path(output) if output is not None else RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -31,7 +31,7 @@ def find_last_checkpoint(root: str | os.PathLike) -> Path:
     return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"))
 
 
-def log_version_of(checkpoint: Path, save_dir: str | os.PathLike, name: str) -> Optional[int]:
+def log_version_of(checkpoint: Path, save_dir: str | os.PathLike, name: str) -> int | None:
     """N when ``checkpoint`` lies in ``<save_dir>/<name>/version_N/`` (the default ModelCheckpoint place)."""
     try:
         relative = checkpoint.resolve().relative_to((Path(save_dir) / (name or "")).resolve())
@@ -75,7 +75,7 @@ def read_checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
 
 def check_spec(
     checkpoint: str | os.PathLike,
-    model: Optional[dict],
+    model: dict | None,
     data_root: str | os.PathLike,
     data_spec: dict[str, Any],
 ) -> None:

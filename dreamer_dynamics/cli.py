@@ -40,7 +40,7 @@ import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -144,7 +144,7 @@ class WeightsOnlyParser(LightningArgumentParser):
             self.set_defaults(weights_only=True)
         return added
 
-    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         """Where the parser would print its usage and exit: a ConfigError of one line instead (``main``
         prints it), an unknown key with the closest valid keys."""
         if not self.exit_on_error:  # jsonargparse's internal parsers: it catches and rephrases these
@@ -377,7 +377,7 @@ class DynamicsCLI(LightningCLI):
             check()  # data errors now, before the Trainer creates log folders
 
 
-def main(args: Optional[list[str]] = None) -> None:
+def main(args: list[str] | None = None) -> None:
     """Entry point of ``dreamer-dynamics`` (``args=None`` reads ``sys.argv``)."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["export"]:  # not a Trainer subcommand: handled before LightningCLI

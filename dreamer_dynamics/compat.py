@@ -10,7 +10,7 @@ finds nothing raises ``LightningCompatError`` naming the attribute and the insta
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import lightning
 
@@ -40,7 +40,7 @@ def cluster_environment(trainer: Any) -> Any:
     return connector.cluster_environment
 
 
-def slurm_requeue_handler(trainer: Any) -> Optional[Callable[[int, Any], None]]:
+def slurm_requeue_handler(trainer: Any) -> Callable[[int, Any], None] | None:
     """Lightning's own SLURM requeue signal handler (saves ``hpc_ckpt_<n>.ckpt``, runs ``scontrol requeue``),
     or None on a Lightning without one (callers then leave the signal to Lightning).
 
@@ -60,7 +60,7 @@ def logging_step(trainer: Any) -> int:
     return int(loop._batches_that_stepped)
 
 
-def averaged_model(callback: Any) -> Optional[Any]:
+def averaged_model(callback: Any) -> Any | None:
     """The ``AveragedModel`` of a ``WeightAveraging`` callback (e.g. ``EMAWeightAveraging``), None before the
     callback has built it (it does so in ``setup``).
 

@@ -17,7 +17,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -26,7 +26,7 @@ from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer, RolloutC
 from dreamer_dynamics.units import latent_units_or_identity
 
 
-def training_dataset_root(checkpoint: dict[str, Any], data_root: Optional[str] = None) -> Optional[Path]:
+def training_dataset_root(checkpoint: dict[str, Any], data_root: str | None = None) -> Path | None:
     """The dataset the checkpoint was trained on (`data_root` if given), None where it is not on disk; the
     built-in dataset is looked up in its cache, never generated."""
     from dreamer_dynamics.data.reading.format import METADATA_FILE
@@ -43,7 +43,7 @@ def training_dataset_root(checkpoint: dict[str, Any], data_root: Optional[str] =
     return Path(root)
 
 
-def _dataset_codec(checkpoint: dict[str, Any], data_root: Optional[str]) -> Optional[dict[str, Any]]:
+def _dataset_codec(checkpoint: dict[str, Any], data_root: str | None) -> dict[str, Any] | None:
     """The codec spec of the training dataset, if that dataset can be found."""
     from dreamer_dynamics.data.reading.codec import metadata_codec_spec
     from dreamer_dynamics.data.reading.format import read_metadata
@@ -108,7 +108,7 @@ def export(
     directory: str | os.PathLike,
     *,
     weights: str = "ema",
-    data_root: Optional[str] = None,
+    data_root: str | None = None,
 ) -> tuple[Path, str]:
     """``export_checkpoint``, also returning which weights were written ("EMA" or "online")."""
     model, checkpoint, written = load_checkpoint_model(checkpoint_path, weights=weights)
@@ -121,13 +121,13 @@ def export_checkpoint(
     directory: str | os.PathLike,
     *,
     weights: str = "ema",
-    data_root: Optional[str] = None,
+    data_root: str | None = None,
 ) -> Path:
     """Write the model of a ``DynamicsModule`` checkpoint as config JSON + safetensors to `directory`."""
     return export(checkpoint_path, directory, weights=weights, data_root=data_root)[0]
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dreamer-dynamics export", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", metavar="CKPT")
     parser.add_argument("directory", metavar="DIR")

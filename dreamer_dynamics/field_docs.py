@@ -47,12 +47,12 @@ def document_fields(cls: T) -> T:
 
 
 def config_from(cls: type[T], value: Any, where: str) -> T:
-    """A ``cls`` from itself, its plain dict (checkpoints, exports) or None (the defaults); ``where`` names it
-    in the one-line error for unknown keys."""
+    """A new ``cls`` from one (copied), its plain dict (checkpoints, exports) or None (the defaults); ``where``
+    names it in the one-line error for unknown keys."""
     if value is None:
         return cls()
     if isinstance(value, cls):
-        return value
+        return dataclasses.replace(value)  # a copy: a shared default instance is never changed in place
     if isinstance(value, dict):
         unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
         if unknown:

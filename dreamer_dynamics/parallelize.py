@@ -11,7 +11,7 @@ loop calls it itself. The order is torchtitan's: checkpointing, then compile, th
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -81,8 +81,8 @@ def parallelize_model(
     model: DynamicsTransformer,
     *,
     mesh: Any = None,
-    activation_checkpointing: Optional[bool] = None,
-    compile: Optional[bool] = None,
+    activation_checkpointing: bool | None = None,
+    compile: bool | None = None,
 ) -> DynamicsTransformer:
     """Apply activation checkpointing, per-block compile and FSDP2 sharding in place; returns ``model``.
 
@@ -139,8 +139,8 @@ def total_grad_norm(module: nn.Module, strategy: Any = None) -> Tensor:
 def clip_gradients(
     module: Any,
     optimizer: torch.optim.Optimizer,
-    gradient_clip_val: Optional[Union[int, float]] = None,
-    gradient_clip_algorithm: Optional[str] = None,
+    gradient_clip_val: int | float | None = None,
+    gradient_clip_algorithm: str | None = None,
 ) -> None:
     """The Trainer's ``gradient_clip_val`` for a LightningModule. Under ``FSDPStrategy`` clip by the norm over
     all shards through the FSDP root's ``clip_grad_norm_`` (Lightning's FSDP precision plugin refuses norm

@@ -109,6 +109,9 @@ def test_print_config_is_complete_and_commented(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", QUICKSTART, "--print_config=comments"])
     commented = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    helped = " ".join(capsys.readouterr().out.split())  # the help text, its line wrapping undone
     for cls in (DynamicsConfig, *groups.values()):  # every field of every group has its help line
         comments = field_comments(cls)
         assert comments.keys() == {f.name for f in dataclasses.fields(cls)}, cls.__name__
@@ -116,6 +119,9 @@ def test_print_config_is_complete_and_commented(capsys):
             if cls is DynamicsConfig and field in LINKED_DATA_FIELDS:
                 continue  # linked from the data: not printed
             assert f"# {comment.split('(')[0].strip()}" in commented, (cls.__name__, field)
+            group = next((g for g, c in groups.items() if c is cls), "model")
+            assert f"--model.{group}.{field} " in helped, (group, field)  # an option with its help line
+            assert " ".join(comment.split("(")[0].split()) in helped, (group, field)
 
 
 def run_script(*args: str, cwd: Path, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -76,7 +76,7 @@ def load_config(name: str) -> dict[str, Any]:
 
 def preset_model_fields(name: str) -> dict[str, Any]:
     """The ``model.model`` section of config ``name`` (DynamicsConfig fields), {} if it has none."""
-    model: Optional[dict] = (load_config(name).get("model") or {}).get("model")
+    model: dict | None = (load_config(name).get("model") or {}).get("model")
     fields = dict(model or {})
     if "num_discrete_actions" in fields:
         fields["num_discrete_actions"] = tuple(fields["num_discrete_actions"])

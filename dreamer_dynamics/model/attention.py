@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +78,7 @@ class AttentionMask:
 
 def resolve_backend(
     requested: str,
-    softcap: Optional[float],
+    softcap: float | None,
     device: torch.device,
     query_len: int = 2,
     head_dim: int = FLEX_MIN_HEAD_DIM,
@@ -132,8 +131,8 @@ def attend(
     k: torch.Tensor,
     v: torch.Tensor,
     *,
-    mask: Optional[AttentionMask],
-    softcap: Optional[float],
+    mask: AttentionMask | None,
+    softcap: float | None,
     backend: str,
 ) -> torch.Tensor:
     """Multi-head attention. q: (N, Hq, Lq, E); k, v: (N, Hkv, Lk, E), Hq % Hkv == 0 -> (N, Hq, Lq, E).
@@ -199,9 +198,9 @@ class FactorizedAttention(nn.Module):
         self,
         x: torch.Tensor,
         freqs: torch.Tensor,
-        mask: Optional[AttentionMask] = None,
-        past_kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-    ) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
+        mask: AttentionMask | None = None,
+        past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """x: (B, T, S, D); freqs: rope_tables() of this axis' new positions ((S or T, E/2, 2)).
 
         Time axis only: past_kv = cached (keys, values) of earlier frames, each (B, S*Hkv, L_past, E), already

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal, Optional
+from typing import Literal
 
 from dreamer_dynamics.errors import ConfigError
 from dreamer_dynamics.field_docs import document_fields
@@ -13,7 +13,7 @@ from dreamer_dynamics.objective.sampling import is_power_of_two
 AttentionBackend = Literal["auto", "math", "sdpa", "flex"]
 
 
-def softcap_problem(backend: str, softcap: Optional[float]) -> Optional[str]:
+def softcap_problem(backend: str, softcap: float | None) -> str | None:
     """Why ``backend`` cannot run with ``softcap`` (SDPA has no hook for logit soft-capping), or None."""
     if backend == "sdpa" and softcap is not None:
         return (
@@ -38,7 +38,7 @@ class DynamicsConfig:
     pack_factor: int = 1  # p: consecutive tokenizer tokens packed into one spatial token (S_z = N_b / p)
     num_discrete_actions: tuple[int, ...] = ()  # class count of each categorical action component
     num_continuous_actions: int = 0  # number of continuous action components
-    token_grid: Optional[tuple[int, int]] = None  # (rows, cols) of the N_b tokens, row-major: 2-D space RoPE
+    token_grid: tuple[int, int] | None = None  # (rows, cols) of the N_b tokens, row-major: 2-D space RoPE
 
     # --- transformer sizes (our choice: the paper gives only the 1.6B total, docs/design.md §8, §10) ---
     # The defaults are the quickstart model (CPU-trainable in minutes); larger presets live in the packaged
@@ -58,7 +58,7 @@ class DynamicsConfig:
     k_max: int = 64  # K_max: finest number of sampling steps; d_min = 1/k_max, tau on the grid i/k_max
 
     # --- numerics / kernels ---
-    attention_softcap: Optional[float] = 50.0  # logit soft-cap c*tanh(s/c) (Gemma-2 style); None = off
+    attention_softcap: float | None = 50.0  # logit soft-cap c*tanh(s/c) (Gemma-2 style); None = off
     rope_base: float = 10_000.0  # RoPE frequency base for both the space and the time axis
     norm_eps: float = 1e-6  # epsilon of every RMSNorm
     init_std: float = 0.02  # std of the normal init of linear / embedding weights
@@ -111,7 +111,7 @@ class DynamicsConfig:
         return self.latent_tokens // self.pack_factor
 
     @property
-    def space_grid(self) -> Optional[tuple[int, int]]:
+    def space_grid(self) -> tuple[int, int] | None:
         """(rows, cols) of the S_z packed spatial tokens: p consecutive tokens of a grid row pack into one."""
         if self.token_grid is None:
             return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import nn
@@ -94,8 +93,8 @@ class ActionEmbedding(nn.Module):
         self,
         batch: int,
         time: int,
-        actions_discrete: Optional[torch.Tensor],
-        actions_continuous: Optional[torch.Tensor],
+        actions_discrete: torch.Tensor | None,
+        actions_continuous: torch.Tensor | None,
     ) -> torch.Tensor:
         """-> (B, T, S_a, D)."""
         tokens = self.base.expand(batch, time, self.tokens, self.dim)

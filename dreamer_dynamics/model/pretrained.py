@@ -21,7 +21,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,8 +48,8 @@ def save_pretrained(
     model: nn.Module,
     directory: str | os.PathLike,
     *,
-    latent_units: Optional[LatentUnits] = None,
-    codec: Optional[dict[str, Any]] = None,
+    latent_units: LatentUnits | None = None,
+    codec: dict[str, Any] | None = None,
     rollout: RolloutConfig | dict | None = None,
 ) -> Path:
     """Write `model` to `directory` (created); latent_units / codec / rollout default to the model's own

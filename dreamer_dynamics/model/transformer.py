@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Optional
 
 import numpy as np
 import torch
@@ -39,9 +38,9 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         freqs: torch.Tensor,
-        mask: Optional[AttentionMask],
-        past_kv: Optional[KV] = None,
-    ) -> tuple[torch.Tensor, Optional[KV]]:
+        mask: AttentionMask | None,
+        past_kv: KV | None = None,
+    ) -> tuple[torch.Tensor, KV | None]:
         attn_out, new_kv = self.attn(self.attn_norm(x), freqs, mask, past_kv)
         x = residual_add(x, attn_out)
         return residual_add(x, self.mlp(self.mlp_norm(x))), new_kv
@@ -59,8 +58,8 @@ def residual_add(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
 
 
 def time_attention_mask(
-    query_pos: torch.Tensor, key_pos: torch.Tensor, context_length: int, image_rows: Optional[torch.Tensor]
-) -> Optional[AttentionMask]:
+    query_pos: torch.Tensor, key_pos: torch.Tensor, context_length: int, image_rows: torch.Tensor | None
+) -> AttentionMask | None:
     """Causal window over frames: frame t sees t-C+1..t; image rows see only their own frame.
 
     query_pos (Lq,), key_pos (Lk,) absolute frame indices; image_rows (B,) bool or None. None if all allowed.
@@ -94,7 +93,7 @@ class DynamicsTransformer(nn.Module):
         # What `rollout` and an export need besides the weights; set by DynamicsModule from its
         # hyper-parameters, or by from_pretrained (model/pretrained.py) from an export.
         self.latent_units = LatentUnits.identity(config.latent_dim)  # the data's units <-> the model's
-        self.codec_spec: Optional[dict] = None  # {"class_path", "init_args"} of the data's codec
+        self.codec_spec: dict | None = None  # {"class_path", "init_args"} of the data's codec
         self.rollout_defaults = RolloutConfig()  # K and context noise of `rollout`
         self.reset_parameters()
         # activation_checkpointing / compile_blocks are applied by dreamer_dynamics.parallelize, not here.
@@ -121,9 +120,9 @@ class DynamicsTransformer(nn.Module):
         tau: torch.Tensor,
         d: torch.Tensor,
         *,
-        actions_discrete: Optional[torch.Tensor] = None,
-        actions_continuous: Optional[torch.Tensor] = None,
-        image_rows: Optional[torch.Tensor] = None,
+        actions_discrete: torch.Tensor | None = None,
+        actions_continuous: torch.Tensor | None = None,
+        image_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """z_tilde (B, T, N_b, D_b); tau, d float (B, T) on their grids; actions (B, T, n).
 
@@ -145,10 +144,10 @@ class DynamicsTransformer(nn.Module):
         tau: torch.Tensor,
         d: torch.Tensor,
         *,
-        actions_discrete: Optional[torch.Tensor] = None,
-        actions_continuous: Optional[torch.Tensor] = None,
-        image_rows: Optional[torch.Tensor] = None,
-        past_kv: Optional[Sequence[KV]] = None,
+        actions_discrete: torch.Tensor | None = None,
+        actions_continuous: torch.Tensor | None = None,
+        image_rows: torch.Tensor | None = None,
+        past_kv: Sequence[KV] | None = None,
         start: int | torch.Tensor = 0,
     ) -> tuple[torch.Tensor, list[KV]]:
         """`forward` for frames start..start+T-1 after cached frames (KV-cached rollouts, docs/design.md §5).
@@ -217,8 +216,8 @@ class DynamicsTransformer(nn.Module):
         self,
         directory,
         *,
-        latent_units: Optional[LatentUnits] = None,
-        codec: Optional[dict] = None,
+        latent_units: LatentUnits | None = None,
+        codec: dict | None = None,
         rollout: RolloutConfig | dict | None = None,
     ):
         """Write config.json + model.safetensors to `directory` (docs/model.md, "Export"); latent_units,
@@ -242,8 +241,8 @@ class DynamicsTransformer(nn.Module):
         *,
         actions_discrete=None,
         actions_continuous=None,
-        num_steps: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
         unconditional: bool = False,
     ):
         """Generate `horizon` frames after `context` [B, T_ctx, N_b, D_b] -> [B, horizon, N_b, D_b], both in
@@ -278,7 +277,7 @@ class DynamicsTransformer(nn.Module):
         return generated.cpu().numpy() if as_numpy else generated
 
     def _check_shapes(
-        self, z_tilde: torch.Tensor, tau: torch.Tensor, d: torch.Tensor, image_rows: Optional[torch.Tensor]
+        self, z_tilde: torch.Tensor, tau: torch.Tensor, d: torch.Tensor, image_rows: torch.Tensor | None
     ) -> tuple[int, int]:
         cfg = self.config
         if z_tilde.dim() != 4 or tuple(z_tilde.shape[2:]) != (cfg.latent_tokens, cfg.latent_dim):

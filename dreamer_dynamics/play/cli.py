@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
-from typing import Optional
 
 import torch
 
@@ -19,7 +18,7 @@ from .server import PlayServer
 from .world import PlayError, load_world
 
 
-def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="dreamer-dynamics play", description=__doc__.split("\n")[0])
     parser.add_argument("source", metavar="CKPT_OR_EXPORT_DIR", help="Lightning checkpoint or export folder")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: loopback)")
@@ -33,7 +32,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

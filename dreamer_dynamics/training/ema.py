@@ -25,7 +25,7 @@ after ``fit`` (the module holds the weights to evaluate), with these rules:
 from __future__ import annotations
 
 import itertools
-from typing import Any, Optional, Union
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -63,12 +63,12 @@ class EMA(EMAWeightAveraging):
 
     def __init__(
         self,
-        device: Optional[Union[torch.device, str, int]] = None,
+        device: torch.device | str | int | None = None,
         use_buffers: bool = True,
         decay: float = 0.999,
         update_every_n_steps: int = 1,
-        update_starting_at_step: Optional[int] = None,
-        update_starting_at_epoch: Optional[int] = None,
+        update_starting_at_step: int | None = None,
+        update_starting_at_epoch: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -80,11 +80,11 @@ class EMA(EMAWeightAveraging):
             update_starting_at_epoch=update_starting_at_epoch,
             **kwargs,
         )
-        self._live_state: Optional[dict[str, Tensor]] = None  # live weights while the module holds the EMA
+        self._live_state: dict[str, Tensor] | None = None  # live weights while the module holds the EMA
         self._swapped = False  # the module holds the average for a validation epoch
 
     @property
-    def averaged_model(self) -> Optional[AveragedModel]:
+    def averaged_model(self) -> AveragedModel | None:
         return compat.averaged_model(self)
 
     @property

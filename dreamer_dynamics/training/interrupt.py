@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -45,7 +45,7 @@ class StopOnSignal(pl.Callback):
     """SIGTERM / Ctrl-C: ``last.ckpt`` at the end of the current training step, then stop (module doc)."""
 
     def __init__(self) -> None:
-        self._requested: Optional[int] = None
+        self._requested: int | None = None
         self._previous: dict[int, Any] = {}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -8,7 +8,7 @@ working directory), so one setting moves logs, checkpoints (the logger's version
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -26,9 +26,9 @@ class RunDirTensorBoardLogger(TensorBoardLogger):
 
     def __init__(
         self,
-        save_dir: Optional[str] = None,
-        name: Optional[str] = "tensorboard",
-        version: Optional[int | str] = None,
+        save_dir: str | None = None,
+        name: str | None = "tensorboard",
+        version: int | str | None = None,
         default_hp_metric: bool = False,
         **kwargs: Any,
     ) -> None:

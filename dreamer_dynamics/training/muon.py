@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -50,12 +50,12 @@ class MuonAdamW(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.95),  # AdamW's moment decays
         weight_decay: float = 0.01,  # AdamW's decoupled weight decay (groups without their own value)
         eps: float = 1e-8,  # AdamW's epsilon
-        fused: Optional[bool] = None,  # AdamW's fused kernel (CPU and CUDA, torch >= 2.4)
+        fused: bool | None = None,  # AdamW's fused kernel (CPU and CUDA, torch >= 2.4)
         muon_lr: float = 0.02,  # Muon's peak rate: the spectral norm of one update of a square matrix
         muon_momentum: float = 0.95,  # Muon's (Nesterov) momentum
         muon_weight_decay: float = 0.01,  # Muon's decoupled weight decay
         ns_steps: int = 5,  # Newton-Schulz iterations per update
-        adjust_lr_fn: Optional[str] = None,  # torch.optim.Muon's per-shape rate scaling (None = "original")
+        adjust_lr_fn: str | None = None,  # torch.optim.Muon's per-shape rate scaling (None = "original")
     ) -> None:
         groups = [dict(group) if isinstance(group, dict) else group for group in params]
         if not groups or not all(isinstance(group, dict) and HIDDEN_MATRIX in group for group in groups):
@@ -84,7 +84,7 @@ class MuonAdamW(torch.optim.Optimizer):
         self._build_inner()
 
     @staticmethod
-    def _muon_problem(groups: list[dict[str, Any]]) -> Optional[str]:
+    def _muon_problem(groups: list[dict[str, Any]]) -> str | None:
         """Why Muon cannot run on the flagged groups here, or None."""
         if not hasattr(torch.optim, "Muon"):
             return f"torch {torch.__version__} has no torch.optim.Muon (torch >= 2.9)"
@@ -107,7 +107,7 @@ class MuonAdamW(torch.optim.Optimizer):
             inner.state = self.state  # one state dict: the standard state_dict() saves both
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -42,7 +42,7 @@ class RolloutWriter(BasePredictionWriter):
 
     def __init__(
         self,
-        output_dir: Optional[str] = None,
+        output_dir: str | None = None,
         format: Literal["npy", "npz", "pt"] = "npy",
         pictures: bool = True,
         max_pictures: int = 4,
@@ -56,7 +56,7 @@ class RolloutWriter(BasePredictionWriter):
         self.pictures = pictures
         self.max_pictures = max_pictures
         self.gif_ms_per_frame = gif_ms_per_frame
-        self._run_dir: Optional[Path] = None
+        self._run_dir: Path | None = None
         self._written = {"windows": 0, "pictures": 0}  # this rank's, for the closing line
 
     def resolved_dir(self, trainer: pl.Trainer) -> Path:

@@ -13,7 +13,7 @@ function of (seed, step), docs/design.md §6), so they have no state to save.
 from __future__ import annotations
 
 import random
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ def gather_from_ranks(obj: Any) -> list[Any]:
     ``[obj]`` outside a process group. Tensors travel on the CPU and come back as CPU tensors."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return [obj]
-    gathered: list[Optional[Any]] = [None] * dist.get_world_size()
+    gathered: list[Any | None] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, _to_cpu(obj))
     return [_to_cpu(item) for item in gathered]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -44,7 +44,7 @@ class SLURMRequeueAtStepEnd(pl.Callback):
                 f"SLURMRequeueAtStepEnd: check_every_n_steps must be >= 1, got {check_every_n_steps}"
             )
         self.check_every_n_steps = check_every_n_steps
-        self._signum: Optional[int] = None  # the requeue signal while our handler is installed
+        self._signum: int | None = None  # the requeue signal while our handler is installed
         self._previous_handler: Any = None
         self._received = False
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -31,10 +31,10 @@ class ArrayKeys:
 
     def __init__(
         self,
-        frames: Optional[str] = None,
-        latents: Optional[str] = None,
-        actions_discrete: Optional[str] = None,
-        actions_continuous: Optional[str] = None,
+        frames: str | None = None,
+        latents: str | None = None,
+        actions_discrete: str | None = None,
+        actions_continuous: str | None = None,
     ):
         if (frames is None) == (latents is None):
             raise DatasetError(None, "give exactly one of --frames KEY and --latents KEY")
@@ -53,7 +53,7 @@ def _get(
 
 
 def frames_array(
-    array: np.ndarray, key: str, where: str, image_size: Optional[int], channels_first: bool
+    array: np.ndarray, key: str, where: str, image_size: int | None, channels_first: bool
 ) -> np.ndarray:
     """Check and convert one episode's frames -> float32 [T, S, S, C] in [0, 1]."""
     if array.ndim == 3:
@@ -104,7 +104,7 @@ def _episode_source(
     lookup: Callable[[str], Any],
     available: Callable[[], list[str]],
     keys: ArrayKeys,
-    image_size: Optional[int],
+    image_size: int | None,
     channels_first: bool,
 ) -> Source:
     def load(bar: Any) -> tuple[str, np.ndarray]:
@@ -120,7 +120,7 @@ def _episode_source(
             bar.update(len(array))
         return kind, array
 
-    def actions() -> dict[str, Optional[np.ndarray]]:
+    def actions() -> dict[str, np.ndarray | None]:
         out = {}
         for kind, name in (("discrete", keys.actions_discrete), ("continuous", keys.actions_continuous)):
             if name is not None:
@@ -134,7 +134,7 @@ def _episode_source(
 def npz_sources(
     files: Sequence[str | os.PathLike],
     keys: ArrayKeys,
-    image_size: Optional[int] = None,
+    image_size: int | None = None,
     channels_first: bool = False,
 ) -> list[Source]:
     """One episode per ``.npz`` file (arrays are read lazily, one key at a time)."""
@@ -164,8 +164,8 @@ def npz_sources(
 def hdf5_sources(
     files: Sequence[str | os.PathLike],
     keys: ArrayKeys,
-    episodes: Optional[str] = None,
-    image_size: Optional[int] = None,
+    episodes: str | None = None,
+    image_size: int | None = None,
     channels_first: bool = False,
 ) -> list[Source]:
     """Episodes of HDF5 files: each child group of `episodes` (in natural order), or the whole file."""

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -33,12 +33,12 @@ class Source:
     key: str  # resume id stored as the episode attribute "source" (e.g. the absolute path)
     label: str  # how errors name the input (file, file:group)
     load: Callable[[Any], tuple[str, np.ndarray]]  # bar -> ("frames" [T,H,W,C] in [0,1] | "latents", array)
-    actions: Callable[[], dict[str, Optional[np.ndarray]]]  # {"discrete": [R, n] int, "continuous": [R, m]}
+    actions: Callable[[], dict[str, np.ndarray | None]]  # {"discrete": [R, n] int, "continuous": [R, m]}
 
 
 def build_codec(
-    class_path: Optional[str], init_args: dict[str, Any], image_size: Optional[int]
-) -> tuple[Optional[Codec], Optional[dict[str, Any]]]:
+    class_path: str | None, init_args: dict[str, Any], image_size: int | None
+) -> tuple[Codec | None, dict[str, Any] | None]:
     """The converter's codec and its metadata spec. Default: the built-in PatchCodec at `image_size` with
     patch side image_size / 8 (an 8 x 8 grid of tokens) unless `init_args` says otherwise."""
     if class_path is None:
@@ -58,7 +58,7 @@ def build_codec(
     return codec, {"class_path": class_path, "init_args": dict(init_args)}
 
 
-def resize_frames(frames: np.ndarray, size: Optional[int]) -> np.ndarray:
+def resize_frames(frames: np.ndarray, size: int | None) -> np.ndarray:
     """uint8 / float frames [T, H, W, C] -> float32 [T, size, size, C] in [0, 1]: centre crop to a square,
     then area-average (downscale) or bicubic (upscale) resize with Pillow. size None keeps the frames."""
     scale = 255.0 if frames.dtype == np.uint8 else 1.0
@@ -153,12 +153,12 @@ def write_episodes(
     out: str | os.PathLike,
     sources: Sequence[Source],
     *,
-    codec: Optional[Codec],
-    codec_spec: Optional[dict[str, Any]],
-    codec_builder: Optional[Callable[[int], tuple[Codec, dict[str, Any]]]] = None,
+    codec: Codec | None,
+    codec_spec: dict[str, Any] | None,
+    codec_builder: Callable[[int], tuple[Codec, dict[str, Any]]] | None = None,
     alignment: str = "led-to",
-    num_actions: Optional[Sequence[int]] = None,
-    attributes: Optional[dict[str, Any]] = None,
+    num_actions: Sequence[int] | None = None,
+    attributes: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> tuple[int, int]:
     """Convert every source not yet in the dataset at `out`; returns (written, skipped).
@@ -175,7 +175,7 @@ def write_episodes(
     todo = [s for s in sources if s.key not in done]
     actions = {s.key: s.actions() for s in todo}
     discrete, continuous = _action_spec(todo, actions, existing, num_actions)
-    writer: Optional[LatentDatasetWriter] = None
+    writer: LatentDatasetWriter | None = None
     bar = tqdm(desc="frames", unit="frame", disable=not progress)
     try:
         for source in todo:
@@ -234,8 +234,8 @@ def _action_spec(todo, actions, existing, num_actions) -> tuple[tuple[int, ...],
                 )
     if existing is not None:
         return existing.num_discrete_actions, existing.num_continuous_actions
-    widths: dict[str, Optional[int]] = {}
-    top: Optional[np.ndarray] = None
+    widths: dict[str, int | None] = {}
+    top: np.ndarray | None = None
     for source in todo:
         for kind in ("discrete", "continuous"):
             a = actions[source.key].get(kind)

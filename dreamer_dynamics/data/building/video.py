@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +29,7 @@ def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
-def read_frame_folder(folder: Path, image_size: Optional[int], bar: Any = None) -> np.ndarray:
+def read_frame_folder(folder: Path, image_size: int | None, bar: Any = None) -> np.ndarray:
     """Every PNG/JPEG in `folder` in natural order -> float32 [T, S, S, 3] in [0, 1]."""
     from PIL import Image
 
@@ -52,7 +52,7 @@ def read_frame_folder(folder: Path, image_size: Optional[int], bar: Any = None) 
         raise DatasetError(folder, "frames differ in size; pass --image-size to resize them") from None
 
 
-def read_video(path: Path, image_size: Optional[int], bar: Any = None) -> np.ndarray:
+def read_video(path: Path, image_size: int | None, bar: Any = None) -> np.ndarray:
     """All frames of the first video stream -> float32 [T, S, S, 3] in [0, 1]."""
     av = require_extra("av", "video", "reading video")
     frames, index = [], 0
@@ -78,8 +78,8 @@ def read_video(path: Path, image_size: Optional[int], bar: Any = None) -> np.nda
 
 def video_sources(
     videos: Sequence[str | os.PathLike],
-    actions: Optional[Sequence[str | os.PathLike]],
-    image_size: Optional[int],
+    actions: Sequence[str | os.PathLike] | None,
+    image_size: int | None,
     continuous: bool = False,
 ) -> list[Source]:
     """One Source per video file or frame folder; `actions` (one file per video) in the same order."""
@@ -103,7 +103,7 @@ def video_sources(
                 return "frames", read_frame_folder(_path, image_size, bar)
             return "frames", read_video(_path, image_size, bar)
 
-        def load_actions(_file=action_file) -> dict[str, Optional[np.ndarray]]:
+        def load_actions(_file=action_file) -> dict[str, np.ndarray | None]:
             if _file is None:
                 return {}
             rows = read_action_file(_file)

@@ -19,7 +19,7 @@ import dataclasses
 import importlib
 import warnings
 from collections.abc import Callable
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ def class_path(obj: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def codec_spec(codec: Codec, init_args: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def codec_spec(codec: Codec, init_args: dict[str, Any] | None = None) -> dict[str, Any]:
     """``{"class_path", "init_args"}`` that rebuilds `codec`; init_args default to a dataclass's fields."""
     if init_args is None:
         init_args = dataclasses.asdict(codec) if dataclasses.is_dataclass(codec) else {}
@@ -82,7 +82,7 @@ def load_codec(spec: dict[str, Any], where: Any = None) -> Codec:
     return codec
 
 
-def metadata_codec_spec(meta: DatasetMetadata) -> Optional[dict[str, Any]]:
+def metadata_codec_spec(meta: DatasetMetadata) -> dict[str, Any] | None:
     """The dataset's codec spec: ``codec``, else a legacy ``decoder`` entry, else None."""
     if meta.codec is not None:
         return meta.codec
@@ -112,7 +112,7 @@ class Decoder:
         return torch.from_numpy(frames).to(latents.device) if is_torch else frames
 
 
-def decoder_for(dataset: Any) -> Optional[Callable[[Any], Any]]:
+def decoder_for(dataset: Any) -> Callable[[Any], Any] | None:
     """The picture decoder of a dataset (a ``LatentDataset`` or its metadata): None if it names no codec, or
     (with a warning) if its codec cannot be imported -- training does not need pictures."""
     meta = dataset if isinstance(dataset, DatasetMetadata) else dataset.meta

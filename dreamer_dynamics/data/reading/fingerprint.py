@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .format import METADATA_FILE, DatasetError, read_metadata
 
@@ -58,9 +58,7 @@ def spec_of(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def spec_mismatch(
-    expected: dict[str, Any], actual: dict[str, Any], *, what: str, where: str
-) -> Optional[str]:
+def spec_mismatch(expected: dict[str, Any], actual: dict[str, Any], *, what: str, where: str) -> str | None:
     """One line naming both sides when the latent shape or action spec differ, else None."""
     if _normalised(expected) == _normalised(actual):
         return None

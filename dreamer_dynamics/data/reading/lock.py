@@ -27,7 +27,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .format import DatasetError
 
@@ -45,7 +45,7 @@ def _pid_running(pid: int) -> bool:
     return True
 
 
-def read_lock(path: Path) -> Optional[dict[str, Any]]:
+def read_lock(path: Path) -> dict[str, Any] | None:
     """The holder recorded in a lock file, or None when it is empty or unreadable."""
     try:
         holder = json.loads(path.read_text())

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -78,7 +78,7 @@ class LatentStatistics:
         """Population standard deviation per channel (ddof 0), like ``np.std``."""
         return np.sqrt(self.m2 / max(self.count, 1))
 
-    def record(self) -> Optional[dict[str, Any]]:
+    def record(self) -> dict[str, Any] | None:
         """The ``latent_stats`` record of ``metadata.json``; None before any latent was seen."""
         if self.count == 0:
             return None
@@ -91,8 +91,8 @@ def expected_count(dataset) -> int:
 
 
 def stale_reason(
-    dataset, record: Optional[dict[str, Any]], recomputed: Optional[LatentStatistics] = None
-) -> Optional[str]:
+    dataset, record: dict[str, Any] | None, recomputed: LatentStatistics | None = None
+) -> str | None:
     """Why `record` does not describe `dataset` (None = it does): the count must equal frames x N_b and, when
     `recomputed` (from a full scan) is given, mean and std must agree with it."""
     if record is None:
