@@ -47,8 +47,8 @@ def document_fields(cls: T) -> T:
 
 
 def config_from(cls: type[T], value: Any, where: str) -> T:
-    """A new ``cls`` from one (copied), its plain dict (checkpoints, exports) or None (the defaults); ``where``
-    names it in the one-line error for unknown keys."""
+    """A new ``cls`` from one (copied), its plain dict (checkpoints, exports) or None (the defaults);
+    ``where`` names it in the one-line error for unknown keys."""
     if value is None:
         return cls()
     if isinstance(value, cls):
