@@ -326,12 +326,21 @@ def test_checkpoint_loads_weights_only_and_restores_the_model(tmp_path, cache):
     )
     path = tmp_path / "ckpt" / "last.ckpt"
     state = torch.load(path, weights_only=True)
-    assert isinstance(state["hyper_parameters"]["model"], dict)
+    for group in ("model", "objective", "evaluation", "rollout"):  # plain dicts: weights-only loadable
+        assert isinstance(state["hyper_parameters"][group], dict), group
+    assert "references" not in state["hyper_parameters"]  # describes the data, not the model
     assert "loss_normalizer.mean_square_shortcut" in state["state_dict"]
     loaded = DynamicsModule.load_from_checkpoint(path, weights_only=True)
-    assert loaded.config == module.config
+    assert loaded.config == module.config and loaded.objective == module.objective
+    assert loaded.evaluator.config == module.evaluator.config
     for (name, a), b in zip(module.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
+    # evaluation settings change with one key; the rest comes from the checkpoint
+    evaluation = EvaluationConfig(context_frames=2, rollout_samples=8)
+    loaded = DynamicsModule.load_from_checkpoint(path, evaluation=evaluation, references=data.references)
+    assert loaded.evaluator.config == evaluation and loaded.evaluator.references == data.references
+    assert loaded.objective == module.objective
+    assert loaded.model.rollout_defaults == module.model.rollout_defaults
 
 
 def test_validation_metrics_bucket_by_signal_level_and_baselines():
