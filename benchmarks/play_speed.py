@@ -34,14 +34,13 @@ def quickstart_export(directory: Path) -> Path:
     import torch
 
     from dreamer_dynamics.data.building.worlds import builtin_dataset_root
-    from dreamer_dynamics.data.reading.codec import metadata_codec_spec
     from dreamer_dynamics.data.reading.dataset import LatentDataset
     from dreamer_dynamics.model import DynamicsConfig, DynamicsTransformer
 
     data = LatentDataset(builtin_dataset_root(progress=False))
     config = DynamicsConfig.quickstart(num_discrete_actions=data.num_discrete_actions)  # built-in world
     torch.manual_seed(0)
-    return DynamicsTransformer(config).save_pretrained(directory, codec=metadata_codec_spec(data.meta))
+    return DynamicsTransformer(config).save_pretrained(directory, codec=data.meta.codec)
 
 
 def start_server(source: Path, threads: int) -> tuple[subprocess.Popen, str]:

@@ -45,7 +45,6 @@ def training_dataset_root(checkpoint: dict[str, Any], data_root: str | None = No
 
 def _dataset_codec(checkpoint: dict[str, Any], data_root: str | None) -> dict[str, Any] | None:
     """The codec spec of the training dataset, if that dataset can be found."""
-    from dreamer_dynamics.data.reading.codec import metadata_codec_spec
     from dreamer_dynamics.data.reading.format import read_metadata
 
     root = training_dataset_root(checkpoint, data_root)
@@ -56,7 +55,7 @@ def _dataset_codec(checkpoint: dict[str, Any], data_root: str | None) -> dict[st
             stacklevel=2,
         )
         return None
-    return metadata_codec_spec(read_metadata(root))
+    return read_metadata(root).codec
 
 
 def select_weights(

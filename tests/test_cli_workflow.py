@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from dreamer_dynamics.cli import LINKED_DATA_FIELDS
-from dreamer_dynamics.data import LatentDatasetWriter
+from dreamer_dynamics.data import LatentDatasetWriter, codec_spec
 from dreamer_dynamics.data.reading.patch_codec import PatchCodec
 from dreamer_dynamics.model import DynamicsConfig
 
@@ -58,10 +58,10 @@ CKPT_EVERY = [
 ]
 
 
-def write_dataset(root: Path, latent_shape=(4, 12), episodes=6, decoder=True, start=0) -> Path:
+def write_dataset(root: Path, latent_shape=(4, 12), episodes=6, codec=True, start=0) -> Path:
     rng = np.random.default_rng(start)
     with LatentDatasetWriter(
-        root, latent_shape=latent_shape, num_discrete_actions=(3,), decoder=CODEC.spec() if decoder else None
+        root, latent_shape=latent_shape, num_discrete_actions=(3,), codec=codec_spec(CODEC) if codec else None
     ) as writer:
         for _ in range(episodes):
             writer.add_episode(
@@ -163,7 +163,7 @@ def test_checkpoint_brings_its_data_and_refuses_other_data(trained):
     recorded = {str(data.resolve()), str((base / "grown").resolve())}  # before / after the resume test
     used = re.search(r"data: the checkpoint's dataset (\S+)", result.stderr + result.stdout)
     assert used and used.group(1) in recorded
-    other = write_dataset(base / "other", latent_shape=(4, 6), decoder=False)
+    other = write_dataset(base / "other", latent_shape=(4, 6), codec=False)
     fresh = base / "never_created"
     for sub in ("validate", "fit"):
         bad = run(

@@ -18,14 +18,10 @@ BLOCK_SPEC = {
 }
 
 
-def write(root, codec=None, decoder=None, latent_shape=(16, 3)):
+def write(root, codec=None):
     frames = np.random.default_rng(0).random((5, 16, 16, 3)).astype(np.float32)
-    with LatentDatasetWriter(root, latent_shape=latent_shape, codec=codec, decoder=decoder) as writer:
-        writer.add_episode(
-            BlockMeanCodec().encode(frames)
-            if latent_shape == (16, 3)
-            else np.zeros((5, *latent_shape), np.float32)
-        )
+    with LatentDatasetWriter(root, latent_shape=(16, 3), codec=codec) as writer:
+        writer.add_episode(BlockMeanCodec().encode(frames))
     return frames
 
 
@@ -38,7 +34,6 @@ def test_patch_codec_spec_round_trip_and_protocol():
     }
     assert load_codec(json.loads(json.dumps(spec))) == codec
     assert isinstance(codec, Codec) and isinstance(BlockMeanCodec(), Codec)
-    assert load_codec(codec.spec()) == codec  # the legacy {"type": "patch"} decoder entry
 
 
 def test_dataset_codec_by_class_path_decodes_pictures(tmp_path):
@@ -60,12 +55,6 @@ def test_datamodule_decoder_comes_from_the_codec(tmp_path):
     write(tmp_path, codec=BLOCK_SPEC)
     dm = DynamicsDataModule(str(tmp_path), val_fraction=0)
     assert isinstance(dm.decoder, Decoder) and isinstance(dm.decoder.codec, BlockMeanCodec)
-
-
-def test_legacy_decoder_entry_is_still_read(tmp_path):
-    codec = PatchCodec(16, 4)
-    write(tmp_path, decoder=codec.spec(), latent_shape=(16, 48))
-    assert decoder_for(LatentDataset(tmp_path)).codec == codec
 
 
 def test_unimportable_codec_warns_and_gives_no_pictures(tmp_path):

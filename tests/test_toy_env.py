@@ -67,7 +67,6 @@ def test_patch_codec_round_trip_and_orthogonality():
     changed[0, 0, 5, 9] += 0.1
     diff = np.abs(codec.encode(changed) - latents).sum(-1)[0, 0]
     assert np.count_nonzero(diff > 1e-6) == 1 and diff.argmax() == (5 // 4) * 4 + 9 // 4
-    assert PatchCodec.from_spec(codec.spec()) == codec
 
 
 def test_builtin_dataset_is_generated_once_and_decodes(tmp_path):

@@ -51,7 +51,6 @@ def _info(args: argparse.Namespace) -> None:
         }
         if len(ds)
         else None,
-        "decoder": ds.meta.decoder,
         "codec": ds.meta.codec,
         "attributes": ds.meta.attributes,
         "latent_stats": ds.latent_stats,

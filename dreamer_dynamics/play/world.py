@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dreamer_dynamics.data.building.toy_env import ACTIONS
-from dreamer_dynamics.data.reading.codec import Decoder, load_codec, metadata_codec_spec
+from dreamer_dynamics.data.reading.codec import Decoder, load_codec
 from dreamer_dynamics.data.reading.dataset import LatentDataset
 from dreamer_dynamics.data.reading.format import METADATA_FILE, DatasetError
 from dreamer_dynamics.model.pretrained import CONFIG_FILE
@@ -141,7 +141,7 @@ def load_world(source: str | os.PathLike, *, data_root: str | None = None, conte
     except DatasetError as err:
         raise PlayError(str(err)) from None
     _check_fits(model, dataset)
-    spec = codec or metadata_codec_spec(dataset.meta)
+    spec = codec or dataset.meta.codec
     if spec is None:
         raise PlayError(f"{root}: the dataset names no codec, so its latents cannot be shown as pictures")
     try:

@@ -165,7 +165,6 @@ class LatentDatasetWriter:
         num_discrete_actions: Sequence[int] = (),
         num_continuous_actions: int = 0,
         latent_dtype: str = "float32",
-        decoder: dict[str, Any] | None = None,
         codec: dict[str, Any] | None = None,
         attributes: dict[str, Any] | None = None,
         commit_every: int = 1,
@@ -180,7 +179,6 @@ class LatentDatasetWriter:
             str(latent_dtype),
             tuple(int(x) for x in num_discrete_actions),
             int(num_continuous_actions),
-            decoder,
             dict(attributes or {}),
             codec=codec,
         )
@@ -319,12 +317,6 @@ class LatentDatasetWriter:
                 raise DatasetError(
                     path, f"cannot append: existing {name}={old} but the writer was given {new}"
                 )
-        if spec.decoder is not None and self.meta.decoder not in (None, spec.decoder):
-            raise DatasetError(
-                path, f"cannot append: existing decoder {self.meta.decoder} differs from {spec.decoder}"
-            )
-        if spec.decoder is not None:
-            self.meta.decoder = spec.decoder
         if spec.codec is not None and self.meta.codec not in (None, spec.codec):
             raise DatasetError(
                 path, f"cannot append: existing codec {self.meta.codec} differs from {spec.codec}"

@@ -9,8 +9,7 @@ returning numpy arrays or torch tensors. The built-in :class:`PatchCodec` is one
 wrapped in a small class is another. A dataset names its codec in ``metadata.json`` as
 ``"codec": {"class_path": "package.module.Class", "init_args": {...}}`` (the jsonargparse / LightningCLI
 convention), so rollout pictures, the notebook and ``predict`` can decode any dataset whose codec class is
-importable. Datasets written before the ``codec`` key carry the built-in codec as ``"decoder": {"type":
-"patch", ...}``; that form is still read.
+importable.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import numpy as np
 import torch
 
 from .format import DatasetError, DatasetMetadata
-from .patch_codec import PatchCodec
 
 
 @runtime_checkable
@@ -62,11 +60,9 @@ def import_class(path: str, where: Any = None, what: str = "codec class") -> Any
 
 
 def load_codec(spec: dict[str, Any], where: Any = None) -> Codec:
-    """A codec from its ``{"class_path", "init_args"}`` spec (or the legacy ``{"type": "patch", ...}``)."""
+    """A codec from its ``{"class_path", "init_args"}`` spec."""
     if not isinstance(spec, dict):
         raise DatasetError(where, f"codec spec must be a JSON object, got {spec!r}")
-    if spec.get("type") == "patch":  # legacy "decoder" entry of the built-in codec
-        return PatchCodec.from_spec(spec)
     if "class_path" not in spec:
         raise DatasetError(where, f"codec spec needs a 'class_path', got keys {sorted(spec)}")
     cls = import_class(str(spec["class_path"]), where)
@@ -80,15 +76,6 @@ def load_codec(spec: dict[str, Any], where: Any = None) -> Codec:
         if not callable(getattr(codec, method, None)):
             raise DatasetError(where, f"codec {spec['class_path']} has no {method}() method")
     return codec
-
-
-def metadata_codec_spec(meta: DatasetMetadata) -> dict[str, Any] | None:
-    """The dataset's codec spec: ``codec``, else a legacy ``decoder`` entry, else None."""
-    if meta.codec is not None:
-        return meta.codec
-    if meta.decoder and meta.decoder.get("type") == "patch":
-        return codec_spec(PatchCodec.from_spec(meta.decoder))
-    return None
 
 
 class Decoder:
@@ -116,7 +103,7 @@ def decoder_for(dataset: Any) -> Callable[[Any], Any] | None:
     """The picture decoder of a dataset (a ``LatentDataset`` or its metadata): None if it names no codec, or
     (with a warning) if its codec cannot be imported -- training does not need pictures."""
     meta = dataset if isinstance(dataset, DatasetMetadata) else dataset.meta
-    spec = metadata_codec_spec(meta)
+    spec = meta.codec
     if spec is None:
         return None
     try:
@@ -133,5 +120,4 @@ __all__ = [
     "decoder_for",
     "import_class",
     "load_codec",
-    "metadata_codec_spec",
 ]

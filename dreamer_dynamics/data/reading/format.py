@@ -66,7 +66,6 @@ class DatasetMetadata:
     latent_dtype: str = "float32"  # storage dtype of latents, one of LATENT_DTYPES
     num_discrete_actions: tuple[int, ...] = ()  # class count of each categorical action component
     num_continuous_actions: int = 0  # number of continuous action components
-    decoder: dict[str, Any] | None = None  # legacy picture decoder {"type": "patch", ...}; see `codec`
     attributes: dict[str, Any] = field(
         default_factory=dict
     )  # free-form dataset info (source, generator config)
@@ -94,7 +93,6 @@ class DatasetMetadata:
             "latent_dtype": self.latent_dtype,
             "num_discrete_actions": list(self.num_discrete_actions),
             "num_continuous_actions": self.num_continuous_actions,
-            "decoder": self.decoder,
             "codec": self.codec,
             "attributes": self.attributes,
             "episodes": [
@@ -128,7 +126,6 @@ class DatasetMetadata:
             dtype,
             discrete,
             continuous,
-            data.get("decoder"),
             dict(data.get("attributes") or {}),
             episodes,
             latent_stats=check_latent_stats_record(data.get("latent_stats"), shape[1], path),

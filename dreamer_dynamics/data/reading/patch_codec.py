@@ -9,7 +9,7 @@ the transpose, so ``decode(encode(x)) == x`` up to float32 rounding.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -57,22 +57,6 @@ class PatchCodec:
     @property
     def latent_dim(self) -> int:
         return self.patch * self.patch * self.channels
-
-    def spec(self) -> dict[str, Any]:
-        """JSON description stored as the dataset's ``decoder`` metadata."""
-        return {"type": "patch", "basis": "dct-ii", **asdict(self)}
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> PatchCodec:
-        if spec.get("type") != "patch":
-            raise ValueError(f"not a patch decoder spec: {spec}")
-        return cls(
-            int(spec["image_size"]),
-            int(spec["patch"]),
-            int(spec["channels"]),
-            float(spec["mean"]),
-            float(spec["std"]),
-        )
 
     def encode(self, images: Any) -> Any:
         """images [..., H, W, C] in [0, 1] (numpy or torch) -> latents [..., N_b, D_b] float32, same type."""
