@@ -156,14 +156,13 @@ class Evaluator(nn.Module):
     def epoch_figures(self, split: str) -> dict[str, Tensor]:
         """The epoch's rollout scores of ``split`` (synchronised across ranks by torchmetrics), then reset."""
         scores = self.metrics[split].rollout
-        figures = {}
-        if scores.update_count:
-            for name, value in scores.compute().items():
-                figures[
-                    f"{split}/{name}" if name.startswith(("object", "oracle")) else f"{split}/rollout_{name}"
-                ] = value
+        computed = scores.compute() if scores.update_count else {}
         scores.reset()
-        return figures
+        own_names = ("object", "oracle")  # val/object_accuracy_k4, val/oracle_es; the rest val/rollout_*
+        return {
+            f"{split}/{name}" if name.startswith(own_names) else f"{split}/rollout_{name}": value
+            for name, value in computed.items()
+        }
 
 
 class Predictor:
