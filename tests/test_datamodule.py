@@ -176,6 +176,7 @@ if __name__ == "__main__":
                limit_val_batches=0).fit(model, datamodule=dm)
     with open(f"{out}/rank{model.global_rank}.json", "w") as f:
         json.dump(model.seen, f)
+    torch.distributed.destroy_process_group()  # gloo's threads end before the interpreter does
 """
 
 

@@ -85,7 +85,7 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 def server(checkpoint):
     """The real console script serving the checkpoint on loopback; yields its URL."""
     proc = subprocess.Popen(
-        [SCRIPT, "play", str(checkpoint), "--threads", "1"],
+        [SCRIPT, "play", str(checkpoint), "--threads", "1", "--seed", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -110,3 +110,33 @@ def test_a_dataset_that_does_not_fit_is_one_line(played, tmp_path):
         writer.add_episode(np.zeros((6, 4, 6), np.float32))
     with pytest.raises(PlayError, match=r"other: latents \[4, 6\].*do not fit the model \(latents \[4, 12\]"):
         load_world(base / "export", data_root=str(tmp_path / "other"))
+
+
+def test_a_seeded_server_repeats_its_pages_and_a_replay_repeats_exactly(played):
+    """Two servers started with the same seed give page n the same context and the same generated frames,
+    however many live frames came before a replay; an unseeded server draws other contexts."""
+    world = played[0].world
+
+    def page(server, live_frames: int) -> list:
+        call(server, "/api/context", {"mode": "play"})  # the first page, stepped a while: its own stream
+        session = call(server, "/api/context", {"mode": "play"})["session"]
+        for _ in range(live_frames):
+            call(
+                server,
+                "/api/step",
+                {"session": session, "action": {"discrete": [0, 0], "continuous": [0, 0]}},
+            )
+        context = call(server, "/api/context", {"mode": "replay", "session": session})
+        steps = [call(server, "/api/step", {"session": session, "action": {}}) for _ in range(3)]
+        return [context["episode"], context["start"], *(s["frame"] for s in steps)]
+
+    pages = []
+    for seed, live in ((7, 0), (7, 5), (None, 0), (None, 0)):
+        server = serve(world, seed=seed)
+        try:
+            pages.append(page(server, live))
+        finally:
+            server.shutdown()
+            server.server_close()
+    assert pages[0] == pages[1]  # the same page, whatever came before the replay
+    assert len({json.dumps(p) for p in pages}) > 1  # and not one fixed stream for every server

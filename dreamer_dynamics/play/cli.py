@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--session-timeout", type=float, default=600.0, help="seconds before an idle page's state is dropped"
     )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of the pages' contexts and noise (default: random)"
+    )
     return parser.parse_args(argv)
 
 
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         world = load_world(args.source, data_root=args.data_root, context_frames=args.context_frames)
-        server = PlayServer((args.host, args.port), world, args.session_timeout)
+        server = PlayServer((args.host, args.port), world, args.session_timeout, args.seed)
     except PlayError as err:
         print(f"dreamer-dynamics play: error: {err}", file=sys.stderr)
         return 1

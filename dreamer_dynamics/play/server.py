@@ -118,9 +118,15 @@ class PlayServer(ThreadingHTTPServer):
         if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
             super().handle_error(request, client_address)
 
-    def __init__(self, address: tuple[str, int], world: World, session_timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        world: World,
+        session_timeout: float = 600.0,
+        seed: int | None = None,
+    ) -> None:
         self.world = world
-        self.sessions = Sessions(world, timeout=session_timeout)
+        self.sessions = Sessions(world, timeout=session_timeout, seed=seed)
         super().__init__(address, PlayHandler)
 
     @property
@@ -162,8 +168,14 @@ class PlayServer(ThreadingHTTPServer):
         return {"session": session_id, **out}
 
 
-def serve(world: World, host: str = "127.0.0.1", port: int = 0, session_timeout: float = 600.0) -> PlayServer:
+def serve(
+    world: World,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    session_timeout: float = 600.0,
+    seed: int | None = None,
+) -> PlayServer:
     """Bind the server (OSError if the port is taken) and serve it from a background thread."""
-    server = PlayServer((host, port), world, session_timeout)
+    server = PlayServer((host, port), world, session_timeout, seed)
     threading.Thread(target=server.serve_forever, name="play-server", daemon=True).start()
     return server

@@ -138,10 +138,14 @@ class Session:
 class Sessions:
     """Sessions by id; idle ones expire after `timeout` s; past `max_sessions` the least recent goes."""
 
-    def __init__(self, world: World, timeout: float = 600.0, max_sessions: int = 16) -> None:
+    def __init__(
+        self, world: World, timeout: float = 600.0, max_sessions: int = 16, seed: int | None = None
+    ) -> None:
         self.world, self.timeout, self.max_sessions = world, timeout, max_sessions
         self.lock = threading.Lock()
         self.sessions: dict[str, Session] = {}
+        # session n's seed: from (seed, n) when a seed is given, so a served page repeats exactly; else random
+        self.seeds = np.random.SeedSequence(seed if seed is not None else secrets.randbits(64))
 
     def get(self, session_id: str | None) -> tuple[str, Session]:
         """The session `session_id`, or a new one (with a new id) if it is unknown or expired."""
@@ -153,7 +157,8 @@ class Sessions:
                 while len(self.sessions) >= self.max_sessions:
                     del self.sessions[min(self.sessions, key=lambda k: self.sessions[k].last_used)]
                 session_id = secrets.token_hex(8)
-                self.sessions[session_id] = Session(self.world, secrets.randbits(32))
+                seed = int(self.seeds.spawn(1)[0].generate_state(1)[0])
+                self.sessions[session_id] = Session(self.world, seed)
             session = self.sessions[session_id]
             session.last_used = now
             return session_id, session
