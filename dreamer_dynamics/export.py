@@ -91,8 +91,7 @@ def load_checkpoint_model(
     if "model" not in hparams or "state_dict" not in checkpoint:
         raise ValueError(f"{checkpoint_path}: not a DynamicsModule checkpoint (no hyper_parameters.model)")
     state, written = select_weights(checkpoint, weights, checkpoint_path)
-    config = hparams["model"]
-    config = DynamicsConfig(**config) if isinstance(config, dict) else config
+    config = config_from(DynamicsConfig, hparams["model"], f"{checkpoint_path}: hyper_parameters.model")
     model = DynamicsTransformer(config)
     model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
     # what DynamicsModule.__init__ attaches to its network from the same hyper-parameters

@@ -133,9 +133,8 @@ class DynamicsModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.d_min = model.d_min
-        self.loss_weight = LOSS_WEIGHTINGS[
-            objective.loss_weighting
-        ]  # w(tau), on training and validation losses
+        # w(tau), on training and validation losses
+        self.loss_weight = LOSS_WEIGHTINGS[objective.loss_weighting]
         self.model = DynamicsTransformer(model)
         # Data units <-> model units (docs/training.md) and rollout defaults, carried by the network itself:
         # `model.rollout` and `model.save_pretrained` then match an export of this module exactly.

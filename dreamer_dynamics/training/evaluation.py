@@ -96,16 +96,16 @@ class Evaluator(nn.Module):
         (tau [B, T], d [B, T], z0 like z1); ``objective``: the teacher and weighting of the training loss.
         Returns the metrics to log, keyed by name."""
         tau, d, z0 = draws
-        metrics = self.metrics[split]
+        metrics, d_min = self.metrics[split], model.config.d_min
         # 1) The training objective itself (unnormalised, video rows only): total and bootstrap-frame loss.
-        output = shortcut_forcing_loss(model, z1, tau, d, d_min=1.0 / self.k_max, z0=z0, **objective, **cond)
+        output = shortcut_forcing_loss(model, z1, tau, d, d_min=d_min, z0=z0, **objective, **cond)
         metrics.update_losses(output.loss, output.per_frame, output.bootstrap)
         # 2) Flow term (d = d_min) for every frame, tau uniform on the d_min grid, bucketed by tau.
         b, t = z1.shape[:2]
         k = self.k_max
         flow_tau = torch.randint(0, k, (b, t), generator=generator, device=z1.device).float() / k
-        d_min = torch.full_like(flow_tau, 1.0 / k)
-        flow = shortcut_forcing_loss(model, z1, flow_tau, d_min, d_min=1.0 / k, z0=z0, **cond)
+        flow_d = torch.full_like(flow_tau, d_min)
+        flow = shortcut_forcing_loss(model, z1, flow_tau, flow_d, d_min=d_min, z0=z0, **cond)
         metrics.update_flow_buckets(flow.per_frame, flow_tau)
         return metrics.as_dict(split)
 
