@@ -84,19 +84,12 @@ class ToyOracle:
         return torch.from_numpy(latents.reshape(len(episode), samples, actions.shape[1], *latents.shape[1:]))
 
 
-def toy_oracle(meta: DatasetMetadata, decoder: Any) -> ToyOracle | None:
-    """The oracle of a built-in-world dataset (its metadata and the ``Decoder`` of its codec; the caller,
-    ``worlds.evaluation_references``, checks it is one); None where its episodes do not record their seeds."""
-    if decoder is None:
-        return None
+def toy_oracle(meta: DatasetMetadata, env: ToyEnvConfig, decoder: Any) -> ToyOracle | None:
+    """The oracle of a built-in-world dataset (its metadata, the environment it was generated with and the
+    ``Decoder`` of its codec; the caller, ``worlds.evaluation_references``, checks it is one); None where its
+    episodes do not record their seeds."""
     codec = getattr(decoder, "codec", decoder)
     seeds = [episode.attributes.get("seed") for episode in meta.episodes]
     if not hasattr(codec, "encode") or any(seed is None for seed in seeds):
         return None
-    config = meta.attributes.get("config") or {}
-    env = ToyEnvConfig(
-        image_size=int(config.get("image_size", 16)),
-        num_balls=int(config.get("num_balls", 2)),
-        turn_probability=float(meta.attributes.get("turn_probability") or 0.0),
-    )
     return ToyOracle(env, seeds, codec.encode)

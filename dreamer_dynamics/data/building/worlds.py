@@ -186,15 +186,14 @@ class ToyObjectLocator:
         return locate_objects(frames, self.env)
 
 
-def toy_object_locator(attributes: dict[str, Any], decoder: Any) -> ToyObjectLocator | None:
-    """The locator of a built-in-world dataset (its metadata ``attributes``); None for any other dataset."""
-    if attributes.get("source") != GENERATOR_VERSION or decoder is None:
-        return None
-    config = attributes.get("config") or {}
-    env = ToyEnvConfig(
-        image_size=int(config.get("image_size", 16)), num_balls=int(config.get("num_balls", 2))
+def world_env(meta: DatasetMetadata) -> ToyEnvConfig:
+    """The environment a built-in-world dataset was generated with, from its metadata attributes."""
+    config = meta.attributes.get("config") or {}
+    return ToyEnvConfig(
+        image_size=int(config.get("image_size", 16)),
+        num_balls=int(config.get("num_balls", 2)),
+        turn_probability=float(meta.attributes.get("turn_probability") or 0.0),
     )
-    return ToyObjectLocator(decoder, env)
 
 
 def builtin_datamodule(
@@ -223,9 +222,10 @@ def evaluation_references(dataset: Any) -> EvaluationReferences:
         dataset = LatentDataset(dataset, check_files=False)
     dataset = getattr(dataset, "dataset", dataset)  # a DataModule -> its LatentDataset
     meta = dataset if isinstance(dataset, DatasetMetadata) else dataset.meta
-    if meta.attributes.get("source") != GENERATOR_VERSION:
+    decoder = decoder_for(dataset) if meta.attributes.get("source") == GENERATOR_VERSION else None
+    if decoder is None:
         return EvaluationReferences()
-    decoder = decoder_for(dataset)
+    env = world_env(meta)
     return EvaluationReferences(
-        object_locator=toy_object_locator(meta.attributes, decoder), oracle=toy_oracle(meta, decoder)
+        object_locator=ToyObjectLocator(decoder, env), oracle=toy_oracle(meta, env, decoder)
     )
